@@ -1,0 +1,36 @@
+# handprop: `make train` and `make test` work from a fresh clone (they install first).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test tensorboard clean distclean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv with handprop installed editable (+ pytest)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+train: install  ## train the default MLP on the embedded MNIST sample (ARGS="key=value ...")
+	$(BIN)/python train.py $(ARGS)
+
+test: install  ## run the whole test suite, slow tests included, on CPU
+	$(BIN)/python -m pytest $(ARGS)
+
+tensorboard: install  ## serve every run under outputs/ on http://localhost:6006
+	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
+
+clean:  ## remove caches and every run under outputs/ (keeps .venv)
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+	rm -rf .pytest_cache src/*.egg-info build dist lightning_logs
+	find outputs -mindepth 1 -not -name .gitkeep -delete
+
+distclean: clean  ## also remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,27 @@
+"""Evaluate a checkpoint on a dataset's test split: ``python eval.py ckpt_path=PATH [data=NAME]``.
+
+    python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt
+    python eval.py ckpt_path=... data=mnist data.data_dir=data   # only the t10k files needed
+
+Writes metrics.json in its own run directory. Config: conf/eval.yaml.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from handprop.train import UserError, evaluate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

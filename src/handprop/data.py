@@ -1,0 +1,313 @@
+"""Digits in, batches out: IDX files, dataset splits and the LightningDataModule.
+
+Datasets (``dataset=``):
+  sample         the 5,000 real MNIST digits embedded in the package (assets/), split
+                 stratified and always the same way into 4,000 train / 500 val / 500 test
+  mnist          full MNIST, 60k train (a stratified ``val_size`` of it held out) / 10k test
+  fashion_mnist  full Fashion-MNIST, the same shapes
+
+The full datasets are read from torchvision's layout ``<data_dir>/MNIST/raw/`` and
+``<data_dir>/FashionMNIST/raw/`` (or the four files directly in ``data_dir``, as Debian's
+dataset-fashion-mnist installs them), plain or gzipped. Nothing is downloaded unless
+``download=True``. Each stage reads only the files it needs: evaluating needs only the
+test files.
+
+Batches leave the DataLoader as uint8 images and are turned into floats in [0, 1]
+(and jittered, while training) on the training device, in ``on_after_batch_transfer``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from importlib import resources
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+SAMPLE_SPLIT = {"val": 500, "test": 500}  # the remaining 4,000 sample digits train
+RAW_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+DATASETS = ("sample", *RAW_FOLDER)
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+AUGMENTATIONS = ("rotation", "scale", "shift")  # the arguments of random_affine
+_IDX_DTYPES = {0x08: torch.uint8}  # the only element type the digit datasets use
+
+
+class DataError(ValueError):
+    """A data file or directory is missing, truncated or not what it claims to be."""
+
+
+# --------------------------------------------------------------------------- IDX files
+
+
+def read_idx(path: str | Path) -> Tensor:
+    """Read an IDX file (gzipped or not) into a uint8 tensor, checking it thoroughly.
+
+    IDX: two zero bytes, a type byte (0x08 = unsigned byte), a byte giving the number
+    of dimensions, one big-endian uint32 per dimension, then the data.
+    """
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}. Replace it with an intact copy.") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(
+            f"{path} is not an IDX file of unsigned bytes (magic number {raw[:4].hex() or 'missing'},"
+            " expected 0000080N). Replace it with the original dataset file."
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: IDX header is truncated or declares {ndim} dimensions.")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + math.prod(dims)
+    if len(raw) != expected:
+        raise DataError(
+            f"{path}: header declares shape {dims} ({expected} bytes) but the file holds "
+            f"{len(raw)} bytes: it is truncated or corrupt. Replace it with an intact copy."
+        )
+    data = torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8)
+    return data.reshape(dims)
+
+
+def write_idx(path: str | Path, data: Tensor) -> None:
+    """Write a uint8 tensor as an IDX file (gzipped when the name ends in .gz)."""
+    path = Path(path)
+    data = data.to(torch.uint8).contiguous()
+    header = bytes([0, 0, 0x08, data.dim()]) + b"".join(d.to_bytes(4, "big") for d in data.shape)
+    raw = header + data.numpy().tobytes()
+    path.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+
+
+def read_images_labels(images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:
+    """A pair of IDX files: (N, 28, 28) uint8 images and (N,) int64 labels, checked to agree."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dim() != 3:
+        raise DataError(f"{images_path}: expected images of shape (N, rows, cols), got {list(images.shape)}")
+    if labels.dim() != 1:
+        raise DataError(f"{labels_path}: expected labels of shape (N,), got {list(labels.shape)}")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels: "
+            "the two files do not belong together."
+        )
+    if len(labels) and int(labels.max()) > 9:
+        raise DataError(f"{labels_path}: labels must be digits 0-9, found {int(labels.max())}")
+    return images, labels.long()
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def sample_files() -> tuple[Path, Path]:
+    """The embedded MNIST sample (see assets/mnist-sample/README.md for its license)."""
+    root = resources.files("handprop") / "assets" / "mnist-sample"
+    return Path(str(root / f"{FILES['train'][0]}.gz")), Path(str(root / f"{FILES['train'][1]}.gz"))
+
+
+def find_raw_files(dataset: str, data_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """Locate a split's two IDX files for a full dataset, or say exactly what is missing."""
+    data_dir = Path(data_dir)
+    folders = [data_dir / RAW_FOLDER[dataset] / "raw", data_dir]
+    found = []
+    for stem in FILES[split]:
+        candidates = [folder / (stem + ext) for folder in folders for ext in ("", ".gz")]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise DataError(
+                f"{dataset}: missing {stem}[.gz] in {folders[0]} (data.data_dir={data_dir}). "
+                f"Put the {split} files there, or set data.download=true to fetch them "
+                "(needs network)."
+            )
+        found.append(path)
+    return found[0], found[1]
+
+
+def download(dataset: str, data_dir: str | Path) -> None:
+    """Fetch a full dataset with torchvision into torchvision's layout under data_dir."""
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[dataset]
+    try:
+        for train in (True, False):
+            cls(str(data_dir), train=train, download=True)
+    except Exception as e:  # torchvision raises several kinds when offline
+        raise DataError(
+            f"could not download {dataset} into {data_dir}: {e}. Offline? Copy the four "
+            f"*-ubyte.gz files into {Path(data_dir) / RAW_FOLDER[dataset] / 'raw'} and set "
+            "data.download=false."
+        ) from e
+
+
+def stratified_order(labels: Tensor, seed: int) -> Tensor:
+    """A seeded permutation of the indices in which every prefix is class-balanced.
+
+    Shuffle, then interleave the classes by each sample's rank within its class, so
+    that taking the first k indices for validation gives every class its share.
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=g)
+    shuffled = labels[perm]
+    counts = torch.bincount(shuffled)
+    by_class = torch.argsort(shuffled, stable=True)
+    first_of_class = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(perm)
+    rank[by_class] = torch.arange(len(labels)) - first_of_class[shuffled[by_class]]
+    position = (rank + 0.5) / counts[shuffled]
+    return perm[torch.argsort(position, stable=True)]
+
+
+def load_split(
+    dataset: str, split: str, data_dir: str | Path | None = None, val_size: int = 5000, split_seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """(images, labels) of one split ("train", "val" or "test") of a dataset."""
+    if dataset == "sample":
+        images, labels = read_images_labels(*sample_files())
+        order = stratified_order(labels, split_seed)
+        n_val, n_test = SAMPLE_SPLIT["val"], SAMPLE_SPLIT["test"]
+        idx = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}[split]
+        return images[idx], labels[idx]
+    if split == "test":
+        return read_images_labels(*find_raw_files(dataset, data_dir, "test"))
+    images, labels = read_images_labels(*find_raw_files(dataset, data_dir, "train"))
+    if not 0 < val_size < len(labels):
+        raise DataError(f"data.val_size={val_size} must be between 1 and {len(labels) - 1}")
+    order = stratified_order(labels, split_seed)
+    idx = order[:val_size] if split == "val" else order[val_size:]
+    return images[idx], labels[idx]
+
+
+class TensorBatches(Dataset):
+    """Images and labels held in memory, fetched a whole batch at a time.
+
+    ``__getitems__`` lets the DataLoader index the tensors once per batch instead of
+    once per sample and then stacking: the per-sample path costs more than the
+    network's forward pass for an MLP this small.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx]
+
+
+def _as_batch(batch):
+    return batch  # __getitems__ already returns a stacked (images, labels) pair
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def random_affine(images: Tensor, rotation: float = 0.0, scale: float = 0.0, shift: float = 0.0) -> Tensor:
+    """Jitter each image (N, 1, H, W) by its own random rotation (± degrees), scaling
+    (± fraction) and shift (± pixels), on the images' device, in one grid_sample."""
+    n, _, h, w = images.shape
+    dev = images.device
+
+    def uniform(*shape):  # in [-1, 1)
+        return torch.rand(*shape, device=dev) * 2 - 1
+
+    angle = uniform(n) * math.radians(rotation)
+    zoom = 1 + uniform(n) * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # affine_grid works in coordinates where the image spans [-1, 1]: a pixel is 2/size.
+    tx, ty = uniform(n) * shift * 2 / w, uniform(n) * shift * 2 / h
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# --------------------------------------------------------------------------- data module
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """28×28 digits for training, validation and test, as Lightning expects them.
+
+    Batches are (images, labels): images float32 in [0, 1] of shape (N, 1, 28, 28),
+    labels int64. ``pixel_stats`` holds the mean and standard deviation of the
+    training pixels once ``setup("fit")`` ran; the model normalises with them and keeps
+    them in its checkpoint.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "sample",
+        data_dir: str | None = None,
+        download: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        augment: dict | None = None,
+    ):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
+        if dataset != "sample" and data_dir is None:
+            raise ValueError(f"dataset={dataset!r} needs a data_dir")
+        self.dataset, self.data_dir, self.download = dataset, data_dir, download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.num_workers = val_size, split_seed, num_workers
+        unknown = set(augment or {}) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"augment: unknown keys {sorted(unknown)}; known: {', '.join(AUGMENTATIONS)}")
+        self.augment = {k: float(v) for k, v in (augment or {}).items() if v}
+        self.splits: dict[str, TensorBatches] = {}
+        self.pixel_stats: tuple[float, float] | None = None
+
+    def prepare_data(self) -> None:  # rank zero only
+        if self.download and self.dataset != "sample":
+            download(self.dataset, self.data_dir)
+
+    def setup(self, stage: str) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
+        for split in wanted:
+            if split not in self.splits:
+                images, labels = load_split(self.dataset, split, self.data_dir, self.val_size, self.split_seed)
+                self.splits[split] = TensorBatches(images, labels)
+        if stage == "fit":
+            pixels = self.splits["train"].images.double() / 255
+            self.pixel_stats = (pixels.mean().item(), pixels.std().item())
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_as_batch,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        images = images.unsqueeze(1).float().div_(255)
+        if self.augment and self.trainer is not None and self.trainer.training:
+            images = random_affine(images, **self.augment)
+        return images, labels

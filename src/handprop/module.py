@@ -1,0 +1,111 @@
+"""The training system: the MLP, its cost, its metrics and its optimiser, for Lightning."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from . import functional as HF
+from .nn import MLP
+
+
+class DigitClassifier(L.LightningModule):
+    """Reads 28×28 digits with an MLP whose gradients come from our own backward pass.
+
+    Input: images as floats in [0, 1], shape (N, 1, 28, 28) or (N, 784). They are
+    normalised with the training set's pixel mean and standard deviation, which the
+    data module provides at fit time and the checkpoint keeps (buffers), so that a
+    checkpoint evaluates and predicts without the training data.
+
+    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``):
+    ``optimizer(params)`` and ``scheduler(optimizer)``. Schedulers step once per
+    optimiser step; a OneCycleLR ``total_steps`` or a CosineAnnealingLR ``T_max``
+    left unset is filled in with the run's number of steps.
+    """
+
+    def __init__(
+        self,
+        hidden: Sequence[int] = (512, 256),
+        activation: str = "relu",
+        output_activation: str = "identity",
+        loss: str = "cross_entropy",
+        label_smoothing: float = 0.0,
+        dropout: float = 0.0,
+        init: str = "pytorch",
+        backward: str = "manual",
+        input_size: int = 784,
+        num_classes: int = 10,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+    ):
+        super().__init__()
+        hidden = list(hidden)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        HF.check_choice("loss", loss, HF.LOSSES)
+        if loss != "cross_entropy" and label_smoothing:
+            raise ValueError("label_smoothing applies to the cross_entropy cost only")
+        self.net = MLP([input_size, *hidden, num_classes], activation, output_activation, dropout, init, backward)
+        self.cost = functools.partial(HF.LOSSES[loss], label_smoothing=label_smoothing)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.register_buffer("pixel_mean", torch.tensor(0.0))
+        self.register_buffer("pixel_std", torch.tensor(1.0))
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def setup(self, stage: str) -> None:
+        stats = getattr(self.trainer.datamodule, "pixel_stats", None)
+        if stage == "fit" and stats is not None:
+            self.pixel_mean.fill_(stats[0])
+            self.pixel_std.fill_(stats[1])
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = (images.flatten(1) - self.pixel_mean) / self.pixel_std
+        return self.net(x)
+
+    def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
+        images, labels = batch
+        out = self(images)
+        loss = self.cost(out, labels, backward=self.net.backward)
+        accuracy(out, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise RuntimeError("DigitClassifier was built without an optimizer: pass optimizer=...")
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, **self._schedule_length())
+        # "name" is the tag LearningRateMonitor logs the learning rate under.
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    def _schedule_length(self) -> dict:
+        """Fill in the schedule's length in optimiser steps where its config leaves it out."""
+        factory = self.scheduler_factory
+        given = getattr(factory, "keywords", {})
+        params = inspect.signature(getattr(factory, "func", factory)).parameters
+        steps = int(self.trainer.estimated_stepping_batches)
+        if "total_steps" in params and "total_steps" not in given and "epochs" not in given:
+            return {"total_steps": steps}
+        if "T_max" in params and "T_max" not in given:
+            return {"T_max": steps}
+        return {}

@@ -1,0 +1,128 @@
+"""The network: fully connected layers built on the hand-written math of functional.py."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as HF
+
+INITS = ("pytorch", "normal", "normal_scaled", "xavier", "kaiming")
+
+
+class Linear(nn.Module):
+    """A fully connected layer with its activation, a = f(x Wᵀ + b).
+
+    ``backward`` picks who differentiates it: "manual" (our backward pass) or
+    "autograd" (PyTorch's, the reference). Both use the same parameters, so a trained
+    layer can be switched and compared at any time.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str = "identity",
+        init: str = "pytorch",
+        backward: str = "manual",
+    ):
+        super().__init__()
+        HF.check_choice("activation", activation, HF.ACTIVATIONS)
+        HF.check_choice("init", init, INITS)
+        self.in_features, self.out_features = in_features, out_features
+        self.activation = activation
+        self.backward = backward
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "pytorch") -> None:
+        """Initial weights and biases.
+
+        pytorch:       nn.Linear's default, W and b ~ U(-1/√n_in, 1/√n_in)
+        normal:        W and b ~ N(0, 1)            (Nielsen, network.py)
+        normal_scaled: W ~ N(0, 1/n_in), b ~ N(0, 1) (Nielsen, network2.py)
+        xavier:        Glorot uniform W, b = 0
+        kaiming:       He normal W (fan-in, for relu), b = 0
+        """
+        w, b, n_in = self.weight, self.bias, self.in_features
+        with torch.no_grad():
+            if init == "pytorch":
+                bound = 1 / math.sqrt(n_in)
+                w.uniform_(-bound, bound)
+                b.uniform_(-bound, bound)
+            elif init == "normal":
+                w.normal_()
+                b.normal_()
+            elif init == "normal_scaled":
+                w.normal_(0, 1 / math.sqrt(n_in))
+                b.normal_()
+            elif init == "xavier":
+                nn.init.xavier_uniform_(w)
+                b.zero_()
+            elif init == "kaiming":
+                nn.init.kaiming_normal_(w, nonlinearity="relu")
+                b.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return HF.linear(x, self.weight, self.bias, self.activation, self.backward)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, activation={self.activation}"
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron: ``sizes`` = [inputs, hidden..., outputs].
+
+    ``MLP([784, 16, 16, 10], "sigmoid", output_activation="sigmoid")`` is the network
+    of 3Blue1Brown's lesson. Dropout (probability ``dropout``) follows every hidden
+    layer while training.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "relu",
+        output_activation: str = "identity",
+        dropout: float = 0.0,
+        init: str = "pytorch",
+        backward: str = "manual",
+    ):
+        super().__init__()
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes={sizes} needs at least an input and an output size")
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
+                raise ValueError(f"sizes={sizes}: every layer size must be a positive integer")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout={dropout} is outside [0, 1)")
+        HF.check_choice("activation", activation, HF.ACTIVATIONS)
+        self.sizes = sizes
+        self.dropout = dropout
+        acts = [activation] * (len(sizes) - 2) + [output_activation]
+        self.layers = nn.ModuleList(
+            Linear(n_in, n_out, act, init) for n_in, n_out, act in zip(sizes, sizes[1:], acts)
+        )
+        self.backward = backward
+
+    @property
+    def backward(self) -> str:
+        return self._backward
+
+    @backward.setter
+    def backward(self, mode: str) -> None:
+        """Switch every layer between our backward pass and PyTorch's (same parameters)."""
+        HF.check_choice("backward", mode, HF.BACKWARDS)
+        self._backward = mode
+        for layer in self.layers:
+            layer.backward = mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        *hidden, last = self.layers
+        for layer in hidden:
+            x = HF.dropout(layer(x), self.dropout, self.training, self._backward)
+        return last(x)

@@ -1,0 +1,218 @@
+"""train(cfg) and evaluate(cfg): build everything from the composed config and run it.
+
+The entry points ``train.py`` / ``eval.py`` at the top of the repository compose the
+config with Hydra and call these. Every run writes into ``cfg.paths.output_dir``:
+checkpoints/, tensorboard/ and metrics.json (one flat JSON object of final metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from . import functional as HF
+from .data import DATASETS, DataError
+from .module import DigitClassifier
+from .nn import INITS
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """The configuration asks for something impossible; the message names the key."""
+
+
+class UserError(ValueError):
+    """Raised for inputs a user can fix (config, data, checkpoint); entry points print it."""
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """Every user-facing value that cannot work, one line each, naming the key and the fix."""
+    problems: list[str] = []
+
+    def need(ok: bool, key: str, value, allowed: str) -> None:
+        if not ok:
+            problems.append(f"{key}={value!r}: {allowed}")
+
+    def choice(key: str, value, choices) -> None:
+        need(value in choices, key, value, f"must be one of {', '.join(choices)}")
+
+    m = cfg.get("model")
+    if m is not None:
+        choice("model.activation", m.get("activation"), HF.ACTIVATIONS)
+        choice("model.output_activation", m.get("output_activation"), HF.ACTIVATIONS)
+        choice("model.loss", m.get("loss"), HF.LOSSES)
+        choice("model.init", m.get("init"), INITS)
+        choice("model.backward", m.get("backward"), HF.BACKWARDS)
+        hidden = m.get("hidden")
+        need(
+            OmegaConf.is_list(hidden) and all(_is_int(h) and h > 0 for h in hidden),
+            "model.hidden",
+            OmegaConf.to_object(hidden) if OmegaConf.is_config(hidden) else hidden,
+            "must be a list of positive layer sizes, e.g. model.hidden=[512,256] (or [] for none)",
+        )
+        for key in ("dropout", "label_smoothing"):
+            v = m.get(key)
+            need(_is_number(v) and 0 <= v < 1, f"model.{key}", v, "must be a probability in [0, 1)")
+        if m.get("loss") == "quadratic" and m.get("label_smoothing"):
+            problems.append("model.label_smoothing: applies to model.loss=cross_entropy only; set it to 0")
+
+    o = cfg.get("optimizer")
+    if o is not None:
+        lr = o.get("lr")
+        need(_is_number(lr) and lr > 0, "optimizer.lr", lr, "must be a positive number, e.g. optimizer.lr=0.001")
+        wd = o.get("weight_decay", 0)
+        need(_is_number(wd) and wd >= 0, "optimizer.weight_decay", wd, "must be a number >= 0")
+
+    d = cfg.get("data")
+    if d is not None:
+        choice("data.dataset", d.get("dataset"), DATASETS)
+        for key in ("batch_size", "eval_batch_size"):
+            v = d.get(key)
+            need(_is_int(v) and v > 0, f"data.{key}", v, "must be a positive integer")
+        nw = d.get("num_workers", 0)
+        need(_is_int(nw) and nw >= 0, "data.num_workers", nw, "must be an integer >= 0")
+        for key, v in (d.get("augment") or {}).items():
+            need(_is_number(v) and v >= 0, f"data.augment.{key}", v, "must be a number >= 0 (0 turns it off)")
+        if d.get("dataset") in DATASETS[1:] and not d.get("download"):
+            data_dir = d.get("data_dir")
+            need(
+                data_dir is not None and Path(data_dir).is_dir(),
+                "data.data_dir",
+                data_dir,
+                "directory does not exist; point it at the dataset or set data.download=true",
+            )
+
+    t = cfg.get("trainer")
+    if t is not None:
+        e = t.get("max_epochs")
+        need(e is None or (_is_int(e) and (e > 0 or e == -1)), "trainer.max_epochs", e, "must be a positive integer")
+    seed = cfg.get("seed")
+    need(seed is None or _is_int(seed), "seed", seed, "must be an integer, or null for an unseeded run")
+    return problems
+
+
+def check_config(cfg: DictConfig) -> None:
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("bad config:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """Callbacks and loggers are named entries, so that ``callbacks.X=null`` drops one."""
+    return [instantiate(c) for c in (group or {}).values() if c is not None]
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
+
+
+@rank_zero_only
+def _write_metrics(output_dir: str, metrics: dict[str, float]) -> Path:
+    path = Path(output_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    log.info("metrics written to %s", path)
+    return path
+
+
+def _checked_ckpt_path(ckpt_path: str | None) -> str | None:
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return ckpt_path
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test with the best checkpoint, then write metrics.json. Returns the metrics."""
+    try:
+        check_config(cfg)
+        ckpt_path = _checked_ckpt_path(cfg.get("ckpt_path"))
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data, _convert_="all")
+        model = instantiate(
+            cfg.model,
+            optimizer=instantiate(cfg.optimizer),
+            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+            _convert_="all",
+        )
+    except (ValueError, InstantiationException) as e:  # DataError is a ValueError
+        raise UserError(str(e)) from e
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger"))
+    )
+
+    start = time.perf_counter()
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except DataError as e:
+        raise UserError(str(e)) from e
+    metrics = _scalars(trainer.callback_metrics)
+    metrics["time/fit_s"] = time.perf_counter() - start
+    metrics["trainer/global_step"] = trainer.global_step
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if best and checkpoint.monitor and checkpoint.best_model_score is not None:
+        metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
+
+    if cfg.get("test", True) and not trainer.interrupted:
+        if not best:
+            log.warning("no best checkpoint: testing the weights at the end of training")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(_scalars(trainer.callback_metrics))
+    _write_metrics(cfg.paths.output_dir, metrics)
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a checkpoint on a dataset's test split and write metrics.json."""
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path:
+        raise UserError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
+    _checked_ckpt_path(ckpt_path)
+    problems = config_problems(OmegaConf.masked_copy(cfg, ["data", "seed"]))
+    if problems:
+        raise UserError("bad config:\n  " + "\n  ".join(problems))
+    try:
+        model = DigitClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    except Exception as e:  # not a checkpoint, or not one of ours
+        raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint: {e}") from e
+    datamodule = instantiate(cfg.data, _convert_="all")
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_all(cfg.get("logger")))
+    try:
+        trainer.test(model, datamodule=datamodule)
+    except DataError as e:
+        raise UserError(str(e)) from e
+    metrics = _scalars(trainer.callback_metrics)
+    _write_metrics(cfg.paths.output_dir, metrics)
+    return metrics

@@ -1,0 +1,42 @@
+"""Shared fixtures: Hydra configs composed the way train.py / eval.py compose them."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# A run that takes seconds: a few batches, two epochs, no progress bar.
+FAST = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.accelerator=cpu",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path):
+    """Compose conf/<name>.yaml as Hydra's app would, with the run directory set to output_dir."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = str(ROOT)
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(tmp_path):
+    return lambda *overrides: compose_config("train", [*FAST, *overrides], tmp_path)

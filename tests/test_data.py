@@ -1,0 +1,154 @@
+"""IDX files, dataset layouts, splits, normalisation statistics and augmentation."""
+
+import gzip
+
+import pytest
+import torch
+
+from handprop import data as D
+
+
+def _digits(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % 10
+    return images, labels
+
+
+def write_raw_dataset(root, folder="MNIST", n_train=200, n_test=50, splits=("train", "test")):
+    """Files laid out as torchvision leaves them: <root>/<folder>/raw/*-ubyte.gz."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        if split in splits:
+            images, labels = _digits(n, seed=len(split))
+            D.write_idx(raw / f"{D.FILES[split][0]}.gz", images)
+            D.write_idx(raw / f"{D.FILES[split][1]}.gz", labels)
+    return raw
+
+
+@pytest.mark.parametrize("name", ["x-ubyte", "x-ubyte.gz"])
+def test_idx_roundtrip(tmp_path, name):
+    images, _ = _digits(7)
+    D.write_idx(tmp_path / name, images)
+    assert torch.equal(D.read_idx(tmp_path / name), images)
+
+
+def test_idx_bad_magic(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
+    with pytest.raises(D.DataError, match="not an IDX file.*magic number 12340801"):
+        D.read_idx(tmp_path / "bad")
+
+
+def test_idx_truncated(tmp_path):
+    images, _ = _digits(3)
+    D.write_idx(tmp_path / "imgs", images)
+    data = (tmp_path / "imgs").read_bytes()
+    (tmp_path / "imgs").write_bytes(data[:-100])
+    with pytest.raises(D.DataError, match=r"declares shape \[3, 28, 28\].*truncated"):
+        D.read_idx(tmp_path / "imgs")
+
+
+def test_idx_corrupt_gzip(tmp_path):
+    blob = gzip.compress(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"\x01" * 5)
+    (tmp_path / "labels.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(D.DataError, match="cannot read .*labels.gz"):
+        D.read_idx(tmp_path / "labels.gz")
+
+
+def test_images_and_labels_must_agree(tmp_path):
+    images, labels = _digits(10)
+    D.write_idx(tmp_path / "i", images)
+    D.write_idx(tmp_path / "l", labels[:9])
+    with pytest.raises(D.DataError, match="10 images but .* 9 labels"):
+        D.read_images_labels(tmp_path / "i", tmp_path / "l")
+
+
+def test_embedded_sample_is_the_documented_one():
+    images, labels = D.read_images_labels(*D.sample_files())
+    assert images.shape == (5000, 28, 28) and images.dtype == torch.uint8
+    assert torch.equal(torch.bincount(labels), torch.full((10,), 500))
+
+
+def test_sample_split_is_stratified_disjoint_and_fixed():
+    splits = {s: D.load_split("sample", s) for s in ("train", "val", "test")}
+    assert {s: len(y) for s, (_, y) in splits.items()} == {"train": 4000, "val": 500, "test": 500}
+    assert torch.equal(torch.bincount(splits["val"][1]), torch.full((10,), 50))
+    assert torch.equal(torch.bincount(splits["test"][1]), torch.full((10,), 50))
+    flat = {s: {bytes(img.numpy()) for img in x} for s, (x, _) in splits.items()}
+    assert not (flat["train"] & flat["test"]) and not (flat["val"] & flat["test"])
+    again = D.load_split("sample", "test")
+    assert torch.equal(again[0], splits["test"][0])
+    other = D.load_split("sample", "test", split_seed=1)
+    assert not torch.equal(other[0], splits["test"][0])
+
+
+def test_stratified_order_prefixes_are_balanced():
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    order = D.stratified_order(labels, seed=5)
+    assert sorted(order.tolist()) == list(range(100))
+    assert torch.bincount(labels[order[:10]], minlength=3).tolist() == [6, 3, 1]
+
+
+def test_full_dataset_in_torchvision_layout(tmp_path):
+    write_raw_dataset(tmp_path, "MNIST", n_train=200, n_test=50)
+    train_x, train_y = D.load_split("mnist", "train", tmp_path, val_size=40)
+    val_x, val_y = D.load_split("mnist", "val", tmp_path, val_size=40)
+    test_x, _ = D.load_split("mnist", "test", tmp_path)
+    assert (len(train_y), len(val_y), len(test_x)) == (160, 40, 50)
+    assert torch.equal(torch.bincount(val_y), torch.full((10,), 4))
+
+
+def test_flat_layout_as_debian_installs_it(tmp_path):
+    raw = write_raw_dataset(tmp_path, "FashionMNIST")
+    for f in raw.iterdir():
+        f.rename(tmp_path / f.name)
+    x, y = D.load_split("fashion_mnist", "test", tmp_path)
+    assert len(x) == 50
+
+
+def test_evaluating_needs_only_the_test_files(tmp_path):
+    write_raw_dataset(tmp_path, "MNIST", splits=("test",))
+    dm = D.DigitsDataModule("mnist", str(tmp_path))
+    dm.setup("test")
+    assert len(dm.splits["test"]) == 50 and "train" not in dm.splits
+    with pytest.raises(D.DataError, match=r"missing train-images-idx3-ubyte\[.gz\] .*data.download=true"):
+        D.DigitsDataModule("mnist", str(tmp_path)).setup("fit")
+
+
+def test_pixel_stats_come_from_the_training_split():
+    dm = D.DigitsDataModule("sample")
+    dm.setup("fit")
+    train_x = dm.splits["train"].images.double() / 255
+    assert dm.pixel_stats == pytest.approx((train_x.mean().item(), train_x.std().item()))
+    assert 0.12 < dm.pixel_stats[0] < 0.14 and 0.29 < dm.pixel_stats[1] < 0.32  # MNIST's usual values
+
+
+def test_loader_yields_uint8_batches_and_the_hook_scales_them():
+    dm = D.DigitsDataModule("sample", batch_size=64)
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (64, 28, 28) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    x, y = dm.on_after_batch_transfer((images, labels), 0)
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1 and torch.equal(y, labels)
+
+
+def test_random_affine_shift_moves_the_digit():
+    img = torch.zeros(1, 1, 28, 28)
+    img[0, 0, 12:16, 12:16] = 1
+    assert torch.equal(D.random_affine(img), img)  # no jitter asked: unchanged
+    torch.manual_seed(0)
+    moved = D.random_affine(img.expand(64, 1, 28, 28), shift=3)
+    cols = torch.arange(28.0)
+    centre_x = (moved.sum(2).squeeze(1) * cols).sum(1) / moved.sum((1, 2, 3))
+    assert centre_x.min() < 12.5 and centre_x.max() > 14.5  # shifted both ways
+    assert (centre_x - 13.5).abs().max() <= 3.01
+    torch.testing.assert_close(moved.sum((1, 2, 3)), torch.full((64,), 16.0), rtol=0.02, atol=0.3)
+
+
+def test_unknown_dataset_and_augmentation_are_refused():
+    with pytest.raises(ValueError, match="dataset='emnist'"):
+        D.DigitsDataModule("emnist")
+    with pytest.raises(ValueError, match=r"unknown keys \['shear'\]"):
+        D.DigitsDataModule("sample", augment={"shear": 5})

@@ -1,0 +1,171 @@
+"""The hand-written backward passes against finite differences and against PyTorch's autograd."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from handprop import functional as HF
+from handprop.nn import MLP
+
+ACTIVATIONS = list(HF.ACTIVATIONS)
+LOSSES = list(HF.LOSSES)
+
+
+def _mlp_loss(mlp, x, y, loss, backward):
+    mlp.backward = backward
+    out = mlp(x)
+    return HF.LOSSES[loss](out, y, backward=backward)
+
+
+def _batch(n=6, n_in=5, classes=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, n_in, generator=g, dtype=dtype)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("activation,loss", list(itertools.product(ACTIVATIONS, LOSSES)))
+def test_gradcheck_whole_mlp(activation, loss):
+    """Finite differences in float64 agree with our backward through a whole 3-layer MLP,
+    for the parameters of every layer and for the input."""
+    torch.manual_seed(0)
+    out_act = "sigmoid" if loss == "quadratic" else "identity"
+    mlp = MLP([5, 7, 6, 4], activation, output_activation=out_act).double()
+    x, y = _batch()
+    x.requires_grad_(True)
+    names = [n for n, _ in mlp.named_parameters()]
+
+    def loss_of(x, *params):  # the loss as a function of the input and every parameter
+        out = torch.func.functional_call(mlp, dict(zip(names, params)), (x,))
+        return HF.LOSSES[loss](out, y)
+
+    ps = [p.detach().clone().requires_grad_(True) for p in mlp.parameters()]
+    assert torch.autograd.gradcheck(loss_of, (x, *ps), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradcheck_layer_without_bias(activation):
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: HF.linear(x, w, None, activation), (x, w))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.5])
+def test_gradcheck_cross_entropy_label_smoothing(label_smoothing):
+    logits = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 3, 1, 1, 2])
+    assert torch.autograd.gradcheck(lambda z: HF.cross_entropy(z, y, label_smoothing), (logits,))
+
+
+@pytest.mark.parametrize("activation,loss", list(itertools.product(ACTIVATIONS, LOSSES)))
+def test_manual_equals_autograd_float32(activation, loss):
+    """Same parameters, same batch: the same loss and the same gradients in float32."""
+    torch.manual_seed(0)
+    out_act = "sigmoid" if loss == "quadratic" else "identity"
+    mlp = MLP([20, 32, 16, 10], activation, output_activation=out_act)
+    x, y = _batch(n=64, n_in=20, classes=10, dtype=torch.float32)
+    grads, losses = {}, {}
+    for backward in HF.BACKWARDS:
+        mlp.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        losses[backward] = _mlp_loss(mlp, xi, y, loss, backward)
+        losses[backward].backward()
+        grads[backward] = [xi.grad] + [p.grad.clone() for p in mlp.parameters()]
+    torch.testing.assert_close(losses["manual"], losses["autograd"])
+    for gm, ga in zip(grads["manual"], grads["autograd"]):
+        torch.testing.assert_close(gm, ga, rtol=1e-5, atol=1e-6)
+
+
+def test_label_smoothing_matches_pytorch():
+    logits = torch.randn(32, 10, requires_grad=True)
+    y = torch.randint(0, 10, (32,))
+    ours = HF.cross_entropy(logits, y, 0.1)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    ref = F.cross_entropy(logits, y, label_smoothing=0.1)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_each_derivative_matches_autograd(activation):
+    """Each activation's chain rule on its own, including the awkward points: exactly 0
+    (relu's kink) and saturation (|z| = 40, where sigmoid and tanh are flat)."""
+    act = HF.ACTIVATIONS[activation]
+    z = torch.tensor([-40.0, -3.0, -0.5, 0.0, 0.5, 3.0, 40.0], dtype=torch.float64, requires_grad=True)
+    a = act.fn(z)
+    g = torch.linspace(-1, 1, len(z), dtype=torch.float64)
+    (expected,) = torch.autograd.grad(a, z, g)
+    saved = {"output": a.detach(), "input": z.detach(), "nothing": None}[act.saves]
+    torch.testing.assert_close(act.chain(g, saved), expected)
+
+
+class _CountMatmuls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("input_requires_grad", [False, True])
+def test_input_layer_computes_no_dx(input_requires_grad):
+    """Backward of an L-layer MLP runs one matmul per dW and one per dx handed down:
+    2L - 1 when the input (the image) needs no gradient, 2L when it does."""
+    torch.manual_seed(0)
+    mlp = MLP([12, 8, 8, 3], "relu")
+    x = torch.randn(5, 12, requires_grad=input_requires_grad)
+    loss = HF.cross_entropy(mlp(x), torch.tensor([0, 1, 2, 0, 1]))
+    with _CountMatmuls() as counter:
+        loss.backward()
+    n_layers = len(mlp.layers)
+    assert counter.count == 2 * n_layers - (0 if input_requires_grad else 1)
+    assert (x.grad is not None) == input_requires_grad
+
+
+def test_dropout_backward_uses_the_same_mask():
+    x = torch.randn(200, 50, requires_grad=True)
+    torch.manual_seed(3)
+    y = HF.dropout(x, 0.3)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    kept = y != 0
+    assert 0.6 < kept.float().mean() < 0.8
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)
+    torch.testing.assert_close(gx, kept.float() / 0.7)
+    torch.manual_seed(3)
+    y_ref = HF.dropout(x, 0.3, backward="autograd")
+    torch.testing.assert_close(y, y_ref)
+    assert HF.dropout(x, 0.3, training=False) is x
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_second_derivative_raises_instead_of_lying(activation):
+    """Double backward through the manual pass would be silently wrong: it must refuse."""
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first derivatives only.*backward='autograd'"):
+        torch.autograd.grad(HF.linear(x, w, None, activation).sum(), w, create_graph=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.gradgradcheck(lambda z: HF.cross_entropy(z, torch.tensor([0, 1, 0])), (x,))
+    # the reference path supports it
+    torch.autograd.gradgradcheck(lambda w: HF.linear(x, w, None, activation, backward="autograd"), (w,))
+
+
+def test_bad_arguments_are_named():
+    x = torch.randn(2, 3)
+    w = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="activation='softplus'"):
+        HF.linear(x, w, None, "softplus")
+    with pytest.raises(ValueError, match="backward='numeric'"):
+        HF.linear(x, w, None, "relu", backward="numeric")
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 1\)"):
+        HF.linear(x[..., None], w)
+    with pytest.raises(ValueError, match="outside"):
+        HF.dropout(x, 1.0)

@@ -1,0 +1,78 @@
+"""The LightningModule: normalisation, the cost, gradients of a real step, the optimiser."""
+
+import functools
+
+import pytest
+import torch
+
+from handprop.data import DigitsDataModule
+from handprop.module import DigitClassifier
+
+
+def _batch(n=32):
+    dm = DigitsDataModule("sample", batch_size=n, augment={"rotation": 10, "shift": 2})
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    return dm, dm.on_after_batch_transfer((images, labels), 0)
+
+
+@pytest.mark.parametrize("loss,out_act", [("cross_entropy", "identity"), ("quadratic", "sigmoid")])
+def test_a_real_step_manual_equals_autograd(loss, out_act):
+    """A whole training step on real digits: the manual and the reference gradients agree."""
+    torch.manual_seed(0)
+    _, (images, labels) = _batch()
+    model = DigitClassifier(hidden=[64, 32], activation="tanh", output_activation=out_act, loss=loss)
+    model.pixel_mean.fill_(0.13)
+    model.pixel_std.fill_(0.31)
+    grads = {}
+    for backward in ("manual", "autograd"):
+        model.net.backward = backward
+        model.zero_grad()
+        model.cost(model(images), labels, backward=backward).backward()
+        grads[backward] = [p.grad.clone() for p in model.parameters()]
+    for gm, ga in zip(grads["manual"], grads["autograd"]):
+        torch.testing.assert_close(gm, ga, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_normalises_with_the_stored_statistics():
+    model = DigitClassifier(hidden=[], init="normal")
+    images = torch.rand(4, 1, 28, 28)
+    model.pixel_mean.fill_(0.2)
+    model.pixel_std.fill_(0.5)
+    expected = ((images.flatten(1) - 0.2) / 0.5) @ model.net.layers[0].weight.t() + model.net.layers[0].bias
+    torch.testing.assert_close(model(images), expected)
+    assert {"pixel_mean", "pixel_std"} <= set(model.state_dict())
+
+
+def test_hyperparameters_are_plain_types():
+    model = DigitClassifier(hidden=(32,), optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    assert dict(model.hparams)["hidden"] == [32]
+    assert "optimizer" not in model.hparams
+
+
+def test_label_smoothing_with_quadratic_cost_is_refused():
+    with pytest.raises(ValueError, match="label_smoothing applies to the cross_entropy cost only"):
+        DigitClassifier(loss="quadratic", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="loss='hinge'"):
+        DigitClassifier(loss="hinge")
+
+
+class _Trainer:
+    estimated_stepping_batches = 320
+
+
+@pytest.mark.parametrize(
+    "scheduler,expected",
+    [
+        (functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1), {"total_steps": 320}),
+        (functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR), {"T_max": 320}),
+        (functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=10), {}),
+        (functools.partial(torch.optim.lr_scheduler.StepLR, step_size=5), {}),
+    ],
+)
+def test_schedule_length_is_filled_in_only_when_missing(scheduler, expected, monkeypatch):
+    model = DigitClassifier(hidden=[8], optimizer=functools.partial(torch.optim.SGD, lr=0.1), scheduler=scheduler)
+    monkeypatch.setattr(DigitClassifier, "trainer", property(lambda self: _Trainer()))
+    assert model._schedule_length() == expected
+    config = model.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "step"

@@ -1,0 +1,75 @@
+"""Configs compose, bad values are caught before any work, and train() leaves a complete run."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import CONF, compose_config
+from handprop.train import ConfigError, UserError, check_config, config_problems, evaluate, train
+
+
+def test_default_config_is_valid(tmp_path):
+    cfg = compose_config("train", [], tmp_path)
+    assert config_problems(cfg) == []
+    assert cfg.data.dataset == "sample" and cfg.seed == 42 and cfg.logger.tensorboard
+    assert list(cfg.callbacks) == ["model_checkpoint", "lr_monitor", "progress_bar"]
+    assert cfg.callbacks.model_checkpoint.monitor == "val/acc" and cfg.callbacks.model_checkpoint.save_last
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_is_valid(train_cfg, experiment):
+    assert config_problems(train_cfg(f"experiment={experiment}")) == []
+
+
+@pytest.mark.parametrize(
+    "override,key,hint",
+    [
+        ("model.activation=softplus", "model.activation='softplus'", "must be one of identity, sigmoid"),
+        ("model.output_activation=softmax", "model.output_activation='softmax'", "must be one of"),
+        ("model.loss=hinge", "model.loss='hinge'", "cross_entropy, quadratic"),
+        ("model.hidden=[512,0]", "model.hidden=[512, 0]", "positive layer sizes"),
+        ("model.hidden=[-3]", "model.hidden=[-3]", "positive layer sizes"),
+        ("model.dropout=1.5", "model.dropout=1.5", "probability in [0, 1)"),
+        ("optimizer.lr=0", "optimizer.lr=0", "positive number"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1", "positive number"),
+        ("data.batch_size=0", "data.batch_size=0", "positive integer"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0", "positive integer"),
+        ("data=mnist data.data_dir=/no/such/dir", "data.data_dir='/no/such/dir'", "does not exist"),
+    ],
+)
+def test_bad_values_are_named_with_the_fix(train_cfg, override, key, hint):
+    problems = config_problems(train_cfg(*override.split()))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(key) and hint in problems[0]
+    with pytest.raises(ConfigError, match="bad config"):
+        check_config(train_cfg(*override.split()))
+
+
+def test_several_problems_are_reported_together(train_cfg):
+    problems = config_problems(train_cfg("model.activation=x", "optimizer.lr=-1"))
+    assert [p.split("=")[0] for p in problems] == ["model.activation", "optimizer.lr"]
+
+
+def test_train_leaves_a_complete_run(train_cfg, tmp_path):
+    metrics = train(train_cfg())
+    assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/fit_s"} <= set(metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["hidden"] == [512, 256]
+    assert 0.1 < ckpt["state_dict"]["pixel_mean"].item() < 0.15
+
+
+def test_missing_checkpoint_is_a_user_error(train_cfg, tmp_path):
+    with pytest.raises(UserError, match="ckpt_path=.*nope.ckpt: no such checkpoint file"):
+        train(train_cfg(f"ckpt_path={tmp_path}/nope.ckpt"))
+
+
+def test_eval_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    cfg = compose_config("eval", [f"ckpt_path={junk}"], tmp_path / "eval")
+    with pytest.raises(UserError, match="is not a handprop checkpoint"):
+        evaluate(cfg)
