@@ -14,7 +14,6 @@ install: $(STAMP)  ## create .venv with handprop installed editable (+ pytest)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 

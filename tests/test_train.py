@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import CONF, compose_config
 from handprop.train import ConfigError, UserError, check_config, config_problems, evaluate, train
@@ -56,7 +57,10 @@ def test_train_leaves_a_complete_run(train_cfg, tmp_path):
     assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/fit_s"} <= set(metrics)
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    expected_tags = {"train/loss_step", "train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc"}
+    assert expected_tags <= set(events.Tags()["scalars"])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["hidden"] == [512, 256]
     assert 0.1 < ckpt["state_dict"]["pixel_mean"].item() < 0.15
