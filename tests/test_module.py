@@ -66,6 +66,7 @@ class _Trainer:
     [
         (functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1), {"total_steps": 320}),
         (functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR), {"T_max": 320}),
+        (functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=None), {"total_steps": 320}),
         (functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=10), {}),
         (functools.partial(torch.optim.lr_scheduler.StepLR, step_size=5), {}),
     ],

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import CONF, compose_config
+from conftest import CONF, FAST, compose_config
 from handprop.train import ConfigError, UserError, check_config, config_problems, evaluate, train
 
 
@@ -77,3 +77,21 @@ def test_eval_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     cfg = compose_config("eval", [f"ckpt_path={junk}"], tmp_path / "eval")
     with pytest.raises(UserError, match="is not a handprop checkpoint"):
         evaluate(cfg)
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    run = [*FAST, "scheduler=cosine", "scheduler.T_max=8"]
+    first = train(compose_config("train", [*run, "trainer.max_epochs=1"], tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    resumed = train(compose_config("train", [*run, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "b"))
+    assert first["trainer/global_step"] == 4 and resumed["trainer/global_step"] == 8
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 8  # the schedule continued, not restarted
+
+
+def test_resume_past_the_end_of_a_one_cycle_schedule_says_why(tmp_path):
+    train(compose_config("train", [*FAST, "trainer.max_epochs=1"], tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match="schedule ends after 4 steps but this run asks for 8"):
+        train(compose_config("train", [*FAST, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "b"))

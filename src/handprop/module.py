@@ -15,6 +15,10 @@ from . import functional as HF
 from .nn import MLP
 
 
+class ScheduleError(ValueError):
+    """A resumed run asks for more steps than the checkpoint's schedule has."""
+
+
 class DigitClassifier(L.LightningModule):
     """Reads 28×28 digits with an MLP whose gradients come from our own backward pass.
 
@@ -65,6 +69,19 @@ class DigitClassifier(L.LightningModule):
             self.pixel_mean.fill_(stats[0])
             self.pixel_std.fill_(stats[1])
 
+    def on_train_start(self) -> None:
+        # A one-cycle schedule restored from a checkpoint keeps its length: resuming with a
+        # larger trainer.max_epochs would crash mid-run ("Tried to step N times"). Say so now.
+        steps = self.trainer.estimated_stepping_batches
+        for config in self.trainer.lr_scheduler_configs:
+            total = getattr(config.scheduler, "total_steps", None)
+            if total is not None and total < steps:
+                raise ScheduleError(
+                    f"the learning-rate schedule ends after {total} steps but this run asks for {steps}. "
+                    "Resume with the original trainer.max_epochs, or give the run a fresh schedule "
+                    "(load only the weights, or use scheduler=none / scheduler=cosine)."
+                )
+
     def forward(self, images: Tensor) -> Tensor:
         x = (images.flatten(1) - self.pixel_mean) / self.pixel_std
         return self.net(x)
@@ -99,9 +116,9 @@ class DigitClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     def _schedule_length(self) -> dict:
-        """Fill in the schedule's length in optimiser steps where its config leaves it out."""
+        """Fill in the schedule's length in optimiser steps where its config leaves it unset."""
         factory = self.scheduler_factory
-        given = getattr(factory, "keywords", {})
+        given = {k: v for k, v in getattr(factory, "keywords", {}).items() if v is not None}
         params = inspect.signature(getattr(factory, "func", factory)).parameters
         steps = int(self.trainer.estimated_stepping_batches)
         if "total_steps" in params and "total_steps" not in given and "epochs" not in given:

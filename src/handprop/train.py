@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import functional as HF
 from .data import DATASETS, DataError
-from .module import DigitClassifier
+from .module import DigitClassifier, ScheduleError
 from .nn import INITS
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except DataError as e:
+    except (DataError, ScheduleError) as e:
         raise UserError(str(e)) from e
     metrics = _scalars(trainer.callback_metrics)
     metrics["time/fit_s"] = time.perf_counter() - start
