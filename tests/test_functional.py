@@ -130,19 +130,34 @@ def test_input_layer_computes_no_dx(input_requires_grad):
     assert (x.grad is not None) == input_requires_grad
 
 
-def test_dropout_backward_uses_the_same_mask():
-    x = torch.randn(200, 50, requires_grad=True)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_dropout_inside_the_layer(activation):
+    """Dropout fused into the layer: kept units are scaled by 1/(1-p), dropped ones pass no
+    gradient, and the manual backward matches the reference on the same mask."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 20, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(40, 20, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    outs, grads = {}, {}
+    for backward in HF.BACKWARDS:
+        torch.manual_seed(3)
+        outs[backward] = HF.linear(x, w, b, activation, dropout=0.3, backward=backward)
+        grads[backward] = torch.autograd.grad((outs[backward] ** 2).sum(), (x, w, b))
+    full = HF.ACTIVATIONS[activation].fn(x @ w.t() + b)
     torch.manual_seed(3)
-    y = HF.dropout(x, 0.3)
-    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
-    kept = y != 0
-    assert 0.6 < kept.float().mean() < 0.8
-    torch.testing.assert_close(y[kept], x[kept] / 0.7)
-    torch.testing.assert_close(gx, kept.float() / 0.7)
-    torch.manual_seed(3)
-    y_ref = HF.dropout(x, 0.3, backward="autograd")
-    torch.testing.assert_close(y, y_ref)
-    assert HF.dropout(x, 0.3, training=False) is x
+    kept = HF.dropout_mask(full, 0.3)
+    assert 0.65 < kept.double().mean() < 0.75
+    torch.testing.assert_close(outs["manual"], torch.where(kept, full / 0.7, 0))
+    torch.testing.assert_close(outs["manual"], outs["autograd"])
+    for gm, ga in zip(grads["manual"], grads["autograd"]):
+        torch.testing.assert_close(gm, ga)
+
+
+    def same_mask_every_call(x, w, b):
+        torch.manual_seed(7)
+        return HF.linear(x, w, b, activation, dropout=0.3)
+
+    assert torch.autograd.gradcheck(same_mask_every_call, (x[:5], w, b))
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -168,4 +183,4 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"shape \(2, 3, 1\)"):
         HF.linear(x[..., None], w)
     with pytest.raises(ValueError, match="outside"):
-        HF.dropout(x, 1.0)
+        HF.linear(x, w, None, "relu", dropout=1.0)

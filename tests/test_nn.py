@@ -67,9 +67,7 @@ def test_manual_forward_records_our_function():
     while node is not None:
         names.append(type(node).__name__)
         node = node.next_functions[0][0] if node.next_functions else None
-    assert names[0] == "LinearActFunctionBackward"
-    assert "DropoutFunctionBackward" in names
-    assert not any(n.startswith(("Addmm", "Relu", "Mul")) for n in names)
+    assert names == ["LinearActFunctionBackward", "LinearActFunctionBackward"]  # dropout is inside
 
 
 @pytest.mark.parametrize("init", INITS)

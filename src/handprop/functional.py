@@ -27,6 +27,7 @@ compare against.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -66,19 +67,24 @@ def _identity_chain(g: Tensor, _: None) -> Tensor:  # f'(z) = 1
     return g
 
 
+# The chain rules below write into the one fresh tensor they allocate (the trailing-
+# underscore ops): a backward pass is mostly memory traffic, and each extra temporary
+# the size of a layer's activations costs as much time as the arithmetic.
+
+
 def _sigmoid_chain(g: Tensor, a: Tensor) -> Tensor:  # σ'(z) = σ(z)(1 - σ(z)) = a(1 - a)
-    return g * a * (1 - a)
+    return (1 - a).mul_(a).mul_(g)
 
 
 def _tanh_chain(g: Tensor, a: Tensor) -> Tensor:  # tanh'(z) = 1 - tanh²(z) = 1 - a²
-    return g * (1 - a * a)
+    return (a * a).neg_().add_(1).mul_(g)
 
 
 def _relu_chain(g: Tensor, a: Tensor) -> Tensor:
-    # relu'(z) = 1 if z > 0 else 0, and a > 0 exactly when z > 0. At z = 0 the
-    # derivative is taken as 0, PyTorch's convention; masked_fill (not g * mask) also
-    # keeps a NaN or Inf gradient from leaking through a dead unit, as PyTorch does.
-    return g.masked_fill(a <= 0, 0)
+    # relu'(z) = 1 if z > 0 else 0 (0 at z = 0 too, PyTorch's convention). The output
+    # a = max(z, 0) is never negative, so sign(a) is exactly that 0/1 derivative --
+    # one float op, several times faster than building a boolean mask.
+    return a.sign().mul_(g)
 
 
 LEAKY_SLOPE = 0.01  # PyTorch's default negative_slope
@@ -152,35 +158,74 @@ def first_order(backward):
     return guarded
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype that torch.autocast runs matrix products in right now, or None when it is off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
 
 class LinearActFunction(torch.autograd.Function):
-    """a = f(x Wᵀ + b) for a mini-batch x (N × n_in), W (n_out × n_in), b (n_out).
+    """One layer: y = dropout(f(x Wᵀ + b)) for a mini-batch x (N × n_in), W (n_out × n_in).
 
-    The backward is the four lines of the module docstring. It honours
-    ``ctx.needs_input_grad``: the first layer's input is the image, which needs no
-    gradient, so no dx is computed there.
+    forward:   z = x Wᵀ + b,   a = f(z),   y = a ⊙ m / (1-p)    (m: the dropout keep-mask)
+    backward:  given g = ∂C/∂y,
+               da = g ⊙ m / (1-p)     only the units that were kept pass gradient back
+               dz = da ⊙ f'(z)
+               dW = dzᵀ x,   db = Σ_batch dz,   dx = dz W
+
+    Saved for backward: x (the layer below's output: no new memory), W, and what f'
+    needs -- y itself for sigmoid/tanh/relu (where m = 1, a = y(1-p); where m = 0 the
+    gradient is zero anyway), z for gelu -- plus the boolean m (1 byte a unit).
+    ``ctx.needs_input_grad`` is honoured: the first layer's input is the image, which
+    needs no gradient, so no dx is computed there.
+
+    Mixed precision: under torch.autocast (CPU bf16, CUDA fp16/bf16) the inputs are cast
+    to the autocast dtype once, the layer runs and saves its tensors in that dtype, and
+    the backward computes in it too. This is what ``torch.amp.custom_fwd(cast_inputs=
+    <dtype>)`` and ``custom_bwd`` do, but for whichever device and dtype autocast has
+    enabled, where those decorators need both fixed in advance. Autograd casts dW and db
+    back to the parameters' dtype, so ``.grad`` stays float32.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
+    def forward(ctx, x, weight, bias, activation: str, keep=None, scale: float = 1.0):
         act = ACTIVATIONS[activation]
-        z = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
-        a = act.fn(z)
-        kept = {"output": a, "input": z}.get(act.saves)
-        ctx.save_for_backward(x, weight, kept)
-        ctx.act = act
+        dtype = autocast_dtype(x.device.type)
+        if dtype is not None:
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
+            z = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+            a = act.fn(z)
+            if keep is not None:
+                a = (a * keep if a is z else a.mul_(keep)).mul_(scale)  # never overwrite a saved z
+        ctx.save_for_backward(x, weight, {"output": a, "input": z}.get(act.saves), keep)
+        ctx.act, ctx.scale = act, scale
         return a
 
     @staticmethod
     @first_order
-    def backward(ctx, g: Tensor):
-        x, weight, kept = ctx.saved_tensors
-        need_x, need_w, need_b, _ = ctx.needs_input_grad
+    def backward(ctx, g):
+        x, weight, kept, keep = ctx.saved_tensors
+        g = g.to(x.dtype)  # under autocast the gradient from above may arrive in float32
+        if keep is not None:
+            g = (g * keep).mul_(ctx.scale)
+            if ctx.act.saves == "output":
+                kept = kept * (1 / ctx.scale)
         dz = ctx.act.chain(g, kept)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         dx = dz @ weight if need_x else None
         dW = dz.t() @ x if need_w else None
         db = dz.sum(0) if need_b else None
-        return dx, dW, db, None
+        return dx, dW, db, None, None, None
+
+
+def dropout_mask(like: Tensor, p: float) -> Tensor:
+    """Which units survive dropout: True with probability 1 - p (boolean, 1 byte each)."""
+    return torch.empty_like(like, dtype=torch.bool).bernoulli_(1 - p)
 
 
 def linear(
@@ -188,49 +233,25 @@ def linear(
     weight: Tensor,
     bias: Tensor | None = None,
     activation: str = "identity",
+    dropout: float = 0.0,
     backward: str = "manual",
 ) -> Tensor:
-    """One fully connected layer and its activation, a = f(x Wᵀ + b), x of shape (N, n_in)."""
+    """One fully connected layer, its activation and (p = ``dropout`` > 0) inverted dropout:
+    y = f(x Wᵀ + b) ⊙ m / (1-p), with x of shape (N, n_in). Pass dropout=0 outside training."""
     check_choice("activation", activation, ACTIVATIONS)
     if x.dim() != 2:
         raise ValueError(f"linear expects a batch of vectors (N, n_in), got shape {tuple(x.shape)}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout probability p={dropout} is outside [0, 1)")
+    keep, scale = None, 1.0
+    if dropout:
+        # One mask for both backward modes: with the same seed they see the same units.
+        keep, scale = dropout_mask(x.new_empty(x.shape[0], weight.shape[0]), dropout), 1 / (1 - dropout)
     if backward == "manual":
-        return LinearActFunction.apply(x, weight, bias, activation)
+        return LinearActFunction.apply(x, weight, bias, activation, keep, scale)
     check_choice("backward", backward, BACKWARDS)
-    return ACTIVATIONS[activation].fn(F.linear(x, weight, bias))
-
-
-class DropoutFunction(torch.autograd.Function):
-    """Inverted dropout with a given keep-mask m: y = x ⊙ m / (1 - p), dx = g ⊙ m / (1 - p).
-
-    Only the boolean mask is saved (one byte per unit).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x * keep * scale
-
-    @staticmethod
-    @first_order
-    def backward(ctx, g: Tensor):
-        (keep,) = ctx.saved_tensors
-        return g * keep * ctx.scale, None, None
-
-
-def dropout(x: Tensor, p: float, training: bool = True, backward: str = "manual") -> Tensor:
-    """Zero each unit with probability p while training, scaling the survivors by 1/(1-p)."""
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout probability p={p} is outside [0, 1)")
-    if not training or p == 0:
-        return x
-    # One mask for both backward modes, so that with the same seed they match exactly.
-    keep = torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - p)
-    if backward == "manual":
-        return DropoutFunction.apply(x, keep, 1 / (1 - p))
-    check_choice("backward", backward, BACKWARDS)
-    return x * keep * (1 / (1 - p))
+    a = ACTIVATIONS[activation].fn(F.linear(x, weight, bias))
+    return a if keep is None else a * keep * scale
 
 
 # --------------------------------------------------------------------------- costs
@@ -241,15 +262,17 @@ class CrossEntropyFunction(torch.autograd.Function):
     softened by label smoothing ε to q = (1-ε)·onehot + ε/K.
 
     Softmax and log are fused, so the gradient is simply ∂C/∂logits = (p - q) / N:
-    no division by a small p, no overflow for large logits.
+    no division by a small p, no overflow for large logits. Computed in float32 (or float64)
+    whatever the logits' dtype (under autocast they arrive in bf16/fp16), as autocast does for
+    PyTorch's own cross_entropy.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
-        logp = torch.log_softmax(logits, dim=1)
-        n, k = logits.shape
-        picked = logp.gather(1, target[:, None]).sum()
-        loss = -((1 - label_smoothing) * picked + label_smoothing / k * logp.sum()) / n
+        logp = torch.log_softmax(_at_least_float32(logits), dim=1)
+        nll = -logp.gather(1, target[:, None]).mean()  # -(1/N) Σ_n log p_n,label
+        # with smoothing, q also puts ε/K on every class: -(ε/K)(1/N) Σ_nk log p_nk
+        loss = torch.lerp(nll, -logp.mean(), label_smoothing) if label_smoothing else nll
         ctx.save_for_backward(logp, target)
         ctx.label_smoothing = label_smoothing
         return loss
@@ -262,9 +285,9 @@ class CrossEntropyFunction(torch.autograd.Function):
         eps = ctx.label_smoothing
         grad = logp.exp()  # p
         if eps:
-            grad -= eps / k
+            grad.sub_(eps / k)
         grad.scatter_add_(1, target[:, None], grad.new_full((n, 1), eps - 1))  # - (1-ε)·onehot
-        return grad * (g / n), None, None
+        return grad.mul_(g / n), None, None
 
 
 def cross_entropy(
@@ -285,12 +308,12 @@ class QuadraticCostFunction(torch.autograd.Function):
     The lesson adds up the squared differences of every output neuron from what it
     should be and averages that over the examples; the ½ (Nielsen's convention in
     network.py) only rescales the learning rate and makes the gradient clean:
-    ∂C/∂a = (a - y) / N.
+    ∂C/∂a = (a - y) / N. Computed in float32, like the cross-entropy.
     """
 
     @staticmethod
     def forward(ctx, output: Tensor, target: Tensor) -> Tensor:
-        diff = output - F.one_hot(target, output.shape[1]).to(output.dtype)
+        diff = _at_least_float32(output) - F.one_hot(target, output.shape[1])
         ctx.save_for_backward(diff)
         return 0.5 * (diff * diff).sum() / output.shape[0]
 
@@ -310,7 +333,7 @@ def quadratic_cost(
     if backward == "manual":
         return QuadraticCostFunction.apply(output, target)
     check_choice("backward", backward, BACKWARDS)
-    diff = output - F.one_hot(target, output.shape[1]).to(output.dtype)
+    diff = _at_least_float32(output) - F.one_hot(target, output.shape[1])
     return 0.5 * (diff * diff).sum() / output.shape[0]
 
 

@@ -67,8 +67,8 @@ class Linear(nn.Module):
                 nn.init.kaiming_normal_(w, nonlinearity="relu")
                 b.zero_()
 
-    def forward(self, x: Tensor) -> Tensor:
-        return HF.linear(x, self.weight, self.bias, self.activation, self.backward)
+    def forward(self, x: Tensor, dropout: float = 0.0) -> Tensor:
+        return HF.linear(x, self.weight, self.bias, self.activation, dropout, self.backward)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, activation={self.activation}"
@@ -123,6 +123,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         *hidden, last = self.layers
+        p = self.dropout if self.training else 0.0
         for layer in hidden:
-            x = HF.dropout(layer(x), self.dropout, self.training, self._backward)
+            x = layer(x, dropout=p)
         return last(x)
