@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test tensorboard clean distclean
+.PHONY: help install train test bench tensorboard clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ train: install  ## train the default MLP on the embedded MNIST sample (ARGS="key
 
 test: install  ## run the whole test suite, slow tests included, on CPU
 	$(BIN)/python -m pytest $(ARGS)
+
+bench: install  ## benchmarks: manual vs autograd backward (speed, memory), audit cost -> outputs/bench/
+	$(BIN)/python -m handprop.bench $(ARGS)
 
 tensorboard: install  ## serve every run under outputs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 --port 6006

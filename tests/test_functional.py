@@ -184,3 +184,111 @@ def test_bad_arguments_are_named():
         HF.linear(x[..., None], w)
     with pytest.raises(ValueError, match="outside"):
         HF.linear(x, w, None, "relu", dropout=1.0)
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def _layer_grads(x, w, b, activation, backward, g=None):
+    """Output and gradients (x if it requires grad, W, b) of one layer for an upstream g."""
+    out = HF.linear(x, w, b, activation, backward=backward)
+    g = torch.ones_like(out) if g is None else g
+    inputs = [t for t in (x, w, b) if t.requires_grad]
+    return out, torch.autograd.grad(out, inputs, g, allow_unused=True)
+
+
+def _assert_layer_matches_reference(x, w, b, activation, g=None, **tol):
+    out_m, grads_m = _layer_grads(x, w, b, activation, "manual", g)
+    out_a, grads_a = _layer_grads(x, w, b, activation, "autograd", g)
+    torch.testing.assert_close(out_m, out_a, equal_nan=True, **tol)
+    for gm, ga in zip(grads_m, grads_a):
+        torch.testing.assert_close(gm, ga, equal_nan=True, **tol)
+
+
+def _params(n_in=6, n_out=5, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n_out, n_in, generator=g, dtype=dtype).requires_grad_()
+    b = torch.randn(n_out, generator=g, dtype=dtype).requires_grad_()
+    return w, b
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("n", [1, 0])
+def test_batch_of_one_and_empty_batch(activation, n):
+    w, b = _params()
+    x = torch.randn(n, 6, requires_grad=True)
+    _assert_layer_matches_reference(x, w, b, activation)
+    if n == 0:  # an empty batch contributes nothing
+        _, (gx, gw, gb) = _layer_grads(x, w, b, activation, "manual")
+        assert gx.shape == (0, 6) and not gw.any() and not gb.any()
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_costs_on_an_empty_batch_match_pytorch(loss):
+    logits = torch.randn(0, 10, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long)
+    manual, reference = HF.LOSSES[loss](logits, y), HF.LOSSES[loss](logits, y, backward="autograd")
+    assert torch.isnan(manual) and torch.isnan(reference)  # mean over nothing
+    assert torch.autograd.grad(manual, logits)[0].shape == (0, 10)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_non_contiguous_inputs(activation):
+    w, b = _params()
+    base = torch.randn(6, 9)
+    for x in (base.t()[:, :], torch.randn(9, 12)[:, ::2], torch.randn(20, 6)[3:12]):
+        x = x.detach().requires_grad_()
+        assert x.shape == (9, 6)
+        _assert_layer_matches_reference(x, w, b, activation)
+    w_t = torch.randn(6, 5).t().requires_grad_()  # a transposed weight
+    _assert_layer_matches_reference(torch.randn(4, 6), w_t, b, activation)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_saturated_units(activation):
+    """|z| > 30: sigmoid and tanh are flat, the derivative is 0 (or tiny), never NaN."""
+    w = torch.eye(4).requires_grad_()
+    b = torch.zeros(4, requires_grad=True)
+    x = torch.tensor([[35.0, -35.0, 80.0, -80.0]], requires_grad=True)
+    _assert_layer_matches_reference(x, w, b, activation)
+    _, grads = _layer_grads(x, w, b, activation, "manual")
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert grads[0].abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_exactly_at_the_kink(activation):
+    """z = 0 exactly: relu'(0) = 0 and leaky_relu'(0) = slope, PyTorch's convention."""
+    w = torch.eye(3).requires_grad_()
+    b = torch.zeros(3, requires_grad=True)
+    x = torch.tensor([[0.0, 1.0, -1.0]], requires_grad=True)
+    _assert_layer_matches_reference(x, w, b, activation, rtol=0, atol=0)
+    _, (gx, _, _) = _layer_grads(x, w, b, activation, "manual")
+    at_zero = 0.0 if activation == "relu" else HF.LEAKY_SLOPE
+    assert gx[0, 0].item() == pytest.approx(at_zero)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_float64(activation):
+    w, b = _params(dtype=torch.float64)
+    x = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    out, grads = _layer_grads(x, w, b, activation, "manual")
+    assert out.dtype == torch.float64 and all(g.dtype == torch.float64 for g in grads)
+    _assert_layer_matches_reference(x, w, b, activation, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_shared_parameters_accumulate(activation):
+    """One W used by two calls in one graph (a weight-tied layer applied twice): its
+    gradient is the sum of both uses, as with the reference."""
+    w, b = _params(n_in=5, n_out=5)
+    x = torch.randn(4, 5)
+    grads = {}
+    for backward in HF.BACKWARDS:
+        w.grad = b.grad = None
+        h = HF.linear(x, w, b, activation, backward=backward)
+        out = HF.linear(h, w, b, activation, backward=backward)
+        HF.cross_entropy(out, torch.tensor([0, 1, 2, 3]), backward=backward).backward()
+        grads[backward] = (w.grad.clone(), b.grad.clone())
+    for gm, ga in zip(grads["manual"], grads["autograd"]):
+        torch.testing.assert_close(gm, ga)

@@ -14,7 +14,7 @@ def test_default_config_is_valid(tmp_path):
     cfg = compose_config("train", [], tmp_path)
     assert config_problems(cfg) == []
     assert cfg.data.dataset == "sample" and cfg.seed == 42 and cfg.logger.tensorboard
-    assert list(cfg.callbacks) == ["model_checkpoint", "lr_monitor", "progress_bar"]
+    assert list(cfg.callbacks) == ["model_checkpoint", "gradient_audit", "lr_monitor", "progress_bar"]
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc" and cfg.callbacks.model_checkpoint.save_last
 
 
@@ -59,7 +59,8 @@ def test_train_leaves_a_complete_run(train_cfg, tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    expected_tags = {"train/loss_step", "train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc"}
+    expected_tags = {"train/loss_step", "train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc",
+                     "audit/max_rel_err/layer1", "audit/max_rel_err/layer3"}
     assert expected_tags <= set(events.Tags()["scalars"])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["hidden"] == [512, 256]

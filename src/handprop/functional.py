@@ -176,8 +176,8 @@ class LinearActFunction(torch.autograd.Function):
                dz = da ⊙ f'(z)
                dW = dzᵀ x,   db = Σ_batch dz,   dx = dz W
 
-    Saved for backward: x (the layer below's output: no new memory), W, and what f'
-    needs -- y itself for sigmoid/tanh/relu (where m = 1, a = y(1-p); where m = 0 the
+    Saved for backward: x (the layer below's output: no new memory) when dW is wanted,
+    W when dx is wanted, and what f' needs -- y itself for sigmoid/tanh/relu (where m = 1, a = y(1-p); where m = 0 the
     gradient is zero anyway), z for gelu -- plus the boolean m (1 byte a unit).
     ``ctx.needs_input_grad`` is honoured: the first layer's input is the image, which
     needs no gradient, so no dx is computed there.
@@ -202,15 +202,20 @@ class LinearActFunction(torch.autograd.Function):
             a = act.fn(z)
             if keep is not None:
                 a = (a * keep if a is z else a.mul_(keep)).mul_(scale)  # never overwrite a saved z
-        ctx.save_for_backward(x, weight, {"output": a, "input": z}.get(act.saves), keep)
-        ctx.act, ctx.scale = act, scale
+        need_x, need_w = ctx.needs_input_grad[:2]
+        # dW needs x, dx needs W: keep each only if its partner's gradient is wanted
+        # (the first layer computes no dx, so it does not hold on to W).
+        ctx.save_for_backward(
+            x if need_w else None, weight if need_x else None, {"output": a, "input": z}.get(act.saves), keep
+        )
+        ctx.act, ctx.scale, ctx.dtype = act, scale, z.dtype
         return a
 
     @staticmethod
     @first_order
     def backward(ctx, g):
         x, weight, kept, keep = ctx.saved_tensors
-        g = g.to(x.dtype)  # under autocast the gradient from above may arrive in float32
+        g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
         if keep is not None:
             g = (g * keep).mul_(ctx.scale)
             if ctx.act.saves == "output":

@@ -27,6 +27,9 @@ class DigitClassifier(L.LightningModule):
     data module provides at fit time and the checkpoint keeps (buffers), so that a
     checkpoint evaluates and predicts without the training data.
 
+    ``compile=True`` compiles the network with torch.compile, the hand-written backward
+    passes inside the graph.
+
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``):
     ``optimizer(params)`` and ``scheduler(optimizer)``. Schedulers step once per
     optimiser step; a OneCycleLR ``total_steps`` or a CosineAnnealingLR ``T_max``
@@ -45,6 +48,7 @@ class DigitClassifier(L.LightningModule):
         backward: str = "manual",
         input_size: int = 784,
         num_classes: int = 10,
+        compile: bool = False,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
     ):
@@ -68,6 +72,10 @@ class DigitClassifier(L.LightningModule):
         if stage == "fit" and stats is not None:
             self.pixel_mean.fill_(stats[0])
             self.pixel_std.fill_(stats[1])
+        if self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
+            # In place: parameter names and checkpoints stay those of the eager network.
+            # fullgraph: our autograd.Functions must trace whole, never fall back to eager.
+            self.net.compile(fullgraph=True)
 
     def on_train_start(self) -> None:
         # A one-cycle schedule restored from a checkpoint keeps its length: resuming with a
@@ -82,9 +90,12 @@ class DigitClassifier(L.LightningModule):
                     "(load only the weights, or use scheduler=none / scheduler=cosine)."
                 )
 
+    def normalize(self, images: Tensor) -> Tensor:
+        """Pixels in [0, 1] -> flat vectors with the training set's mean 0 and std 1."""
+        return (images.flatten(1) - self.pixel_mean) / self.pixel_std
+
     def forward(self, images: Tensor) -> Tensor:
-        x = (images.flatten(1) - self.pixel_mean) / self.pixel_std
-        return self.net(x)
+        return self.net(self.normalize(images))
 
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         images, labels = batch

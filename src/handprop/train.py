@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from . import functional as HF
+from .callbacks import GradientAuditError
 from .data import DATASETS, DataError
 from .module import DigitClassifier, ScheduleError
 from .nn import INITS
@@ -166,16 +167,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             _convert_="all",
         )
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger"))
+        )
     except (ValueError, InstantiationException) as e:  # DataError is a ValueError
         raise UserError(str(e)) from e
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger"))
-    )
 
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except (DataError, ScheduleError) as e:
+    except (DataError, ScheduleError, GradientAuditError) as e:
         raise UserError(str(e)) from e
     metrics = _scalars(trainer.callback_metrics)
     metrics["time/fit_s"] = time.perf_counter() - start

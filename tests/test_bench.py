@@ -1,0 +1,39 @@
+"""The measuring tools of the benchmarks, and the memory claim they support."""
+
+import pytest
+import torch
+
+from handprop import functional as HF
+from handprop.bench import backward_vs_autograd, interleaved_medians, saved_bytes
+from handprop.nn import MLP
+
+
+def test_saved_bytes_counts_each_storage_once():
+    x = torch.randn(100, requires_grad=True)
+    assert saved_bytes(lambda: (x * x).sum()) == 400  # x saved twice, one storage
+    assert saved_bytes(lambda: x.exp().sum()) == 400  # the output
+    assert saved_bytes(lambda: (x + 1).sum()) == 0
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+@pytest.mark.parametrize("activation", list(HF.ACTIVATIONS))
+def test_manual_network_saves_no_more_than_the_reference(activation, dropout):
+    torch.manual_seed(0)
+    mlp = MLP([64, 48, 32, 10], activation, dropout=dropout)
+    x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    used = {}
+    for backward in HF.BACKWARDS:
+        mlp.backward = backward
+        used[backward] = saved_bytes(lambda: HF.cross_entropy(mlp(x), y, 0.1, backward=backward))
+    assert used["manual"] <= used["autograd"]
+    if dropout and HF.ACTIVATIONS[activation].saves == "output":
+        assert used["manual"] < used["autograd"]  # the reference keeps f's output besides y
+
+
+def test_interleaved_medians_and_a_bench_row():
+    calls = []
+    medians = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, number=2)
+    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
+    assert calls.count("a") == calls.count("b")
+    row = backward_vs_autograd([8, 8], "default", batch=16, repeats=1)
+    assert row["network"] == "784-8-8-10" and row["speed_ratio"] > 0 and row["memory_ratio"] <= 1

@@ -1,0 +1,61 @@
+"""The gradient audit: it logs agreement on live batches and stops a run whose backward is wrong."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from handprop import functional as HF
+from handprop.callbacks import GradientAudit
+from handprop.module import DigitClassifier
+from handprop.train import UserError, train
+
+
+def _audit_values(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {t: [e.value for e in events.Scalars(t)] for t in events.Tags()["scalars"] if t.startswith("audit/")}
+
+
+def test_audit_logs_tiny_errors_for_the_real_backward(train_cfg, tmp_path):
+    train(train_cfg("callbacks.gradient_audit.every_n_steps=2"))
+    values = _audit_values(tmp_path)
+    assert set(values) == {f"audit/max_rel_err/layer{i}" for i in (1, 2, 3)}
+    assert all(len(v) == 4 for v in values.values())  # 8 steps, every 2nd audited
+    assert max(max(v) for v in values.values()) < 1e-5
+
+
+def test_audit_stops_a_run_whose_backward_is_broken(train_cfg, tmp_path, monkeypatch):
+    """Forget relu's derivative (pass g straight through): the audit must catch it at once,
+    name the two relu layers (not the identity output layer, whose gradient stays right),
+    and stop the run before it writes any result."""
+    broken = dataclasses.replace(HF.ACTIVATIONS["relu"], chain=lambda g, a: g)
+    monkeypatch.setitem(HF.ACTIVATIONS, "relu", broken)
+    pattern = r"audit failed at step 0: .* in layer1 \(512x784, activation relu\): [\d.]+; layer2 \(256x512, activation relu\): [\d.]+\. "
+    with pytest.raises(UserError, match=pattern):
+        train(train_cfg("callbacks.gradient_audit.every_n_steps=1"))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_audit_is_quiet_when_the_reference_itself_diverged():
+    model = DigitClassifier(hidden=[8])
+    with torch.no_grad():
+        model.net.layers[0].weight.fill_(float("nan"))
+    trainer = type("Trainer", (), {"precision_plugin": __import__("lightning").pytorch.plugins.precision.Precision()})()
+    batch = (torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))
+    assert GradientAudit().relative_errors(trainer, model, batch) is None
+
+
+def test_audit_interval_must_be_positive():
+    with pytest.raises(ValueError, match="every_n_steps=0"):
+        GradientAudit(every_n_steps=0)
+
+
+def test_audit_with_gradient_accumulation(train_cfg, tmp_path):
+    metrics = train(train_cfg("callbacks.gradient_audit.every_n_steps=1", "trainer.accumulate_grad_batches=2"))
+    assert metrics["trainer/global_step"] == 4
+    values = _audit_values(tmp_path)
+    assert len(values["audit/max_rel_err/layer1"]) == 4 and max(max(v) for v in values.values()) < 1e-5
+    assert json.loads((tmp_path / "metrics.json").read_text())["trainer/global_step"] == 4
