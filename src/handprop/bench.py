@@ -50,8 +50,12 @@ def saved_bytes(run: Callable[[], object]) -> int:
     return sum(storages.values())
 
 
-def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, number: int) -> dict[str, float]:
-    """Median seconds per call of each fn, alternating their order on every repeat."""
+def interleaved_medians(
+    fns: dict[str, Callable[[], None]], repeats: int, number: int, sync: Callable[[], None] = lambda: None
+) -> dict[str, float]:
+    """Median seconds per call of each fn, alternating their order on every repeat.
+
+    ``sync`` waits for queued device work (torch.cuda.synchronize on a GPU)."""
     for fn in fns.values():  # warm-up: allocator, caches, lazy init
         for _ in range(max(2, number // 5)):
             fn()
@@ -59,19 +63,24 @@ def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, number
     names = list(fns)
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
+            sync()
             start = time.perf_counter()
             for _ in range(number):
                 fns[name]()
+            sync()
             times[name].append((time.perf_counter() - start) / number)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def backward_vs_autograd(hidden, recipe: str, batch: int = 128, repeats: int = 9, seed: int = 0) -> dict:
+def backward_vs_autograd(
+    hidden, recipe: str, batch: int = 128, repeats: int = 9, seed: int = 0, device: str = "cpu", target_s: float = 0.03
+) -> dict:
     torch.manual_seed(seed)
     r = RECIPES[recipe]
-    mlp = MLP([784, *hidden, 10], r["activation"], dropout=r["dropout"])
+    mlp = MLP([784, *hidden, 10], r["activation"], dropout=r["dropout"]).to(device)
     opt = torch.optim.SGD(mlp.parameters(), lr=0.01)
-    x, y = torch.randn(batch, 784), torch.randint(0, 10, (batch,))
+    x, y = torch.randn(batch, 784, device=device), torch.randint(0, 10, (batch,), device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
     def step(backward: str) -> None:
         mlp.backward = backward
@@ -83,14 +92,20 @@ def backward_vs_autograd(hidden, recipe: str, batch: int = 128, repeats: int = 9
         mlp.backward = backward
         return HF.cross_entropy(mlp(x), y, r["label_smoothing"], backward=backward)
 
-    flops = 6 * batch * sum(a * b for a, b in zip([784, *hidden], [*hidden, 10]))
-    number = max(3, int(2e9 / flops))  # about 20-50 ms a repeat on two cores
-    t = interleaved_medians({m: (lambda m=m: step(m)) for m in HF.BACKWARDS}, repeats, number)
+    for _ in range(3):
+        step("autograd")
+    sync()
+    start = time.perf_counter()
+    step("autograd")
+    sync()
+    number = max(3, int(target_s / (time.perf_counter() - start)))  # calls for ~target_s a repeat
+    t = interleaved_medians({m: (lambda m=m: step(m)) for m in HF.BACKWARDS}, repeats, number, sync)
     mem = {m: saved_bytes(lambda m=m: graph(m)) for m in HF.BACKWARDS}
     return {
         "network": "-".join(map(str, [784, *hidden, 10])),
         "recipe": recipe,
         "batch": batch,
+        "device": device,
         "step_ms_manual": t["manual"] * 1e3,
         "step_ms_autograd": t["autograd"] * 1e3,
         "speed_ratio": t["autograd"] / t["manual"],  # > 1: ours is faster

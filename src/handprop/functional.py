@@ -167,6 +167,45 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
+def layer_forward(x, weight, bias, act: Activation, keep, scale: float, need_x: bool, need_w: bool):
+    """One layer's forward: y = f(x Wᵀ + b) ⊙ m / (1-p). Returns y and what its backward needs.
+
+    Saved: x (the layer below's output: no new memory) only if dW is wanted, W only if dx
+    is wanted (the first layer computes no dx, so it does not hold on to W), what f'
+    needs -- y itself for sigmoid/tanh/relu (where m = 1, a = y(1-p); where m = 0 the
+    gradient is zero anyway), z for gelu -- and the boolean keep-mask m (1 byte a unit).
+    """
+    z = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+    a = act.fn(z)
+    if keep is not None:
+        a = (a * keep if a is z else a.mul_(keep)).mul_(scale)  # never overwrite a saved z
+    return a, (x if need_w else None, weight if need_x else None, {"output": a, "input": z}.get(act.saves), keep)
+
+
+def layer_backward(g, saved, act: Activation, scale: float, need_x: bool, need_w: bool, need_b: bool):
+    """One layer's backward: from g = ∂C/∂y to (dx, dW, db), each only if wanted."""
+    x, weight, kept, keep = saved
+    if keep is not None:
+        g = (g * keep).mul_(scale)  # da = g ⊙ m / (1-p)
+        if act.saves == "output":
+            kept = kept * (1 / scale)  # a = y (1-p) where m = 1
+    dz = act.chain(g, kept)  # dz = da ⊙ f'(z)
+    dx = dz @ weight if need_x else None
+    dW = dz.t() @ x if need_w else None
+    db = dz.sum(0) if need_b else None
+    return dx, dW, db
+
+
+def _cast_for_autocast(tensors, device_type: str):
+    """Under torch.autocast: the tensors in the autocast dtype, and a context that turns
+    autocast off (the layer then decides every dtype itself). Else unchanged."""
+    dtype = autocast_dtype(device_type)
+    if dtype is None:
+        return tensors, contextlib.nullcontext()
+    cast = [t if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors]
+    return cast, torch.autocast(device_type, enabled=False)
+
+
 class LinearActFunction(torch.autograd.Function):
     """One layer: y = dropout(f(x Wᵀ + b)) for a mini-batch x (N × n_in), W (n_out × n_in).
 
@@ -176,11 +215,8 @@ class LinearActFunction(torch.autograd.Function):
                dz = da ⊙ f'(z)
                dW = dzᵀ x,   db = Σ_batch dz,   dx = dz W
 
-    Saved for backward: x (the layer below's output: no new memory) when dW is wanted,
-    W when dx is wanted, and what f' needs -- y itself for sigmoid/tanh/relu (where m = 1, a = y(1-p); where m = 0 the
-    gradient is zero anyway), z for gelu -- plus the boolean m (1 byte a unit).
     ``ctx.needs_input_grad`` is honoured: the first layer's input is the image, which
-    needs no gradient, so no dx is computed there.
+    needs no gradient, so no dx is computed there (and W is not saved for it).
 
     Mixed precision: under torch.autocast (CPU bf16, CUDA fp16/bf16) the inputs are cast
     to the autocast dtype once, the layer runs and saves its tensors in that dtype, and
@@ -192,40 +228,67 @@ class LinearActFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, activation: str, keep=None, scale: float = 1.0):
-        act = ACTIVATIONS[activation]
-        dtype = autocast_dtype(x.device.type)
-        if dtype is not None:
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-        with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
-            z = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
-            a = act.fn(z)
-            if keep is not None:
-                a = (a * keep if a is z else a.mul_(keep)).mul_(scale)  # never overwrite a saved z
+        (x, weight, bias), no_autocast = _cast_for_autocast((x, weight, bias), x.device.type)
         need_x, need_w = ctx.needs_input_grad[:2]
-        # dW needs x, dx needs W: keep each only if its partner's gradient is wanted
-        # (the first layer computes no dx, so it does not hold on to W).
-        ctx.save_for_backward(
-            x if need_w else None, weight if need_x else None, {"output": a, "input": z}.get(act.saves), keep
-        )
-        ctx.act, ctx.scale, ctx.dtype = act, scale, z.dtype
-        return a
+        with no_autocast:
+            y, saved = layer_forward(x, weight, bias, ACTIVATIONS[activation], keep, scale, need_x, need_w)
+        ctx.save_for_backward(*saved)
+        ctx.activation, ctx.scale, ctx.dtype = activation, scale, y.dtype
+        return y
 
     @staticmethod
     @first_order
     def backward(ctx, g):
-        x, weight, kept, keep = ctx.saved_tensors
         g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
-        if keep is not None:
-            g = (g * keep).mul_(ctx.scale)
-            if ctx.act.saves == "output":
-                kept = kept * (1 / ctx.scale)
-        dz = ctx.act.chain(g, kept)
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx = dz @ weight if need_x else None
-        dW = dz.t() @ x if need_w else None
-        db = dz.sum(0) if need_b else None
-        return dx, dW, db, None, None, None
+        grads = layer_backward(g, ctx.saved_tensors, ACTIVATIONS[ctx.activation], ctx.scale, *ctx.needs_input_grad[:3])
+        return *grads, None, None, None
+
+
+class MLPFunction(torch.autograd.Function):
+    """A whole multilayer perceptron as one autograd node: backpropagation's loop itself.
+
+    forward:   for each layer, bottom to top:  x ← layer_forward(x)
+    backward:  for each layer, top to bottom:  g, dW, db ← layer_backward(g)
+
+    The per-layer math is LinearActFunction's. Running the loop here rather than
+    leaving it to PyTorch's engine means one call into Python per training step instead
+    of one per layer, which is most of the cost of a small network.
+
+    Arguments: x, the activation names and dropout keep-masks (None: no dropout) of each
+    layer, the dropout scale 1/(1-p), then weight, bias, weight, bias, ... of each layer.
+    """
+
+    @staticmethod
+    def forward(ctx, x, activations: tuple, keeps: tuple, scale: float, *params):
+        (x, *params), no_autocast = _cast_for_autocast((x, *params), x.device.type)
+        needs = ctx.needs_input_grad
+        need_w = needs[4::2]
+        # dx of layer i is wanted if anything below it wants a gradient
+        need_x = [needs[0] or any(need_w[:i]) or any(needs[5 : 5 + 2 * i : 2]) for i in range(len(activations))]
+        saved = []
+        with no_autocast:
+            for i, name in enumerate(activations):
+                x, layer_saved = layer_forward(
+                    x, params[2 * i], params[2 * i + 1], ACTIVATIONS[name], keeps[i], scale, need_x[i], need_w[i]
+                )
+                saved += layer_saved
+        ctx.save_for_backward(*saved)
+        ctx.activations, ctx.scale, ctx.need_x, ctx.dtype = activations, scale, need_x, x.dtype
+        return x
+
+    @staticmethod
+    @first_order
+    def backward(ctx, g):
+        saved, needs = ctx.saved_tensors, ctx.needs_input_grad
+        g = g.to(ctx.dtype)
+        grads = []
+        for i in reversed(range(len(ctx.activations))):
+            g, dW, db = layer_backward(
+                g, saved[4 * i : 4 * i + 4], ACTIVATIONS[ctx.activations[i]], ctx.scale,
+                ctx.need_x[i], needs[4 + 2 * i], needs[5 + 2 * i],
+            )
+            grads[:0] = [dW, db]
+        return g, None, None, None, *grads
 
 
 def dropout_mask(like: Tensor, p: float) -> Tensor:
@@ -259,6 +322,32 @@ def linear(
     return a if keep is None else a * keep * scale
 
 
+def mlp(
+    x: Tensor,
+    params: list[tuple[Tensor, Tensor | None]],
+    activations: list[str],
+    dropout: float = 0.0,
+    backward: str = "manual",
+) -> Tensor:
+    """A whole MLP: layer i is (weight, bias) = params[i] with activation activations[i];
+    dropout (p > 0) follows every layer but the last."""
+    if x.dim() != 2:
+        raise ValueError(f"mlp expects a batch of vectors (N, n_in), got shape {tuple(x.shape)}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout probability p={dropout} is outside [0, 1)")
+    if backward != "manual":
+        for i, ((w, b), act) in enumerate(zip(params, activations)):
+            x = linear(x, w, b, act, dropout if i < len(params) - 1 else 0.0, backward)
+        return x
+    # the masks are drawn layer by layer as the reference path draws them: same seed, same masks
+    keeps = tuple(
+        dropout_mask(x.new_empty(x.shape[0], w.shape[0]), dropout) if dropout and i < len(params) - 1 else None
+        for i, (w, _) in enumerate(params)
+    )
+    flat = [t for pair in params for t in pair]
+    return MLPFunction.apply(x, tuple(activations), keeps, 1 / (1 - dropout), *flat)
+
+
 # --------------------------------------------------------------------------- costs
 
 
@@ -275,7 +364,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
         logp = torch.log_softmax(_at_least_float32(logits), dim=1)
-        nll = -logp.gather(1, target[:, None]).mean()  # -(1/N) Σ_n log p_n,label
+        nll = F.nll_loss(logp, target)  # -(1/N) Σ_n log p_n,label in one kernel
         # with smoothing, q also puts ε/K on every class: -(ε/K)(1/N) Σ_nk log p_nk
         loss = torch.lerp(nll, -logp.mean(), label_smoothing) if label_smoothing else nll
         ctx.save_for_backward(logp, target)
@@ -291,7 +380,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         grad = logp.exp()  # p
         if eps:
             grad.sub_(eps / k)
-        grad.scatter_add_(1, target[:, None], grad.new_full((n, 1), eps - 1))  # - (1-ε)·onehot
+        grad.scatter_add_(1, target[:, None], grad.new_full((1, 1), eps - 1).expand(n, 1))  # - (1-ε)·onehot
         return grad.mul_(g / n), None, None
 
 

@@ -79,7 +79,9 @@ class MLP(nn.Module):
 
     ``MLP([784, 16, 16, 10], "sigmoid", output_activation="sigmoid")`` is the network
     of 3Blue1Brown's lesson. Dropout (probability ``dropout``) follows every hidden
-    layer while training.
+    layer while training. With ``backward="manual"`` the whole network runs as one
+    ``functional.MLPFunction`` (our forward and backward loops over the layers); each
+    ``Linear`` holds its layer's parameters and also works on its own.
     """
 
     def __init__(
@@ -122,8 +124,10 @@ class MLP(nn.Module):
             layer.backward = mode
 
     def forward(self, x: Tensor) -> Tensor:
-        *hidden, last = self.layers
-        p = self.dropout if self.training else 0.0
-        for layer in hidden:
-            x = layer(x, dropout=p)
-        return last(x)
+        return HF.mlp(
+            x,
+            [(layer.weight, layer.bias) for layer in self.layers],
+            [layer.activation for layer in self.layers],
+            self.dropout if self.training else 0.0,
+            self._backward,
+        )
