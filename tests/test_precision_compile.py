@@ -85,3 +85,30 @@ def test_compile_inductor_matches_eager():
     compiled = _grads(mlp, x, y, "manual")[1]
     for ge, gc in zip(eager, compiled):
         torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-6)
+
+
+def _audit_max(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = [t for t in events.Tags()["scalars"] if t.startswith("audit/")]
+    assert len(tags) == 3
+    return max(e.value for t in tags for e in events.Scalars(t))
+
+
+def test_bf16_mixed_run_from_the_config(train_cfg, tmp_path):
+    from handprop.train import train
+
+    metrics = train(train_cfg("trainer.precision=bf16-mixed", "callbacks.gradient_audit.every_n_steps=1"))
+    assert metrics["test/acc"] > 0.3  # 8 steps of training: far above chance, far below a real run
+    assert _audit_max(tmp_path) < 5e-2
+
+
+@pytest.mark.slow
+def test_compiled_run_from_the_config(train_cfg, tmp_path):
+    from handprop.train import train
+
+    metrics = train(train_cfg("model.compile=true", "callbacks.gradient_audit.every_n_steps=1"))
+    assert metrics["test/acc"] > 0.3
+    assert _audit_max(tmp_path) < 1e-5
