@@ -14,10 +14,13 @@ ACTIVATIONS = list(HF.ACTIVATIONS)
 LOSSES = list(HF.LOSSES)
 
 
-def _mlp_loss(mlp, x, y, loss, backward):
+def _mlp_loss(mlp, x, y, loss, backward, fused=False):
+    """The cost of an MLP on a batch: with ``fused``, network and cost in one call (one
+    autograd node in manual mode), else the cost applied to the network's output."""
     mlp.backward = backward
-    out = mlp(x)
-    return HF.LOSSES[loss](out, y, backward=backward)
+    if fused:
+        return mlp(x, y, loss)[1]
+    return HF.LOSSES[loss](mlp(x), y, backward=backward)
 
 
 def _batch(n=6, n_in=5, classes=4, dtype=torch.float64, seed=0):
@@ -27,8 +30,9 @@ def _batch(n=6, n_in=5, classes=4, dtype=torch.float64, seed=0):
     return x, y
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate_cost", "fused_cost"])
 @pytest.mark.parametrize("activation,loss", list(itertools.product(ACTIVATIONS, LOSSES)))
-def test_gradcheck_whole_mlp(activation, loss):
+def test_gradcheck_whole_mlp(activation, loss, fused):
     """Finite differences in float64 agree with our backward through a whole 3-layer MLP,
     for the parameters of every layer and for the input."""
     torch.manual_seed(0)
@@ -39,6 +43,8 @@ def test_gradcheck_whole_mlp(activation, loss):
     names = [n for n, _ in mlp.named_parameters()]
 
     def loss_of(x, *params):  # the loss as a function of the input and every parameter
+        if fused:
+            return torch.func.functional_call(mlp, dict(zip(names, params)), (x, y, loss))[1]
         out = torch.func.functional_call(mlp, dict(zip(names, params)), (x,))
         return HF.LOSSES[loss](out, y)
 
@@ -61,8 +67,9 @@ def test_gradcheck_cross_entropy_label_smoothing(label_smoothing):
     assert torch.autograd.gradcheck(lambda z: HF.cross_entropy(z, y, label_smoothing), (logits,))
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate_cost", "fused_cost"])
 @pytest.mark.parametrize("activation,loss", list(itertools.product(ACTIVATIONS, LOSSES)))
-def test_manual_equals_autograd_float32(activation, loss):
+def test_manual_equals_autograd_float32(activation, loss, fused):
     """Same parameters, same batch: the same loss and the same gradients in float32."""
     torch.manual_seed(0)
     out_act = "sigmoid" if loss == "quadratic" else "identity"
@@ -72,12 +79,29 @@ def test_manual_equals_autograd_float32(activation, loss):
     for backward in HF.BACKWARDS:
         mlp.zero_grad()
         xi = x.clone().requires_grad_(True)
-        losses[backward] = _mlp_loss(mlp, xi, y, loss, backward)
+        losses[backward] = _mlp_loss(mlp, xi, y, loss, backward, fused)
         losses[backward].backward()
         grads[backward] = [xi.grad] + [p.grad.clone() for p in mlp.parameters()]
     torch.testing.assert_close(losses["manual"], losses["autograd"])
     for gm, ga in zip(grads["manual"], grads["autograd"]):
         torch.testing.assert_close(gm, ga, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("use", ["output_and_cost", "output_only"])
+def test_fused_cost_keeps_the_output_differentiable(use):
+    """With the cost inside the network's node, the output is still a differentiable output:
+    a term on it adds its gradient to the cost's, or stands alone."""
+    torch.manual_seed(0)
+    mlp = MLP([6, 5, 4], "tanh")
+    x, y = torch.randn(3, 6), torch.tensor([0, 3, 1])
+    grads = {}
+    for backward in HF.BACKWARDS:
+        mlp.backward = backward
+        out, loss = mlp(x, y, "cross_entropy", 0.1)
+        total = (loss + (out**2).sum()) if use == "output_and_cost" else (out**2).sum()
+        grads[backward] = torch.autograd.grad(total, list(mlp.parameters()))
+    for gm, ga in zip(grads["manual"], grads["autograd"]):
+        torch.testing.assert_close(gm, ga)
 
 
 def test_label_smoothing_matches_pytorch():
@@ -115,14 +139,15 @@ class _CountMatmuls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate_cost", "fused_cost"])
 @pytest.mark.parametrize("input_requires_grad", [False, True])
-def test_input_layer_computes_no_dx(input_requires_grad):
+def test_input_layer_computes_no_dx(input_requires_grad, fused):
     """Backward of an L-layer MLP runs one matmul per dW and one per dx handed down:
     2L - 1 when the input (the image) needs no gradient, 2L when it does."""
     torch.manual_seed(0)
     mlp = MLP([12, 8, 8, 3], "relu")
     x = torch.randn(5, 12, requires_grad=input_requires_grad)
-    loss = HF.cross_entropy(mlp(x), torch.tensor([0, 1, 2, 0, 1]))
+    loss = _mlp_loss(mlp, x, torch.tensor([0, 1, 2, 0, 1]), "cross_entropy", "manual", fused)
     with _CountMatmuls() as counter:
         loss.backward()
     n_layers = len(mlp.layers)

@@ -27,8 +27,7 @@ def test_autocast_cpu_matches_the_reference_and_keeps_fp32_grads(dtype, activati
         with torch.autocast("cpu", dtype=dtype):
             torch.manual_seed(1)
             mlp.backward = backward
-            out = mlp(x)
-            loss = HF.cross_entropy(out, y, 0.1, backward=backward)
+            out, loss = mlp(x, y, "cross_entropy", 0.1)
         assert out.dtype == dtype and loss.dtype == torch.float32
         results[backward] = torch.autograd.grad(loss, list(mlp.parameters()))
         assert all(g.dtype == torch.float32 for g in results[backward])
@@ -51,9 +50,10 @@ def test_autocast_saves_tensors_in_the_autocast_dtype():
     assert {t.dtype for t in out.grad_fn.saved_tensors if t is not None} == {torch.bfloat16}
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate_cost", "fused_cost"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_compile_fullgraph_matches_eager(activation, dropout):
+def test_compile_fullgraph_matches_eager(activation, dropout, fused):
     """fullgraph=True fails on any graph break: the Functions trace whole. aot_eager runs
     the traced forward and our traced backward without code generation (fast); the same
     graph goes to inductor in the slow test below and on the GPU check."""
@@ -62,7 +62,7 @@ def test_compile_fullgraph_matches_eager(activation, dropout):
     x, y = torch.randn(8, 20), torch.randint(0, 10, (8,))
 
     def loss_fn(x, y):
-        return HF.cross_entropy(mlp(x), y, 0.1)
+        return mlp(x, y, "cross_entropy", 0.1)[1] if fused else HF.cross_entropy(mlp(x), y, 0.1)
 
     torch.manual_seed(5)
     eager = torch.autograd.grad(loss_fn(x, y), list(mlp.parameters()))

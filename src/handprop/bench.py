@@ -53,7 +53,8 @@ def saved_bytes(run: Callable[[], object]) -> int:
 def interleaved_medians(
     fns: dict[str, Callable[[], None]], repeats: int, number: int, sync: Callable[[], None] = lambda: None
 ) -> dict[str, float]:
-    """Median seconds per call of each fn, alternating their order on every repeat.
+    """Median seconds per call of each fn over repeats x number calls, the fns taking turns
+    call by call (A B, B A, A B, ...) so that the machine's drift falls on all alike.
 
     ``sync`` waits for queued device work (torch.cuda.synchronize on a GPU)."""
     for fn in fns.values():  # warm-up: allocator, caches, lazy init
@@ -61,14 +62,13 @@ def interleaved_medians(
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
+    for i in range(repeats * number):
+        for name in names if i % 2 == 0 else names[::-1]:
             sync()
             start = time.perf_counter()
-            for _ in range(number):
-                fns[name]()
+            fns[name]()
             sync()
-            times[name].append((time.perf_counter() - start) / number)
+            times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -82,15 +82,14 @@ def backward_vs_autograd(
     x, y = torch.randn(batch, 784, device=device), torch.randint(0, 10, (batch,), device=device)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
-    def step(backward: str) -> None:
+    def graph(backward: str):  # what a training step computes: output and cost
         mlp.backward = backward
-        opt.zero_grad(set_to_none=True)
-        HF.cross_entropy(mlp(x), y, r["label_smoothing"], backward=backward).backward()
-        opt.step()
+        return mlp(x, y, "cross_entropy", r["label_smoothing"])[1]
 
-    def graph(backward: str):
-        mlp.backward = backward
-        return HF.cross_entropy(mlp(x), y, r["label_smoothing"], backward=backward)
+    def step(backward: str) -> None:
+        opt.zero_grad(set_to_none=True)
+        graph(backward).backward()
+        opt.step()
 
     for _ in range(3):
         step("autograd")
@@ -131,7 +130,7 @@ def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        model.cost(model(images), labels).backward()
+        model.output_and_loss(images, labels)[1].backward()
         opt.step()
 
     step()

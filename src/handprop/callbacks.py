@@ -109,8 +109,7 @@ class GradientAudit(Callback):
                     _set_rng_states(device, rng)
                     net.backward = backward
                     with torch.enable_grad(), trainer.precision_plugin.forward_context():
-                        # net.forward, not net(): the eager network even when model.compile=true
-                        loss = pl_module.cost(net.forward(pl_module.normalize(images)), labels, backward=backward)
+                        _, loss = pl_module.output_and_loss(images, labels, eager=True)
                     grads[backward] = torch.autograd.grad(loss, params)
             finally:
                 net.backward = mode

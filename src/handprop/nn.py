@@ -109,6 +109,7 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(
             Linear(n_in, n_out, act, init) for n_in, n_out, act in zip(sizes, sizes[1:], acts)
         )
+        self._activations = tuple(acts)
         self.backward = backward
 
     @property
@@ -123,11 +124,16 @@ class MLP(nn.Module):
         for layer in self.layers:
             layer.backward = mode
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, target: Tensor | None = None, cost: str = "cross_entropy", label_smoothing: float = 0.0):
+        """The output for a batch x; with ``target``, (output, cost) -- in manual mode the
+        network and its cost are one autograd node."""
         return HF.mlp(
             x,
             [(layer.weight, layer.bias) for layer in self.layers],
-            [layer.activation for layer in self.layers],
+            self._activations,
             self.dropout if self.training else 0.0,
             self._backward,
+            target,
+            cost,
+            label_smoothing,
         )
