@@ -40,3 +40,18 @@ def compose_config(name: str, overrides: list[str], output_dir: Path):
 @pytest.fixture
 def train_cfg(tmp_path):
     return lambda *overrides: compose_config("train", [*FAST, *overrides], tmp_path)
+
+
+class StopAtStep:
+    """A Lightning callback that ends a run after a given optimiser step, as a kill would
+    (the run's schedule and length stay those of the full run)."""
+
+    def __new__(cls, step: int):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Stop(Callback):
+            def on_train_batch_end(self, trainer, *args):
+                if trainer.global_step >= step:
+                    trainer.should_stop = True
+
+        return _Stop()

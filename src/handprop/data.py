@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 SAMPLE_SPLIT = {"val": 500, "test": 500}  # the remaining 4,000 sample digits train
 RAW_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 DATASETS = ("sample", *RAW_FOLDER)
+LOADERS = ("tensor", "dataloader")  # DeviceBatches, or torch's DataLoader
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -211,6 +212,92 @@ def _as_batch(batch):
     return batch  # __getitems__ already returns a stacked (images, labels) pair
 
 
+class DeviceBatches:
+    """Mini-batches cut from a split that lives whole on the training device.
+
+    The split is one uint8 image tensor and one label tensor on the device. Each epoch
+    draws a permutation on the device from a generator seeded with (seed, epoch), so an
+    epoch's order depends on nothing else, and slices it into batches: no per-sample
+    Python, no copies to the device, no worker processes.
+
+    Under data parallelism (``world_size`` > 1) every rank draws the same permutation and
+    takes every world_size-th index from position ``rank`` on. With ``even_shards``
+    (training) the shards are cut to one length -- the at most world_size - 1 left over
+    change from epoch to epoch -- so every rank runs the same number of batches; without
+    (evaluation) every sample is visited exactly once. Lightning injects
+    no DistributedSampler into an iterable like this one: the sharding is ours.
+
+    Stateful for exact mid-epoch resume: ``state_dict()`` records the epoch and how many
+    of its batches the model has consumed (``mark_consumed``, called by the data module
+    for every training batch it hands over -- counting batches handed to the model
+    rather than produced keeps Lightning's one-batch prefetch out of the count);
+    ``load_state_dict`` makes the next pass over that epoch skip exactly those. The state
+    travels in Lightning's checkpoints (see DigitsDataModule.state_dict), and Lightning
+    calls ``set_epoch`` (through ``.sampler``, its protocol for samplers) at the start of
+    every epoch.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        even_shards: bool = True,
+    ):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size, self.even_shards = rank, world_size, even_shards
+        self.epoch, self.consumed, self._skip = 0, 0, 0
+        self.sampler, self.batch_sampler = self, None  # where Lightning looks for set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.consumed, self._skip = epoch, 0, 0
+
+    def _shard_size(self) -> int:
+        n = len(self.labels)
+        return n // self.world_size if self.even_shards else len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        return math.ceil(self._shard_size() / self.batch_size)
+
+    def indices(self) -> Tensor:
+        """This rank's sample indices for the current epoch, in order, on the device."""
+        n, device = len(self.labels), self.labels.device
+        if self.shuffle:
+            g = torch.Generator(device=device).manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+            order = torch.randperm(n, generator=g, device=device)
+        else:
+            order = torch.arange(n, device=device)
+        return order[self.rank :: self.world_size][: self._shard_size()]
+
+    def __iter__(self):
+        idx = self.indices()
+        start, self._skip = self._skip, 0
+        self.consumed = start
+        for b in range(start, len(self)):
+            batch = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.images[batch], self.labels[batch]
+
+    def mark_consumed(self) -> None:
+        self.consumed += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "size": len(self.labels)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != len(self.labels) or state["seed"] != self.seed:
+            raise ValueError(
+                f"the checkpoint's data loader state is for {state['size']} samples with seed {state['seed']}, "
+                f"this run has {len(self.labels)} samples with seed {self.seed}: resume with the same data and seed"
+            )
+        self.epoch, self.consumed, self._skip = state["epoch"], state["consumed"], state["consumed"]
+
+
 # --------------------------------------------------------------------------- augmentation
 
 
@@ -256,8 +343,15 @@ class DigitsDataModule(L.LightningDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
         augment: dict | None = None,
+        loader: str = "tensor",
+        seed: int | None = 0,
     ):
         super().__init__()
+        if loader not in LOADERS:
+            raise ValueError(f"loader={loader!r} is not one of: {', '.join(LOADERS)}")
+        self.loader, self.seed = loader, seed
+        self._on_device: dict = {}
+        self._train_loader_state: dict | None = None
         if dataset not in DATASETS:
             raise ValueError(f"dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
         if dataset != "sample" and data_dir is None:
@@ -286,18 +380,50 @@ class DigitsDataModule(L.LightningDataModule):
             pixels = self.splits["train"].images.double() / 255
             self.pixel_stats = (pixels.mean().item(), pixels.std().item())
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=_as_batch,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader(self, split: str, shuffle: bool):
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        if shuffle and self.batch_size % world:
+            raise DataError(
+                f"data.batch_size={self.batch_size} is the global batch: it must divide evenly among the "
+                f"{world} processes (trainer.devices x trainer.num_nodes), e.g. data.batch_size={self.batch_size // world * world or world}"
+            )
+        if shuffle:
+            batch_size //= world  # each process takes its share of the global batch
+        data = self.splits[split]
+        if self.loader == "dataloader":  # Lightning adds a DistributedSampler under DDP
+            return DataLoader(
+                data, batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=_as_batch,
+                persistent_workers=self.num_workers > 0,
+            )
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        key = (split, str(device))
+        if key not in self._on_device:  # the split is copied to the device once, as uint8
+            self._on_device[key] = (data.images.to(device), data.labels.to(device))
+        images, labels = self._on_device[key]
+        seed = self.seed if self.seed is not None else torch.initial_seed()
+        # training shards are cut to one length (same number of batches on every rank);
+        # evaluation shards are not, so that every sample is evaluated exactly once
+        return DeviceBatches(images, labels, batch_size, shuffle, seed, rank, world, even_shards=shuffle)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self):
+        self._train_loader = self._loader("train", shuffle=True)
+        if self._train_loader_state and isinstance(self._train_loader, DeviceBatches):
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        return self._train_loader
+
+    # The training loader's position travels in checkpoints through these two hooks as well
+    # as through Lightning's own loader state: Lightning restores the data module before it
+    # first builds the loader (which configure_optimizers can trigger early, when a schedule
+    # asks for the run's length), but restores loader states only into a loader built later.
+    def state_dict(self) -> dict:
+        loader = getattr(self, "_train_loader", None)
+        return {"train_loader": loader.state_dict()} if isinstance(loader, DeviceBatches) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_loader_state = state.get("train_loader")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -308,6 +434,9 @@ class DigitsDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         images = images.unsqueeze(1).float().div_(255)
-        if self.augment and self.trainer is not None and self.trainer.training:
-            images = random_affine(images, **self.augment)
+        if self.trainer is not None and self.trainer.training:
+            if isinstance(getattr(self, "_train_loader", None), DeviceBatches):
+                self._train_loader.mark_consumed()
+            if self.augment:
+                images = random_affine(images, **self.augment)
         return images, labels

@@ -86,6 +86,21 @@ class DigitClassifier(L.LightningModule):
                     "(load only the weights, or use scheduler=none / scheduler=cosine)."
                 )
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Dropout masks and augmentation draw from the global RNGs: keep their state so a
+        # resumed run draws exactly what the uninterrupted run would have.
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+
     def normalize(self, images: Tensor) -> Tensor:
         """Pixels in [0, 1] -> flat vectors with the training set's mean 0 and std 1."""
         return (images.flatten(1) - self.pixel_mean) / self.pixel_std
@@ -132,9 +147,8 @@ class DigitClassifier(L.LightningModule):
         factory = self.scheduler_factory
         given = {k: v for k, v in getattr(factory, "keywords", {}).items() if v is not None}
         params = inspect.signature(getattr(factory, "func", factory)).parameters
-        steps = int(self.trainer.estimated_stepping_batches)
         if "total_steps" in params and "total_steps" not in given and "epochs" not in given:
-            return {"total_steps": steps}
+            return {"total_steps": int(self.trainer.estimated_stepping_batches)}
         if "T_max" in params and "T_max" not in given:
-            return {"T_max": steps}
+            return {"T_max": int(self.trainer.estimated_stepping_batches)}
         return {}

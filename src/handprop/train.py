@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import functional as HF
 from .callbacks import GradientAuditError
-from .data import DATASETS, DataError
+from .data import DATASETS, LOADERS, DataError
 from .module import DigitClassifier, ScheduleError
 from .nn import INITS
 
@@ -90,6 +90,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     d = cfg.get("data")
     if d is not None:
         choice("data.dataset", d.get("dataset"), DATASETS)
+        choice("data.loader", d.get("loader"), LOADERS)
         for key in ("batch_size", "eval_batch_size"):
             v = d.get(key)
             need(_is_int(v) and v > 0, f"data.{key}", v, "must be a positive integer")
