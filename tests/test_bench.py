@@ -37,3 +37,21 @@ def test_interleaved_medians_and_a_bench_row():
     assert calls.count("a") == calls.count("b")
     row = backward_vs_autograd([8, 8], "default", batch=16, repeats=1)
     assert row["network"] == "784-8-8-10" and row["speed_ratio"] > 0 and row["memory_ratio"] <= 1
+
+
+def test_epoch_runners_train_the_recipe_three_ways():
+    from handprop.bench import compose_recipe, lightning_epochs, plain_epochs, torchvision_epochs
+
+    cfg = compose_recipe(["model.hidden=[32]", "data.augment.rotation=0"])
+    for runner in (lightning_epochs, plain_epochs):
+        times, states, model = runner(cfg, 2, snapshots=True)
+        assert len(times) == 2 == len(states) and all(t > 0 for t in times)
+        assert not torch.equal(states[0]["net.layers.0.weight"], states[1]["net.layers.0.weight"])
+    assert len(torchvision_epochs(cfg, 1)) == 1
+
+
+def test_gemm_fraction_reports_rates():
+    from handprop.bench import gemm_fraction
+
+    g = gemm_fraction(batch=64, hidden=(64, 64), repeats=1)
+    assert g["step_gflops"] > 0 and g["gemm_gflops"] > 0 and 0 < g["fraction_of_gemm"]

@@ -152,3 +152,14 @@ def test_unknown_dataset_and_augmentation_are_refused():
         D.DigitsDataModule("emnist")
     with pytest.raises(ValueError, match=r"unknown keys \['shear'\]"):
         D.DigitsDataModule("sample", augment={"shear": 5})
+
+
+def test_random_affine_flip_mirrors_left_right():
+    img = torch.zeros(1, 1, 28, 28)
+    img[0, 0, 10:18, 2:6] = 1  # a bar near the left edge
+    flipped = D.random_affine(img, flip=1.0)
+    torch.testing.assert_close(flipped, img.flip(-1))
+    torch.manual_seed(0)
+    half = D.random_affine(img.expand(200, 1, 28, 28), flip=0.5)
+    mirrored = (half[:, 0, :, 14:].sum((1, 2)) > half[:, 0, :, :14].sum((1, 2))).float().mean()
+    assert 0.35 < mirrored < 0.65

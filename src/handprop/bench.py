@@ -8,6 +8,14 @@ backward  our hand-written backward vs PyTorch's autograd on the same network: t
           time of one training step (forward, cost, backward, SGD step) and the bytes
           kept alive for backward, for networks from 784-16-16-10 to 784-1024-1024-10;
           plus the cost of the live gradient audit at its default interval.
+gemm      a large MLP's training step (784-1024-1024-10, batch 512, float32) in FLOP/s,
+          as a fraction of the machine's measured matrix-product rate.
+epoch     one training epoch of the default recipe: handprop under Lightning with its
+          device-resident loader, vs a plain PyTorch loop over the same tensors (what
+          the framework costs), vs the classic torchvision MNIST + DataLoader recipe.
+fashion   time to accuracy on full Fashion-MNIST (experiment=fashion_mlp): seconds to
+          89% test accuracy and the accuracy at the end, handprop vs the same network,
+          recipe and data in a plain PyTorch loop.
 """
 
 from __future__ import annotations
@@ -19,9 +27,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import tempfile
+
 import torch
 
 from . import functional as HF
+from .data import random_affine, write_idx
+from .module import schedule_length
 from .nn import MLP
 
 SIZES = ([16, 16], [128, 64], [512, 256], [1024, 1024])
@@ -150,6 +162,230 @@ def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9)
     }
 
 
+# --------------------------------------------------------------------------- gemm
+
+
+def gemm_fraction(batch: int = 512, hidden=(1024, 1024), repeats: int = 9) -> dict:
+    """FLOP/s of a training step against the machine's own matrix-product rate."""
+    torch.manual_seed(0)
+    sizes = [784, *hidden, 10]
+    mlp = MLP(sizes, "relu")
+    opt = torch.optim.SGD(mlp.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, 784), torch.randint(0, 10, (batch,))
+    layers = list(zip(sizes, sizes[1:]))
+    # forward x Wᵀ and dW = dzᵀ x for every layer, dx = dz W for all but the first
+    flops = 2 * batch * (2 * sum(a * b for a, b in layers) + sum(a * b for a, b in layers[1:]))
+    square = 2048
+    a, b = torch.randn(square, square), torch.randn(square, square)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        mlp(x, y)[1].backward()
+        opt.step()
+
+    t = interleaved_medians({"step": step, "gemm": lambda: a @ b}, repeats, 3)
+    peak, achieved = 2 * square**3 / t["gemm"], flops / t["step"]
+    return {
+        "network": "-".join(map(str, sizes)),
+        "batch": batch,
+        "step_ms": t["step"] * 1e3,
+        "step_gflops": achieved / 1e9,
+        "gemm_gflops": peak / 1e9,
+        "fraction_of_gemm": achieved / peak,
+    }
+
+
+# --------------------------------------------------------------------------- epochs
+
+
+def compose_recipe(overrides=()):
+    """The run's config as ``python train.py OVERRIDES`` composes it (conf/ of this checkout)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    if not conf.is_dir():
+        raise FileNotFoundError(f"{conf}: the benchmarks compose the project's configs; run them from a checkout")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def _build(cfg):
+    """Data module (set up) and model of a composed config."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    model = instantiate(
+        cfg.model,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        _convert_="all",
+    )
+    model.pixel_mean.fill_(dm.pixel_stats[0])
+    model.pixel_std.fill_(dm.pixel_stats[1])
+    return dm, model
+
+
+class _EpochClock:
+    """Lightning callback: training time of every epoch, and a copy of the weights after it."""
+
+    def __new__(cls, snapshots: bool = False):
+        import lightning as L
+
+        class Clock(L.Callback):
+            def __init__(self):
+                self.epoch_s, self.states = [], []
+
+            def on_train_epoch_start(self, trainer, pl_module):
+                self.start = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, pl_module):
+                self.epoch_s.append(time.perf_counter() - self.start)
+                if snapshots:
+                    self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+        return Clock()
+
+
+def lightning_epochs(cfg, epochs: int, snapshots: bool = False):
+    """Fit the recipe under Lightning (no validation, no logging): seconds per epoch (+ weights)."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, verbose=False)
+    dm, model = _build(cfg)
+    clock = _EpochClock(snapshots)
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
+    trainer.fit(model, datamodule=dm)
+    return clock.epoch_s, clock.states, model
+
+
+def plain_epochs(cfg, epochs: int, snapshots: bool = False):
+    """The same recipe as a plain PyTorch loop over the same uint8 tensors: seconds per epoch."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, verbose=False)
+    dm, model = _build(cfg)
+    images, labels = dm.splits["train"].images, dm.splits["train"].labels
+    n, bs = len(labels), dm.batch_size
+    opt = model.optimizer_factory(params=model.parameters())
+    factory = model.scheduler_factory
+    sched = factory(opt, **schedule_length(factory, lambda: epochs * -(-n // bs))) if factory else None
+    model.train()
+    times, states = [], []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        for idx in torch.randperm(n, generator=g).split(bs):
+            x = images[idx].unsqueeze(1).float().div_(255)
+            if dm.augment:
+                x = random_affine(x, **dm.augment)
+            loss = model.output_and_loss(x, labels[idx])[1]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+        times.append(time.perf_counter() - start)
+        if snapshots:
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return times, states, model
+
+
+def torchvision_epochs(cfg, epochs: int):
+    """The tutorials' recipe: torchvision's MNIST dataset (PIL images, ToTensor, Normalize)
+    through a DataLoader, the same network and optimiser, a plain loop."""
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(cfg.seed)
+    dm, model = _build(cfg)
+    with tempfile.TemporaryDirectory() as root:
+        raw = Path(root) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for split, stem in (("train", "train"), ("test", "t10k")):
+            from .data import load_split
+
+            x, y = (dm.splits["train"].images, dm.splits["train"].labels) if split == "train" else load_split("sample", "test")
+            write_idx(raw / f"{stem}-images-idx3-ubyte", x)
+            write_idx(raw / f"{stem}-labels-idx1-ubyte", y)
+        mean, std = dm.pixel_stats
+        dataset = datasets.MNIST(
+            root, train=True, download=False,
+            transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))]),
+        )
+        loader = torch.utils.data.DataLoader(dataset, batch_size=dm.batch_size, shuffle=True)
+        opt = model.optimizer_factory(params=model.parameters())
+        model.train()
+        times = []
+        for _ in range(epochs):
+            start = time.perf_counter()
+            for x, y in loader:
+                loss = model.net(x.flatten(1), y, model.hparams.loss, model.hparams.label_smoothing)[1]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def epoch_speed(epochs: int = 5) -> dict:
+    cfg = compose_recipe()
+    lightning_s = statistics.median(lightning_epochs(cfg, epochs)[0][1:])  # the first epoch warms up
+    plain_s = statistics.median(plain_epochs(cfg, epochs)[0][1:])
+    torchvision_s = statistics.median(torchvision_epochs(cfg, epochs)[1:])
+    return {
+        "recipe": "default (4,000 sample digits, batch 128, augmentation on)",
+        "epochs": epochs,
+        "handprop_epoch_s": lightning_s,
+        "plain_loop_epoch_s": plain_s,
+        "torchvision_dataloader_epoch_s": torchvision_s,
+        "speedup_vs_torchvision": torchvision_s / lightning_s,
+        "overhead_vs_plain_loop": lightning_s / plain_s - 1,
+    }
+
+
+# --------------------------------------------------------------------------- fashion
+
+
+def _accuracy_curve(model, states, images, labels) -> list[float]:
+    model.eval()
+    accs = []
+    with torch.no_grad():
+        for state in states:
+            model.load_state_dict(state)
+            correct = sum(
+                (model(x.unsqueeze(1).float().div_(255)).argmax(1) == y).sum().item()
+                for x, y in zip(images.split(2000), labels.split(2000))
+            )
+            accs.append(correct / len(labels))
+    return accs
+
+
+def fashion_time_to_accuracy(data_dir: str, target: float = 0.89, budget_s: float = 180.0) -> dict:
+    from .data import load_split
+
+    cfg = compose_recipe(["experiment=fashion_mlp", f"data.data_dir={data_dir}"])
+    test_x, test_y = load_split("fashion_mnist", "test", data_dir)
+    out = {"recipe": "experiment=fashion_mlp", "target": target, "budget_s": budget_s}
+    for name, run in (("handprop", lightning_epochs), ("plain_loop", plain_epochs)):
+        times, states, model = run(cfg, cfg.trainer.max_epochs, snapshots=True)
+        accs = _accuracy_curve(model, states, test_x, test_y)
+        elapsed = [sum(times[: i + 1]) for i in range(len(times))]
+        reached = next((t for t, a in zip(elapsed, accs) if a >= target), None)
+        within = [a for t, a in zip(elapsed, accs) if t <= budget_s]
+        out[name] = {
+            "epochs": len(times), "train_s": elapsed[-1], "final_test_acc": accs[-1],
+            "seconds_to_target": reached, "test_acc_within_budget": within[-1] if within else None,
+            "curve": [(round(t, 2), round(a, 4)) for t, a in zip(elapsed, accs)],
+        }
+    return out
+
+
 def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     head = " | ".join(title for title, _, _ in columns)
     lines = [head, " | ".join("---" for _ in columns)]
@@ -163,29 +399,65 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="outputs/bench/bench.json", help="where to write the JSON results")
     parser.add_argument("--repeats", type=int, default=9, help="repeats per measurement (median taken)")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--only", default="backward,gemm,epoch,fashion", help="comma-separated sections")
+    parser.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist",
+                        help="Fashion-MNIST's four IDX files (apt-get install dataset-fashion-mnist)")
     args = parser.parse_args(argv)
-
+    sections = set(args.only.split(","))
     results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    rows = [
-        backward_vs_autograd(hidden, recipe, args.batch, args.repeats) for recipe in RECIPES for hidden in SIZES
-    ]
-    results["backward"] = rows
-    print(f"\nManual backward vs PyTorch autograd: one training step, batch {args.batch}, CPU threads {results['threads']}")
-    print("speed ratio = autograd time / manual time (>= 1: ours as fast or faster); "
-          "memory ratio = manual saved bytes / autograd saved bytes (<= 1: ours keeps no more)\n")
-    print(_table(rows, [
-        ("network", "network", "<18"), ("recipe", "recipe", "<8"),
-        ("manual ms", "step_ms_manual", ">9.3f"), ("autograd ms", "step_ms_autograd", ">11.3f"),
-        ("speed ratio", "speed_ratio", ">11.3f"), ("saved bytes manual", "saved_bytes_manual", ">18,"),
-        ("saved bytes autograd", "saved_bytes_autograd", ">20,"), ("memory ratio", "memory_ratio", ">12.3f"),
-    ]))
-    results["audit"] = audit = audit_overhead(repeats=args.repeats)
-    print(f"\nGradient audit every {audit['every_n_steps']} steps ({audit['network']}): one audit "
-          f"{audit['audit_ms']:.2f} ms, a step {audit['step_ms']:.2f} ms -> +{audit['overhead_pct']:.2f}% of training time")
-
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+
+    def save():
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
+    if "backward" in sections:
+        rows = [backward_vs_autograd(h, r, args.batch, args.repeats) for r in RECIPES for h in SIZES]
+        results["backward"] = rows
+        print(f"\nManual backward vs PyTorch autograd: one training step, batch {args.batch}, "
+              f"CPU threads {results['threads']}")
+        print("speed ratio = autograd time / manual time (>= 1: ours as fast or faster); "
+              "memory ratio = manual saved bytes / autograd saved bytes (<= 1: ours keeps no more)\n")
+        print(_table(rows, [
+            ("network", "network", "<18"), ("recipe", "recipe", "<8"),
+            ("manual ms", "step_ms_manual", ">9.3f"), ("autograd ms", "step_ms_autograd", ">11.3f"),
+            ("speed ratio", "speed_ratio", ">11.3f"), ("saved bytes manual", "saved_bytes_manual", ">18,"),
+            ("saved bytes autograd", "saved_bytes_autograd", ">20,"), ("memory ratio", "memory_ratio", ">12.3f"),
+        ]))
+        results["audit"] = audit = audit_overhead(repeats=args.repeats)
+        print(f"\nGradient audit every {audit['every_n_steps']} steps ({audit['network']}): one audit "
+              f"{audit['audit_ms']:.2f} ms, a step {audit['step_ms']:.2f} ms -> "
+              f"+{audit['overhead_pct']:.2f}% of training time")
+        save()
+    if "gemm" in sections:
+        results["gemm"] = g = gemm_fraction(repeats=args.repeats)
+        print(f"\nLarge-MLP step ({g['network']}, batch {g['batch']}, float32): {g['step_ms']:.1f} ms = "
+              f"{g['step_gflops']:.1f} GFLOP/s; a 2048x2048 matrix product runs at {g['gemm_gflops']:.1f} GFLOP/s "
+              f"-> {100 * g['fraction_of_gemm']:.0f}% of the machine's GEMM rate")
+        save()
+    if "epoch" in sections:
+        results["epoch"] = e = epoch_speed()
+        print(f"\nOne epoch of the default recipe (median of {e['epochs'] - 1}): handprop under Lightning "
+              f"{e['handprop_epoch_s']:.3f} s, plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
+              f"(framework overhead {100 * e['overhead_vs_plain_loop']:+.1f}%), torchvision MNIST + DataLoader "
+              f"{e['torchvision_dataloader_epoch_s']:.3f} s ({e['speedup_vs_torchvision']:.1f}x slower than handprop)")
+        save()
+    if "fashion" in sections:
+        if not (Path(args.fashion_dir) / "t10k-images-idx3-ubyte.gz").exists() and not (
+            Path(args.fashion_dir) / "FashionMNIST" / "raw"
+        ).is_dir():
+            print(f"\nFashion-MNIST: skipped, not found in {args.fashion_dir} "
+                  "(apt-get install dataset-fashion-mnist, or --fashion-dir)")
+        else:
+            results["fashion"] = f = fashion_time_to_accuracy(args.fashion_dir)
+            print(f"\nFashion-MNIST ({f['recipe']}), seconds of training to {100 * f['target']:.0f}% test accuracy "
+                  f"/ final accuracy / training time:")
+            for name in ("handprop", "plain_loop"):
+                r = f[name]
+                to = f"{r['seconds_to_target']:.1f} s" if r["seconds_to_target"] is not None else "not reached"
+                print(f"  {name:<11} {to:>12}  {100 * r['final_test_acc']:.2f}%  {r['train_s']:.1f} s "
+                      f"({r['epochs']} epochs)")
+            save()
     print(f"\nwritten to {out}")
     return results
 

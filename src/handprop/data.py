@@ -37,7 +37,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-AUGMENTATIONS = ("rotation", "scale", "shift")  # the arguments of random_affine
+AUGMENTATIONS = ("rotation", "scale", "shift", "flip")  # the arguments of random_affine
 _IDX_DTYPES = {0x08: torch.uint8}  # the only element type the digit datasets use
 
 
@@ -301,9 +301,12 @@ class DeviceBatches:
 # --------------------------------------------------------------------------- augmentation
 
 
-def random_affine(images: Tensor, rotation: float = 0.0, scale: float = 0.0, shift: float = 0.0) -> Tensor:
+def random_affine(
+    images: Tensor, rotation: float = 0.0, scale: float = 0.0, shift: float = 0.0, flip: float = 0.0
+) -> Tensor:
     """Jitter each image (N, 1, H, W) by its own random rotation (± degrees), scaling
-    (± fraction) and shift (± pixels), on the images' device, in one grid_sample."""
+    (± fraction), shift (± pixels) and, with probability ``flip``, a left-right mirror
+    (for clothes, not digits) -- on the images' device, in one grid_sample."""
     n, _, h, w = images.shape
     dev = images.device
 
@@ -313,9 +316,10 @@ def random_affine(images: Tensor, rotation: float = 0.0, scale: float = 0.0, shi
     angle = uniform(n) * math.radians(rotation)
     zoom = 1 + uniform(n) * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    mirror = 1 - 2 * (torch.rand(n, device=dev) < flip).to(cos.dtype)  # -1: read x from the other side
     # affine_grid works in coordinates where the image spans [-1, 1]: a pixel is 2/size.
     tx, ty = uniform(n) * shift * 2 / w, uniform(n) * shift * 2 / h
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1)
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

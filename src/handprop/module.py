@@ -143,12 +143,16 @@ class DigitClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     def _schedule_length(self) -> dict:
-        """Fill in the schedule's length in optimiser steps where its config leaves it unset."""
-        factory = self.scheduler_factory
-        given = {k: v for k, v in getattr(factory, "keywords", {}).items() if v is not None}
-        params = inspect.signature(getattr(factory, "func", factory)).parameters
-        if "total_steps" in params and "total_steps" not in given and "epochs" not in given:
-            return {"total_steps": int(self.trainer.estimated_stepping_batches)}
-        if "T_max" in params and "T_max" not in given:
-            return {"T_max": int(self.trainer.estimated_stepping_batches)}
-        return {}
+        return schedule_length(self.scheduler_factory, lambda: int(self.trainer.estimated_stepping_batches))
+
+
+def schedule_length(factory, steps: Callable[[], int]) -> dict:
+    """The schedule's length in optimiser steps where its config leaves it unset:
+    OneCycleLR's total_steps, CosineAnnealingLR's T_max (``steps()`` is asked only then)."""
+    given = {k: v for k, v in getattr(factory, "keywords", {}).items() if v is not None}
+    params = inspect.signature(getattr(factory, "func", factory)).parameters
+    if "total_steps" in params and "total_steps" not in given and "epochs" not in given:
+        return {"total_steps": steps()}
+    if "T_max" in params and "T_max" not in given:
+        return {"T_max": steps()}
+    return {}

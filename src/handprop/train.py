@@ -182,9 +182,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = _scalars(trainer.callback_metrics)
     metrics["time/fit_s"] = time.perf_counter() - start
     metrics["trainer/global_step"] = trainer.global_step
-    checkpoint = trainer.checkpoint_callback
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the "best" one
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    if best and checkpoint.monitor and checkpoint.best_model_score is not None:
+    if best and checkpoint.best_model_score is not None:
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
 
     if cfg.get("test", True) and not trainer.interrupted:
