@@ -71,6 +71,11 @@ class DigitClassifier(L.LightningModule):
         if self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
             # In place: parameter names and checkpoints stay those of the eager network.
             # fullgraph: our autograd.Functions must trace whole, never fall back to eager.
+            # fallback_random: dropout masks drawn by PyTorch's own generator, as in eager
+            # mode, so that seeded runs and the gradient audit's replay see the same masks.
+            import torch._inductor.config
+
+            torch._inductor.config.fallback_random = True
             self.net.compile(fullgraph=True)
 
     def on_train_start(self) -> None:
@@ -117,7 +122,7 @@ class DigitClassifier(L.LightningModule):
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         images, labels = batch
         out, loss = self.output_and_loss(*batch)
-        accuracy(out.detach(), labels)
+        accuracy.update(out.detach(), labels)  # not accuracy(...): no per-batch value, no state copies
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val")
