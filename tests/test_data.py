@@ -163,3 +163,17 @@ def test_random_affine_flip_mirrors_left_right():
     half = D.random_affine(img.expand(200, 1, 28, 28), flip=0.5)
     mirrored = (half[:, 0, :, 14:].sum((1, 2)) > half[:, 0, :, :14].sum((1, 2))).float().mean()
     assert 0.35 < mirrored < 0.65
+
+
+def test_elastic_distortion_is_a_small_smooth_warp():
+    torch.manual_seed(0)
+    field = D._elastic_field(8, 28, 28, alpha=2.0, sigma=4.0, device="cpu")
+    assert field.shape == (8, 28, 28, 2)
+    pixels = field * 14  # grid units -> pixels
+    assert pixels.abs().max() <= 2.0 + 1e-5 and pixels.abs().amax((1, 2, 3)).min() > 1.9
+    assert (pixels[:, 1:] - pixels[:, :-1]).abs().max() < 0.6  # neighbours move together
+    img = torch.zeros(8, 1, 28, 28)
+    img[:, 0, 8:20, 12:16] = 1
+    warped = D.random_affine(img, elastic=2.0)
+    assert not torch.equal(warped, img)
+    torch.testing.assert_close(warped.sum((1, 2, 3)), img.sum((1, 2, 3)), rtol=0.15, atol=0)
