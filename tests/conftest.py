@@ -6,6 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +43,13 @@ def train_cfg(tmp_path):
     return lambda *overrides: compose_config("train", [*FAST, *overrides], tmp_path)
 
 
-class StopAtStep:
-    """A Lightning callback that ends a run after a given optimiser step, as a kill would
-    (the run's schedule and length stay those of the full run)."""
+class StopAtStep(Callback):
+    """Ends a run after a given optimiser step, as a kill would (the run's schedule and
+    length stay those of the full run)."""
 
-    def __new__(cls, step: int):
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self, step: int):
+        self.step = step
 
-        class _Stop(Callback):
-            def on_train_batch_end(self, trainer, *args):
-                if trainer.global_step >= step:
-                    trainer.should_stop = True
-
-        return _Stop()
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import tempfile
 
+import lightning as L
 import torch
 
 from . import functional as HF
@@ -228,31 +229,23 @@ def _build(cfg):
     return dm, model
 
 
-class _EpochClock:
-    """Lightning callback: training time of every epoch, and a copy of the weights after it."""
+class _EpochClock(L.Callback):
+    """Training time of every epoch, and (``snapshots``) a copy of the weights after it."""
 
-    def __new__(cls, snapshots: bool = False):
-        import lightning as L
+    def __init__(self, snapshots: bool = False):
+        self.snapshots, self.epoch_s, self.states = snapshots, [], []
 
-        class Clock(L.Callback):
-            def __init__(self):
-                self.epoch_s, self.states = [], []
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
 
-            def on_train_epoch_start(self, trainer, pl_module):
-                self.start = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, pl_module):
-                self.epoch_s.append(time.perf_counter() - self.start)
-                if snapshots:
-                    self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
-
-        return Clock()
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epoch_s.append(time.perf_counter() - self.start)
+        if self.snapshots:
+            self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
 
 
 def lightning_epochs(cfg, epochs: int, snapshots: bool = False):
     """Fit the recipe under Lightning (no validation, no logging): seconds per epoch (+ weights)."""
-    import lightning as L
-
     L.seed_everything(cfg.seed, verbose=False)
     dm, model = _build(cfg)
     clock = _EpochClock(snapshots)
@@ -267,8 +260,6 @@ def lightning_epochs(cfg, epochs: int, snapshots: bool = False):
 
 def plain_epochs(cfg, epochs: int, snapshots: bool = False):
     """The same recipe as a plain PyTorch loop over the same uint8 tensors: seconds per epoch."""
-    import lightning as L
-
     L.seed_everything(cfg.seed, verbose=False)
     dm, model = _build(cfg)
     images, labels = dm.splits["train"].images, dm.splits["train"].labels
