@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from handprop import functional as HF
 from handprop.nn import INITS, MLP, Linear
 
 
