@@ -33,7 +33,7 @@ import lightning as L
 import torch
 
 from . import functional as HF
-from .data import random_affine, write_idx
+from .data import DeviceBatches, load_split, to_pixels, write_idx
 from .module import schedule_length
 from .nn import MLP
 
@@ -262,21 +262,18 @@ def plain_epochs(cfg, epochs: int, snapshots: bool = False):
     """The same recipe as a plain PyTorch loop over the same uint8 tensors: seconds per epoch."""
     L.seed_everything(cfg.seed, verbose=False)
     dm, model = _build(cfg)
-    images, labels = dm.splits["train"].images, dm.splits["train"].labels
-    n, bs = len(labels), dm.batch_size
+    train = dm.splits["train"]
+    batches = DeviceBatches(train.images, train.labels, dm.batch_size, shuffle=True, seed=cfg.seed)  # same order
     opt = model.optimizer_factory(params=model.parameters())
     factory = model.scheduler_factory
-    sched = factory(opt, **schedule_length(factory, lambda: epochs * -(-n // bs))) if factory else None
+    sched = factory(opt, **schedule_length(factory, lambda: epochs * len(batches))) if factory else None
     model.train()
     times, states = [], []
     for epoch in range(epochs):
         start = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        for idx in torch.randperm(n, generator=g).split(bs):
-            x = images[idx].unsqueeze(1).float().div_(255)
-            if dm.augment:
-                x = random_affine(x, **dm.augment)
-            loss = model.output_and_loss(x, labels[idx])[1]
+        batches.set_epoch(epoch)
+        for images, labels in batches:
+            loss = model.output_and_loss(to_pixels(images, dm.augment), labels)[1]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -299,8 +296,6 @@ def torchvision_epochs(cfg, epochs: int):
         raw = Path(root) / "MNIST" / "raw"
         raw.mkdir(parents=True)
         for split, stem in (("train", "train"), ("test", "t10k")):
-            from .data import load_split
-
             x, y = (dm.splits["train"].images, dm.splits["train"].labels) if split == "train" else load_split("sample", "test")
             write_idx(raw / f"{stem}-images-idx3-ubyte", x)
             write_idx(raw / f"{stem}-labels-idx1-ubyte", y)
@@ -350,7 +345,7 @@ def _accuracy_curve(model, states, images, labels) -> list[float]:
         for state in states:
             model.load_state_dict(state)
             correct = sum(
-                (model(x.unsqueeze(1).float().div_(255)).argmax(1) == y).sum().item()
+                (model(to_pixels(x)).argmax(1) == y).sum().item()
                 for x, y in zip(images.split(2000), labels.split(2000))
             )
             accs.append(correct / len(labels))
@@ -360,8 +355,6 @@ def _accuracy_curve(model, states, images, labels) -> list[float]:
 def fashion_time_to_accuracy(
     data_dir: str, experiment: str = "fashion_mlp", target: float = 0.89, budget_s: float = 180.0
 ) -> dict:
-    from .data import load_split
-
     cfg = compose_recipe([f"experiment={experiment}", f"data.data_dir={data_dir}"])
     test_x, test_y = load_split("fashion_mnist", "test", data_dir)
     out = {"recipe": f"experiment={experiment}", "target": target, "budget_s": budget_s}

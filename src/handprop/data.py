@@ -350,6 +350,13 @@ def _elastic_field(n: int, h: int, w: int, alpha: float, sigma: float, device) -
     return field.view(n, 2, h, w).permute(0, 2, 3, 1) * alpha * torch.tensor([2 / w, 2 / h], device=device)
 
 
+def to_pixels(images: Tensor, augment: dict | None = None) -> Tensor:
+    """uint8 images (N, H, W) -> floats in [0, 1] of shape (N, 1, H, W), jittered by
+    random_affine(**augment) when augmentation is asked for (training only)."""
+    pixels = images.unsqueeze(1).float().div_(255)
+    return random_affine(pixels, **augment) if augment else pixels
+
+
 # --------------------------------------------------------------------------- data module
 
 
@@ -381,6 +388,7 @@ class DigitsDataModule(L.LightningDataModule):
             raise ValueError(f"loader={loader!r} is not one of: {', '.join(LOADERS)}")
         self.loader, self.seed = loader, seed
         self._on_device: dict = {}
+        self._train_loader = None  # the latest training loader, whose position is checkpointed
         self._train_loader_state: dict | None = None
         if dataset not in DATASETS:
             raise ValueError(f"dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
@@ -449,7 +457,7 @@ class DigitsDataModule(L.LightningDataModule):
     # first builds the loader (which configure_optimizers can trigger early, when a schedule
     # asks for the run's length), but restores loader states only into a loader built later.
     def state_dict(self) -> dict:
-        loader = getattr(self, "_train_loader", None)
+        loader = self._train_loader
         return {"train_loader": loader.state_dict()} if isinstance(loader, DeviceBatches) else {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -463,10 +471,7 @@ class DigitsDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        images = images.unsqueeze(1).float().div_(255)
-        if self.trainer is not None and self.trainer.training:
-            if isinstance(getattr(self, "_train_loader", None), DeviceBatches):
-                self._train_loader.mark_consumed()
-            if self.augment:
-                images = random_affine(images, **self.augment)
-        return images, labels
+        training = self.trainer is not None and self.trainer.training
+        if training and isinstance(self._train_loader, DeviceBatches):
+            self._train_loader.mark_consumed()
+        return to_pixels(images, self.augment if training else None), labels

@@ -192,8 +192,7 @@ class Cost:
 
 
 def _quadratic_reference(output: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    diff = _at_least_float32(output) - F.one_hot(target, output.shape[1])
-    return 0.5 * (diff * diff).sum() / output.shape[0]
+    return quadratic_forward(output, target)[0]  # plain torch ops: autograd differentiates them
 
 
 def _cross_entropy_reference(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -343,6 +342,9 @@ class LinearActFunction(torch.autograd.Function):
         return *grads, None, None, None
 
 
+_MLP_FIRST_PARAM = 7  # index of the first weight among MLPFunction.forward's arguments
+
+
 class MLPFunction(torch.autograd.Function):
     """A whole multilayer perceptron, and optionally its cost, as one autograd node:
     backpropagation's loop itself.
@@ -365,7 +367,7 @@ class MLPFunction(torch.autograd.Function):
     def forward(ctx, x, target, cost, label_smoothing, activations: tuple, keeps: tuple, scale: float, *params):
         (x, *params), no_autocast = _cast_for_autocast((x, *params), x.device.type)
         needs = ctx.needs_input_grad
-        first = 7  # index of the first parameter among the arguments
+        first = _MLP_FIRST_PARAM
         need_w = needs[first::2]
         need_x, below = [], needs[0]  # dx of layer i is wanted if anything below it wants a gradient
         for i in range(len(activations)):
@@ -378,7 +380,7 @@ class MLPFunction(torch.autograd.Function):
                     x, params[2 * i], params[2 * i + 1], ACTIVATIONS[name], keeps[i], scale, need_x[i], need_w[i]
                 )
                 saved += layer_saved
-        ctx.activations, ctx.scale, ctx.need_x, ctx.dtype, ctx.first = activations, scale, need_x, x.dtype, first
+        ctx.activations, ctx.scale, ctx.need_x, ctx.dtype = activations, scale, need_x, x.dtype
         ctx.cost, ctx.label_smoothing, ctx.with_cost = cost, label_smoothing, target is not None
         if target is None:
             ctx.save_for_backward(*saved)
@@ -391,30 +393,31 @@ class MLPFunction(torch.autograd.Function):
     @staticmethod
     @first_order
     def backward(ctx, g, g_loss=None):
-        saved, needs, n = ctx.saved_tensors, ctx.needs_input_grad, len(ctx.activations)
+        saved, needs, n, first = ctx.saved_tensors, ctx.needs_input_grad, len(ctx.activations), _MLP_FIRST_PARAM
         if ctx.with_cost:  # the cost's gradient starts the sweep
             from_cost = COSTS[ctx.cost].backward(g_loss, saved[4 * n :], ctx.label_smoothing) if g_loss is not None else None
             g = from_cost if g is None else g if from_cost is None else g + from_cost
         if g is None:
-            return (None,) * (ctx.first + 2 * n)
+            return (None,) * (first + 2 * n)
         g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
         grads = []
         for i in reversed(range(n)):
             g, dW, db = layer_backward(
                 g, saved[4 * i : 4 * i + 4], ACTIVATIONS[ctx.activations[i]], ctx.scale,
-                ctx.need_x[i], needs[ctx.first + 2 * i], needs[ctx.first + 1 + 2 * i],
+                ctx.need_x[i], needs[first + 2 * i], needs[first + 1 + 2 * i],
             )
             grads[:0] = [dW, db]
-        return g, *([None] * (ctx.first - 1)), *grads
+        return g, *([None] * (first - 1)), *grads
 
 
 # --------------------------------------------------------------------------- the functions to call
 
 
-def dropout_mask(like: Tensor, p: float) -> Tensor:
+def dropout_mask(shape, p: float, device=None) -> Tensor:
     """Which units survive dropout: True with probability 1 - p (boolean, 1 byte each).
-    (Uniform draws compared with p: twice as fast on CPU as a boolean bernoulli_.)"""
-    return torch.rand(like.shape, device=like.device) >= p  # float32 draws whatever like's dtype
+    (float32 uniform draws compared with p: twice as fast on CPU as a boolean bernoulli_,
+    and the same draws whatever dtype the activations have.)"""
+    return torch.rand(shape, device=device) >= p
 
 
 def linear(
@@ -435,7 +438,7 @@ def linear(
     keep, scale = None, 1.0
     if dropout:
         # One mask for both backward modes: with the same seed they see the same units.
-        keep, scale = dropout_mask(x.new_empty(x.shape[0], weight.shape[0]), dropout), 1 / (1 - dropout)
+        keep, scale = dropout_mask((x.shape[0], weight.shape[0]), dropout, x.device), 1 / (1 - dropout)
     if backward == "manual":
         return LinearActFunction.apply(x, weight, bias, activation, keep, scale)
     check_choice("backward", backward, BACKWARDS)
@@ -468,7 +471,7 @@ def mlp(
         return x if target is None else (x, COSTS[cost].reference(x, target, label_smoothing))
     keeps = (None,) * len(params)
     if dropout:  # drawn layer by layer, as the reference path draws them: same seed, same masks
-        keeps = tuple(dropout_mask(x.new_empty(x.shape[0], w.shape[0]), dropout) for w, _ in params[:-1]) + (None,)
+        keeps = tuple(dropout_mask((x.shape[0], w.shape[0]), dropout, x.device) for w, _ in params[:-1]) + (None,)
     flat = [t for pair in params for t in pair]
     return MLPFunction.apply(x, target, cost, label_smoothing, tuple(activations), keeps, 1 / (1 - dropout), *flat)
 

@@ -121,7 +121,7 @@ class DigitClassifier(L.LightningModule):
 
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         images, labels = batch
-        out, loss = self.output_and_loss(*batch)
+        out, loss = self.output_and_loss(images, labels)
         accuracy.update(out.detach(), labels)  # not accuracy(...): no per-batch value, no state copies
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step)

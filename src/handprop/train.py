@@ -17,7 +17,6 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -183,7 +182,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["time/fit_s"] = time.perf_counter() - start
     metrics["trainer/global_step"] = trainer.global_step
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the "best" one
-    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    best = checkpoint.best_model_path if checkpoint is not None else ""
     if best and checkpoint.best_model_score is not None:
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
 
