@@ -4,6 +4,7 @@ import gzip
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from handprop import data as D
 
@@ -177,3 +178,26 @@ def test_elastic_distortion_is_a_small_smooth_warp():
     warped = D.random_affine(img, elastic=2.0)
     assert not torch.equal(warped, img)
     torch.testing.assert_close(warped.sum((1, 2, 3)), img.sum((1, 2, 3)), rtol=0.15, atol=0)
+
+
+@pytest.mark.parametrize("size, sigma", [(28, 4.0), (28, 1.5), (9, 4.0)])
+def test_blur_matrix_is_a_gaussian_convolution_over_reflect_padding(size, sigma):
+    # the reference: a separable 1-D convolution of reflect-padded maps (radius 2 sigma)
+    torch.manual_seed(0)
+    noise = torch.rand(6, 1, size, size, dtype=torch.float64)
+    radius = max(1, int(2 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    if radius < size:  # torch's reflect pad needs a pad smaller than the map
+        ref = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+        ref = F.conv2d(F.pad(ref, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    else:  # a 9-pixel map under a radius-8 kernel reflects more than once: build it by hand
+        idx = torch.arange(-radius, size + radius)
+        while ((idx < 0) | (idx >= size)).any():
+            idx = torch.where(idx < 0, -idx, torch.where(idx >= size, 2 * (size - 1) - idx, idx))
+        ref = F.conv2d(noise[..., :, idx], kernel.view(1, 1, 1, -1))
+        ref = F.conv2d(ref[..., idx, :], kernel.view(1, 1, -1, 1))
+    m = D._blur_matrix(size, sigma, "cpu").double()
+    torch.testing.assert_close(m.sum(1), torch.ones(size, dtype=torch.float64))  # a blur keeps the mean level
+    torch.testing.assert_close(m @ noise[:, 0] @ m.T, ref[:, 0], rtol=1e-6, atol=1e-6)

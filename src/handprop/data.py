@@ -18,6 +18,7 @@ Batches leave the DataLoader as uint8 images and are turned into floats in [0, 1
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 from importlib import resources
@@ -336,18 +337,34 @@ def random_affine(
 
 def _elastic_field(n: int, h: int, w: int, alpha: float, sigma: float, device) -> Tensor:
     """Smooth random displacements (N, H, W, 2) in grid units, at most alpha pixels:
-    uniform noise smoothed by a Gaussian of sigma pixels (separable), each map scaled to
-    peak at alpha. (Measured on the default recipe: a 4x4 or 7x7 lattice of random moves,
-    interpolated, is six times cheaper but reads 0.4-1.2% fewer digits.)"""
-    radius = max(1, int(2 * sigma))
-    x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    field = torch.rand(n * 2, 1, h, w, device=device) * 2 - 1
-    field = F.conv2d(F.pad(field, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    field = F.conv2d(F.pad(field, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    field = field / field.abs().amax((2, 3), keepdim=True).clamp_min(1e-6)  # each map peaks at +-1
+    uniform noise smoothed by a Gaussian of sigma pixels, each map scaled to peak at
+    alpha. (Measured on the default recipe: a 4x4 or 7x7 lattice of random moves,
+    interpolated, is six times cheaper but reads 0.4-1.2% fewer digits.)
+
+    The blur is two small matrix products, ``Bh @ noise @ Bwᵀ``: the same numbers as a
+    separable convolution over reflect-padded maps, about ten times faster on a CPU."""
+    noise = torch.rand(n * 2, h, w, device=device) * 2 - 1
+    field = _blur_matrix(h, sigma, device) @ noise @ _blur_matrix(w, sigma, device).T
+    field = field / field.abs().amax((1, 2), keepdim=True).clamp_min(1e-6)  # each map peaks at +-1
     return field.view(n, 2, h, w).permute(0, 2, 3, 1) * alpha * torch.tensor([2 / w, 2 / h], device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(size: int, sigma: float, device) -> Tensor:
+    """(size, size) matrix of a 1-D Gaussian blur (radius 2 sigma) with reflect padding:
+    row i holds the weights that output pixel i takes from every input pixel."""
+    radius = max(1, int(2 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    for i in range(size):
+        for d, weight in zip(range(-radius, radius + 1), kernel.tolist()):
+            j = i + d
+            while not 0 <= j < size:  # reflect at the edges (without repeating the edge pixel)
+                j = -j if j < 0 else 2 * (size - 1) - j
+            matrix[i, j] += weight
+    return matrix.to(device=device, dtype=torch.float32)
 
 
 def to_pixels(images: Tensor, augment: dict | None = None) -> Tensor:
