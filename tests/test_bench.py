@@ -50,6 +50,18 @@ def test_epoch_runners_train_the_recipe_three_ways():
     assert len(torchvision_epochs(cfg, 1)) == 1
 
 
+def test_epoch_speed_takes_turns_and_reports_every_ratio():
+    from handprop.bench import epoch_speed
+
+    e = epoch_speed(epochs=2, overrides=["model.hidden=[32]"])
+    assert e["epochs"] == 2
+    for key in ("handprop_epoch_s", "plain_loop_epoch_s", "torchvision_dataloader_epoch_s",
+                "handprop_loader_epoch_s", "torchvision_loader_epoch_s"):
+        assert e[key] > 0, key
+    assert e["speedup_vs_torchvision"] == e["torchvision_dataloader_epoch_s"] / e["handprop_epoch_s"]
+    assert e["loader_speedup_vs_torchvision"] > 1  # slicing a tensor beats per-sample PIL work, always
+
+
 def test_gemm_fraction_reports_rates():
     from handprop.bench import gemm_fraction
 

@@ -201,3 +201,10 @@ def test_blur_matrix_is_a_gaussian_convolution_over_reflect_padding(size, sigma)
     m = D._blur_matrix(size, sigma, "cpu").double()
     torch.testing.assert_close(m.sum(1), torch.ones(size, dtype=torch.float64))  # a blur keeps the mean level
     torch.testing.assert_close(m @ noise[:, 0] @ m.T, ref[:, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_the_sampling_grid_is_affine_grids():
+    torch.manual_seed(0)
+    for h, w in ((28, 28), (5, 9)):
+        theta = torch.randn(7, 2, 3)
+        torch.testing.assert_close(D._affine_grid(theta, h, w), F.affine_grid(theta, [7, 1, h, w], align_corners=False))

@@ -77,3 +77,53 @@ def test_schedule_length_is_filled_in_only_when_missing(scheduler, expected, mon
     assert model._schedule_length() == expected
     config = model.configure_optimizers()
     assert config["lr_scheduler"]["interval"] == "step"
+
+
+def test_logged_accuracies_count_each_epoch_exactly():
+    """train/acc, val/acc and test/acc are the fraction of that epoch's digits read right:
+    logged once per epoch, reset between epochs, equal to a recount on the same weights."""
+    import lightning as L
+
+    from handprop.data import to_pixels
+
+    torch.manual_seed(0)
+    dm = DigitsDataModule("sample", batch_size=500)
+    model = DigitClassifier(hidden=[16], optimizer=functools.partial(torch.optim.SGD, lr=0.5))
+    counted, logged = [], []  # per epoch: [right, seen, loss sum] recounted; as logged
+    original = model._step
+
+    def counting_step(batch, stage):
+        loss = original(batch, stage)
+        if stage == "train":
+            with torch.no_grad():  # no dropout: the step's own output
+                out = model.output_and_loss(*batch, eager=True)[0]
+            counted[-1][0] += (out.argmax(1) == batch[1]).sum().item()
+            counted[-1][1] += len(batch[1])
+            counted[-1][2] += loss.item() * len(batch[1])
+        return loss
+
+    model._step = counting_step
+    # Callbacks' on_train_epoch_end run before the module's (which logs): read it later.
+    read = lambda trainer, module: logged.append(
+        (trainer.callback_metrics["train/acc"].item(), trainer.callback_metrics["train/loss_epoch"].item())
+    )
+    clock = L.pytorch.callbacks.LambdaCallback(
+        on_train_epoch_start=lambda trainer, module: (counted and read(trainer, module), counted.append([0, 0, 0.0])),
+        on_train_end=read,
+    )
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+    trainer.fit(model, datamodule=dm)
+    assert counted[0][1] == 4000 and len(logged) == 3 and len(set(logged)) == 3
+    assert [acc for acc, _ in logged] == pytest.approx([right / seen for right, seen, _ in counted])  # each epoch alone
+    assert [loss for _, loss in logged] == pytest.approx([total / seen for _, seen, total in counted], rel=1e-6)
+
+    def accuracy(split):
+        model.eval()
+        images, labels = dm.splits[split].images, dm.splits[split].labels
+        with torch.no_grad():
+            return (model(to_pixels(images)).argmax(1) == labels).float().mean().item()
+
+    assert trainer.callback_metrics["val/acc"].item() == pytest.approx(accuracy("val"))
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert trainer.callback_metrics["test/acc"].item() == pytest.approx(accuracy("test"))

@@ -97,3 +97,15 @@ def test_resume_past_the_end_of_a_one_cycle_schedule_says_why(tmp_path):
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(UserError, match="schedule ends after 4 steps but this run asks for 8"):
         train(compose_config("train", [*FAST, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "b"))
+
+
+def test_step_losses_are_logged_on_the_loggers_steps_only(train_cfg, tmp_path):
+    # The module calls self.log for a step's loss only on the steps Lightning writes: the
+    # same steps as the learning rate that LearningRateMonitor logs by Lightning's own rule.
+    train(train_cfg("trainer.log_every_n_steps=3", "test=false"))  # 2 epochs x 4 batches
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    loss_steps = [e.step for e in events.Scalars("train/loss_step")]
+    lr_steps = [e.step for e in events.Scalars("train/lr")]
+    assert loss_steps == lr_steps and len(loss_steps) == 2, (loss_steps, lr_steps)
+    assert len(events.Scalars("train/loss_epoch")) == 2 == len(events.Scalars("train/acc"))

@@ -11,8 +11,9 @@ backward  our hand-written backward vs PyTorch's autograd on the same network: t
 gemm      a large MLP's training step (784-1024-1024-10, batch 512, float32) in FLOP/s,
           as a fraction of the machine's measured matrix-product rate.
 epoch     one training epoch of the default recipe: handprop under Lightning with its
-          device-resident loader, vs a plain PyTorch loop over the same tensors (what
-          the framework costs), vs the classic torchvision MNIST + DataLoader recipe.
+          device-resident loader, vs a plain PyTorch loop over the same tensors doing the
+          same work (what the framework costs), vs the classic torchvision MNIST +
+          DataLoader recipe; and the data path alone, handprop's loader vs torchvision's.
 fashion   time to accuracy on full Fashion-MNIST (experiment=fashion_fast and
           fashion_mlp): seconds to 89% test accuracy and the accuracy at the end, handprop
           vs the same network, recipe and data in a plain PyTorch loop.
@@ -230,10 +231,13 @@ def _build(cfg):
 
 
 class _EpochClock(L.Callback):
-    """Training time of every epoch, and (``snapshots``) a copy of the weights after it."""
+    """Training time of every epoch, and (``snapshots``) a copy of the weights after it.
 
-    def __init__(self, snapshots: bool = False):
-        self.snapshots, self.epoch_s, self.states = snapshots, [], []
+    ``between(epoch)``, when given, runs after each epoch's clock has stopped: the epoch
+    benchmark runs its competitors there, so that Lightning's epochs and theirs take turns."""
+
+    def __init__(self, snapshots: bool = False, between: Callable[[int], None] | None = None):
+        self.snapshots, self.between, self.epoch_s, self.states = snapshots, between, [], []
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.start = time.perf_counter()
@@ -242,13 +246,15 @@ class _EpochClock(L.Callback):
         self.epoch_s.append(time.perf_counter() - self.start)
         if self.snapshots:
             self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+        if self.between is not None:
+            self.between(trainer.current_epoch)
 
 
-def lightning_epochs(cfg, epochs: int, snapshots: bool = False):
+def lightning_epochs(cfg, epochs: int, snapshots: bool = False, between: Callable[[int], None] | None = None):
     """Fit the recipe under Lightning (no validation, no logging): seconds per epoch (+ weights)."""
     L.seed_everything(cfg.seed, verbose=False)
     dm, model = _build(cfg)
-    clock = _EpochClock(snapshots)
+    clock = _EpochClock(snapshots, between)
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
@@ -258,42 +264,68 @@ def lightning_epochs(cfg, epochs: int, snapshots: bool = False):
     return clock.epoch_s, clock.states, model
 
 
-def plain_epochs(cfg, epochs: int, snapshots: bool = False):
-    """The same recipe as a plain PyTorch loop over the same uint8 tensors: seconds per epoch."""
-    L.seed_everything(cfg.seed, verbose=False)
-    dm, model = _build(cfg)
-    train = dm.splits["train"]
-    batches = DeviceBatches(train.images, train.labels, dm.batch_size, shuffle=True, seed=cfg.seed)  # same order
-    opt = model.optimizer_factory(params=model.parameters())
-    factory = model.scheduler_factory
-    sched = factory(opt, **schedule_length(factory, lambda: epochs * len(batches))) if factory else None
-    model.train()
-    times, states = [], []
-    for epoch in range(epochs):
+class PlainLoop:
+    """The same recipe as a plain PyTorch loop over the same uint8 tensors, the same
+    batch order, model, optimiser, schedule and augmentation: ``epoch()`` trains one."""
+
+    def __init__(self, cfg, epochs: int):
+        L.seed_everything(cfg.seed, verbose=False)
+        dm, self.model = _build(cfg)
+        train, self.augment = dm.splits["train"], dm.augment
+        self.batches = DeviceBatches(train.images, train.labels, dm.batch_size, shuffle=True, seed=cfg.seed)
+        self.opt = self.model.optimizer_factory(params=self.model.parameters())
+        factory = self.model.scheduler_factory
+        length = schedule_length(factory, lambda: epochs * len(self.batches)) if factory else {}
+        self.sched = factory(self.opt, **length) if factory else None
+        self.epochs_done = 0
+
+    def epoch(self) -> float:
+        """Seconds for one epoch, with the bookkeeping a run reports: the epoch's mean loss
+        and accuracy, counted by the same torchmetrics objects as the Lightning module's."""
+        model, opt, sched = self.model, self.opt, self.sched
+        losses, hits = model.metrics["train_loss"], model.metrics["train_acc"]
+        model.train()
         start = time.perf_counter()
-        batches.set_epoch(epoch)
-        for images, labels in batches:
-            loss = model.output_and_loss(to_pixels(images, dm.augment), labels)[1]
+        self.batches.set_epoch(self.epochs_done)
+        for images, labels in self.batches:
+            out, loss = model.output_and_loss(to_pixels(images, self.augment), labels)
+            losses.update(loss.detach(), weight=len(labels))
+            hits.update(out.detach(), labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
-        times.append(time.perf_counter() - start)
+        self.last = {"loss": losses.compute().item(), "acc": hits.compute().item()}
+        losses.reset()
+        hits.reset()
+        self.epochs_done += 1
+        return time.perf_counter() - start
+
+
+def plain_epochs(cfg, epochs: int, snapshots: bool = False):
+    """PlainLoop for ``epochs`` epochs: seconds per epoch (+ weights after each)."""
+    loop = PlainLoop(cfg, epochs)
+    times, states = [], []
+    for _ in range(epochs):
+        times.append(loop.epoch())
         if snapshots:
-            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return times, states, model
+            states.append({k: v.detach().clone() for k, v in loop.model.state_dict().items()})
+    return times, states, loop.model
 
 
-def torchvision_epochs(cfg, epochs: int):
+class TorchvisionLoop:
     """The tutorials' recipe: torchvision's MNIST dataset (PIL images, ToTensor, Normalize)
-    through a DataLoader, the same network and optimiser, a plain loop."""
-    from torchvision import datasets, transforms
+    through a DataLoader, the same network and optimiser, a plain loop. The training
+    digits are written as torchvision's raw files in a temporary directory (``close()``)."""
 
-    torch.manual_seed(cfg.seed)
-    dm, model = _build(cfg)
-    with tempfile.TemporaryDirectory() as root:
-        raw = Path(root) / "MNIST" / "raw"
+    def __init__(self, cfg):
+        from torchvision import datasets, transforms
+
+        torch.manual_seed(cfg.seed)
+        dm, self.model = _build(cfg)
+        self._root = tempfile.TemporaryDirectory()
+        raw = Path(self._root.name) / "MNIST" / "raw"
         raw.mkdir(parents=True)
         for split, stem in (("train", "train"), ("test", "t10k")):
             x, y = (dm.splits["train"].images, dm.splits["train"].labels) if split == "train" else load_split("sample", "test")
@@ -301,37 +333,82 @@ def torchvision_epochs(cfg, epochs: int):
             write_idx(raw / f"{stem}-labels-idx1-ubyte", y)
         mean, std = dm.pixel_stats
         dataset = datasets.MNIST(
-            root, train=True, download=False,
+            self._root.name, train=True, download=False,
             transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))]),
         )
-        loader = torch.utils.data.DataLoader(dataset, batch_size=dm.batch_size, shuffle=True)
-        opt = model.optimizer_factory(params=model.parameters())
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=dm.batch_size, shuffle=True)
+        self.opt = self.model.optimizer_factory(params=self.model.parameters())
+
+    def epoch(self, train: bool = True) -> float:
+        """Seconds for one epoch; ``train=False``: only draw the batches (the data path alone)."""
+        model, opt, hp = self.model, self.opt, self.model.hparams
         model.train()
-        times = []
-        for _ in range(epochs):
-            start = time.perf_counter()
-            for x, y in loader:
-                loss = model.net(x.flatten(1), y, model.hparams.loss, model.hparams.label_smoothing)[1]
+        start = time.perf_counter()
+        for x, y in self.loader:
+            if train:
+                loss = model.net(x.flatten(1), y, hp.loss, hp.label_smoothing)[1]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            times.append(time.perf_counter() - start)
-    return times
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self._root.cleanup()
 
 
-def epoch_speed(epochs: int = 5) -> dict:
-    cfg = compose_recipe()
-    lightning_s = statistics.median(lightning_epochs(cfg, epochs)[0][1:])  # the first epoch warms up
-    plain_s = statistics.median(plain_epochs(cfg, epochs)[0][1:])
-    torchvision_s = statistics.median(torchvision_epochs(cfg, epochs)[1:])
+def torchvision_epochs(cfg, epochs: int) -> list[float]:
+    loop = TorchvisionLoop(cfg)
+    try:
+        return [loop.epoch() for _ in range(epochs)]
+    finally:
+        loop.close()
+
+
+def loader_epoch(cfg) -> float:
+    """Seconds for handprop's loader to hand over one epoch of ready float batches,
+    without augmentation (the tutorials' recipe has none): the data path alone."""
+    dm, _ = _build(cfg)
+    train = dm.splits["train"]
+    batches = DeviceBatches(train.images, train.labels, dm.batch_size, shuffle=True, seed=cfg.seed)
+    start = time.perf_counter()
+    for images, labels in batches:
+        to_pixels(images)
+    return time.perf_counter() - start
+
+
+def epoch_speed(epochs: int = 9, overrides=()) -> dict:
+    """One epoch of the default recipe three ways, taking turns epoch by epoch: Lightning's
+    epoch, then (in alternating order) the plain loop's and the torchvision recipe's. The
+    first epoch of each warms up; the medians of the rest are compared. Then the data path
+    alone: handprop's loader vs torchvision's DataLoader, each drawing one epoch of batches."""
+    cfg = compose_recipe(overrides)
+    plain, tv = PlainLoop(cfg, epochs), TorchvisionLoop(cfg)
+    plain_s, tv_s, loader_s, tv_loader_s = [], [], [], []
+
+    def between(epoch: int) -> None:
+        for run in ((plain, tv) if epoch % 2 == 0 else (tv, plain)):
+            (plain_s if run is plain else tv_s).append(run.epoch())
+        for _ in range(3):
+            loader_s.append(loader_epoch(cfg))
+            tv_loader_s.append(tv.epoch(train=False))
+
+    try:
+        lightning_s = lightning_epochs(cfg, epochs, between=between)[0]
+    finally:
+        tv.close()
+    med = {k: statistics.median(v[1:]) for k, v in
+           {"lightning": lightning_s, "plain": plain_s, "tv": tv_s, "loader": loader_s, "tv_loader": tv_loader_s}.items()}
     return {
         "recipe": "default (4,000 sample digits, batch 128, augmentation on)",
         "epochs": epochs,
-        "handprop_epoch_s": lightning_s,
-        "plain_loop_epoch_s": plain_s,
-        "torchvision_dataloader_epoch_s": torchvision_s,
-        "speedup_vs_torchvision": torchvision_s / lightning_s,
-        "overhead_vs_plain_loop": lightning_s / plain_s - 1,
+        "handprop_epoch_s": med["lightning"],
+        "plain_loop_epoch_s": med["plain"],
+        "torchvision_dataloader_epoch_s": med["tv"],
+        "speedup_vs_torchvision": med["tv"] / med["lightning"],
+        "overhead_vs_plain_loop": med["lightning"] / med["plain"] - 1,
+        "handprop_loader_epoch_s": med["loader"],
+        "torchvision_loader_epoch_s": med["tv_loader"],
+        "loader_speedup_vs_torchvision": med["tv_loader"] / med["loader"],
     }
 
 
@@ -427,6 +504,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{e['handprop_epoch_s']:.3f} s, plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
               f"(framework overhead {100 * e['overhead_vs_plain_loop']:+.1f}%), torchvision MNIST + DataLoader "
               f"{e['torchvision_dataloader_epoch_s']:.3f} s ({e['speedup_vs_torchvision']:.1f}x slower than handprop)")
+        print(f"The data path alone, one epoch of ready batches (no augmentation, no training): handprop's "
+              f"loader {1e3 * e['handprop_loader_epoch_s']:.1f} ms, torchvision MNIST + DataLoader "
+              f"{1e3 * e['torchvision_loader_epoch_s']:.1f} ms ({e['loader_speedup_vs_torchvision']:.0f}x)")
         save()
     if "fashion" in sections:
         if not (Path(args.fashion_dir) / "t10k-images-idx3-ubyte.gz").exists() and not (
