@@ -213,8 +213,14 @@ def compose_recipe(overrides=()):
         return compose("train", overrides=list(overrides))
 
 
-def _build(cfg):
-    """Data module (set up) and model of a composed config."""
+def _sync(device) -> None:
+    """Wait for the device's queued work, so that a clock read after it is honest."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build(cfg, device="cpu"):
+    """Data module (set up) and model (on ``device``) of a composed config."""
     from hydra.utils import instantiate
 
     dm = instantiate(cfg.data, _convert_="all")
@@ -227,7 +233,7 @@ def _build(cfg):
     )
     model.pixel_mean.fill_(dm.pixel_stats[0])
     model.pixel_std.fill_(dm.pixel_stats[1])
-    return dm, model
+    return dm, model.to(device)
 
 
 class _EpochClock(L.Callback):
@@ -240,9 +246,11 @@ class _EpochClock(L.Callback):
         self.snapshots, self.between, self.epoch_s, self.states = snapshots, between, [], []
 
     def on_train_epoch_start(self, trainer, pl_module):
+        _sync(pl_module.device)
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
+        _sync(pl_module.device)
         self.epoch_s.append(time.perf_counter() - self.start)
         if self.snapshots:
             self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
@@ -250,13 +258,17 @@ class _EpochClock(L.Callback):
             self.between(trainer.current_epoch)
 
 
-def lightning_epochs(cfg, epochs: int, snapshots: bool = False, between: Callable[[int], None] | None = None):
+def lightning_epochs(
+    cfg, epochs: int, snapshots: bool = False, between: Callable[[int], None] | None = None, device="cpu"
+):
     """Fit the recipe under Lightning (no validation, no logging): seconds per epoch (+ weights)."""
     L.seed_everything(cfg.seed, verbose=False)
     dm, model = _build(cfg)
+    device = torch.device(device)
     clock = _EpochClock(snapshots, between)
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        max_epochs=epochs, accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
+        logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[clock],
     )
@@ -268,11 +280,12 @@ class PlainLoop:
     """The same recipe as a plain PyTorch loop over the same uint8 tensors, the same
     batch order, model, optimiser, schedule and augmentation: ``epoch()`` trains one."""
 
-    def __init__(self, cfg, epochs: int):
+    def __init__(self, cfg, epochs: int, device="cpu"):
         L.seed_everything(cfg.seed, verbose=False)
-        dm, self.model = _build(cfg)
-        train, self.augment = dm.splits["train"], dm.augment
-        self.batches = DeviceBatches(train.images, train.labels, dm.batch_size, shuffle=True, seed=cfg.seed)
+        dm, self.model = _build(cfg, device)
+        train, self.augment, self.device = dm.splits["train"], dm.augment, device
+        images, labels = train.images.to(device), train.labels.to(device)
+        self.batches = DeviceBatches(images, labels, dm.batch_size, shuffle=True, seed=cfg.seed)
         self.opt = self.model.optimizer_factory(params=self.model.parameters())
         factory = self.model.scheduler_factory
         length = schedule_length(factory, lambda: epochs * len(self.batches)) if factory else {}
@@ -285,6 +298,7 @@ class PlainLoop:
         model, opt, sched = self.model, self.opt, self.sched
         losses, hits = model.metrics["train_loss"], model.metrics["train_acc"]
         model.train()
+        _sync(self.device)
         start = time.perf_counter()
         self.batches.set_epoch(self.epochs_done)
         for images, labels in self.batches:
@@ -296,16 +310,16 @@ class PlainLoop:
             opt.step()
             if sched is not None:
                 sched.step()
-        self.last = {"loss": losses.compute().item(), "acc": hits.compute().item()}
+        self.last = {"loss": losses.compute().item(), "acc": hits.compute().item()}  # (syncs the device)
         losses.reset()
         hits.reset()
         self.epochs_done += 1
         return time.perf_counter() - start
 
 
-def plain_epochs(cfg, epochs: int, snapshots: bool = False):
+def plain_epochs(cfg, epochs: int, snapshots: bool = False, device="cpu"):
     """PlainLoop for ``epochs`` epochs: seconds per epoch (+ weights after each)."""
-    loop = PlainLoop(cfg, epochs)
+    loop = PlainLoop(cfg, epochs, device)
     times, states = [], []
     for _ in range(epochs):
         times.append(loop.epoch())
@@ -319,11 +333,12 @@ class TorchvisionLoop:
     through a DataLoader, the same network and optimiser, a plain loop. The training
     digits are written as torchvision's raw files in a temporary directory (``close()``)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, device="cpu"):
         from torchvision import datasets, transforms
 
         torch.manual_seed(cfg.seed)
-        dm, self.model = _build(cfg)
+        dm, self.model = _build(cfg, device)
+        self.device = device
         self._root = tempfile.TemporaryDirectory()
         raw = Path(self._root.name) / "MNIST" / "raw"
         raw.mkdir(parents=True)
@@ -343,13 +358,16 @@ class TorchvisionLoop:
         """Seconds for one epoch; ``train=False``: only draw the batches (the data path alone)."""
         model, opt, hp = self.model, self.opt, self.model.hparams
         model.train()
+        _sync(self.device)
         start = time.perf_counter()
         for x, y in self.loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if train:
                 loss = model.net(x.flatten(1), y, hp.loss, hp.label_smoothing)[1]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+        _sync(self.device)
         return time.perf_counter() - start
 
     def close(self) -> None:
@@ -364,44 +382,49 @@ def torchvision_epochs(cfg, epochs: int) -> list[float]:
         loop.close()
 
 
-def loader_epoch(cfg) -> float:
+def loader_epoch(cfg, device="cpu") -> float:
     """Seconds for handprop's loader to hand over one epoch of ready float batches,
     without augmentation (the tutorials' recipe has none): the data path alone."""
     dm, _ = _build(cfg)
     train = dm.splits["train"]
-    batches = DeviceBatches(train.images, train.labels, dm.batch_size, shuffle=True, seed=cfg.seed)
+    images, labels = train.images.to(device), train.labels.to(device)
+    batches = DeviceBatches(images, labels, dm.batch_size, shuffle=True, seed=cfg.seed)
+    _sync(device)
     start = time.perf_counter()
     for images, labels in batches:
         to_pixels(images)
+    _sync(device)
     return time.perf_counter() - start
 
 
-def epoch_speed(epochs: int = 9, overrides=()) -> dict:
+def epoch_speed(epochs: int = 9, overrides=(), device="cpu") -> dict:
     """One epoch of the default recipe three ways, taking turns epoch by epoch: Lightning's
     epoch, then (in alternating order) the plain loop's and the torchvision recipe's. The
     first epoch of each warms up; the medians of the rest are compared. Then the data path
     alone: handprop's loader vs torchvision's DataLoader, each drawing one epoch of batches."""
     cfg = compose_recipe(overrides)
-    plain, tv = PlainLoop(cfg, epochs), TorchvisionLoop(cfg)
+    plain, tv = PlainLoop(cfg, epochs, device), TorchvisionLoop(cfg, device)
     plain_s, tv_s, loader_s, tv_loader_s = [], [], [], []
 
     def between(epoch: int) -> None:
         for run in ((plain, tv) if epoch % 2 == 0 else (tv, plain)):
             (plain_s if run is plain else tv_s).append(run.epoch())
         for _ in range(3):
-            loader_s.append(loader_epoch(cfg))
+            loader_s.append(loader_epoch(cfg, device))
             tv_loader_s.append(tv.epoch(train=False))
 
     try:
-        lightning_s = lightning_epochs(cfg, epochs, between=between)[0]
+        lightning_s = lightning_epochs(cfg, epochs, between=between, device=device)[0]
     finally:
         tv.close()
     med = {k: statistics.median(v[1:]) for k, v in
            {"lightning": lightning_s, "plain": plain_s, "tv": tv_s, "loader": loader_s, "tv_loader": tv_loader_s}.items()}
     return {
         "recipe": "default (4,000 sample digits, batch 128, augmentation on)",
+        "device": str(device),
         "epochs": epochs,
         "handprop_epoch_s": med["lightning"],
+        "handprop_samples_per_s": len(plain.batches.labels) / med["lightning"],
         "plain_loop_epoch_s": med["plain"],
         "torchvision_dataloader_epoch_s": med["tv"],
         "speedup_vs_torchvision": med["tv"] / med["lightning"],
@@ -409,6 +432,7 @@ def epoch_speed(epochs: int = 9, overrides=()) -> dict:
         "handprop_loader_epoch_s": med["loader"],
         "torchvision_loader_epoch_s": med["tv_loader"],
         "loader_speedup_vs_torchvision": med["tv_loader"] / med["loader"],
+        "raw_epoch_s": {"handprop": lightning_s, "plain_loop": plain_s, "torchvision": tv_s},
     }
 
 
@@ -417,6 +441,7 @@ def epoch_speed(epochs: int = 9, overrides=()) -> dict:
 
 def _accuracy_curve(model, states, images, labels) -> list[float]:
     model.eval()
+    images, labels = images.to(model.device), labels.to(model.device)
     accs = []
     with torch.no_grad():
         for state in states:
@@ -430,13 +455,13 @@ def _accuracy_curve(model, states, images, labels) -> list[float]:
 
 
 def fashion_time_to_accuracy(
-    data_dir: str, experiment: str = "fashion_mlp", target: float = 0.89, budget_s: float = 180.0
+    data_dir: str, experiment: str = "fashion_mlp", target: float = 0.89, budget_s: float = 180.0, device="cpu"
 ) -> dict:
     cfg = compose_recipe([f"experiment={experiment}", f"data.data_dir={data_dir}"])
     test_x, test_y = load_split("fashion_mnist", "test", data_dir)
-    out = {"recipe": f"experiment={experiment}", "target": target, "budget_s": budget_s}
+    out = {"recipe": f"experiment={experiment}", "device": str(device), "target": target, "budget_s": budget_s}
     for name, run in (("handprop", lightning_epochs), ("plain_loop", plain_epochs)):
-        times, states, model = run(cfg, cfg.trainer.max_epochs, snapshots=True)
+        times, states, model = run(cfg, cfg.trainer.max_epochs, snapshots=True, device=device)
         accs = _accuracy_curve(model, states, test_x, test_y)
         elapsed = [sum(times[: i + 1]) for i in range(len(times))]
         reached = next((t for t, a in zip(elapsed, accs) if a >= target), None)
@@ -463,6 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=9, help="repeats per measurement (median taken)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--only", default="backward,gemm,epoch,fashion", help="comma-separated sections")
+    parser.add_argument("--device", default="cpu", help="where the epoch and fashion sections train (cpu, cuda)")
     parser.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist",
                         help="Fashion-MNIST's four IDX files (apt-get install dataset-fashion-mnist)")
     args = parser.parse_args(argv)
@@ -499,9 +525,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"-> {100 * g['fraction_of_gemm']:.0f}% of the machine's GEMM rate")
         save()
     if "epoch" in sections:
-        results["epoch"] = e = epoch_speed()
-        print(f"\nOne epoch of the default recipe (median of {e['epochs'] - 1}): handprop under Lightning "
-              f"{e['handprop_epoch_s']:.3f} s, plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
+        results["epoch"] = e = epoch_speed(device=args.device)
+        print(f"\nOne epoch of the default recipe on {e['device']} (median of {e['epochs'] - 1}): handprop under "
+              f"Lightning {e['handprop_epoch_s']:.3f} s ({e['handprop_samples_per_s']:,.0f} samples/s), plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
               f"(framework overhead {100 * e['overhead_vs_plain_loop']:+.1f}%), torchvision MNIST + DataLoader "
               f"{e['torchvision_dataloader_epoch_s']:.3f} s ({e['speedup_vs_torchvision']:.1f}x slower than handprop)")
         print(f"The data path alone, one epoch of ready batches (no augmentation, no training): handprop's "
@@ -517,7 +543,9 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             results["fashion"] = {}
             for experiment in ("fashion_fast", "fashion_mlp"):
-                results["fashion"][experiment] = f = fashion_time_to_accuracy(args.fashion_dir, experiment)
+                results["fashion"][experiment] = f = fashion_time_to_accuracy(
+                    args.fashion_dir, experiment, device=args.device
+                )
                 print(f"\nFashion-MNIST ({f['recipe']}), seconds of training to {100 * f['target']:.0f}% test "
                       f"accuracy / final accuracy / training time:")
                 for name in ("handprop", "plain_loop"):
