@@ -53,3 +53,10 @@ class StopAtStep(Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step >= self.step:
             trainer.should_stop = True
+
+
+def tensorboard_run(run_dir: Path) -> Path:
+    """A run's TensorBoard directory, <run dir>/tensorboard/<its overrides> (one per run)."""
+    dirs = {p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
+    assert len(dirs) == 1, dirs
+    return dirs.pop()

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import tensorboard_run
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from handprop import functional as HF
@@ -14,7 +15,7 @@ from handprop.train import UserError, train
 
 
 def _audit_values(run_dir):
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(tensorboard_run(run_dir)))
     events.Reload()
     return {t: [e.value for e in events.Scalars(t)] for t in events.Tags()["scalars"] if t.startswith("audit/")}
 
@@ -59,3 +60,56 @@ def test_audit_with_gradient_accumulation(train_cfg, tmp_path):
     values = _audit_values(tmp_path)
     assert len(values["audit/max_rel_err/layer1"]) == 4 and max(max(v) for v in values.values()) < 1e-5
     assert json.loads((tmp_path / "metrics.json").read_text())["trainer/global_step"] == 4
+
+
+def test_training_scalars_are_the_steps_gradient_norms_and_update_ratios():
+    """grad_norm and update_ratio as logged equal a recount from the gradients and weights."""
+    import functools
+
+    import lightning as L
+    from lightning.pytorch.loggers.logger import Logger
+
+    from handprop.callbacks import TrainingScalars
+    from handprop.data import DigitsDataModule
+
+    class Capture(Logger):
+        name, version = "capture", 0
+        log_hyperparams = lambda self, *a, **k: None
+
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append((step, dict(metrics)))
+
+    class Witness(L.Callback):  # runs after TrainingScalars: the same gradients, the weights around the step
+        def __init__(self):
+            self.norms, self.before, self.ratios = {}, None, {}
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            layer = module.net.layers[0]
+            self.norms[trainer.global_step] = torch.cat([layer.weight.grad.flatten(), layer.bias.grad]).norm().item()
+            self.before = layer.weight.detach().clone()
+
+        def on_train_batch_end(self, trainer, module, *args):
+            w = module.net.layers[0].weight.detach()
+            self.ratios[trainer.global_step - 1] = ((w - self.before).norm() / self.before.norm()).item()
+
+    torch.manual_seed(0)
+    model = DigitClassifier(hidden=[16], optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    logger, witness = Capture(), Witness()
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=logger, log_every_n_steps=2, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[TrainingScalars(), witness])
+    trainer.fit(model, datamodule=DigitsDataModule("sample", batch_size=64))
+    logged = {}
+    for step, metrics in logger.rows:
+        for key, value in metrics.items():
+            logged.setdefault(key, {})[step] = value
+    assert sorted(logged["grad_norm/layer1"]) == [1, 3, 5]  # the steps the logger writes: (k + 1) % 2 == 0
+    for step, value in logged["grad_norm/layer1"].items():
+        assert value == pytest.approx(witness.norms[step], rel=1e-5)
+    for step, value in logged["update_ratio/layer1"].items():
+        assert value == pytest.approx(witness.ratios[step], rel=1e-4)
+    assert set(logged) >= {"grad_norm/layer2", "update_ratio/layer2"}

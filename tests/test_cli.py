@@ -31,7 +31,9 @@ def test_train_cli_leaves_the_run_directory(trained_run):
     assert config["model"]["hidden"] == [64, 32] and config["optimizer"]["lr"] == 0.01
     ckpts = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and any(n.startswith("epoch") for n in ckpts), ckpts
-    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    # the TensorBoard run is named after the command line's overrides
+    (run,) = {p.parent for p in (trained_run / "tensorboard").rglob("events.out.tfevents.*")}
+    assert run.parent.name == "tensorboard" and "model.hidden=[64,32]" in run.name and "optimizer.lr=0.01" in run.name
     metrics = json.loads((trained_run / "metrics.json").read_text())
     for key in ("train/loss_epoch", "train/acc", "val/acc", "val/acc_best", "test/acc", "test/loss", "time/fit_s"):
         assert isinstance(metrics[key], float), key

@@ -93,14 +93,14 @@ def test_logged_accuracies_count_each_epoch_exactly():
     original = model._step
 
     def counting_step(batch, stage):
-        loss = original(batch, stage)
+        out, loss = original(batch, stage)
         if stage == "train":
             with torch.no_grad():  # no dropout: the step's own output
                 out = model.output_and_loss(*batch, eager=True)[0]
             counted[-1][0] += (out.argmax(1) == batch[1]).sum().item()
             counted[-1][1] += len(batch[1])
             counted[-1][2] += loss.item() * len(batch[1])
-        return loss
+        return out, loss
 
     model._step = counting_step
     # Callbacks' on_train_epoch_end run before the module's (which logs): read it later.

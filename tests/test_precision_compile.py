@@ -88,9 +88,10 @@ def test_compile_inductor_matches_eager():
 
 
 def _audit_max(run_dir):
+    from conftest import tensorboard_run
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(tensorboard_run(run_dir)))
     events.Reload()
     tags = [t for t in events.Tags()["scalars"] if t.startswith("audit/")]
     assert len(tags) == 3

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import CONF, FAST, compose_config
+from conftest import CONF, FAST, compose_config, tensorboard_run
 from handprop.train import ConfigError, UserError, check_config, config_problems, evaluate, train
 
 
@@ -14,7 +14,9 @@ def test_default_config_is_valid(tmp_path):
     cfg = compose_config("train", [], tmp_path)
     assert config_problems(cfg) == []
     assert cfg.data.dataset == "sample" and cfg.seed == 42 and cfg.logger.tensorboard
-    assert list(cfg.callbacks) == ["model_checkpoint", "last_checkpoint", "gradient_audit", "lr_monitor", "progress_bar"]
+    assert list(cfg.callbacks) == [
+        "model_checkpoint", "last_checkpoint", "gradient_audit", "lr_monitor", "progress_bar", "training_scalars", "pictures"
+    ]
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc" and cfg.callbacks.last_checkpoint.filename == "last"
 
 
@@ -58,7 +60,7 @@ def test_train_leaves_a_complete_run(train_cfg, tmp_path):
     assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/fit_s"} <= set(metrics)
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(tensorboard_run(tmp_path)))
     events.Reload()
     expected_tags = {"train/loss_step", "train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc",
                      "audit/max_rel_err/layer1", "audit/max_rel_err/layer3"}
@@ -103,9 +105,20 @@ def test_step_losses_are_logged_on_the_loggers_steps_only(train_cfg, tmp_path):
     # The module calls self.log for a step's loss only on the steps Lightning writes: the
     # same steps as the learning rate that LearningRateMonitor logs by Lightning's own rule.
     train(train_cfg("trainer.log_every_n_steps=3", "test=false"))  # 2 epochs x 4 batches
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(tensorboard_run(tmp_path)))
     events.Reload()
     loss_steps = [e.step for e in events.Scalars("train/loss_step")]
     lr_steps = [e.step for e in events.Scalars("train/lr")]
     assert loss_steps == lr_steps and len(loss_steps) == 2, (loss_steps, lr_steps)
     assert len(events.Scalars("train/loss_epoch")) == 2 == len(events.Scalars("train/acc"))
+
+
+def test_run_names_are_short_safe_and_distinct():
+    from handprop.train import run_name
+
+    assert run_name("model.hidden=[64],optimizer.lr=0.01") == "model.hidden=[64],optimizer.lr=0.01"
+    assert run_name("") == ""
+    assert "/" not in run_name("data.data_dir=/usr/share/x")
+    long_a, long_b = ",".join(f"k{i}=1" for i in range(40)), ",".join(f"k{i}=2" for i in range(40))
+    a, b = run_name(long_a), run_name(long_b)
+    assert len(a) == 96 and a.startswith("k0=1,k1=1") and a != b

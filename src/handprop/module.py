@@ -54,7 +54,9 @@ class DigitClassifier(L.LightningModule):
     ):
         super().__init__()
         hidden = list(hidden)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # logger=False: train.py writes the whole run's config and final metrics to the
+        # logger once (TensorBoard's HParams tab), not the model's arguments at the start
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         HF.check_cost(loss, label_smoothing)
         self.net = MLP([input_size, *hidden, num_classes], activation, output_activation, dropout, init, backward)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -138,14 +140,14 @@ class DigitClassifier(L.LightningModule):
     # (trainer.log_every_n_steps): Lightning's self.log costs ~1 ms a call on a CPU, more than
     # a whole step of the default network's matrix products.
 
-    def _step(self, batch, stage: str) -> Tensor:
+    def _step(self, batch, stage: str) -> tuple[Tensor, Tensor]:
         images, labels = batch
         out, loss = self.output_and_loss(images, labels)
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(labels))
         self.metrics[f"{stage}_acc"].update(out.detach(), labels)
         if stage == "train" and self._logger_writes_this_step():
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        return loss
+        return out, loss
 
     def _logger_writes_this_step(self) -> bool:
         # Lightning writes step scalars after optimiser step k when (k + 1) % n == 0, k
@@ -162,10 +164,10 @@ class DigitClassifier(L.LightningModule):
         accuracy.reset()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[1]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")[0].detach()  # the outputs, for callbacks (TensorBoardPictures)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")

@@ -29,6 +29,22 @@ from .nn import INITS
 log = logging.getLogger(__name__)
 
 
+def run_name(overrides: str, limit: int = 96) -> str:
+    """A run's name from its command-line overrides (Hydra's ``override_dirname``), safe as
+    one directory name: no '/', at most ``limit`` characters -- a longer one keeps its
+    start and ends in a hash of the whole, so that different runs keep different names."""
+    import hashlib
+
+    name = overrides.replace("/", "_")
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+# conf/logger/tensorboard.yaml: version: ${run_name:${hydra:job.override_dirname}}
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
 class ConfigError(ValueError):
     """The configuration asks for something impossible; the message names the key."""
 
@@ -191,8 +207,40 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("no best checkpoint: testing the weights at the end of training")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(_scalars(trainer.callback_metrics))
+    _log_hparams(trainer, cfg, metrics)
     _write_metrics(cfg.paths.output_dir, metrics)
     return metrics
+
+
+def flat_config(cfg: DictConfig, drop=("paths", "callbacks", "logger", "hydra")) -> dict[str, bool | int | float | str]:
+    """The run's config as TensorBoard's HParams tab takes it: dotted keys, scalar values
+    (lists as text, None as "null"); where files go and what gets logged left out."""
+    tree = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in drop}
+    flat: dict = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, (bool, int, float, str)):
+            flat[prefix] = node
+        else:
+            flat[prefix] = "null" if node is None else str(node)
+
+    walk("", tree)
+    return flat
+
+
+def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """One HParams record per run: its config and final metrics, so that the runs of a
+    sweep line up in TensorBoard's HParams tab. The metrics go under ``final/`` (Lightning
+    also writes them as scalars at step 0, which must not join the val/acc curve)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    final = {f"final/{k}": v for k, v in metrics.items() if not k.startswith(("time/", "trainer/"))}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(flat_config(cfg), metrics=final)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -1,0 +1,146 @@
+"""What a run shows in TensorBoard: read back with TensorBoard's own reader and server."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from handprop.train import flat_config, train
+
+from conftest import FAST, compose_config, tensorboard_run
+
+PICTURES = ["first_layer_weights", "confusion_matrix", "mistakes", "cost_landscape"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A short run with every picture drawn every epoch (2 epochs x 4 batches)."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_config("train", [
+        *FAST, "model.hidden=[32,16]",
+        "callbacks.pictures.every_n_epochs=1", "callbacks.pictures.histograms_every_n_epochs=1",
+        "callbacks.pictures.landscape_points=5", "callbacks.pictures.landscape_samples=64",
+    ], out)
+    metrics = train(cfg)
+    events = EventAccumulator(str(tensorboard_run(out)), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    return out, cfg, metrics, events
+
+
+def test_every_scalar_is_logged(run):
+    _, _, metrics, events = run
+    layers = [f"layer{i}" for i in (1, 2, 3)]
+    expected = {
+        "train/loss_step", "train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc",
+        "time/epoch_s", "throughput/samples_per_s",
+        *(f"grad_norm/{layer}" for layer in layers), *(f"update_ratio/{layer}" for layer in layers),
+    }
+    tags = set(events.Tags()["scalars"])
+    assert expected <= tags, expected - tags
+    # logged on every step here (log_every_n_steps=1): 8 optimiser steps, steps 0..7
+    assert [e.step for e in events.Scalars("grad_norm/layer1")] == list(range(8))
+    assert [e.step for e in events.Scalars("update_ratio/layer1")] == list(range(8))
+    ratios = [e.value for e in events.Scalars("update_ratio/layer3")]
+    assert all(0 < r < 1 for r in ratios)  # weights move, by a fraction of their size
+    assert metrics["throughput/samples_per_s"] > 0 and metrics["time/epoch_s"] > 0
+
+
+def test_histograms_and_pictures_are_logged(run):
+    out, _, _, events = run
+    tags = events.Tags()
+    for i in (1, 2, 3):
+        for kind in ("weight", "bias", "weight_grad", "bias_grad"):
+            assert f"layer{i}/{kind}" in tags["histograms"], (i, kind)
+            assert len(events.Histograms(f"layer{i}/{kind}")) == 2  # every epoch here
+    for name in PICTURES:
+        assert f"pictures/{name}" in tags["images"], name
+        image = events.Images(f"pictures/{name}")[-1]
+        assert image.width > 100 and image.height > 100
+        assert image.encoded_image_string[:4] == b"\x89PNG"
+        assert (out / "pictures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(events.Images("pictures/confusion_matrix")) == 2  # after each epoch's validation
+    assert len(events.Images("pictures/cost_landscape")) == 1  # when training ends
+
+
+def test_hparams_hold_the_flat_config_and_final_metrics(run):
+    _, cfg, metrics, events = run
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    start = next(plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()
+                 if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
+    hparams = start.session_start_info.hparams
+    flat = flat_config(cfg)
+    assert hparams["optimizer.lr"].number_value == pytest.approx(flat["optimizer.lr"])
+    assert hparams["model.hidden"].string_value == "[32, 16]"
+    assert hparams["model.activation"].string_value == "relu"
+    assert not any(k.startswith(("paths.", "callbacks.", "logger.")) for k in hparams)
+    experiment = next(plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()
+                      if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("experiment"))
+    metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert {"final/val/acc", "final/test/acc"} <= metric_tags
+    assert events.Scalars("final/test/acc")[0].value == pytest.approx(metrics["test/acc"])
+
+
+def test_pictures_are_off_with_the_callback(tmp_path):
+
+
+    cfg = compose_config("train", [*FAST, "model.hidden=[8]", "callbacks.pictures=null", "callbacks.training_scalars=null"], tmp_path)
+    train(cfg)
+    events = EventAccumulator(str(tensorboard_run(tmp_path)))
+    events.Reload()
+    assert events.Tags()["images"] == [] and events.Tags()["histograms"] == []
+    assert not (tmp_path / "pictures").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_the_tensorboard_server_serves_the_run(run):
+    """The real `tensorboard` on a loopback port, asked through its HTTP API."""
+    out = run[0]
+    name = tensorboard_run(out).relative_to(out).as_posix()  # tensorboard/<the run's overrides>
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        runs, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline and not runs:  # the server starts, then loads the event files
+            if server.poll() is not None:
+                pytest.fail(f"tensorboard exited: {server.stderr.read().decode()[-2000:]}")
+            try:
+                runs = _get(f"{base}/runs")
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert runs == [name], runs
+        scalars = _get(f"{base}/plugin/scalars/tags")[name]
+        assert {"val/acc", "train/loss_step", "grad_norm/layer1"} <= set(scalars)
+        images = _get(f"{base}/plugin/images/tags")[name]
+        assert {f"pictures/{name}" for name in PICTURES} <= set(images)
+        query = urllib.parse.urlencode({"run": name, "tag": "val/acc"})
+        points = _get(f"{base}/plugin/scalars/scalars?{query}")
+        assert len(points) == 2 and all(0 <= p[2] <= 1 for p in points)  # [wall time, step, value] per epoch
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode is not None
