@@ -3,11 +3,9 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
-from omegaconf import open_dict
+
+from handprop.bench import compose_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -27,15 +25,7 @@ FAST = [
 
 def compose_config(name: str, overrides: list[str], output_dir: Path):
     """Compose conf/<name>.yaml as Hydra's app would, with the run directory set to output_dir."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = str(ROOT)
-        del cfg.hydra
-    return cfg
+    return compose_recipe(overrides, output_dir, name)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ if ! python3 -c "import hydra" 2>/dev/null; then
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1
 trainer=${TRAINER:-gpu}   # TRAINER=cpu EXTRA=debug=fast: a dry run of the training part on a CPU
+# the pictures need matplotlib, which the GPU machine may lack: train without them there
+python3 -c "import matplotlib" 2>/dev/null || EXTRA="${EXTRA:-} callbacks.pictures=null"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/nvidia-smi.csv"
   python3 tests/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log"

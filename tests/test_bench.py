@@ -67,3 +67,13 @@ def test_gemm_fraction_reports_rates():
 
     g = gemm_fraction(batch=64, hidden=(64, 64), repeats=1)
     assert g["step_gflops"] > 0 and g["gemm_gflops"] > 0 and 0 < g["fraction_of_gemm"]
+
+
+def test_pictures_cost_times_both_runs_and_the_hooks():
+    from handprop.bench import pictures_cost
+
+    p = pictures_cost(["model.hidden=[16]", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+                       "callbacks.pictures.every_n_epochs=1", "callbacks.pictures.landscape_points=3"])
+    assert p["with_s"] > 0 and p["without_s"] > 0, p
+    assert p["inside_callbacks_s"] > 0, p  # the hooks ran, drew and were timed
+    assert p["inside_callbacks_s"] < p["with_s"], p

@@ -25,6 +25,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = compose_config("train", [
         *FAST, "model.hidden=[32,16]",
+        "callbacks.training_scalars.every_n_steps=1",
         "callbacks.pictures.every_n_epochs=1", "callbacks.pictures.histograms_every_n_epochs=1",
         "callbacks.pictures.landscape_points=5", "callbacks.pictures.landscape_samples=64",
     ], out)
@@ -49,7 +50,10 @@ def test_every_scalar_is_logged(run):
     assert [e.step for e in events.Scalars("update_ratio/layer1")] == list(range(8))
     ratios = [e.value for e in events.Scalars("update_ratio/layer3")]
     assert all(0 < r < 1 for r in ratios)  # weights move, by a fraction of their size
-    assert metrics["throughput/samples_per_s"] > 0 and metrics["time/epoch_s"] > 0
+    speed = [e.value for e in events.Scalars("throughput/samples_per_s")]
+    epochs = [e.value for e in events.Scalars("time/epoch_s")]
+    assert len(speed) == 2 == len(epochs) and all(v > 0 for v in speed + epochs)
+    assert all(256 / s < e for s, e in zip(speed, epochs))  # 4 batches of 64 train in less than the whole epoch
 
 
 def test_histograms_and_pictures_are_logged(run):

@@ -14,6 +14,7 @@ epoch     one training epoch of the default recipe: handprop under Lightning wit
           device-resident loader, vs a plain PyTorch loop over the same tensors doing the
           same work (what the framework costs), vs the classic torchvision MNIST +
           DataLoader recipe; and the data path alone, handprop's loader vs torchvision's.
+pictures  what the TensorBoard pictures and scalars add to a default run's wall time.
 fashion   time to accuracy on full Fashion-MNIST (experiment=fashion_fast and
           fashion_mlp): seconds to 89% test accuracy and the accuracy at the end, handprop
           vs the same network, recipe and data in a plain PyTorch loop.
@@ -200,17 +201,29 @@ def gemm_fraction(batch: int = 512, hidden=(1024, 1024), repeats: int = 9) -> di
 # --------------------------------------------------------------------------- epochs
 
 
-def compose_recipe(overrides=()):
-    """The run's config as ``python train.py OVERRIDES`` composes it (conf/ of this checkout)."""
+def compose_recipe(overrides=(), output_dir: str | Path | None = None, name: str = "train"):
+    """The run's config as ``python train.py OVERRIDES`` composes it (conf/ of this checkout).
+
+    With ``output_dir``, complete as Hydra's app makes it -- its run directory set,
+    ``${hydra:...}`` resolvable -- so that ``handprop.train.train(cfg)`` can run it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     if not conf.is_dir():
         raise FileNotFoundError(f"{conf}: the benchmarks compose the project's configs; run them from a checkout")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=output_dir is not None)
+    if output_dir is not None:
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.root_dir = str(conf.parent)
+            del cfg.hydra
+    return cfg
 
 
 def _sync(device) -> None:
@@ -474,6 +487,61 @@ def fashion_time_to_accuracy(
     return out
 
 
+# --------------------------------------------------------------------------- pictures
+
+PICTURE_CALLBACKS = ("training_scalars", "pictures")
+
+
+def pictures_cost(overrides=()) -> dict:
+    """What the TensorBoard pictures and scalars cost a default ``python train.py``: the
+    run's wall time (fit and test) with and without the two callbacks, and the seconds
+    spent inside their hooks, timed in the run that has them."""
+    from .callbacks import TensorBoardPictures, TrainingScalars
+    from .train import train
+
+    inside = {"s": 0.0}
+
+    def timed(hook):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                inside["s"] += time.perf_counter() - start
+        return run
+
+    def instrument(cls):  # time every hook the class defines (Lightning looks hooks up by name)
+        original = cls.__init__
+
+        def init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            for name, value in vars(cls).items():
+                if name.startswith(("on_", "setup")) and callable(value):
+                    setattr(self, name, timed(getattr(self, name)))
+        return original, init
+
+    out = {"recipe": "default python train.py" + (" " + " ".join(overrides) if overrides else "")}
+    for name, extra in (("without", [f"callbacks.{c}=null" for c in PICTURE_CALLBACKS]), ("with", [])):
+        saved = {cls: instrument(cls) for cls in (TrainingScalars, TensorBoardPictures)}
+        for cls, (_, init) in saved.items():
+            cls.__init__ = init
+        try:
+            with tempfile.TemporaryDirectory() as run_dir:
+                cfg = compose_recipe([*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir)
+                inside["s"] = 0.0
+                start = time.perf_counter()
+                metrics = train(cfg)
+                out[f"{name}_s"] = time.perf_counter() - start
+                out[f"{name}_fit_s"] = metrics["time/fit_s"]
+        finally:
+            for cls, (original, _) in saved.items():
+                cls.__init__ = original
+    out["inside_callbacks_s"] = inside["s"]
+    out["wall_overhead"] = out["with_s"] / out["without_s"] - 1
+    out["inside_share"] = inside["s"] / (out["with_s"] - inside["s"])
+    return out
+
+
 def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     head = " | ".join(title for title, _, _ in columns)
     lines = [head, " | ".join("---" for _ in columns)]
@@ -487,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="outputs/bench/bench.json", help="where to write the JSON results")
     parser.add_argument("--repeats", type=int, default=9, help="repeats per measurement (median taken)")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--only", default="backward,gemm,epoch,fashion", help="comma-separated sections")
+    parser.add_argument("--only", default="backward,gemm,epoch,pictures,fashion", help="comma-separated sections")
     parser.add_argument("--device", default="cpu", help="where the epoch and fashion sections train (cpu, cuda)")
     parser.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist",
                         help="Fashion-MNIST's four IDX files (apt-get install dataset-fashion-mnist)")
@@ -533,6 +601,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"The data path alone, one epoch of ready batches (no augmentation, no training): handprop's "
               f"loader {1e3 * e['handprop_loader_epoch_s']:.1f} ms, torchvision MNIST + DataLoader "
               f"{1e3 * e['torchvision_loader_epoch_s']:.1f} ms ({e['loader_speedup_vs_torchvision']:.0f}x)")
+        save()
+    if "pictures" in sections:
+        results["pictures"] = p = pictures_cost()
+        print(f"\nTensorBoard pictures and scalars, a default python train.py: {p['with_s']:.1f} s with them, "
+              f"{p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); {p['inside_callbacks_s']:.2f} s "
+              f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run")
         save()
     if "fashion" in sections:
         if not (Path(args.fashion_dir) / "t10k-images-idx3-ubyte.gz").exists() and not (
