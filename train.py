@@ -15,9 +15,25 @@ from omegaconf import DictConfig
 from handprop.train import UserError, train
 
 
+def _sweep_problem(cfg: DictConfig) -> str | None:
+    """trainer=ddp inside a -m sweep: Lightning re-launches this script for every extra
+    process, and the re-launched script would start the whole sweep again (or hang)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and "spawn" not in strategy:
+        return (f"trainer.strategy={strategy} cannot run inside a -m sweep: it re-launches train.py for every "
+                "process. Use trainer=ddp_spawn for sweeps, or run the sweep's jobs one at a time.")
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
+        problem = _sweep_problem(cfg)
+        if problem:
+            raise UserError(problem)
         metrics = train(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

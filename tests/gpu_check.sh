@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the engine and data-path issues in one go, for a lent GPU machine (see README).
+# Every GPU check of the engine, data-path and many-devices issues in one go, for a lent GPU machine (see README).
 # Usage: bash tests/gpu_check.sh OUT_DIR      (Hydra from .whl/ when it is not installed)
 set -uo pipefail
 out=${1:?out dir}
@@ -20,7 +20,7 @@ if command -v nvidia-smi >/dev/null; then
 fi
 summary="$out/runs.jsonl"; : > "$summary"
 for run in "bf16 trainer.precision=bf16-mixed" "fp16 trainer.precision=16-mixed" "compile model.compile=true" \
-           "fp32 trainer.precision=32-true"; do
+           "fp32 trainer.precision=32-true" "ddp1 trainer.strategy=ddp trainer.devices=1"; do
   set -- $run; name=$1; shift
   start=$(date +%s.%N)
   python3 train.py trainer=$trainer ${EXTRA:-} "$@" callbacks.gradient_audit.every_n_steps=10 callbacks.progress_bar=null \

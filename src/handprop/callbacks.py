@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -133,8 +136,14 @@ class GradientAudit(Callback):
                     grads[backward] = torch.autograd.grad(loss, params)
             finally:
                 net.backward = mode
+        references = grads["autograd"]
+        if manual is not None and trainer.world_size > 1:
+            # Under DDP the run's gradient is already the mean over every process's batch:
+            # so must the reference be (one all-reduce, every process audits the same steps).
+            flat = trainer.strategy.reduce(torch.cat([g.flatten() for g in references]), reduce_op="mean")
+            references = [r.view_as(g) for r, g in zip(flat.split([g.numel() for g in references]), references)]
         errors = []
-        for g_manual, reference in zip(manual if manual is not None else grads["manual"], grads["autograd"]):
+        for g_manual, reference in zip(manual if manual is not None else grads["manual"], references):
             scale = reference.abs().max()
             diff = torch.nan_to_num((g_manual - reference).abs().max(), nan=math.inf)
             errors.append(torch.where(torch.isfinite(scale), diff / scale.clamp_min(1e-30), torch.nan))
@@ -414,3 +423,58 @@ class TensorBoardPictures(Callback):
         path = self._plane.path(weights)
         title = f"training cost around the trained weights ({self.landscape_samples} digits)"
         self._publish(trainer, "pictures/cost_landscape", landscape_figure(coords, surface, path, title))
+
+
+# --------------------------------------------------------------------------- many processes
+
+
+class ReplicaError(RuntimeError):
+    """The processes of a data-parallel run no longer hold the same weights."""
+
+
+def parameters_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in order: equal digests, bitwise-equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class ReplicaCheck(Callback):
+    """Under data parallelism every process must end with the same weights: DDP averages
+    the gradients, so every optimiser step is the same step everywhere. When training ends
+    (and every ``every_n_epochs`` epochs, if set), the processes compare digests of their
+    parameters; a difference stops the run naming the processes that drifted. Logs
+    ``replicas: N processes, identical parameters, sha256 <digest>`` on process zero."""
+
+    def __init__(self, every_n_epochs: int | None = None):
+        self.every_n_epochs = every_n_epochs
+
+    def _check(self, trainer, pl_module, when: str) -> None:
+        if trainer.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        digests: list = [None] * trainer.world_size
+        dist.all_gather_object(digests, parameters_digest(pl_module))
+        if len(set(digests)) > 1:
+            groups: dict = {}
+            for rank, d in enumerate(digests):
+                groups.setdefault(d, []).append(rank)
+            raise ReplicaError(
+                f"{when}: the {trainer.world_size} processes hold different parameters (processes grouped by "
+                f"identical weights: {sorted(groups.values())}). Something made them step differently: "
+                "a parameter DDP does not see, or a per-process random draw that changes the model."
+            )
+        if trainer.is_global_zero:
+            log.info("replicas: %d processes, identical parameters, sha256 %s (%s)", trainer.world_size, digests[0], when)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._check(trainer, pl_module, f"after epoch {trainer.current_epoch}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module, "end of training")

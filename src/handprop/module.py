@@ -158,8 +158,11 @@ class DigitClassifier(L.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         loss, accuracy = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_acc"]
         if accuracy.update_called:  # (a run resumed at an epoch's very end counted nothing)
-            self.log(f"{stage}/loss_epoch" if stage == "train" else f"{stage}/loss", loss.compute())
-            self.log(f"{stage}/acc", accuracy.compute(), prog_bar=stage == "val")
+            # floats: compute() already summed every process's counts, nothing left to sync
+            self.log(f"{stage}/loss_epoch" if stage == "train" else f"{stage}/loss", loss.compute().item())
+            self.log(f"{stage}/acc", accuracy.compute().item(), prog_bar=stage == "val")
+            if stage == "train":  # callback_metrics are what spawned DDP workers hand back to the main process
+                self.log("trainer/global_step", float(self.global_step))
         loss.reset()
         accuracy.reset()
 

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from . import functional as HF
-from .callbacks import GradientAuditError
+from .callbacks import GradientAuditError, ReplicaError
 from .data import DATASETS, LOADERS, DataError
 from .module import DigitClassifier, ScheduleError
 from .nn import INITS
@@ -43,6 +43,21 @@ def run_name(overrides: str, limit: int = 96) -> str:
 
 # conf/logger/tensorboard.yaml: version: ${run_name:${hydra:job.override_dirname}}
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
+def launched_rank() -> int:
+    """This process's global rank when a launcher started every process (torchrun sets
+    RANK, srun SLURM_PROCID); 0 otherwise (Lightning's own launcher passes its children
+    their own Hydra settings)."""
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+
+
+# conf/hydra/default.yaml: processes 1..N of a torchrun / srun launch share rank 0's run
+# directory; they log to train_rank<N>.log and leave .hydra/ to rank 0.
+OmegaConf.register_new_resolver("job_name", lambda name: name if launched_rank() == 0 else f"{name}_rank{launched_rank()}", replace=True)
+OmegaConf.register_new_resolver("output_subdir", lambda subdir: subdir if launched_rank() == 0 else None, replace=True)
 
 
 class ConfigError(ValueError):
@@ -126,6 +141,18 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if t is not None:
         e = t.get("max_epochs")
         need(e is None or (_is_int(e) and (e > 0 or e == -1)), "trainer.max_epochs", e, "must be a positive integer")
+        nodes = t.get("num_nodes", 1)
+        need(_is_int(nodes) and nodes > 0, "trainer.num_nodes", nodes, "must be a positive integer")
+        devices, batch = t.get("devices"), (d or {}).get("batch_size")
+        # data.batch_size is the global batch: every process takes an equal share. Checked
+        # here, before any process is launched, when the number of processes is known.
+        if _is_int(devices) and devices > 0 and _is_int(nodes) and nodes > 0 and _is_int(batch) and batch > 0:
+            world = devices * nodes
+            need(
+                batch % world == 0, "data.batch_size", batch,
+                f"is the global batch and must divide evenly among the {world} processes "
+                f"(trainer.devices={devices} x trainer.num_nodes={nodes}), e.g. data.batch_size={max(world, batch // world * world)}",
+            )
     seed = cfg.get("seed")
     need(seed is None or _is_int(seed), "seed", seed, "must be an integer, or null for an unseeded run")
     return problems
@@ -192,11 +219,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except (DataError, ScheduleError, GradientAuditError) as e:
+    except (DataError, ScheduleError, GradientAuditError, ReplicaError) as e:
         raise UserError(str(e)) from e
     metrics = _scalars(trainer.callback_metrics)
     metrics["time/fit_s"] = time.perf_counter() - start
-    metrics["trainer/global_step"] = trainer.global_step
+    # (under ddp_spawn the main process's own counter stays 0; the workers' comes back logged)
+    metrics["trainer/global_step"] = max(trainer.global_step, int(metrics.get("trainer/global_step", 0)))
     checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the "best" one
     best = checkpoint.best_model_path if checkpoint is not None else ""
     if best and checkpoint.best_model_score is not None:
