@@ -193,6 +193,54 @@ def _checked_ckpt_path(ckpt_path: str | None) -> str | None:
     return ckpt_path
 
 
+def read_checkpoint(ckpt_path: str, model: torch.nn.Module | None = None) -> dict:
+    """Load a checkpoint safely and make sure it is a handprop checkpoint (for ``model``).
+
+    ``weights_only=True``: only tensors and plain Python data are unpickled -- a file
+    whose pickle would build other objects (and could run code doing so) is refused
+    before any of it runs. With ``model``, every parameter's shape is compared, so that a
+    checkpoint of another architecture is named as such instead of failing deep inside
+    Lightning."""
+    import pickle
+
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        if not unsafe:  # not a pickle at all
+            raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint (cannot be read: {e})") from e
+        import re
+
+        names = re.findall(r"GLOBAL (\S+?)[.,]?(?:\s|$)", unsafe[0])
+        raise UserError(
+            f"ckpt_path={ckpt_path}: refused to load: the file holds Python objects other than tensors and plain "
+            f"data (it asks for {', '.join(names) or 'an unknown global'}), which could run code while loading. "
+            "handprop's own checkpoints never do; load only checkpoints you made or trust."
+        ) from e
+    except Exception as e:  # truncated, not a zip/pickle, ...
+        raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint (cannot be read: {e})") from e
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(checkpoint):
+        raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint (no state_dict and hyper_parameters)")
+    if model is not None:
+        ours = model.state_dict()
+        theirs = checkpoint["state_dict"]
+        problems = [
+            f"{k}: checkpoint {tuple(theirs[k].shape)}, this run {tuple(v.shape)}"
+            for k, v in ours.items() if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
+        ]
+        problems += [f"{k}: missing from the checkpoint" for k in ours if k not in theirs]
+        problems += [f"{k}: in the checkpoint, not in this network" for k in theirs if k not in ours]
+        if problems:
+            hp = checkpoint["hyper_parameters"]
+            raise UserError(
+                f"ckpt_path={ckpt_path} holds a different network than this run's model config:\n  "
+                + "\n  ".join(problems)
+                + f"\nResume with the checkpoint's own model settings, e.g. model.hidden={list(hp.get('hidden', []))}"
+                f" model.activation={hp.get('activation')}"
+            )
+    return checkpoint
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -216,9 +264,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except (ValueError, InstantiationException) as e:  # DataError is a ValueError
         raise UserError(str(e)) from e
 
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path, model)  # safe, ours, the same network: or a clear error now
     start = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except (DataError, ScheduleError, GradientAuditError, ReplicaError) as e:
         raise UserError(str(e)) from e
     metrics = _scalars(trainer.callback_metrics)
@@ -233,7 +283,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True) and not trainer.interrupted:
         if not best:
             log.warning("no best checkpoint: testing the weights at the end of training")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(_scalars(trainer.callback_metrics))
     _log_hparams(trainer, cfg, metrics)
     _write_metrics(cfg.paths.output_dir, metrics)
@@ -280,9 +330,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     problems = config_problems(OmegaConf.masked_copy(cfg, ["data", "seed"]))
     if problems:
         raise UserError("bad config:\n  " + "\n  ".join(problems))
+    read_checkpoint(ckpt_path)
     try:
-        model = DigitClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
-    except Exception as e:  # not a checkpoint, or not one of ours
+        model = DigitClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # ours in form, not in content
         raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint: {e}") from e
     datamodule = instantiate(cfg.data, _convert_="all")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_all(cfg.get("logger")))
