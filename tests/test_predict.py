@@ -1,0 +1,88 @@
+"""predict.py: a user's own images, any size and polarity, read like MNIST digits."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FAST, ROOT, compose_config
+
+from handprop.data import load_split
+from handprop.predict import ImageError, to_mnist
+from handprop.train import train
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    overrides = [*FAST, "trainer.limit_train_batches=null", "trainer.max_epochs=3", "model.hidden=[64]",
+                 "callbacks.pictures=null", "test=false"]
+    train(compose_config("train", overrides, out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def _save(pixels: torch.Tensor, path, size=None):
+    image = Image.fromarray((pixels.clamp(0, 1) * 255).round().byte().numpy(), mode="L")
+    if size is not None:
+        image = image.resize(size, Image.BILINEAR)
+    image.save(path)
+    return path
+
+
+def test_to_mnist_centres_and_scales_a_digit_like_mnist():
+    big = torch.zeros(300, 200)
+    big[50:250, 90:110] = 1.0  # a tall bar, "1", off-centre
+    digit = to_mnist(big)
+    assert digit.shape == (1, 28, 28) and digit.max() == pytest.approx(1.0, abs=0.05)
+    rows = (digit[0] > 0.2).any(1).nonzero()
+    assert rows.max() - rows.min() + 1 == 20  # the longer side is 20 pixels
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    mass = digit[0].sum()
+    assert abs((digit[0] * ys).sum() / mass - 13.5) <= 1 and abs((digit[0] * xs).sum() / mass - 13.5) <= 1
+    torch.testing.assert_close(to_mnist(1 - big), digit)  # dark on light reads the same
+    with pytest.raises(ImageError, match="blank"):
+        to_mnist(torch.full((40, 40), 0.7))
+
+
+def test_predict_reads_real_digits_drawn_every_way(checkpoint, tmp_path):
+    images, labels = load_split("sample", "test")
+    paths, expected = [], []
+    for k in range(12):
+        pixels = images[k].float() / 255
+        paths.append(_save(pixels, tmp_path / f"plain{k}.png"))  # as in MNIST: light on dark, 28x28
+        paths.append(_save(1 - pixels, tmp_path / f"paper{k}.jpg", size=(210, 180)))  # dark on light, large, JPEG
+        expected += [int(labels[k])] * 2
+    proc = subprocess.run([sys.executable, "predict.py", str(checkpoint), *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == len(paths)
+    read = [int(line.split(": ")[1].split()[0]) for line in lines]
+    for line in lines:  # ten probabilities that sum to one
+        probabilities = [float(part.split(":")[1]) for part in line.split()[-10:]]
+        assert sum(probabilities) == pytest.approx(1.0, abs=6e-3)  # printed to 3 decimals
+    right = sum(r == e for r, e in zip(read, expected))
+    assert right >= 0.75 * len(paths), list(zip(read, expected))
+    agree = sum(read[i] == read[i + 1] for i in range(0, len(read), 2))
+    assert agree >= 9  # the same digit, drawn the other way round and 7x larger, reads (nearly always) the same
+
+
+def test_unreadable_files_are_named_and_the_rest_still_read(checkpoint, tmp_path):
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image")
+    good = _save(load_split("sample", "test")[0][0].float() / 255, tmp_path / "good.png")
+    proc = subprocess.run([sys.executable, "predict.py", str(checkpoint), str(junk), str(tmp_path / "missing.png"), str(good)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert f"{junk}: cannot be read as an image (PNG or JPEG expected)" in proc.stderr
+    assert f"{tmp_path / 'missing.png'}: no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.startswith(f"{good}: ")
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    proc = subprocess.run([sys.executable, "predict.py", str(tmp_path / "none.ckpt"), "x.png"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "none.ckpt: no such checkpoint file" in proc.stderr
