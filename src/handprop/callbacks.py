@@ -8,7 +8,7 @@ import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -478,3 +478,20 @@ class ReplicaCheck(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._check(trainer, pl_module, "end of training")
+
+
+# --------------------------------------------------------------------------- interrupts
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM: a checkpoint of exactly where training
+    stood, mid-epoch included (the loader's position and the random generators travel
+    in it), as ``<dirpath>/<filename>.ckpt``. Other exceptions save nothing here: a
+    diverged or failed run keeps its last good checkpoint instead."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            super().on_exception(trainer)
+            log.warning("interrupted: checkpoint written to %s", self.ckpt_path)

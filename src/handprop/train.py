@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -271,6 +273,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except (DataError, ScheduleError, GradientAuditError, ReplicaError) as e:
         raise UserError(str(e)) from e
+    except SystemExit as e:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit)
+        if trainer.interrupted:
+            _tell_how_to_resume(cfg, trainer, signal_name="SIGTERM" if type(e).__name__ == "SIGTERMException" else "SIGINT")
+            raise SystemExit(143 if type(e).__name__ == "SIGTERMException" else 130) from None
+        raise
     metrics = _scalars(trainer.callback_metrics)
     metrics["time/fit_s"] = time.perf_counter() - start
     # (under ddp_spawn the main process's own counter stays 0; the workers' comes back logged)
@@ -288,6 +295,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
     _log_hparams(trainer, cfg, metrics)
     _write_metrics(cfg.paths.output_dir, metrics)
     return metrics
+
+
+@rank_zero_only
+def _tell_how_to_resume(cfg: DictConfig, trainer: L.Trainer, signal_name: str) -> None:
+    from .callbacks import InterruptCheckpoint
+
+    saved = [c.ckpt_path for c in trainer.callbacks if isinstance(c, InterruptCheckpoint) and Path(c.ckpt_path).is_file()]
+    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+    if saved:
+        # the run's own overrides, as Hydra recorded them, so that the command resumes the same run
+        recorded = Path(cfg.paths.output_dir) / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(recorded) if recorded.is_file() else []
+        keep = [o for o in overrides if not str(o).startswith(("ckpt_path=", "hydra."))]
+        args = " ".join(shlex.quote(str(o)) for o in keep)
+        message = (f"{signal_name}: training stopped at {where}; checkpoint {saved[0]}.\nResume with:\n  python train.py "
+                   f"{args + ' ' if args else ''}ckpt_path={saved[0]} hydra.run.dir={cfg.paths.output_dir}")
+    else:
+        message = f"{signal_name}: training stopped at {where}; no interrupt checkpoint (callbacks.interrupt_checkpoint is off)"
+    print(message, file=sys.stderr, flush=True)
 
 
 def flat_config(cfg: DictConfig, drop=("paths", "callbacks", "logger", "hydra")) -> dict[str, bool | int | float | str]:

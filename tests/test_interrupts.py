@@ -1,0 +1,87 @@
+"""Nothing lost: real signals to a real training process, and a kill in the middle of a save."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+LONG_RUN = ["model.hidden=[16]", "trainer.max_epochs=300", "callbacks.pictures=null", "callbacks.progress_bar=null",
+            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+
+
+def _wait_for(path, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} never appeared")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", *LONG_RUN, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(run_dir / "checkpoints" / "last.ckpt")  # training is under way
+        time.sleep(1.0)  # somewhere in a later epoch
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stderr[-3000:]
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    assert f"checkpoint {interrupted}" in stderr and "Resume with:" in stderr
+    assert f"ckpt_path={interrupted} hydra.run.dir={run_dir}" in stderr
+    assert "'model.hidden=[16]'" in stderr  # the run's own overrides, quoted for the shell
+    ckpt = torch.load(interrupted, map_location="cpu", weights_only=True)
+    step = ckpt["global_step"]
+    assert step > 0 and (run_dir / "checkpoints" / "last.ckpt").is_file()  # the last epoch's checkpoint kept too
+    # the printed command resumes (here for 3 more steps)
+    resumed = subprocess.run([sys.executable, "train.py", *LONG_RUN, f"ckpt_path={interrupted}",
+                              f"hydra.run.dir={run_dir}", f"trainer.max_steps={step + 3}", "test=false"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == step + 3
+
+
+SAVER = r"""
+import sys, torch
+from lightning.fabric.utilities.cloud_io import _atomic_save  # what Trainer.save_checkpoint writes with
+path = sys.argv[1]
+big = torch.arange(25_000_000, dtype=torch.float32)  # 100 MB: a save takes a while
+for i in range(1, 10_000):
+    _atomic_save({"version": i, "weights": big + i}, path)
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_killed_while_saving_is_the_old_one_or_the_new_one(tmp_path):
+    path = tmp_path / "last.ckpt"
+    script = tmp_path / "saver.py"
+    script.write_text(SAVER)
+    seen_versions = set()
+    for delay in (0.05, 0.13, 0.21, 0.29, 0.37):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+        try:
+            if not path.exists():
+                assert proc.stdout.readline().strip() == "1"  # one complete save first
+            time.sleep(delay)  # then kill it somewhere in a later save
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # complete, never truncated
+        version = ckpt["version"]
+        assert torch.equal(ckpt["weights"][:3], torch.tensor([0.0, 1, 2]) + version)
+        assert ckpt["weights"].numel() == 25_000_000
+        seen_versions.add(version)
+    assert seen_versions  # every kill left a whole checkpoint behind
