@@ -85,10 +85,6 @@ def test_both_loaders_train_from_the_config(train_cfg):
         assert metrics["test/acc"] > 0.3 and metrics["trainer/global_step"] == 8
 
 
-def _params(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-
-
 @pytest.mark.slow
 def test_a_run_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends(tmp_path):
     """Train 2 epochs in one go; train again but stop after 6 of the 32 batches of the
@@ -116,6 +112,15 @@ def test_a_run_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends(tmp_path)
         "epoch": 1, "consumed": 6, "seed": 42, "size": 4000,
     }
     train(compose_config("train", common + [f"ckpt_path='{ckpt}'"], tmp_path / "resumed"))
-    straight, resumed = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    # and from the end of the first epoch (step 32): "k epochs, then resume to N"
+    train(compose_config("train", common + [f"ckpt_path='{tmp_path / 'steps' / 'step=32.ckpt'}'"], tmp_path / "epoch"))
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for run in ("resumed", "epoch"):
+        other = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        for name in straight["state_dict"]:
+            assert torch.equal(straight["state_dict"][name], other["state_dict"][name]), (run, name)
+        # the optimiser's state too: Adam's moments and step counts, bitwise
+        for (pid, a), (_, b) in zip(straight["optimizer_states"][0]["state"].items(), other["optimizer_states"][0]["state"].items()):
+            for key in a:
+                assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), (run, pid, key)
+        assert straight["global_step"] == other["global_step"] == 64

@@ -15,7 +15,7 @@ def test_default_config_is_valid(tmp_path):
     assert config_problems(cfg) == []
     assert cfg.data.dataset == "sample" and cfg.seed == 42 and cfg.logger.tensorboard
     assert list(cfg.callbacks) == [
-        "model_checkpoint", "last_checkpoint", "interrupt_checkpoint", "gradient_audit", "lr_monitor", "progress_bar", "training_scalars", "pictures",
+        "model_checkpoint", "last_checkpoint", "interrupt_checkpoint", "numerics_guard", "gradient_audit", "lr_monitor", "progress_bar", "training_scalars", "pictures",
         "replica_check",
     ]
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc" and cfg.callbacks.last_checkpoint.filename == "last"

@@ -526,7 +526,7 @@ def pictures_cost(overrides=()) -> dict:
         for cls, (_, init) in saved.items():
             cls.__init__ = init
         try:
-            with tempfile.TemporaryDirectory() as run_dir:
+            with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
                 cfg = compose_recipe([*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir)
                 inside["s"] = 0.0
                 start = time.perf_counter()

@@ -495,3 +495,65 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             super().on_exception(trainer)
             log.warning("interrupted: checkpoint written to %s", self.ckpt_path)
+
+
+# --------------------------------------------------------------------------- numerical faults
+
+
+class NumericalError(RuntimeError):
+    """The training loss or a gradient is no longer a finite number."""
+
+
+class NumericsGuard(Callback):
+    """Stops a run whose loss or gradients turn NaN or infinite, naming the first bad step.
+
+    Every step adds to a flag on the device (no host sync); it is read every
+    ``every_n_steps`` steps, with that step's gradients, and before each validation -- so
+    that no checkpoint is written from broken weights: the last good one stays."""
+
+    def __init__(self, every_n_steps: int = 10):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps} must be a positive integer")
+        self.every_n_steps = every_n_steps
+        self._first_bad = None  # device scalar: the first step whose loss was not finite, or -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        step = trainer.global_step - 1  # the step this batch's loss belongs to
+        if self._first_bad is None:
+            self._first_bad = torch.tensor(-1, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        self._first_bad = torch.where(bad & (self._first_bad < 0), torch.tensor(step, device=loss.device), self._first_bad)
+        if (step + 1) % self.every_n_steps == 0:
+            self._check(trainer, pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if (trainer.global_step + 1) % self.every_n_steps:
+            return
+        self._check(trainer, pl_module)  # an earlier step's loss first: the first sign names the step
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            raise NumericalError(self._message(trainer, pl_module, trainer.global_step, "a gradient"))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._check(trainer, pl_module)
+
+    def _check(self, trainer, pl_module) -> None:
+        if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
+            raise NumericalError(self._message(trainer, pl_module, step, "the training loss"))
+
+    @staticmethod
+    def _message(trainer, pl_module, step: int, what: str) -> str:
+        lrs = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
+        lr = f"{lrs[0]:.3g}" if lrs else "?"
+        # the latest checkpoint first (a ModelCheckpoint without a monitor), then the best
+        callbacks = sorted((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)),
+                           key=lambda c: c.monitor is not None)
+        paths = list(dict.fromkeys(p for c in callbacks for p in (c.last_model_path, c.best_model_path) if p))
+        kept = f" The last good checkpoint is kept: {', '.join(paths)}." if paths else " No checkpoint had been written yet."
+        return (f"{what} became NaN or infinite at step {step} (epoch {trainer.current_epoch}). Likely cause: a "
+                f"learning rate too high for this network (the step's learning rate was {lr}): try optimizer.lr "
+                f"ten times smaller, or limit the steps with trainer.gradient_clip_val=1.0.{kept}")

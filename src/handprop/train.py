@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from . import functional as HF
-from .callbacks import GradientAuditError, ReplicaError
+from .callbacks import GradientAuditError, NumericalError, ReplicaError
 from .data import DATASETS, LOADERS, DataError
 from .module import DigitClassifier, ScheduleError
 from .nn import INITS
@@ -271,7 +271,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except (DataError, ScheduleError, GradientAuditError, ReplicaError) as e:
+    except (DataError, ScheduleError, GradientAuditError, ReplicaError, NumericalError) as e:
         raise UserError(str(e)) from e
     except SystemExit as e:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit)
         if trainer.interrupted:
@@ -345,6 +345,7 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float])
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(flat_config(cfg), metrics=final)
+            logger.finalize("success")  # flushed and closed: the event files are complete when train() returns
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
