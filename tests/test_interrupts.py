@@ -85,3 +85,23 @@ def test_a_checkpoint_killed_while_saving_is_the_old_one_or_the_new_one(tmp_path
         assert ckpt["weights"].numel() == 25_000_000
         seen_versions.add(version)
     assert seen_versions  # every kill left a whole checkpoint behind
+
+
+def test_a_resumed_run_continues_its_tensorboard_run(tmp_path):
+    """Resuming into the same run directory with the same overrides writes to the same
+    TensorBoard run: the run's name leaves ckpt_path out."""
+    from conftest import FAST, compose_config, tensorboard_run
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from handprop.train import train
+
+    common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
+    train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path))
+    first = tensorboard_run(tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    train(compose_config("train", [*common, "trainer.max_epochs=1", f"ckpt_path={last}", "trainer.max_epochs=2",
+                                   "scheduler=none"], tmp_path))
+    assert tensorboard_run(tmp_path) == first  # one TensorBoard run, both parts in it
+    events = EventAccumulator(str(first))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == [3, 7]  # epoch 1, then epoch 2 after the resume

@@ -20,7 +20,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import functional as HF
 from .callbacks import GradientAuditError, NumericalError, ReplicaError
@@ -195,6 +195,19 @@ def _checked_ckpt_path(ckpt_path: str | None) -> str | None:
     return ckpt_path
 
 
+def _continue_tensorboard_run(cfg: DictConfig) -> None:
+    """A run resumed into its own directory keeps writing to its TensorBoard run, even when
+    the resume changes overrides (and with them the run's name), e.g. more epochs."""
+    tb = (cfg.get("logger") or {}).get("tensorboard")
+    if not cfg.get("ckpt_path") or tb is None:
+        return
+    root = Path(cfg.paths.output_dir) / str(tb.get("name") or "")
+    existing = sorted({p.parent for p in root.rglob("events.out.tfevents.*")}) if root.is_dir() else []
+    if len(existing) == 1 and existing[0] != root:
+        with open_dict(cfg):
+            cfg.logger.tensorboard.version = existing[0].relative_to(root).as_posix()
+
+
 def read_checkpoint(ckpt_path: str, model: torch.nn.Module | None = None) -> dict:
     """Load a checkpoint safely and make sure it is a handprop checkpoint (for ``model``).
 
@@ -260,6 +273,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             _convert_="all",
         )
+        _continue_tensorboard_run(cfg)
         trainer: L.Trainer = instantiate(
             cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=_instantiate_all(cfg.get("logger"))
         )
