@@ -507,7 +507,7 @@ class NumericalError(RuntimeError):
 class NumericsGuard(Callback):
     """Stops a run whose loss or gradients turn NaN or infinite, naming the first bad step.
 
-    Every step adds to a flag on the device (no host sync); it is read every
+    Every step writes a flag on the device (no host sync); they are read every
     ``every_n_steps`` steps, with that step's gradients, and before each validation -- so
     that no checkpoint is written from broken weights: the last good one stays."""
 
@@ -515,18 +515,19 @@ class NumericsGuard(Callback):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} must be a positive integer")
         self.every_n_steps = every_n_steps
-        self._first_bad = None  # device scalar: the first step whose loss was not finite, or -1
+        self._flags: torch.Tensor | None = None  # on the device: was step _steps[i]'s loss not finite?
+        self._steps: list[int] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        step = trainer.global_step - 1  # the step this batch's loss belongs to
-        if self._first_bad is None:
-            self._first_bad = torch.tensor(-1, device=loss.device)
-        bad = ~torch.isfinite(loss.detach())
-        self._first_bad = torch.where(bad & (self._first_bad < 0), torch.tensor(step, device=loss.device), self._first_bad)
-        if (step + 1) % self.every_n_steps == 0:
+        if self._flags is None or len(self._flags) != self.every_n_steps:
+            self._flags = torch.zeros(self.every_n_steps, dtype=torch.bool, device=loss.device)
+        # a device-side write into a slot: no host sync; the steps' numbers stay on the host
+        self._flags[len(self._steps) % self.every_n_steps] = ~torch.isfinite(loss.detach())
+        self._steps.append(trainer.global_step - 1)  # the step this batch's loss belongs to
+        if len(self._steps) == self.every_n_steps:
             self._check(trainer, pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -542,8 +543,11 @@ class NumericsGuard(Callback):
             self._check(trainer, pl_module)
 
     def _check(self, trainer, pl_module) -> None:
-        if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
-            raise NumericalError(self._message(trainer, pl_module, step, "the training loss"))
+        if self._steps:
+            bad = self._flags[: len(self._steps)].nonzero().flatten().tolist()  # the one host sync
+            steps, self._steps = self._steps, []
+            if bad:
+                raise NumericalError(self._message(trainer, pl_module, steps[bad[0]], "the training loss"))
 
     @staticmethod
     def _message(trainer, pl_module, step: int, what: str) -> str:
