@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 
+from .module import logs_this_step
+
 log = logging.getLogger(__name__)
 
 
@@ -171,13 +173,6 @@ def _layers(pl_module) -> list:
     return list(pl_module.net.layers)
 
 
-def _logs_this_step(trainer: L.Trainer, every_n_steps: int | None = None) -> bool:
-    """Called before optimiser step k (trainer.global_step == k): whether step k is one to
-    log, (k + 1) % n == 0 -- Lightning's own rule (see module.py) for n = log_every_n_steps."""
-    n = trainer.log_every_n_steps if every_n_steps is None else every_n_steps
-    return n > 0 and (trainer.global_step + 1) % n == 0
-
-
 def _write_scalars(trainer: L.Trainer, values: dict[str, torch.Tensor], step: int) -> None:
     """Straight to the loggers, one host sync for all values: Lightning's self.log costs
     about a millisecond a call, and these are logged on few steps anyway."""
@@ -213,7 +208,7 @@ class TrainingScalars(Callback):
     on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts without an epoch start
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not _logs_this_step(trainer, self.every_n_steps):
+        if not logs_this_step(trainer, self.every_n_steps):
             return
         norms = {}
         for i, layer in enumerate(_layers(pl_module), 1):
@@ -337,18 +332,19 @@ class TensorBoardPictures(Callback):
             if trainer.global_step == 0:  # the path starts at the initial weights
                 self._plane.record(weights)
 
-    def _picture_epoch(self, trainer) -> bool:
+    @staticmethod
+    def _due(trainer, every_n_epochs: int) -> bool:
+        """This epoch is one to draw: every n-th, and the last."""
         epoch = trainer.current_epoch + 1
-        return epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
+        return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # The epoch's last batch: its gradients are still there (Lightning clears them
         # before validation, which runs before on_train_epoch_end).
         if batch_idx + 1 != trainer.num_training_batches or not trainer.is_global_zero:
             return
-        epoch = trainer.current_epoch + 1
         writer = self._writer(trainer)
-        if writer is None or not (epoch % self.histograms_every_n_epochs == 0 or epoch == trainer.max_epochs):
+        if writer is None or not self._due(trainer, self.histograms_every_n_epochs):
             return
         for i, layer in enumerate(_layers(pl_module), 1):
             for kind, p in (("weight", layer.weight), ("bias", layer.bias)):
@@ -364,7 +360,7 @@ class TensorBoardPictures(Callback):
             self._plane.record([layer.weight for layer in _layers(pl_module)])
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._collect = not trainer.sanity_checking and self._picture_epoch(trainer)
+        self._collect = not trainer.sanity_checking and self._due(trainer, self.every_n_epochs)
         self._confusion = self._confusion.to(pl_module.device)  # (setup ran before the model moved there)
         self._confusion.reset()
         self._mistakes: list[tuple] = []
@@ -531,7 +527,7 @@ class NumericsGuard(Callback):
             self._check(trainer, pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if (trainer.global_step + 1) % self.every_n_steps:
+        if not logs_this_step(trainer, self.every_n_steps):
             return
         self._check(trainer, pl_module)  # an earlier step's loss first: the first sign names the step
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]

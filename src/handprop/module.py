@@ -145,15 +145,9 @@ class DigitClassifier(L.LightningModule):
         out, loss = self.output_and_loss(images, labels)
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(labels))
         self.metrics[f"{stage}_acc"].update(out.detach(), labels)
-        if stage == "train" and self._logger_writes_this_step():
+        if stage == "train" and logs_this_step(self.trainer):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return out, loss
-
-    def _logger_writes_this_step(self) -> bool:
-        # Lightning writes step scalars after optimiser step k when (k + 1) % n == 0, k
-        # counted from 0 (global_step before this batch's step); never when n == 0.
-        n = self.trainer.log_every_n_steps
-        return n > 0 and (self.global_step + 1) % n == 0
 
     def _log_epoch(self, stage: str) -> None:
         loss, accuracy = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_acc"]
@@ -196,6 +190,14 @@ class DigitClassifier(L.LightningModule):
 
     def _schedule_length(self) -> dict:
         return schedule_length(self.scheduler_factory, lambda: int(self.trainer.estimated_stepping_batches))
+
+
+def logs_this_step(trainer: L.Trainer, every_n_steps: int | None = None) -> bool:
+    """Before optimiser step k (trainer.global_step == k, counted from 0): whether step k is
+    one to log, (k + 1) % n == 0 -- Lightning's own rule for writing step scalars with
+    n = trainer.log_every_n_steps (the default); never when n == 0."""
+    n = trainer.log_every_n_steps if every_n_steps is None else every_n_steps
+    return n > 0 and (trainer.global_step + 1) % n == 0
 
 
 def schedule_length(factory, steps: Callable[[], int]) -> dict:

@@ -20,6 +20,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import functional as HF
@@ -289,8 +290,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise UserError(str(e)) from e
     except SystemExit as e:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit)
         if trainer.interrupted:
-            _tell_how_to_resume(cfg, trainer, signal_name="SIGTERM" if type(e).__name__ == "SIGTERMException" else "SIGINT")
-            raise SystemExit(143 if type(e).__name__ == "SIGTERMException" else 130) from None
+            sigterm = isinstance(e, SIGTERMException)
+            _tell_how_to_resume(cfg, trainer, signal_name="SIGTERM" if sigterm else "SIGINT")
+            raise SystemExit(143 if sigterm else 130) from None
         raise
     metrics = _scalars(trainer.callback_metrics)
     metrics["time/fit_s"] = time.perf_counter() - start
