@@ -7,10 +7,12 @@ Writes metrics.json in its own run directory. Config: conf/eval.yaml.
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from handprop.config import unknown_override_message
 from handprop.train import UserError, evaluate
 
 
@@ -24,4 +26,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # A key that is not in the config (model.hiden=3): named, with the nearest real key
+    problem = unknown_override_message(Path(__file__).parent / "conf", "eval", sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -8,10 +8,12 @@ The composed config lives in conf/train.yaml; the work in handprop.train.train.
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from handprop.config import unknown_override_message
 from handprop.train import UserError, train
 
 
@@ -42,4 +44,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # A key that is not in the config (model.hiden=3): named, with the nearest real key
+    problem = unknown_override_message(Path(__file__).parent / "conf", "train", sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -71,6 +71,8 @@ def test_eval_cli_on_a_full_dataset_needs_only_its_test_files(trained_run, tmp_p
         ("model.hidden=[512,0]", "model.hidden=[512, 0]"),
         ("optimizer.lr=-0.01", "optimizer.lr=-0.01"),
         ("data=mnist data.data_dir=/no/such/dir", "data.data_dir='/no/such/dir'"),
+        ("trainer.precision=17", "trainer.precision=17: must be one of 64, 32, 16"),  # a type from Trainer's signature
+        ("+model.hiden=[3]", "model.hiden: unknown key. Did you mean model.hidden?"),  # added with '+'
     ],
 )
 def test_bad_overrides_stop_before_training(tmp_path, override, named):
@@ -79,6 +81,31 @@ def test_bad_overrides_stop_before_training(tmp_path, override, named):
     assert "error: bad config" in proc.stderr and named in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "script,override,message",
+    [
+        ("train.py", "model.hiden=[3]", "error: model.hiden: unknown key. Did you mean model.hidden? model has: hidden,"),
+        ("train.py", "optimizer.amsgrad=true", "error: optimizer.amsgrad: not in the config, but AdamW takes it: "
+                                               "add it with a '+', +optimizer.amsgrad=true"),
+        ("eval.py", "data.batchsize=10", "error: data.batchsize: unknown key. Did you mean data.batch_size?"),
+    ],
+)
+def test_keys_not_in_the_config_are_named_before_hydra_starts(tmp_path, script, override, message):
+    """Hydra's own answer ("To append to your config use +model.hiden=[3]") only moves the
+    failure; the entry points answer first, and no run directory is made."""
+    run_dir = tmp_path / "run"
+    proc = run(script, "ckpt_path=x.ckpt" if script == "eval.py" else "seed=1", override, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr and "To append" not in proc.stderr
+    assert not run_dir.exists()
+
+
+def test_a_sweep_with_an_unknown_key_is_refused_before_any_job(tmp_path):
+    proc = run("train.py", "-m", "optimizer.lr=0.01,0.02", "model.hiden=[3]", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2 and "model.hiden: unknown key" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_eval_without_a_checkpoint_says_how(tmp_path):

@@ -50,6 +50,7 @@ def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == step + 3
+    assert not interrupted.exists()  # the finished run's last.ckpt superseded it
 
 
 SAVER = r"""
@@ -105,3 +106,27 @@ def test_a_resumed_run_continues_its_tensorboard_run(tmp_path):
     events = EventAccumulator(str(first))
     events.Reload()
     assert [e.step for e in events.Scalars("val/acc")] == [3, 7]  # epoch 1, then epoch 2 after the resume
+
+
+def test_a_new_run_never_overwrites_or_silently_continues_another_runs_checkpoints(tmp_path):
+    """A second `python train.py hydra.run.dir=<the same dir>` without ckpt_path is refused
+    before any work (Lightning, given an OnExceptionCheckpoint, would instead have resumed the
+    old run from its newest checkpoint), and the old run's files are left as they were."""
+    from conftest import FAST, compose_config
+
+    from handprop.train import UserError, train
+
+    common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
+    train(compose_config("train", common, tmp_path))
+    before = {p: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError) as error:
+        train(compose_config("train", [*common, "model.hidden=[32]"], tmp_path))
+    assert str(error.value).startswith(f"{tmp_path / 'checkpoints'} already holds checkpoints of another run (")
+    assert f"Resume that run with ckpt_path={last} (and the same hydra.run.dir)" in str(error.value)
+    # a checkpoint from elsewhere does not make this directory's checkpoints safe to overwrite
+    elsewhere = tmp_path / "other.ckpt"
+    elsewhere.write_bytes(last.read_bytes())
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        train(compose_config("train", [*common, f"ckpt_path={elsewhere}", "trainer.max_epochs=3", "scheduler=none"], tmp_path))
+    assert {p: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before

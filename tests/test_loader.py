@@ -79,9 +79,11 @@ def test_global_batch_must_divide_among_processes():
         dm.train_dataloader()
 
 
-def test_both_loaders_train_from_the_config(train_cfg):
+def test_both_loaders_train_from_the_config(tmp_path):
+    from conftest import FAST, compose_config
+
     for loader in ("tensor", "dataloader"):
-        metrics = train(train_cfg(f"data.loader={loader}"))
+        metrics = train(compose_config("train", [*FAST, f"data.loader={loader}"], tmp_path / loader))
         assert metrics["test/acc"] > 0.3 and metrics["trainer/global_step"] == 8
 
 

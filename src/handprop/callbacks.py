@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from .module import logs_this_step
 
@@ -294,7 +295,6 @@ class TensorBoardPictures(Callback):
         """A figure or a (3, H, W) image tensor -> TensorBoard, and when ``final`` (the last
         epoch's, the landscape) to ``save_dir/<name>.png``."""
         import matplotlib.pyplot as plt
-        from pathlib import Path
 
         name = tag.split("/")[-1]
         if self.save_dir is not None and final:
@@ -479,18 +479,37 @@ class ReplicaCheck(Callback):
 # --------------------------------------------------------------------------- interrupts
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
+class InterruptCheckpoint(Callback):
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM: a checkpoint of exactly where training
     stood, mid-epoch included (the loader's position and the random generators travel
     in it), as ``<dirpath>/<filename>.ckpt``. Other exceptions save nothing here: a
-    diverged or failed run keeps its last good checkpoint instead."""
+    diverged or failed run keeps its last good checkpoint instead. A run that then
+    finishes removes it: last.ckpt has superseded it.
+
+    Not Lightning's ``OnExceptionCheckpoint``, on purpose: with one of those among the
+    callbacks, ``trainer.fit(ckpt_path=None)`` silently resumes from the newest checkpoint
+    it finds in the directory (``ckpt_path="last"``), so a new run started in an old run's
+    directory would continue the old one. Here a run resumes only when asked to."""
+
+    def __init__(self, dirpath: str, filename: str = "interrupted"):
+        if not filename:
+            raise ValueError("filename cannot be empty")
+        self.dirpath, self.filename = dirpath, filename
+
+    @property
+    def ckpt_path(self) -> str:
+        return str(Path(self.dirpath) / f"{self.filename}.ckpt")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            super().on_exception(trainer)
+            trainer.save_checkpoint(self.ckpt_path)  # atomic: Lightning writes a temporary file, then renames
             log.warning("interrupted: checkpoint written to %s", self.ckpt_path)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if Path(self.ckpt_path).is_file():
+            trainer.strategy.remove_checkpoint(self.ckpt_path)
 
 
 # --------------------------------------------------------------------------- numerical faults

@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import gzip
 import math
+import os
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -134,18 +136,45 @@ def find_raw_files(dataset: str, data_dir: str | Path, split: str) -> tuple[Path
 
 
 def download(dataset: str, data_dir: str | Path) -> None:
-    """Fetch a full dataset with torchvision into torchvision's layout under data_dir."""
+    """Fetch a full dataset with torchvision into torchvision's layout under data_dir.
+
+    Nothing half-written is ever left in data_dir: torchvision downloads into a temporary
+    folder inside it (the same file system), where every file is checked -- its MD5 by
+    torchvision, its IDX header and size by ``read_images_labels`` -- and only then is each
+    file renamed into ``<data_dir>/<Dataset>/raw/``, an atomic step. A failure (offline, a
+    dropped connection, a full disk) removes the temporary folder, and data_dir too if this
+    call made it."""
     from torchvision import datasets
 
-    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[dataset]
+    data_dir = Path(data_dir)
     try:
-        for train in (True, False):
-            cls(str(data_dir), train=train, download=True)
+        for split in FILES:
+            find_raw_files(dataset, data_dir, split)
+        return  # already there
+    except DataError:
+        pass
+    raw = data_dir / RAW_FOLDER[dataset] / "raw"
+    made_dir, moved = not data_dir.exists(), []
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=data_dir) as tmp:
+            cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[dataset]
+            cls(tmp, train=True, download=True)  # torchvision fetches both splits' files
+            for split in FILES:
+                read_images_labels(*find_raw_files(dataset, tmp, split))
+            raw.mkdir(parents=True, exist_ok=True)
+            for path in sorted((Path(tmp) / RAW_FOLDER[dataset] / "raw").iterdir()):
+                os.replace(path, raw / path.name)
+                moved.append(path.name)
     except Exception as e:  # torchvision raises several kinds when offline
+        if made_dir and data_dir.is_dir() and not any(data_dir.iterdir()):
+            data_dir.rmdir()
+        reason = " ".join(str(e).split())
+        names = ", ".join(f"{stem}.gz" for split in FILES.values() for stem in split)
         raise DataError(
-            f"could not download {dataset} into {data_dir}: {e}. Offline? Copy the four "
-            f"*-ubyte.gz files into {Path(data_dir) / RAW_FOLDER[dataset] / 'raw'} and set "
-            "data.download=false."
+            f"could not download {dataset} into {data_dir}: {reason[:500]}. Offline? Fetch the four files "
+            f"({names}) on a machine with network, copy them into {raw}, and run with data.download=false. "
+            + (f"Already in place, complete: {', '.join(moved)}." if moved else f"Nothing was written to {data_dir}.")
         ) from e
 
 

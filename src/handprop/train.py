@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shlex
 import sys
 import time
@@ -23,11 +22,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import functional as HF
 from .callbacks import GradientAuditError, NumericalError, ReplicaError
-from .data import DATASETS, LOADERS, DataError
+from .config import ConfigError, check_config, config_problems  # noqa: F401 (ConfigError: part of the API)
+from .data import DataError
 from .module import DigitClassifier, ScheduleError
-from .nn import INITS
 
 log = logging.getLogger(__name__)
 
@@ -63,108 +61,8 @@ OmegaConf.register_new_resolver("job_name", lambda name: name if launched_rank()
 OmegaConf.register_new_resolver("output_subdir", lambda subdir: subdir if launched_rank() == 0 else None, replace=True)
 
 
-class ConfigError(ValueError):
-    """The configuration asks for something impossible; the message names the key."""
-
-
 class UserError(ValueError):
     """Raised for inputs a user can fix (config, data, checkpoint); entry points print it."""
-
-
-# --------------------------------------------------------------------------- config checks
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def config_problems(cfg: DictConfig) -> list[str]:
-    """Every user-facing value that cannot work, one line each, naming the key and the fix."""
-    problems: list[str] = []
-
-    def need(ok: bool, key: str, value, allowed: str) -> None:
-        if not ok:
-            problems.append(f"{key}={value!r}: {allowed}")
-
-    def choice(key: str, value, choices) -> None:
-        need(value in choices, key, value, f"must be one of {', '.join(choices)}")
-
-    m = cfg.get("model")
-    if m is not None:
-        choice("model.activation", m.get("activation"), HF.ACTIVATIONS)
-        choice("model.output_activation", m.get("output_activation"), HF.ACTIVATIONS)
-        choice("model.loss", m.get("loss"), HF.LOSSES)
-        choice("model.init", m.get("init"), INITS)
-        choice("model.backward", m.get("backward"), HF.BACKWARDS)
-        hidden = m.get("hidden")
-        need(
-            OmegaConf.is_list(hidden) and all(_is_int(h) and h > 0 for h in hidden),
-            "model.hidden",
-            OmegaConf.to_object(hidden) if OmegaConf.is_config(hidden) else hidden,
-            "must be a list of positive layer sizes, e.g. model.hidden=[512,256] (or [] for none)",
-        )
-        for key in ("dropout", "label_smoothing"):
-            v = m.get(key)
-            need(_is_number(v) and 0 <= v < 1, f"model.{key}", v, "must be a probability in [0, 1)")
-        if m.get("loss") == "quadratic" and m.get("label_smoothing"):
-            problems.append("model.label_smoothing: applies to model.loss=cross_entropy only; set it to 0")
-
-    o = cfg.get("optimizer")
-    if o is not None:
-        lr = o.get("lr")
-        need(_is_number(lr) and lr > 0, "optimizer.lr", lr, "must be a positive number, e.g. optimizer.lr=0.001")
-        wd = o.get("weight_decay", 0)
-        need(_is_number(wd) and wd >= 0, "optimizer.weight_decay", wd, "must be a number >= 0")
-
-    d = cfg.get("data")
-    if d is not None:
-        choice("data.dataset", d.get("dataset"), DATASETS)
-        choice("data.loader", d.get("loader"), LOADERS)
-        for key in ("batch_size", "eval_batch_size"):
-            v = d.get(key)
-            need(_is_int(v) and v > 0, f"data.{key}", v, "must be a positive integer")
-        nw = d.get("num_workers", 0)
-        need(_is_int(nw) and nw >= 0, "data.num_workers", nw, "must be an integer >= 0")
-        for key, v in (d.get("augment") or {}).items():
-            need(_is_number(v) and v >= 0, f"data.augment.{key}", v, "must be a number >= 0 (0 turns it off)")
-        if d.get("dataset") in DATASETS[1:] and not d.get("download"):
-            data_dir = d.get("data_dir")
-            need(
-                data_dir is not None and Path(data_dir).is_dir(),
-                "data.data_dir",
-                data_dir,
-                "directory does not exist; point it at the dataset or set data.download=true",
-            )
-
-    t = cfg.get("trainer")
-    if t is not None:
-        e = t.get("max_epochs")
-        need(e is None or (_is_int(e) and (e > 0 or e == -1)), "trainer.max_epochs", e, "must be a positive integer")
-        nodes = t.get("num_nodes", 1)
-        need(_is_int(nodes) and nodes > 0, "trainer.num_nodes", nodes, "must be a positive integer")
-        devices, batch = t.get("devices"), (d or {}).get("batch_size")
-        # data.batch_size is the global batch: every process takes an equal share. Checked
-        # here, before any process is launched, when the number of processes is known.
-        if _is_int(devices) and devices > 0 and _is_int(nodes) and nodes > 0 and _is_int(batch) and batch > 0:
-            world = devices * nodes
-            need(
-                batch % world == 0, "data.batch_size", batch,
-                f"is the global batch and must divide evenly among the {world} processes "
-                f"(trainer.devices={devices} x trainer.num_nodes={nodes}), e.g. data.batch_size={max(world, batch // world * world)}",
-            )
-    seed = cfg.get("seed")
-    need(seed is None or _is_int(seed), "seed", seed, "must be an integer, or null for an unseeded run")
-    return problems
-
-
-def check_config(cfg: DictConfig) -> None:
-    problems = config_problems(cfg)
-    if problems:
-        raise ConfigError("bad config:\n  " + "\n  ".join(problems))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -194,6 +92,21 @@ def _checked_ckpt_path(ckpt_path: str | None) -> str | None:
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return ckpt_path
+
+
+def _refuse_to_overwrite(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """A new run in a directory that holds another run's checkpoints would overwrite them
+    (last.ckpt first). Only resuming one of that directory's own checkpoints may write there."""
+    dirs = {Path(c.dirpath).resolve() for c in (cfg.get("callbacks") or {}).values() if c is not None and c.get("dirpath")}
+    existing = sorted(p for d in dirs if d.is_dir() for p in d.glob("*.ckpt"))
+    if not existing or (ckpt_path is not None and Path(ckpt_path).resolve().parent in dirs):
+        return
+    last = next((p for p in existing if p.stem in ("last", "interrupted")), existing[-1])
+    raise UserError(
+        f"{last.parent} already holds checkpoints of another run ({', '.join(p.name for p in existing)}); "
+        f"this run would overwrite them. Resume that run with ckpt_path={last} (and the same "
+        "hydra.run.dir), or start this one in a fresh directory (the default hydra.run.dir makes one per run)."
+    )
 
 
 def _continue_tensorboard_run(cfg: DictConfig) -> None:
@@ -265,6 +178,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         check_config(cfg)
         ckpt_path = _checked_ckpt_path(cfg.get("ckpt_path"))
+        _refuse_to_overwrite(cfg, ckpt_path)
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data, _convert_="all")
@@ -370,7 +284,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt_path:
         raise UserError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
     _checked_ckpt_path(ckpt_path)
-    problems = config_problems(OmegaConf.masked_copy(cfg, ["data", "seed"]))
+    problems = config_problems(cfg)
     if problems:
         raise UserError("bad config:\n  " + "\n  ".join(problems))
     read_checkpoint(ckpt_path)

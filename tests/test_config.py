@@ -1,0 +1,157 @@
+"""Config validation before any work: every key named with its allowed values.
+
+The schema is the code: each ``_target_`` node is checked against the signature of what it
+calls (unknown keys, annotated types); ``RANGES`` adds the ranges; interpolated values are
+named once, where they are set."""
+
+from typing import Literal, Optional
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF
+from handprop.config import RANGES, _describe, _fits, config_problems, setting_problems, unknown_override_message
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        # types, from the signatures of the code each node calls
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: must be a positive integer"),
+        ("trainer.precision=17", "trainer.precision=17: must be one of 64, 32, 16, 'transformer-engine'"),
+        ("callbacks.pictures.landscape=maybe", "callbacks.pictures.landscape='maybe': must be true or false (a setting of TensorBoardPictures)"),
+        ("model.compile=1", "model.compile=1: must be true or false (a setting of DigitClassifier)"),
+        ("+optimizer.betas=[0.9]", "optimizer.betas=[0.9]: must be a list of 2 values, each a number or Tensor (a setting of AdamW)"),
+        ("logger.tensorboard.default_hp_metric=3", "logger.tensorboard.default_hp_metric=3: must be true or false"),
+        ("data.download=yes", "data.download='yes': must be true or false"),
+        # ranges
+        ("scheduler.pct_start=2", "scheduler.pct_start=2: must be a fraction in (0, 1)"),
+        ("scheduler=cosine scheduler.T_max=0", "scheduler.T_max=0: must be a positive integer, or null"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: must be a number >= 0"),
+        ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches=1.5: must be null (all), a number of batches"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: must be a positive integer"),
+        ("trainer.devices=[a]", "trainer.devices=['a']: must be a positive integer, -1 (all), 'auto'"),
+        ("data.val_size=-5", "data.val_size=-5: must be a positive integer"),
+        ("data.augment.flip=1.5", "data.augment.flip=1.5: must be a probability in [0, 1]"),
+        ("data.augment.rotation=-3", "data.augment.rotation=-3: must be a number >= 0"),
+        ("model.label_smoothing=1", "model.label_smoothing=1: must be a probability in [0, 1)"),
+        ("optimizer=sgd optimizer.momentum=1.2", "optimizer.momentum=1.2: must be in [0, 1)"),
+        ("callbacks.numerics_guard.every_n_steps=0", "callbacks.numerics_guard.every_n_steps=0: must be a positive integer"),
+        ("callbacks.pictures.landscape_points=1", "callbacks.pictures.landscape_points=1: must be an integer >= 2"),
+        ("seed=abc", "seed='abc': must be an integer, or null"),
+        # choices
+        ("trainer.accelerator=tpux", "trainer.accelerator='tpux': must be one of auto, cpu, gpu, cuda"),
+        ("trainer.strategy=dpp", "trainer.strategy='dpp': must be one of auto, ddp, ddp_spawn"),
+        ("model.init=he", "model.init='he': must be one of pytorch, normal, normal_scaled, xavier, kaiming"),
+        # unknown keys added with '+' (Hydra lets them through; the code would not take them)
+        ("+model.hiden=3", "model.hiden: unknown key. Did you mean model.hidden? model has: hidden, activation,"),
+        ("+trainer.max_epoch=3", "trainer.max_epoch: unknown key. Did you mean trainer.max_epochs?"),
+        ("+data.augment.rotaton=3", "data.augment.rotaton: unknown key. Did you mean data.augment.rotation? "
+                                    "data.augment has: rotation, scale, shift, flip, elastic, elastic_sigma"),
+        ("+callbacks.lr_monitor.foo=1", "callbacks.lr_monitor.foo: unknown key. callbacks.lr_monitor has: logging_interval,"),
+    ],
+)
+def test_each_bad_value_is_one_line_naming_the_key_and_what_is_allowed(train_cfg, overrides, message):
+    problems = config_problems(train_cfg(*overrides.split()))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(message), problems[0]
+
+
+def test_the_list_of_an_unknown_keys_neighbours_leaves_out_what_train_py_passes_in(train_cfg):
+    (problem,) = config_problems(train_cfg("+model.hiden=3"))
+    assert "compile" in problem and "optimizer" not in problem and "scheduler" not in problem
+    (problem,) = config_problems(train_cfg("+optimizer.foo=1"))
+    assert problem.endswith("optimizer has: lr, weight_decay, betas, eps, amsgrad, maximize, foreach, capturable, differentiable, fused")
+
+
+def test_an_interpolated_value_is_named_where_it_is_set(train_cfg):
+    # scheduler.max_lr is ${optimizer.lr}: one problem, under the key the user typed
+    assert config_problems(train_cfg("optimizer.lr=abc")) == ["optimizer.lr='abc': must be a positive number, e.g. optimizer.lr=0.001"]
+
+
+def test_problems_come_together_in_the_configs_order(train_cfg):
+    problems = config_problems(train_cfg("optimizer.lr=0", "model.hidden=[1.5]", "trainer.precision=17", "data.batch_size=0"))
+    assert [p.split("=")[0] for p in problems] == ["data.batch_size", "model.hidden", "optimizer.lr", "trainer.precision"]
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(p.parent.name, p.stem) for p in sorted(CONF.glob("*/*.yaml")) if p.parent.name not in ("hydra", "paths", "experiment", "logger", "callbacks")],
+)
+def test_every_shipped_option_is_valid(train_cfg, tmp_path, group, option):
+    assert config_problems(train_cfg(f"{group}={option}", f"data.data_dir={tmp_path}")) == []
+
+
+def test_eval_config_is_checked_whole(tmp_path):
+    from conftest import compose_config
+
+    assert config_problems(compose_config("eval", ["ckpt_path=x"], tmp_path)) == []
+    assert config_problems(compose_config("eval", ["ckpt_path=x", "trainer.precision=17"], tmp_path))[0].startswith("trainer.precision=17")
+
+
+class Toy:
+    """A stand-in for any class a config node calls: its signature is the schema."""
+
+    def __init__(self, size: int, rate: float = 0.1, mode: Literal["a", "b"] = "a", tags: Optional[list[str]] = None, **extra):
+        pass
+
+
+def test_a_new_parameter_is_checked_the_day_it_is_added():
+    node = lambda **kw: OmegaConf.create({"toy": {"_target_": f"{__name__}.Toy", **kw}})  # noqa: E731
+    assert setting_problems(node(size=3, rate=1, mode="b", tags=["x"])) == []
+    assert setting_problems(node(size=3.5, rate="fast", mode="c", tags=[1])) == [
+        "toy.size=3.5: must be an integer (a setting of Toy)",
+        "toy.rate='fast': must be a number (a setting of Toy)",
+        "toy.mode='c': must be one of 'a', 'b' (a setting of Toy)",
+        "toy.tags=[1]: must be a list of strings or null (a setting of Toy)",
+    ]
+    assert setting_problems(node(size=1, anything=2)) == []  # **extra takes any key
+    bad = OmegaConf.create({"toy": {"_target_": "no_such_module.Toy"}})
+    assert setting_problems(bad)[0].startswith("toy._target_='no_such_module.Toy': cannot be imported")
+
+
+def test_fits_and_describe():
+    import torch
+
+    assert _fits(3, int) and _fits(3, float) and not _fits(3.0, int) and not _fits(True, int) and not _fits(1, bool)
+    assert _fits(None, Optional[int]) and not _fits("x", Optional[int])
+    assert _fits([1, 2], tuple[float, float]) and _fits([1, 2], tuple[float, ...]) and not _fits([1], tuple[float, float])
+    assert _fits(32, Literal[64, 32]) and not _fits("32", Literal[64, 32]) and not _fits(True, Literal[1])
+    assert _fits("x", torch.device) is None and _fits(0.1, float | torch.Tensor) is True
+    assert _fits("x", Optional[torch.device]) is None  # a class a YAML value cannot be checked against: not refused
+    assert _describe(Optional[int]) == "an integer or null"
+    assert _describe(Literal["a", "b"] | None) == "one of 'a', 'b' or null"
+    assert _describe(list[int]) == "a list of integers"
+
+
+def test_every_range_rule_is_used_by_some_shipped_key(tmp_path):
+    """No dead rules: each pattern of RANGES matches a key of the default config or one of its options."""
+    import fnmatch
+
+    from conftest import compose_config
+    from handprop.config import _leaves
+
+    keys = set()
+    for overrides in ([], ["optimizer=sgd"], ["scheduler=cosine"], ["+optimizer.eps=1e-8", "scheduler.max_lr=0.01"]):
+        keys |= {k for k, _ in _leaves(compose_config("train", overrides, tmp_path))}
+
+    unused = [pattern for pattern, _, _ in RANGES if not any(fnmatch.fnmatchcase(k, pattern) for k in keys)]
+    assert unused == []
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["model.hidden=[3]", "optimizer.lr=0.1"], None),
+        (["--cfg", "job", "model.hiden=3"], None),  # another mode: Hydra's to answer
+        (["model.hidden=[3"], None),  # a syntax error: Hydra shows where
+        (["model=cnn"], None),  # a missing option: Hydra lists the options itself
+        (["model.hiden=3"], "model.hiden: unknown key. Did you mean model.hidden?"),
+        (["-m", "optimizer.lr=0.1,0.2", "modle.hidden=[3]"], "modle: unknown key. Did you mean model? The config has: seed,"),
+        (["callbacks.picture.every_n_epochs=3"], "callbacks.picture: unknown key. Did you mean callbacks.pictures?"),
+        (["trainer.min_epochs=3"], "trainer.min_epochs: not in the config, but Trainer takes it: add it with a '+', +trainer.min_epochs=3"),
+    ],
+)
+def test_overrides_of_keys_not_in_the_config(argv, expected):
+    message = unknown_override_message(CONF, "train", argv)
+    assert message == expected if expected is None else message.startswith(expected), message
