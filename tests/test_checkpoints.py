@@ -75,11 +75,22 @@ def test_a_checkpoint_of_another_network_names_the_shapes(checkpoint, tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # nothing written
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", pickle.dumps({"a": 1})])
-def test_files_that_are_not_checkpoints(tmp_path, content):
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", r"\(cannot be read: the file is empty\)"),
+        (b"not a checkpoint at all", r"\(cannot be read: not a file torch.save writes: Unsupported operand 110\)"),
+        (pickle.dumps({"a": 1}), r"\(cannot be read: not a file torch.save writes: Unsupported operand 149\)"),
+        ({"a": 1}, r"\(no state_dict and hyper_parameters\)"),  # torch.save'd, not ours
+    ],
+)
+def test_files_that_are_not_checkpoints(tmp_path, content, reason):
     path = tmp_path / "x.ckpt"
-    path.write_bytes(content)
-    with pytest.raises(UserError, match="is not a handprop checkpoint"):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(UserError, match=f"ckpt_path={path} is not a handprop checkpoint {reason}$"):
         read_checkpoint(str(path))
 
 

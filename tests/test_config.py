@@ -26,7 +26,7 @@ from handprop.config import RANGES, _describe, _fits, config_problems, setting_p
         ("data.download=yes", "data.download='yes': must be true or false"),
         # ranges
         ("scheduler.pct_start=2", "scheduler.pct_start=2: must be a fraction in (0, 1)"),
-        ("scheduler=cosine scheduler.T_max=0", "scheduler.T_max=0: must be a positive integer, or null"),
+        ("scheduler=cosine scheduler.T_max=0", "scheduler.T_max=0: must be a positive integer"),
         ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: must be a number >= 0"),
         ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches=1.5: must be null (all), a number of batches"),
         ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: must be a positive integer"),
@@ -37,6 +37,7 @@ from handprop.config import RANGES, _describe, _fits, config_problems, setting_p
         ("model.label_smoothing=1", "model.label_smoothing=1: must be a probability in [0, 1)"),
         ("optimizer=sgd optimizer.momentum=1.2", "optimizer.momentum=1.2: must be in [0, 1)"),
         ("callbacks.numerics_guard.every_n_steps=0", "callbacks.numerics_guard.every_n_steps=0: must be a positive integer"),
+        ("callbacks.numerics_guard.every_n_steps=null", "callbacks.numerics_guard.every_n_steps=None: must be an integer (a setting of NumericsGuard)"),
         ("callbacks.pictures.landscape_points=1", "callbacks.pictures.landscape_points=1: must be an integer >= 2"),
         ("seed=abc", "seed='abc': must be an integer, or null"),
         # choices

@@ -71,10 +71,12 @@ def _probability(v) -> bool:
 
 
 _POSITIVE_INT = (_positive_int, "must be a positive integer")
-_POSITIVE_INT_OR_NULL = (_or_null(_positive_int), "must be a positive integer, or null")
+_POSITIVE_INT_OR_NULL = (_or_null(_positive_int), "must be a positive integer")  # null: if the signature takes it
 
 # (key pattern, rule, allowed values). Patterns are fnmatch-style over dotted keys; a key
 # a config does not have is skipped. The first matching rule that fails names the key.
+# A value a rule lets through is still checked against its parameter's type, so a rule
+# that lets null through leaves it to the signature to say whether null is allowed.
 RANGES: list[tuple[str, Callable[[object], bool], str]] = [
     ("seed", _or_null(_is_int), "must be an integer, or null for an unseeded run"),
     ("model.dropout", _probability, "must be a probability in [0, 1)"),
@@ -279,11 +281,14 @@ def _signature_of(target: str) -> tuple[inspect.Signature, dict, str]:
 
 
 _WIRED = ("optimizer", "scheduler", "callbacks", "logger")  # arguments train.py builds from their own groups
+# null in the config, a number when called: the schedule's length in optimiser steps
+# (handprop.module.schedule_length fills it in from the run)
+FILLED_BY_THE_RUN = ("scheduler.T_max", "scheduler.total_steps")
 
 
 def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]:
     """Keys the called code does not take, and values of the wrong type, for every node
-    with a ``_target_``. ``skip``: keys a more specific rule decides (``RANGES``)."""
+    with a ``_target_``. ``skip``: keys already reported by a more specific rule."""
     problems = []
     for where, node in _targets(cfg):
         try:
@@ -318,6 +323,8 @@ def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]
                 continue
             if isinstance(value, dict) and "_target_" in value:
                 continue  # instantiated into an object, checked as its own node
+            if value is None and full in FILLED_BY_THE_RUN:
+                continue
             if _fits(value, hints[key]) is False:
                 problems.append(f"{full}={value!r}: must be {_describe(hints[key])} (a setting of {name})")
     return problems
@@ -334,10 +341,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
         problems.setdefault(key, message)
 
     values = dict(_leaves(cfg))
-    decided = set()  # keys a rule here decides; the signatures' types check the rest
     for key, allowed in _choices().items():
         if key in values:
-            decided.add(key)
             if values[key] not in allowed:
                 report(key, f"{key}={values[key]!r}: must be one of {', '.join(map(str, allowed))}")
     if "model.hidden" in values:
@@ -350,7 +355,6 @@ def config_problems(cfg: DictConfig) -> list[str]:
             continue
         for pattern, rule, allowed in RANGES:
             if fnmatch.fnmatchcase(key, pattern):
-                decided.add(key)
                 if not rule(value):
                     report(key, f"{key}={value!r}: {allowed}")
                 break
@@ -380,7 +384,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
                 report("data.batch_size", f"data.batch_size={batch}: is the global batch and must divide evenly among the "
                        f"{world} processes (trainer.devices={devices} x trainer.num_nodes={nodes}), "
                        f"e.g. data.batch_size={max(world, batch // world * world)}")
-    for line in setting_problems(cfg, skip=decided | set(problems)):
+    for line in setting_problems(cfg, skip=set(problems)):
         report(line.split("=")[0].split(":")[0], line)
     order = list(values)  # report in the config's own order
     return [problems[k] for k in sorted(problems, key=lambda k: order.index(k) if k in order else len(order))]

@@ -131,15 +131,16 @@ def read_checkpoint(ckpt_path: str, model: torch.nn.Module | None = None) -> dic
     checkpoint of another architecture is named as such instead of failing deep inside
     Lightning."""
     import pickle
+    import re
 
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
-        if not unsafe:  # not a pickle at all
-            raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint (cannot be read: {e})") from e
-        import re
-
+        if not unsafe:  # not a pickle torch.save writes; torch's advice (weights_only=False) is not ours
+            found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", str(e))
+            raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint (cannot be read: not a file "
+                            f"torch.save writes{': ' + found.group(1) if found else ''})") from e
         names = re.findall(r"GLOBAL (\S+?)[.,]?(?:\s|$)", unsafe[0])
         raise UserError(
             f"ckpt_path={ckpt_path}: refused to load: the file holds Python objects other than tensors and plain "
@@ -147,7 +148,8 @@ def read_checkpoint(ckpt_path: str, model: torch.nn.Module | None = None) -> dic
             "handprop's own checkpoints never do; load only checkpoints you made or trust."
         ) from e
     except Exception as e:  # truncated, not a zip/pickle, ...
-        raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint (cannot be read: {e})") from e
+        reason = "the file is empty" if Path(ckpt_path).stat().st_size == 0 else str(e).strip() or type(e).__name__
+        raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint (cannot be read: {reason})") from e
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(checkpoint):
         raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint (no state_dict and hyper_parameters)")
     if model is not None:
