@@ -40,10 +40,13 @@ from handprop.config import RANGES, _describe, _fits, config_problems, setting_p
         ("callbacks.numerics_guard.every_n_steps=null", "callbacks.numerics_guard.every_n_steps=None: must be an integer (a setting of NumericsGuard)"),
         ("callbacks.pictures.landscape_points=1", "callbacks.pictures.landscape_points=1: must be an integer >= 2"),
         ("seed=abc", "seed='abc': must be an integer, or null"),
+        ("model.l2=5.0", "model.l2=5.0: is an L2 term of the cost, which torch.optim.AdamW's decoupled weight decay is not"),
+        ("optimizer=sgd model.l2=5.0 optimizer.weight_decay=0.01", "model.l2=5.0 and optimizer.weight_decay=0.01: both decay"),
+        ("optimizer=sgd model.l2=-1", "model.l2=-1: must be a number >= 0"),
         # choices
         ("trainer.accelerator=tpux", "trainer.accelerator='tpux': must be one of auto, cpu, gpu, cuda"),
         ("trainer.strategy=dpp", "trainer.strategy='dpp': must be one of auto, ddp, ddp_spawn"),
-        ("model.init=he", "model.init='he': must be one of pytorch, normal, normal_scaled, xavier, kaiming"),
+        ("model.init=he", "model.init='he': must be one of pytorch, normal, normal_scaled, lecun_uniform, xavier, kaiming"),
         # unknown keys added with '+' (Hydra lets them through; the code would not take them)
         ("+model.hiden=3", "model.hiden: unknown key. Did you mean model.hidden? model has: hidden, activation,"),
         ("+trainer.max_epoch=3", "trainer.max_epoch: unknown key. Did you mean trainer.max_epochs?"),

@@ -269,7 +269,7 @@ def test_non_contiguous_inputs(activation):
     _assert_layer_matches_reference(torch.randn(4, 6), w_t, b, activation)
 
 
-@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "scaled_tanh"])
 def test_saturated_units(activation):
     """|z| > 30: sigmoid and tanh are flat, the derivative is 0 (or tiny), never NaN."""
     w = torch.eye(4).requires_grad_()

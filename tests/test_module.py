@@ -44,6 +44,48 @@ def test_forward_normalises_with_the_stored_statistics():
     assert {"pixel_mean", "pixel_std"} <= set(model.state_dict())
 
 
+def test_raw_pixels_when_not_normalising():
+    model = DigitClassifier(hidden=[], init="normal", normalize=False)
+    images = torch.rand(4, 1, 28, 28)
+    model.pixel_mean.fill_(0.2)  # ignored
+    expected = images.flatten(1) @ model.net.layers[0].weight.t() + model.net.layers[0].bias
+    torch.testing.assert_close(model(images), expected)
+
+
+def test_l2_is_nielsens_weight_decay_on_the_weights_only():
+    """network2.py's update with L2: w <- (1 - eta*lambda/n) w - eta dC0/dw; b <- b - eta dC0/db."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    dm, (images, labels) = _batch()
+    eta, lam = 0.5, 5.0
+    model = DigitClassifier(hidden=[16], activation="sigmoid", init="normal_scaled", l2=lam, normalize=False,
+                            optimizer=functools.partial(torch.optim.SGD, lr=eta))
+    model._trainer = SimpleNamespace(datamodule=dm)  # what configure_optimizers reads: n
+    assert dm.train_size == 4000
+    optimizer = model.configure_optimizers()
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [lam / 4000, 0.0]
+    before = {k: v.clone() for k, v in model.net.named_parameters()}
+    model.output_and_loss(images, labels)[1].backward()
+    grads = {k: v.grad.clone() for k, v in model.net.named_parameters()}
+    optimizer.step()
+    for name, p in model.net.named_parameters():
+        decay = 1 - eta * lam / 4000 if name.endswith("weight") else 1.0
+        torch.testing.assert_close(p.detach(), decay * before[name] - eta * grads[name])
+
+
+def test_l2_with_a_decoupled_weight_decay_is_refused():
+    from types import SimpleNamespace
+
+    dm, _ = _batch()
+    for factory in (functools.partial(torch.optim.AdamW, lr=0.1),
+                    functools.partial(torch.optim.Adam, lr=0.1, decoupled_weight_decay=True)):
+        model = DigitClassifier(hidden=[16], l2=5.0, optimizer=factory)
+        model._trainer = SimpleNamespace(datamodule=dm)
+        with pytest.raises(ValueError, match="model.l2 is an L2 term of the cost; .* is decoupled"):
+            model.configure_optimizers()
+
+
 def test_hyperparameters_are_plain_types():
     model = DigitClassifier(hidden=(32,), optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     assert dict(model.hparams)["hidden"] == [32]

@@ -369,7 +369,7 @@ class TensorBoardPictures(Callback):
         if not self._collect or outputs is None:
             return
         images, labels = batch
-        probabilities = outputs.float().softmax(1)
+        probabilities = pl_module.probabilities(outputs)
         confidence, predicted = probabilities.max(1)
         self._confusion.update(predicted, labels)
         wanted = self.max_mistakes - sum(len(m[0]) for m in self._mistakes)

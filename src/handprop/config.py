@@ -81,6 +81,7 @@ RANGES: list[tuple[str, Callable[[object], bool], str]] = [
     ("seed", _or_null(_is_int), "must be an integer, or null for an unseeded run"),
     ("model.dropout", _probability, "must be a probability in [0, 1)"),
     ("model.label_smoothing", _probability, "must be a probability in [0, 1)"),
+    ("model.l2", lambda v: _is_number(v) and v >= 0, "must be a number >= 0 (Nielsen's lambda, e.g. 5.0; 0: none)"),
     ("model.input_size", *_POSITIVE_INT),
     ("model.num_classes", lambda v: _is_int(v) and v >= 2, "must be an integer >= 2"),
     ("optimizer.lr", lambda v: _is_number(v) and v > 0, "must be a positive number, e.g. optimizer.lr=0.001"),
@@ -362,6 +363,22 @@ def config_problems(cfg: DictConfig) -> list[str]:
     m = cfg.get("model")
     if m is not None and m.get("loss") == "quadratic" and m.get("label_smoothing") and "model.label_smoothing" not in problems:
         report("model.label_smoothing", "model.label_smoothing: applies to model.loss=cross_entropy only; set it to 0")
+    if values.get("model.l2") and "model.l2" not in problems:
+        from hydra.utils import get_object
+
+        from .module import decoupled_weight_decay
+
+        o = cfg.get("optimizer") or {}
+        try:
+            decoupled = decoupled_weight_decay(get_object(o.get("_target_", "")), o)
+        except Exception:
+            decoupled = False
+        if decoupled:
+            report("model.l2", f"model.l2={values['model.l2']}: is an L2 term of the cost, which {o._target_}'s decoupled "
+                   "weight decay is not: use optimizer=sgd, or model.l2=0 and optimizer.weight_decay")
+        elif values.get("optimizer.weight_decay"):
+            report("model.l2", f"model.l2={values['model.l2']} and optimizer.weight_decay={values['optimizer.weight_decay']}: "
+                   "both decay the weights; set one of them to 0")
     d = cfg.get("data")
     if d is not None:
         augment = d.get("augment") or {}

@@ -465,6 +465,11 @@ class DigitsDataModule(L.LightningDataModule):
         self.splits: dict[str, TensorBatches] = {}
         self.pixel_stats: tuple[float, float] | None = None
 
+    @property
+    def train_size(self) -> int | None:
+        """The number of training examples (all processes together), once set up for fit."""
+        return len(self.splits["train"]) if "train" in self.splits else None
+
     def prepare_data(self) -> None:  # rank zero only
         if self.download and self.dataset != "sample":
             download(self.dataset, self.data_dir)

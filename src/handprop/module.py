@@ -22,10 +22,18 @@ class ScheduleError(ValueError):
 class DigitClassifier(L.LightningModule):
     """Reads 28×28 digits with an MLP whose gradients come from our own backward pass.
 
-    Input: images as floats in [0, 1], shape (N, 1, 28, 28) or (N, 784). They are
-    normalised with the training set's pixel mean and standard deviation, which the
-    data module provides at fit time and the checkpoint keeps (buffers), so that a
-    checkpoint evaluates and predicts without the training data.
+    Input: images as floats in [0, 1], shape (N, 1, 28, 28) or (N, 784). With
+    ``normalize=True`` they are standardised with the training set's pixel mean and
+    standard deviation, which the data module provides at fit time and the checkpoint
+    keeps (buffers), so that a checkpoint evaluates and predicts without the training
+    data; ``normalize=False`` feeds the raw [0, 1] pixels, as 3Blue1Brown's and Nielsen's
+    networks read them.
+
+    ``l2`` is λ of Nielsen's L2-regularised cost (network2.py), C = C0 + λ/(2n) Σ w², over
+    the weights (not the biases), n the number of training examples: the optimiser's
+    weight decay λ/n on the weights only, with n read from the data module at fit time.
+    That is L2 exactly for optimisers whose weight decay is added to the gradient (SGD,
+    Adam); AdamW's is decoupled from the gradient, not this cost, and is refused.
 
     ``compile=True`` compiles the network with torch.compile, the hand-written backward
     passes inside the graph.
@@ -49,6 +57,8 @@ class DigitClassifier(L.LightningModule):
         input_size: int = 784,
         num_classes: int = 10,
         compile: bool = False,
+        normalize: bool = True,
+        l2: float = 0.0,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
     ):
@@ -121,11 +131,24 @@ class DigitClassifier(L.LightningModule):
                 torch.cuda.set_rng_state_all(states["cuda"])
 
     def normalize(self, images: Tensor) -> Tensor:
-        """Pixels in [0, 1] -> flat vectors with the training set's mean 0 and std 1."""
+        """Pixels in [0, 1] -> flat vectors with the training set's mean 0 and std 1
+        (or the raw pixels, flattened, with ``normalize=False``)."""
+        if not self.hparams.get("normalize", True):  # (checkpoints from before the option: True)
+            return images.flatten(1)
         return (images.flatten(1) - self.pixel_mean) / self.pixel_std
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(self.normalize(images))
+
+    def probabilities(self, out: Tensor) -> Tensor:
+        """The network's outputs as class probabilities: softmax of the logits for the
+        cross-entropy cost; for costs that score each output neuron on its own (quadratic,
+        Nielsen's binary cross-entropy) each neuron's activation, normalised to sum to 1."""
+        out = out.float()
+        if self.hparams.loss == "cross_entropy":
+            return out.softmax(1)
+        scores = out.sigmoid() if self.hparams.loss == "binary_cross_entropy" else out.clamp_min(0)
+        return scores / scores.sum(1, keepdim=True).clamp_min(1e-12)
 
     def output_and_loss(self, images: Tensor, labels: Tensor, eager: bool = False) -> tuple[Tensor, Tensor]:
         """The network's output and its cost for a batch, in one pass. ``eager``: bypass
@@ -181,12 +204,27 @@ class DigitClassifier(L.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise RuntimeError("DigitClassifier was built without an optimizer: pass optimizer=...")
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self._parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, **self._schedule_length())
         # "name" is the tag LearningRateMonitor logs the learning rate under.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+
+    def _parameter_groups(self):
+        l2 = self.hparams.get("l2", 0.0)
+        if not l2:
+            return self.parameters()
+        factory = getattr(self.optimizer_factory, "func", self.optimizer_factory)
+        if decoupled_weight_decay(factory, getattr(self.optimizer_factory, "keywords", {})):
+            raise ValueError(f"model.l2 is an L2 term of the cost; {factory.__name__}'s weight decay is decoupled "
+                             "from the gradient, not that: use optimizer=sgd (or model.l2=0 and optimizer.weight_decay)")
+        n = getattr(self.trainer.datamodule, "train_size", None) if self._trainer is not None else None
+        if not n:
+            raise ValueError("model.l2 needs the number of training examples: train with handprop's DigitsDataModule")
+        weights = [p for name, p in self.net.named_parameters() if name.endswith("weight")]
+        biases = [p for name, p in self.net.named_parameters() if not name.endswith("weight")]
+        return [{"params": weights, "weight_decay": l2 / n}, {"params": biases, "weight_decay": 0.0}]
 
     def _schedule_length(self) -> dict:
         return schedule_length(self.scheduler_factory, lambda: int(self.trainer.estimated_stepping_batches))
@@ -198,6 +236,14 @@ def logs_this_step(trainer: L.Trainer, every_n_steps: int | None = None) -> bool
     n = trainer.log_every_n_steps (the default); never when n == 0."""
     n = trainer.log_every_n_steps if every_n_steps is None else every_n_steps
     return n > 0 and (trainer.global_step + 1) % n == 0
+
+
+def decoupled_weight_decay(optimizer_class, keywords: dict | None = None) -> bool:
+    """Whether an optimiser's weight decay is decoupled from the gradient (AdamW, or Adam
+    with decoupled_weight_decay=True): then it is not an L2 term of the cost."""
+    return isinstance(optimizer_class, type) and (
+        issubclass(optimizer_class, torch.optim.AdamW) or bool((keywords or {}).get("decoupled_weight_decay"))
+    )
 
 
 def schedule_length(factory, steps: Callable[[], int]) -> dict:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from . import functional as HF
 
-INITS = ("pytorch", "normal", "normal_scaled", "xavier", "kaiming")
+INITS = ("pytorch", "normal", "normal_scaled", "lecun_uniform", "xavier", "kaiming")
 
 
 class Linear(nn.Module):
@@ -45,6 +45,8 @@ class Linear(nn.Module):
         pytorch:       nn.Linear's default, W and b ~ U(-1/√n_in, 1/√n_in)
         normal:        W and b ~ N(0, 1)            (Nielsen, network.py)
         normal_scaled: W ~ N(0, 1/n_in), b ~ N(0, 1) (Nielsen, network2.py)
+        lecun_uniform: W and b ~ U(-2.4/n_in, 2.4/n_in) (LeCun et al. 1998, Appendix A;
+                       n_in, not √n_in: the paper's own rule for its scaled tanh)
         xavier:        Glorot uniform W, b = 0
         kaiming:       He normal W (fan-in, for relu), b = 0
         """
@@ -60,6 +62,9 @@ class Linear(nn.Module):
             elif init == "normal_scaled":
                 w.normal_(0, 1 / math.sqrt(n_in))
                 b.normal_()
+            elif init == "lecun_uniform":
+                w.uniform_(-2.4 / n_in, 2.4 / n_in)
+                b.uniform_(-2.4 / n_in, 2.4 / n_in)
             elif init == "xavier":
                 nn.init.xavier_uniform_(w)
                 b.zero_()

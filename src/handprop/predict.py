@@ -67,10 +67,7 @@ def to_mnist(grey: Tensor, ink_threshold: float = 0.2) -> Tensor:
 def predict(model, images: Tensor) -> Tensor:
     """Class probabilities (N, classes) for MNIST-like images (N, 1, 28, 28)."""
     model.eval()
-    out = model(images.to(model.device))
-    if model.hparams.loss == "cross_entropy":
-        return out.softmax(1)
-    return out / out.sum(1, keepdim=True).clamp_min(1e-12)  # quadratic cost: sigmoid outputs, normalised
+    return model.probabilities(model(images.to(model.device)))
 
 
 def main(argv: list[str] | None = None) -> int:
