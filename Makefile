@@ -10,11 +10,11 @@ STAMP  := $(VENV)/.installed
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv with handprop installed editable (+ pytest)
+install: $(STAMP)  ## create .venv with handprop installed editable (+ pytest, + the Optuna sweeper)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,sweep]'
 	touch $@
 
 train: install  ## train the default MLP on the embedded MNIST sample (ARGS="key=value ...")
