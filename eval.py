@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from handprop.config import unknown_override_message
+from handprop.config import exit_on_unknown_override
 from handprop.train import UserError, evaluate
 
 
@@ -27,8 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     # A key that is not in the config (model.hiden=3): named, with the nearest real key
-    problem = unknown_override_message(Path(__file__).parent / "conf", "eval", sys.argv[1:])
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_unknown_override(Path(__file__).parent / "conf", "eval", sys.argv[1:])
     main()

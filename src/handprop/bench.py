@@ -395,16 +395,13 @@ def torchvision_epochs(cfg, epochs: int) -> list[float]:
         loop.close()
 
 
-def loader_epoch(cfg, device="cpu") -> float:
+def loader_epoch(batches: DeviceBatches, epoch: int, device="cpu") -> float:
     """Seconds for handprop's loader to hand over one epoch of ready float batches,
     without augmentation (the tutorials' recipe has none): the data path alone."""
-    dm, _ = _build(cfg)
-    train = dm.splits["train"]
-    images, labels = train.images.to(device), train.labels.to(device)
-    batches = DeviceBatches(images, labels, dm.batch_size, shuffle=True, seed=cfg.seed)
+    batches.set_epoch(epoch)
     _sync(device)
     start = time.perf_counter()
-    for images, labels in batches:
+    for images, _ in batches:
         to_pixels(images)
     _sync(device)
     return time.perf_counter() - start
@@ -417,13 +414,15 @@ def epoch_speed(epochs: int = 9, overrides=(), device="cpu") -> dict:
     alone: handprop's loader vs torchvision's DataLoader, each drawing one epoch of batches."""
     cfg = compose_recipe(overrides)
     plain, tv = PlainLoop(cfg, epochs, device), TorchvisionLoop(cfg, device)
+    # the loader on its own: the plain loop's tensors (already on the device), its own order
+    loader = DeviceBatches(plain.batches.images, plain.batches.labels, plain.batches.batch_size, shuffle=True, seed=cfg.seed)
     plain_s, tv_s, loader_s, tv_loader_s = [], [], [], []
 
     def between(epoch: int) -> None:
         for run in ((plain, tv) if epoch % 2 == 0 else (tv, plain)):
             (plain_s if run is plain else tv_s).append(run.epoch())
         for _ in range(3):
-            loader_s.append(loader_epoch(cfg, device))
+            loader_s.append(loader_epoch(loader, len(loader_s), device))
             tv_loader_s.append(tv.epoch(train=False))
 
     try:

@@ -537,7 +537,7 @@ class NumericsGuard(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        if self._flags is None or len(self._flags) != self.every_n_steps:
+        if self._flags is None:
             self._flags = torch.zeros(self.every_n_steps, dtype=torch.bool, device=loss.device)
         # a device-side write into a slot: no host sync; the steps' numbers stay on the host
         self._flags[len(self._steps) % self.every_n_steps] = ~torch.isfinite(loss.detach())

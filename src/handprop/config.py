@@ -36,6 +36,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from . import functional as HF
 from .data import AUGMENTATIONS, DATASETS, LOADERS
+from .module import SCHEDULE_LENGTH_KEYS, decoupled_weight_decay
 from .nn import INITS
 
 
@@ -185,17 +186,12 @@ def _targets(node, prefix: str = "") -> Iterator[tuple[str, DictConfig]]:
             yield from _targets(child, f"{prefix}{key}.")
 
 
-def _suggest(key: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    return f"Did you mean {close[0]}? " if close else ""
-
-
 def unknown_key_message(where: str, key: str, known: Sequence[str]) -> str:
     """``where.key`` is not one of ``known``: the message, with the nearest known key."""
-    full = f"{where}.{key}" if where else key
-    hint = _suggest(key, list(known))
-    hint = hint.replace("Did you mean ", f"Did you mean {where}.") if hint and where else hint
-    return f"{full}: unknown key. {hint}{where or 'The config'} has: {', '.join(known)}"
+    dotted = (lambda k: f"{where}.{k}") if where else (lambda k: k)
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"Did you mean {dotted(close[0])}? " if close else ""
+    return f"{dotted(key)}: unknown key. {hint}{where or 'The config'} has: {', '.join(known)}"
 
 
 # --------------------------------------------------------------------------- types from signatures
@@ -284,7 +280,7 @@ def _signature_of(target: str) -> tuple[inspect.Signature, dict, str]:
 _WIRED = ("optimizer", "scheduler", "callbacks", "logger")  # arguments train.py builds from their own groups
 # null in the config, a number when called: the schedule's length in optimiser steps
 # (handprop.module.schedule_length fills it in from the run)
-FILLED_BY_THE_RUN = ("scheduler.T_max", "scheduler.total_steps")
+FILLED_BY_THE_RUN = tuple(f"scheduler.{key}" for key in SCHEDULE_LENGTH_KEYS)
 
 
 def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]:
@@ -361,12 +357,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
                 break
 
     m = cfg.get("model")
-    if m is not None and m.get("loss") == "quadratic" and m.get("label_smoothing") and "model.label_smoothing" not in problems:
+    # functional.check_cost's rule: smoothing softens the softmax cost's target only
+    if (m is not None and m.get("loss") != "cross_entropy" and m.get("label_smoothing")
+            and not {"model.loss", "model.label_smoothing"} & set(problems)):
         report("model.label_smoothing", "model.label_smoothing: applies to model.loss=cross_entropy only; set it to 0")
     if values.get("model.l2") and "model.l2" not in problems:
         from hydra.utils import get_object
-
-        from .module import decoupled_weight_decay
 
         o = cfg.get("optimizer") or {}
         try:
@@ -411,6 +407,17 @@ def check_config(cfg: DictConfig) -> None:
     problems = config_problems(cfg)
     if problems:
         raise ConfigError("bad config:\n  " + "\n  ".join(problems))
+
+
+def exit_on_unknown_override(config_dir: str | Path, config_name: str, argv: list[str]) -> None:
+    """For the entry points, before Hydra starts: a key that is not in the config
+    (``model.hiden=3``) ends the program with the message, exit status 2."""
+    import sys
+
+    problem = unknown_override_message(config_dir, config_name, argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
 
 # --------------------------------------------------------------------------- keys not in the config

@@ -133,7 +133,7 @@ class DigitClassifier(L.LightningModule):
     def normalize(self, images: Tensor) -> Tensor:
         """Pixels in [0, 1] -> flat vectors with the training set's mean 0 and std 1
         (or the raw pixels, flattened, with ``normalize=False``)."""
-        if not self.hparams.get("normalize", True):  # (checkpoints from before the option: True)
+        if not self.hparams.normalize:  # (older checkpoints get __init__'s default, True)
             return images.flatten(1)
         return (images.flatten(1) - self.pixel_mean) / self.pixel_std
 
@@ -212,7 +212,7 @@ class DigitClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     def _parameter_groups(self):
-        l2 = self.hparams.get("l2", 0.0)
+        l2 = self.hparams.l2
         if not l2:
             return self.parameters()
         factory = getattr(self.optimizer_factory, "func", self.optimizer_factory)
@@ -244,6 +244,10 @@ def decoupled_weight_decay(optimizer_class, keywords: dict | None = None) -> boo
     return isinstance(optimizer_class, type) and (
         issubclass(optimizer_class, torch.optim.AdamW) or bool((keywords or {}).get("decoupled_weight_decay"))
     )
+
+
+# The schedulers' length arguments, left null in the config and filled in from the run.
+SCHEDULE_LENGTH_KEYS = ("total_steps", "T_max")
 
 
 def schedule_length(factory, steps: Callable[[], int]) -> dict:

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .callbacks import GradientAuditError, NumericalError, ReplicaError
-from .config import ConfigError, check_config, config_problems  # noqa: F401 (ConfigError: part of the API)
+from .config import ConfigError, check_config, config_problems  # noqa: F401 (config_problems: part of the API)
 from .data import DataError
 from .module import DigitClassifier, ScheduleError
 
@@ -286,9 +286,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt_path:
         raise UserError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
     _checked_ckpt_path(ckpt_path)
-    problems = config_problems(cfg)
-    if problems:
-        raise UserError("bad config:\n  " + "\n  ".join(problems))
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        raise UserError(str(e)) from e
     read_checkpoint(ckpt_path)
     try:
         model = DigitClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
