@@ -13,7 +13,9 @@ import hydra
 from omegaconf import DictConfig
 
 from handprop.config import exit_on_unknown_override
-from handprop.train import UserError, evaluate
+from handprop.errors import UserError
+from handprop.rundir import launch_problem
+from handprop.train import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -26,6 +28,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if problem := launch_problem():
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     # A key that is not in the config (model.hiden=3): named, with the nearest real key
     exit_on_unknown_override(Path(__file__).parent / "conf", "eval", sys.argv[1:])
     main()

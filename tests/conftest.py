@@ -1,8 +1,14 @@
 """Shared fixtures: Hydra configs composed the way train.py / eval.py compose them."""
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from handprop.bench import compose_recipe
@@ -50,3 +56,68 @@ def tensorboard_run(run_dir: Path) -> Path:
     dirs = {p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
     assert len(dirs) == 1, dirs
     return dirs.pop()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``python <script> <args...>`` from the repository root, one thread (two processes
+    share the machine's cores in some tests), its output captured as text."""
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=environ, **kwargs)
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str, read_only: bool = False):
+    """A tmpfs of ``size`` (e.g. "600k") mounted at ``path``: a disk that fills up, or one
+    that cannot be written (``read_only``). Needs root, as the project's machines and CI run."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    assert mounted.returncode == 0, f"these tests mount a small tmpfs (as root): {mounted.stderr.strip()}"
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+class SleepAt(Callback):
+    """Touches ``marker`` and sleeps once the run reaches ``stage`` ("test" or
+    "validation" after the sanity check): a window to interrupt a real process there."""
+
+    def __init__(self, stage: str, marker: str, seconds: float = 60.0):
+        self.stage, self.marker, self.seconds = stage, marker, seconds
+
+    def _sleep(self, trainer) -> None:
+        if not trainer.sanity_checking and not Path(self.marker).exists():
+            Path(self.marker).touch()
+            time.sleep(self.seconds)
+
+    def on_test_batch_start(self, trainer, *args) -> None:
+        if self.stage == "test":
+            self._sleep(trainer)
+
+    def on_validation_batch_start(self, trainer, *args) -> None:
+        if self.stage == "validation":
+            self._sleep(trainer)
+
+
+def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    """Until ``path`` exists (or the process ends, or the time is up: a failure)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process ended ({proc.returncode}) before {path} appeared: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} never appeared")
+        time.sleep(0.1)
+
+
+class SaveWeightsAtStart(Callback):
+    """Saves the network's state_dict as training starts (``+callbacks.x._target_=conftest.SaveWeightsAtStart
+    +callbacks.x.path=FILE``): what a run began from."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        torch.save(pl_module.state_dict(), self.path)

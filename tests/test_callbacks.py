@@ -11,7 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from handprop import functional as HF
 from handprop.callbacks import GradientAudit
 from handprop.module import DigitClassifier
-from handprop.train import UserError, train
+from handprop.errors import UserError
+from handprop.train import train
 
 
 def _audit_values(run_dir):

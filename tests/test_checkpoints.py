@@ -4,12 +4,16 @@ import pickle
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, run_cli, small_filesystem
 
-from handprop.train import UserError, read_checkpoint, train
+from handprop.checkpoints import read_checkpoint
+from handprop.errors import UserError
+from handprop.train import train
 
 
 class _Payload:
@@ -69,8 +73,8 @@ def test_a_checkpoint_of_another_network_names_the_shapes(checkpoint, tmp_path):
     with pytest.raises(UserError) as e:
         train(cfg)
     message = str(e.value)
-    assert "holds a different network than this run's model config" in message
-    assert "net.layers.0.weight: checkpoint (16, 784), this run (32, 784)" in message
+    assert "holds a different network than this run's network" in message
+    assert "net.layers.0.weight: checkpoint (16, 784), this run's network (32, 784)" in message
     assert "model.hidden=[16]" in message  # the fix
     assert not (tmp_path / "checkpoints").exists()  # nothing written
 
@@ -79,7 +83,7 @@ def test_a_checkpoint_of_another_network_names_the_shapes(checkpoint, tmp_path):
     "content,reason",
     [
         (b"", r"\(cannot be read: the file is empty\)"),
-        (b"not a checkpoint at all", r"\(cannot be read: not a file torch.save writes: Unsupported operand 110\)"),
+        (b"not a checkpoint at all", r"\(cannot be read: not a file torch.save writes; it starts with the bytes 6e 6f 74 20\)"),
         (pickle.dumps({"a": 1}), r"\(cannot be read: not a file torch.save writes: Unsupported operand 149\)"),
         ({"a": 1}, r"\(no state_dict and hyper_parameters\)"),  # torch.save'd, not ours
     ],
@@ -100,3 +104,162 @@ def test_a_truncated_checkpoint_is_named(checkpoint, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="is not a handprop checkpoint \\(cannot be read"):
         read_checkpoint(str(cut))
+
+
+# --------------------------------------------------------------------------- confined to the run
+
+QUICK = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false", "scheduler=none"]
+
+
+def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path):
+    """A last.ckpt is only data, and passes safe loading; its checkpoint callbacks' state
+    named `<run>/checkpoints/../../victim`, which Lightning would delete (recursively) when
+    the resumed run saved a better checkpoint."""
+    from conftest import compose_config
+
+    run = tmp_path / "run"
+    train(compose_config("train", [*QUICK, "trainer.max_epochs=1"], run))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "data.txt").write_text("precious")
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    evil = str(run / "checkpoints" / ".." / ".." / "victim")
+    for state in ckpt["callbacks"].values():
+        if "best_model_path" in state:
+            score = state["best_model_score"] if state["best_model_score"] is not None else torch.tensor(0.0)
+            state.update(best_model_path=evil, kth_best_model_path=evil, last_model_path=evil, best_k_models={evil: score})
+    torch.save(ckpt, last)
+    read_checkpoint(last)  # it passes every safe-loading check: only strings
+
+    train(compose_config("train", [*QUICK, "trainer.max_epochs=3", f"ckpt_path={last}"], run))
+    assert (victim / "data.txt").read_text() == "precious"
+    resumed = torch.load(last, weights_only=True)
+    for state in resumed["callbacks"].values():  # the run kept its own checkpoints afresh, inside its directory
+        assert Path(state["best_model_path"]).resolve().parent == (run / "checkpoints").resolve()
+        assert Path(state["best_model_path"]).is_file()
+
+
+def test_checkpoint_io_removes_only_files_inside(tmp_path):
+    from handprop.checkpoints import AtomicCheckpointIO, inside
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    assert inside(folder / "a.ckpt", folder) and not inside(folder / ".." / "a.ckpt", folder)
+    assert not inside(folder, folder) and not inside(folder / "x" / "a.ckpt", folder)
+    (folder / "link.ckpt").symlink_to(tmp_path)
+    assert not inside(folder / "link.ckpt", folder)  # a link out of the directory resolves outside it
+    AtomicCheckpointIO().remove_checkpoint(folder / "link.ckpt")
+    AtomicCheckpointIO().remove_checkpoint(tmp_path / "checkpoints")
+    assert folder.is_dir() and (folder / "link.ckpt").is_symlink()  # a directory is never removed
+
+
+# --------------------------------------------------------------------------- the same network, the same training
+
+
+def test_resume_refuses_a_network_trained_with_other_settings(checkpoint, tmp_path):
+    """Same shapes, another function: relu/cross-entropy weights resumed as sigmoid/quadratic
+    on raw pixels trained on silently."""
+    from conftest import compose_config
+
+    cfg = compose_config("train", [*FAST, "model.hidden=[16]", "model.activation=sigmoid", "model.loss=quadratic",
+                                   "model.label_smoothing=0", "model.normalize=false", f"ckpt_path={checkpoint}"],
+                         tmp_path)
+    with pytest.raises(UserError) as e:
+        train(cfg)
+    message = str(e.value)
+    assert "was trained with other model settings than this run's" in message
+    for line in ("model.activation: checkpoint relu, this run sigmoid", "model.normalize: checkpoint True, this run False",
+                 "model.loss: checkpoint cross_entropy, this run quadratic"):
+        assert line in message
+    assert not (tmp_path / "checkpoints").exists()  # refused before any work
+
+
+def test_resume_with_another_schedule_is_refused_and_init_from_trains_on_fresh(tmp_path):
+    """The README's advice for a one-cycle run that should train longer: a resume with
+    scheduler=cosine (OneCycle's state loaded into a cosine schedule) or scheduler=none (the
+    rate frozen at its annealed end) is refused; init_from starts a new run from the weights."""
+    from conftest import compose_config
+
+    common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
+    train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    for scheduler, ours in (("cosine", "CosineAnnealingLR"), ("none", "none")):
+        with pytest.raises(UserError) as e:
+            train(compose_config("train", [*common, "trainer.max_epochs=3", f"scheduler={scheduler}",
+                                           f"ckpt_path={last}"], tmp_path / scheduler))
+        assert f"scheduler: checkpoint OneCycleLR, this run {ours}" in str(e.value)
+        assert f"init_from={last} (instead of ckpt_path)" in str(e.value)
+    with pytest.raises(UserError, match=f"train on from these weights .* init_from={last}"):  # more epochs, same schedule
+        train(compose_config("train", [*common, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "more"))
+
+    start = tmp_path / "start.pt"
+    record = ["+callbacks.record._target_=conftest.SaveWeightsAtStart", f"+callbacks.record.path={start}"]
+    metrics = train(compose_config("train", [*common, "trainer.max_epochs=3", f"init_from={last}", *record], tmp_path / "b"))
+    source = torch.load(last, weights_only=True)
+    for key, value in source["state_dict"].items():  # the weights and the pixel statistics
+        torch.testing.assert_close(torch.load(start, weights_only=True)[key], value, rtol=0, atol=0)
+    assert metrics["trainer/global_step"] == 12  # a fresh counter: 3 epochs x 4 steps, not 4 + 12
+    new = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert new["epoch"] == 2 and new["optimizer_states"][0]["state"][0]["step"] == 12  # a fresh optimiser
+    assert new["lr_schedulers"][0]["total_steps"] == 12  # a fresh schedule of the new length
+    with pytest.raises(UserError, match="init_from=.* and ckpt_path=.*: choose one"):
+        train(compose_config("train", [*common, f"init_from={last}", f"ckpt_path={last}"], tmp_path / "c"))
+    with pytest.raises(UserError, match="model.hidden=\\[16\\]"):  # another network is named
+        train(compose_config("train", [*FAST, "model.hidden=[32]", f"init_from={last}"], tmp_path / "d"))
+
+
+# --------------------------------------------------------------------------- checked before anything is built
+
+
+def test_a_checkpoint_is_checked_before_anything_is_built(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    nan = dict(ckpt, state_dict={**ckpt["state_dict"]})
+    nan["state_dict"]["net.layers.0.weight"] = nan["state_dict"]["net.layers.0.weight"].clone()
+    nan["state_dict"]["net.layers.0.weight"][3, 5] = float("nan")
+    torch.save(nan, tmp_path / "nan.ckpt")
+    with pytest.raises(UserError, match=r"holds weights that are NaN or infinite \(net.layers.0.weight\)"):
+        read_checkpoint(tmp_path / "nan.ckpt")
+    # edited sizes: a billion hidden units would take 3 GB to build; refused from the meta device
+    edited = dict(ckpt, hyper_parameters={**ckpt["hyper_parameters"], "hidden": [10**9]})
+    torch.save(edited, tmp_path / "edited.ckpt")
+    with pytest.raises(UserError, match=r"net.layers.0.weight: checkpoint \(16, 784\), the network its "
+                                        r"hyper_parameters describe \(1000000000, 784\)"):
+        read_checkpoint(tmp_path / "edited.ckpt")
+    bad = dict(ckpt, hyper_parameters={**ckpt["hyper_parameters"], "activation": "swish"})
+    torch.save(bad, tmp_path / "bad.ckpt")
+    with pytest.raises(UserError, match="its hyper_parameters do not describe a handprop network .*'swish'"):
+        read_checkpoint(tmp_path / "bad.ckpt")
+
+
+def test_a_file_of_zeros_is_named_without_unsafe_advice(tmp_path):
+    zeros = tmp_path / "zeros.ckpt"
+    zeros.write_bytes(bytes(4096))
+    with pytest.raises(UserError) as e:
+        read_checkpoint(zeros)
+    assert str(e.value) == (f"ckpt_path={zeros} is not a handprop checkpoint (cannot be read: not a file torch.save "
+                            "writes; it starts with the bytes 00 00 00 00)")
+    assert "weights_only" not in str(e.value)
+    proc = run_cli("eval.py", f"ckpt_path={zeros}", f"hydra.run.dir={tmp_path}/eval")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "weights_only" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {e.value}"]
+
+
+# --------------------------------------------------------------------------- written whole or not at all
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path):
+    from handprop.checkpoints import AtomicCheckpointIO
+    from handprop.errors import DiskFullError
+
+    with small_filesystem(tmp_path / "disk", "600k") as disk:
+        target = disk / "checkpoints" / "last.ckpt"
+        io = AtomicCheckpointIO()
+        io.save_checkpoint({"w": torch.zeros(10_000)}, target)  # 40 kB: fits
+        before = target.read_bytes()
+        with pytest.raises(DiskFullError) as e:
+            io.save_checkpoint({"w": torch.ones(250_000)}, target)  # 1 MB: does not
+        assert str(e.value).startswith(f"no space left on {disk / 'checkpoints'}: last.ckpt was not written "
+                                       "(the previous one is intact)")
+        assert target.read_bytes() == before
+        assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary file left

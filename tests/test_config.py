@@ -39,7 +39,10 @@ from handprop.config import RANGES, _describe, _fits, config_problems, setting_p
         ("callbacks.numerics_guard.every_n_steps=0", "callbacks.numerics_guard.every_n_steps=0: must be a positive integer"),
         ("callbacks.numerics_guard.every_n_steps=null", "callbacks.numerics_guard.every_n_steps=None: must be an integer (a setting of NumericsGuard)"),
         ("callbacks.pictures.landscape_points=1", "callbacks.pictures.landscape_points=1: must be an integer >= 2"),
-        ("seed=abc", "seed='abc': must be an integer, or null"),
+        ("seed=abc", "seed='abc': must be an integer from 0 to 4294967295, or null"),
+        ("seed=-1", "seed=-1: must be an integer from 0 to 4294967295, or null"),
+        ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0: must be null (all), a number of batches >= 1, "
+                                          "or a fraction in (0, 1]: a run must train on something"),
         ("model.l2=5.0", "model.l2=5.0: is an L2 term of the cost, which torch.optim.AdamW's decoupled weight decay is not"),
         ("optimizer=sgd model.l2=5.0 optimizer.weight_decay=0.01", "model.l2=5.0 and optimizer.weight_decay=0.01: both decay"),
         ("optimizer=sgd model.l2=-1", "model.l2=-1: must be a number >= 0"),

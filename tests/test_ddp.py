@@ -54,7 +54,7 @@ def test_ddp_run_from_the_cli_is_one_run_with_identical_replicas(tmp_path, singl
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # one run directory, nothing beside it
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == [".hydra", "checkpoints", "metrics.json", "tensorboard", "train.log", "train_ddp_process_1.log"], names
+    assert names == [".hydra", ".lock", "checkpoints", "metrics.json", "tensorboard", "train.log", "train_ddp_process_1.log"], names
     assert len({p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}) == 1  # one TensorBoard run
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert _replica_line(run_dir)[0] == 2  # both processes ended with bitwise the same parameters
@@ -85,7 +85,7 @@ def test_torchrun_two_nodes_over_loopback_train_to_the_same_weights(tmp_path, si
             node.kill()
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == [".hydra", "checkpoints", "metrics.json", "tensorboard", "train.log", "train_rank1.log"], names
+    assert names == [".hydra", ".lock", "checkpoints", "metrics.json", "tensorboard", "train.log", "train_rank1.log"], names
     assert _replica_line(run_dir)[0] == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == 64

@@ -139,7 +139,8 @@ def _spoil(raw, how):
     ],
 )
 def test_a_bad_data_file_stops_the_run_naming_the_file(train_cfg, tmp_path, how, message):
-    from handprop.train import UserError, train
+    from handprop.errors import UserError
+    from handprop.train import train
 
     raw = write_raw_dataset(tmp_path / "data", n_train=120, n_test=30)
     _spoil(raw, how)

@@ -1,14 +1,19 @@
 """Nothing lost: real signals to a real training process, and a kill in the middle of a save."""
 
+import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 LONG_RUN = ["model.hidden=[16]", "trainer.max_epochs=300", "callbacks.pictures=null", "callbacks.progress_bar=null",
             "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
@@ -55,37 +60,83 @@ def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
 
 SAVER = r"""
 import sys, torch
-from lightning.fabric.utilities.cloud_io import _atomic_save  # what Trainer.save_checkpoint writes with
+from handprop.checkpoints import AtomicCheckpointIO  # what Trainer.save_checkpoint writes with in a handprop run
 path = sys.argv[1]
 big = torch.arange(25_000_000, dtype=torch.float32)  # 100 MB: a save takes a while
 for i in range(1, 10_000):
-    _atomic_save({"version": i, "weights": big + i}, path)
+    AtomicCheckpointIO().save_checkpoint({"version": i, "weights": big + i}, path)
     print(i, flush=True)
 """
 
 
 @pytest.mark.slow
 def test_a_checkpoint_killed_while_saving_is_the_old_one_or_the_new_one(tmp_path):
-    path = tmp_path / "last.ckpt"
+    """With $TMPDIR on another file system (a tmpfs, as /tmp often is): Lightning's own
+    save wrote there and then copied the file into place, and a kill during the copy left
+    a truncated or empty checkpoint. The temporary file now lies beside its target."""
+    from handprop.checkpoints import remove_stale_temporaries
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
     script = tmp_path / "saver.py"
     script.write_text(SAVER)
+    tmpdir = Path(tempfile.mkdtemp(dir="/dev/shm"))  # a tmpfs, not tmp_path's file system
     seen_versions = set()
-    for delay in (0.05, 0.13, 0.21, 0.29, 0.37):
-        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
-        try:
-            if not path.exists():
-                assert proc.stdout.readline().strip() == "1"  # one complete save first
-            time.sleep(delay)  # then kill it somewhere in a later save
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            proc.kill()
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # complete, never truncated
-        version = ckpt["version"]
-        assert torch.equal(ckpt["weights"][:3], torch.tensor([0.0, 1, 2]) + version)
-        assert ckpt["weights"].numel() == 25_000_000
-        seen_versions.add(version)
+    try:
+        for delay in (0.05, 0.13, 0.21, 0.29, 0.37):
+            proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True,
+                                    env={**os.environ, "TMPDIR": str(tmpdir)})
+            try:
+                if not path.exists():
+                    assert proc.stdout.readline().strip() == "1"  # one complete save first
+                time.sleep(delay)  # then kill it somewhere in a later save
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=60)
+            finally:
+                proc.kill()
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # complete, never truncated
+            version = ckpt["version"]
+            assert torch.equal(ckpt["weights"][:3], torch.tensor([0.0, 1, 2]) + version)
+            assert ckpt["weights"].numel() == 25_000_000
+            seen_versions.add(version)
+            assert not list(tmpdir.iterdir())  # nothing in $TMPDIR
+            remove_stale_temporaries(path.parent)  # what a resumed run does first
+            assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+    finally:
+        shutil.rmtree(tmpdir)
     assert seen_versions  # every kill left a whole checkpoint behind
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_final_test_keeps_the_training_and_says_how_to_test(tmp_path):
+    """The test of the best checkpoint is not training: no interrupt checkpoint (it would
+    hold the best epoch's weights under the last epoch's step), metrics.json with what
+    training measured, and the eval.py command that runs the test again."""
+    run_dir, marker = tmp_path / "run", tmp_path / "testing"
+    sleepy = ["+callbacks.sleep._target_=conftest.SleepAt", "+callbacks.sleep.stage=test",
+              f"+callbacks.sleep.marker={marker}"]
+    quick = ["model.hidden=[16]", "trainer.max_epochs=2", "trainer.limit_train_batches=2", "callbacks.pictures=null",
+             "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+    proc = subprocess.Popen([sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+    try:
+        wait_for(marker, proc)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "SIGINT: the final test was interrupted; training had finished (2 epochs, step 4)" in stderr
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "val/acc" in metrics and metrics["trainer/global_step"] == 4 and not any(k.startswith("test/") for k in metrics)
+    command = stderr.split("Test the best checkpoint with:\n", 1)[1].strip().splitlines()[0]
+    assert command.startswith("python eval.py ckpt_path=") and "data=sample" in command
+    evaluated = subprocess.run(f"{command.replace('python ', sys.executable + ' ', 1)} hydra.run.dir={tmp_path}/eval",
+                               shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "test/acc" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
 
 def test_a_resumed_run_continues_its_tensorboard_run(tmp_path):
@@ -96,12 +147,12 @@ def test_a_resumed_run_continues_its_tensorboard_run(tmp_path):
 
     from handprop.train import train
 
-    common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
+    common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false", "scheduler=none"]
     train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path))
     first = tensorboard_run(tmp_path)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    train(compose_config("train", [*common, "trainer.max_epochs=1", f"ckpt_path={last}", "trainer.max_epochs=2",
-                                   "scheduler=none"], tmp_path))
+    train(compose_config("train", [*common, "trainer.max_epochs=1", f"ckpt_path={last}", "trainer.max_epochs=2"],
+                         tmp_path))
     assert tensorboard_run(tmp_path) == first  # one TensorBoard run, both parts in it
     events = EventAccumulator(str(first))
     events.Reload()
@@ -114,7 +165,8 @@ def test_a_new_run_never_overwrites_or_silently_continues_another_runs_checkpoin
     old run from its newest checkpoint), and the old run's files are left as they were."""
     from conftest import FAST, compose_config
 
-    from handprop.train import UserError, train
+    from handprop.errors import UserError
+    from handprop.train import train
 
     common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
     train(compose_config("train", common, tmp_path))

@@ -9,7 +9,8 @@ from omegaconf import open_dict
 
 from conftest import FAST, compose_config
 
-from handprop.train import UserError, train
+from handprop.errors import UserError
+from handprop.train import train
 
 
 class Poison(Callback):

@@ -1,11 +1,15 @@
 """predict.py: a user's own images, any size and polarity, read like MNIST digits."""
 
+import os
+import struct
 import subprocess
 import sys
+import zlib
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import FAST, ROOT, compose_config
 
@@ -86,3 +90,65 @@ def test_a_missing_checkpoint_is_named(tmp_path):
     proc = subprocess.run([sys.executable, "predict.py", str(tmp_path / "none.ckpt"), "x.png"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "none.ckpt: no such checkpoint file" in proc.stderr
+
+
+def _png_header(path, width: int, height: int):
+    """A PNG that declares width x height grey pixels and holds none: what an image reader
+    sees first (a decompression bomb of a few bytes when the size is huge)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_as_phones_editors_and_the_web_save_them(checkpoint, tmp_path):
+    """Each read the way an image viewer shows it, the work bounded, every file answered."""
+    from handprop.predict import load_image, predict
+    from handprop.module import DigitClassifier
+
+    model = DigitClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    images, labels = load_split("sample", "test")
+    # a digit the network reads upright but not on its side: the orientation tag matters
+    k = next(i for i in range(len(labels)) if (lambda up: int(predict(model, to_mnist(up)[None])[0].argmax()) == labels[i]
+             and int(predict(model, to_mnist(up.rot90(1))[None])[0].argmax()) != labels[i])(1 - images[i].float() / 255))
+    upright = Image.fromarray(255 - images[k].numpy(), mode="L").resize((140, 140), Image.BILINEAR)
+    label = int(labels[k])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as a phone held sideways writes
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    stored.save(tmp_path / "phone.jpg", exif=exif)
+    assert ImageOps.exif_transpose(Image.open(tmp_path / "phone.jpg")).size == upright.size
+    ink = 255 - np.asarray(upright)  # 16-bit grey, dark on light at the full 0-65535 range
+    Image.fromarray((65535 - ink.astype(np.uint16) * 257)).save(tmp_path / "scan16.png")
+    assert Image.open(tmp_path / "scan16.png").mode.startswith("I")
+    rgba = np.zeros((140, 140, 4), np.uint8)
+    rgba[..., 3] = ink  # black strokes, drawn as opacity on a transparent canvas
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "web.png")
+    _png_header(tmp_path / "bomb.png", 20000, 20000)
+    _png_header(tmp_path / "wide.png", 13000, 5000)
+    os.mkfifo(tmp_path / "pipe.png")
+    files = ["bomb.png", "pipe.png", "wide.png", "phone.jpg", "scan16.png", "web.png"]
+    proc = subprocess.run([sys.executable, "predict.py", str(checkpoint), *(str(tmp_path / f) for f in files)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = proc.stderr.strip().splitlines()
+    assert errors[0].startswith(f"error: {tmp_path / 'bomb.png'}: too large to read")
+    assert errors[1] == f"error: {tmp_path / 'pipe.png'}: not a regular file (a directory, a pipe or a device); give a PNG or JPEG file"
+    assert errors[2] == (f"error: {tmp_path / 'wide.png'}: 13000x5000 pixels is too large to read (at most 50 megapixels); "
+                         "scale it down first")
+    read = {line.split(": ")[0]: int(line.split(": ")[1].split()[0]) for line in proc.stdout.strip().splitlines()}
+    assert read == {str(tmp_path / f): label for f in ("phone.jpg", "scan16.png", "web.png")}
+    assert load_image(tmp_path / "phone.jpg").shape == (140, 140)  # upright, as shown
+
+
+def test_a_checkpoint_with_nan_weights_reads_no_digits(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["state_dict"]["net.layers.1.bias"][0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.ckpt")
+    good = _save(load_split("sample", "test")[0][0].float() / 255, tmp_path / "good.png")
+    proc = subprocess.run([sys.executable, "predict.py", str(tmp_path / "nan.ckpt"), str(good)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "holds weights that are NaN or infinite (net.layers.1.bias)" in proc.stderr

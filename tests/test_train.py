@@ -7,7 +7,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import CONF, FAST, compose_config, tensorboard_run
-from handprop.train import ConfigError, UserError, check_config, config_problems, evaluate, train
+from handprop.config import ConfigError, check_config, config_problems
+from handprop.errors import UserError
+from handprop.train import evaluate, train
 
 
 def test_default_config_is_valid(tmp_path):

@@ -16,25 +16,6 @@ from .module import logs_this_step
 log = logging.getLogger(__name__)
 
 
-class BestCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, except that an epoch as good as the best so far replaces it.
-
-    Accuracy on a few hundred validation digits moves in steps of 0.2% and ties often; the
-    stock callback keeps the first epoch to reach the best value, usually one in the
-    middle of the schedule, while the later epoch of a tie has the better-annealed
-    weights (measured: 96.0% vs 97.6% test accuracy for the default recipe, seed 42).
-    """
-
-    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
-        if current is None:
-            return False
-        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
-            return True
-        at_least_as_good = {"min": torch.le, "max": torch.ge}[self.mode]
-        decision = at_least_as_good(current, self.best_k_models[self.kth_best_model_path])
-        return trainer.strategy.reduce_boolean_decision(bool(decision))  # unanimous across processes
-
-
 class GradientAuditError(RuntimeError):
     """The hand-written backward pass disagrees with PyTorch's autograd on a live batch."""
 
@@ -474,42 +455,6 @@ class ReplicaCheck(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._check(trainer, pl_module, "end of training")
-
-
-# --------------------------------------------------------------------------- interrupts
-
-
-class InterruptCheckpoint(Callback):
-    """Ctrl-C (SIGINT) or a scheduler's SIGTERM: a checkpoint of exactly where training
-    stood, mid-epoch included (the loader's position and the random generators travel
-    in it), as ``<dirpath>/<filename>.ckpt``. Other exceptions save nothing here: a
-    diverged or failed run keeps its last good checkpoint instead. A run that then
-    finishes removes it: last.ckpt has superseded it.
-
-    Not Lightning's ``OnExceptionCheckpoint``, on purpose: with one of those among the
-    callbacks, ``trainer.fit(ckpt_path=None)`` silently resumes from the newest checkpoint
-    it finds in the directory (``ckpt_path="last"``), so a new run started in an old run's
-    directory would continue the old one. Here a run resumes only when asked to."""
-
-    def __init__(self, dirpath: str, filename: str = "interrupted"):
-        if not filename:
-            raise ValueError("filename cannot be empty")
-        self.dirpath, self.filename = dirpath, filename
-
-    @property
-    def ckpt_path(self) -> str:
-        return str(Path(self.dirpath) / f"{self.filename}.ckpt")
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            trainer.save_checkpoint(self.ckpt_path)  # atomic: Lightning writes a temporary file, then renames
-            log.warning("interrupted: checkpoint written to %s", self.ckpt_path)
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        if Path(self.ckpt_path).is_file():
-            trainer.strategy.remove_checkpoint(self.ckpt_path)
 
 
 # --------------------------------------------------------------------------- numerical faults

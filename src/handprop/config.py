@@ -38,9 +38,10 @@ from . import functional as HF
 from .data import AUGMENTATIONS, DATASETS, LOADERS
 from .module import SCHEDULE_LENGTH_KEYS, decoupled_weight_decay
 from .nn import INITS
+from .errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """The configuration asks for something impossible; the message names the key."""
 
 
@@ -79,7 +80,8 @@ _POSITIVE_INT_OR_NULL = (_or_null(_positive_int), "must be a positive integer") 
 # A value a rule lets through is still checked against its parameter's type, so a rule
 # that lets null through leaves it to the signature to say whether null is allowed.
 RANGES: list[tuple[str, Callable[[object], bool], str]] = [
-    ("seed", _or_null(_is_int), "must be an integer, or null for an unseeded run"),
+    ("seed", _or_null(lambda v: _is_int(v) and 0 <= v < 2**32), "must be an integer from 0 to 4294967295, "
+     "or null for an unseeded run"),
     ("model.dropout", _probability, "must be a probability in [0, 1)"),
     ("model.label_smoothing", _probability, "must be a probability in [0, 1)"),
     ("model.l2", lambda v: _is_number(v) and v >= 0, "must be a number >= 0 (Nielsen's lambda, e.g. 5.0; 0: none)"),
@@ -112,6 +114,8 @@ RANGES: list[tuple[str, Callable[[object], bool], str]] = [
     ("trainer.check_val_every_n_epoch", *_POSITIVE_INT_OR_NULL),
     ("trainer.gradient_clip_val", lambda v: v is None or (_is_number(v) and v >= 0),
      "must be a number >= 0 (e.g. 1.0), or null for no clipping"),
+    ("trainer.limit_train_batches", lambda v: v is None or (_limit_batches(v) and v > 0),
+     "must be null (all), a number of batches >= 1, or a fraction in (0, 1]: a run must train on something"),
     ("trainer.limit_*_batches", _limit_batches, "must be null (all), a number of batches >= 0, or a fraction in [0, 1]"),
     ("trainer.overfit_batches", _limit_batches, "must be 0 (off), a number of batches, or a fraction in [0, 1]"),
     ("callbacks.*.every_n_*", *_POSITIVE_INT_OR_NULL),
@@ -356,6 +360,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
                     report(key, f"{key}={value!r}: {allowed}")
                 break
 
+    if cfg.get("ckpt_path") and cfg.get("init_from"):
+        report("init_from", f"init_from={cfg.init_from} and ckpt_path={cfg.ckpt_path}: choose one -- ckpt_path resumes "
+               "a run (its optimiser, schedule and counters), init_from starts a new run from a checkpoint's weights")
     m = cfg.get("model")
     # functional.check_cost's rule: smoothing softens the softmax cost's target only
     if (m is not None and m.get("loss") != "cross_entropy" and m.get("label_smoothing")

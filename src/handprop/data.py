@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import UserError
+
 SAMPLE_SPLIT = {"val": 500, "test": 500}  # the remaining 4,000 sample digits train
 RAW_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 DATASETS = ("sample", *RAW_FOLDER)
@@ -44,7 +46,7 @@ AUGMENTATIONS = ("rotation", "scale", "shift", "flip", "elastic", "elastic_sigma
 _IDX_DTYPES = {0x08: torch.uint8}  # the only element type the digit datasets use
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file or directory is missing, truncated or not what it claims to be."""
 
 

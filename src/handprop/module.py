@@ -13,9 +13,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from . import functional as HF
 from .nn import MLP
+from .errors import UserError
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserError):
     """A resumed run asks for more steps than the checkpoint's schedule has."""
 
 
@@ -72,6 +73,7 @@ class DigitClassifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.register_buffer("pixel_mean", torch.tensor(0.0))
         self.register_buffer("pixel_std", torch.tensor(1.0))
+        self.pixel_stats_loaded = False  # True once load_weights brought a checkpoint's statistics
         # nan_strategy="disable": a NaN loss shows in the epoch's mean instead of being dropped
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{kind}": MeanMetric(nan_strategy="disable") if kind == "loss" else MulticlassAccuracy(num_classes, average="micro")
@@ -89,7 +91,7 @@ class DigitClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         stats = getattr(self.trainer.datamodule, "pixel_stats", None)
-        if stage == "fit" and stats is not None:
+        if stage == "fit" and stats is not None and not self.pixel_stats_loaded:
             self.pixel_mean.fill_(stats[0])
             self.pixel_std.fill_(stats[1])
         if self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
@@ -111,11 +113,30 @@ class DigitClassifier(L.LightningModule):
             if total is not None and total < steps:
                 raise ScheduleError(
                     f"the learning-rate schedule ends after {total} steps but this run asks for {steps}. "
-                    "Resume with the original trainer.max_epochs, or give the run a fresh schedule "
-                    "(load only the weights, or use scheduler=none / scheduler=cosine)."
+                    "Resume with the original trainer.max_epochs, or train on from these weights with a fresh "
+                    f"optimiser and schedule in a new run: init_from={self.trainer.ckpt_path} (instead of ckpt_path) "
+                    f"trainer.max_epochs=N."
                 )
 
+    def load_weights(self, state_dict: dict) -> None:
+        """A checkpoint's weights and pixel statistics (its state_dict), for a new run that
+        starts from them (``init_from``); the statistics then stay the checkpoint's: they
+        are part of the function the weights compute."""
+        self.load_state_dict(state_dict)
+        self.pixel_stats_loaded = True
+
+    def training_recipe(self) -> dict[str, str | None]:
+        """The optimiser and learning-rate schedule this module trains with, by name. A
+        checkpoint records them: a resume restores their states, which fit only their own
+        kind (checkpoints.check_same_recipe)."""
+
+        def name(factory):
+            return None if factory is None else getattr(getattr(factory, "func", factory), "__name__", str(factory))
+
+        return {"optimizer": name(self.optimizer_factory), "scheduler": name(self.scheduler_factory)}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["recipe"] = self.training_recipe()
         # Dropout masks and augmentation draw from the global RNGs: keep their state so a
         # resumed run draws exactly what the uninterrupted run would have.
         checkpoint["rng_states"] = {

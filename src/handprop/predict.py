@@ -10,30 +10,84 @@ middle. Prints the digit read and the probability of every class.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UserError
 
-class ImageError(ValueError):
+
+class ImageError(UserError):
     """An image that cannot be read or holds no digit."""
 
 
-def load_image(path: str | Path) -> Tensor:
-    """A file -> grey levels (H, W) in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
+# Bounds on the work one image may cause. A PNG of a few kilobytes can declare
+# 20000 x 20000 pixels (a decompression bomb); a photo of a digit needs nowhere near that.
+MAX_PIXELS = 50_000_000  # decoded at most (a 50-megapixel photo); JPEGs are first decoded at 1/2-1/8 scale
+MAX_SIDE = 1024  # the decoded image is reduced to at most this many pixels a side before any arithmetic
+MAX_BYTES = 200 * 2**20
 
+
+def load_image(path: str | Path) -> Tensor:
+    """A file -> grey levels (H, W) in [0, 1], as an image viewer shows it: turned by its
+    orientation tag (phones store photos sideways with a tag), 16-bit grey at its full
+    range, and a transparent image laid over a background that its ink stands out
+    against. Bounded work per image (MAX_PIXELS, MAX_SIDE, MAX_BYTES): a larger one is
+    refused, naming its size."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a regular file (a directory, a pipe or a device); give a PNG or JPEG file")
+    if path.stat().st_size > MAX_BYTES:
+        raise ImageError(f"{path}: {path.stat().st_size / 2**20:.0f} MB is too large for a picture of a digit "
+                         f"(at most {MAX_BYTES // 2**20} MB); scale it down first")
     try:
-        with Image.open(path) as image:
-            grey = image.convert("L")
-            return torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(grey.height, grey.width).float() / 255
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                scale = MAX_SIDE / max(image.size)
+                if scale < 1:  # a JPEG decodes at 1/2, 1/4 or 1/8 of its size, down to no less than this
+                    image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+                if image.width * image.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: {image.width}x{image.height} pixels is too large to read (at most "
+                                     f"{MAX_PIXELS // 1_000_000} megapixels); scale it down first")
+                image = ImageOps.exif_transpose(image)
+                factor = max(1, -(-max(image.size) // MAX_SIDE))
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16- or 32-bit grey
+                    grey = np.asarray(image.reduce(factor) if factor > 1 else image, dtype=np.float32)
+                    return torch.from_numpy(grey / (65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0))
+                has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+                image = image.convert("LA" if has_alpha else "L")
+                if factor > 1:
+                    image = image.reduce(factor)
+                pixels = np.asarray(image, dtype=np.float32) / 255
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too large to read ({e}); scale it down first") from None
+    except Image.DecompressionBombWarning as e:
+        raise ImageError(f"{path}: too large to read ({e}); scale it down first") from None
+    except ImageError:
+        raise
+    except Exception as e:  # decoders raise many kinds on a malformed file (OSError, SyntaxError, ValueError, ...)
         raise ImageError(f"{path}: cannot be read as an image (PNG or JPEG expected): {e}") from None
+    if pixels.ndim == 2:
+        return torch.from_numpy(pixels)
+    grey, alpha = pixels[..., 0], pixels[..., 1]
+    if alpha.min() > 0.99:
+        return torch.from_numpy(grey)
+    # Transparent: the ink is what is opaque. Lay it over the background it contrasts with
+    # (dark ink over white, light ink over black), as a viewer's page would show it.
+    ink_level = float((grey * alpha).sum() / max(float(alpha.sum()), 1e-6))
+    background = 1.0 if ink_level < 0.5 else 0.0
+    return torch.from_numpy(grey * alpha + background * (1 - alpha))
 
 
 def to_mnist(grey: Tensor, ink_threshold: float = 0.2) -> Tensor:
@@ -76,13 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="PNG or JPEG files")
     args = parser.parse_args(argv)
 
+    from .checkpoints import read_checkpoint
     from .module import DigitClassifier
-    from .train import UserError, read_checkpoint
 
     try:
-        if not Path(args.checkpoint).is_file():
-            raise UserError(f"{args.checkpoint}: no such checkpoint file")
-        read_checkpoint(args.checkpoint)
+        read_checkpoint(args.checkpoint)  # safe, ours, finite, consistent: before anything is built
         model = DigitClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

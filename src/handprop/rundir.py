@@ -1,0 +1,256 @@
+"""A run's directory: one run owns it, and every command printed about it pastes.
+
+- **Unique by construction.** The default ``hydra.run.dir`` is ``outputs/<date>/<time>``;
+  ``${unique_dir:...}`` claims it with an exclusive ``mkdir`` and, when another run
+  started in the same second, takes ``<time>-1``, ``<time>-2``, ... instead.
+- **Locked for the run's lifetime.** ``RunDirectoryLock`` (a Hydra callback) takes an
+  exclusive lock on ``<run dir>/.lock`` before Hydra writes anything there; a second
+  process pointed at the same directory is refused at once, naming the holder, and a run
+  that would overwrite another run's checkpoints is refused there too. The lock dies
+  with its process (``flock``), so a killed run leaves nothing to clean up.
+- **The rank that owns it.** Under torchrun, srun or Lightning's own launcher only the
+  process of global rank 0 locks the directory and writes ``.hydra/``; the others share
+  it. The rank comes from the launcher's variables, and only when a launcher started
+  more than one process: a stray ``LOCAL_RANK``, ``RANK`` or ``SLURM_PROCID`` in a single
+  process's environment is refused with its name (it would make Lightning skip every
+  rank-zero write: metrics.json, TensorBoard).
+- **Commands that paste.** ``command_line`` quotes every argument for the shell and for
+  Hydra's override grammar, whatever the run directory's name holds (spaces, quotes,
+  ``$``, non-ASCII).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra.experimental.callback import Callback as HydraCallback
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from .errors import RunDirectoryError, UserError
+
+LOCK_FILE = ".lock"
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def launch_problem(environ=os.environ) -> str | None:
+    """A rank variable that says this is not the first process while no launcher started
+    several (WORLD_SIZE / SLURM_NTASKS absent or 1): the message naming it, else None."""
+    world = max((_int(environ.get(v)) or 1 for v in WORLD_SIZE_VARIABLES), default=1)
+    stray = [f"{v}={environ[v]}" for v in RANK_VARIABLES if v in environ and _int(environ[v]) != 0]
+    if stray and world <= 1:
+        names = " ".join(f"-u {s.split('=')[0]}" for s in stray)
+        return (f"{', '.join(stray)} is set in the environment, but no launcher started several processes "
+                "(WORLD_SIZE and SLURM_NTASKS are unset or 1): this single process would act as a non-zero rank "
+                f"and write no metrics.json, TensorBoard run or .hydra/. Unset it (env {names} python ...), "
+                "or launch with torchrun / srun / trainer=ddp.")
+    return None
+
+
+def launched_rank(environ=os.environ) -> int:
+    """This process's global rank when a launcher (torchrun, srun, Lightning's DDP
+    launcher) started several processes; 0 otherwise."""
+    if launch_problem(environ) is not None:
+        return 0  # refused by the entry point; never treated as a secondary rank
+    for v in ("RANK", "SLURM_PROCID"):
+        if _int(environ.get(v)) is not None:
+            return _int(environ[v])
+    node, local = _int(environ.get("NODE_RANK")) or 0, _int(environ.get("LOCAL_RANK")) or 0
+    return node + local  # Lightning's launcher: only whether it is 0 matters here
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# conf/hydra/default.yaml: processes 1..N of a launch share rank 0's run directory; they log
+# to train_rank<N>.log and leave .hydra/ to rank 0.
+OmegaConf.register_new_resolver(
+    "job_name", lambda name: name if launched_rank() == 0 else f"{name}_rank{launched_rank()}", replace=True
+)
+OmegaConf.register_new_resolver("output_subdir", lambda subdir: subdir if launched_rank() == 0 else None, replace=True)
+
+
+# --------------------------------------------------------------------------- unique directories
+
+_claimed: dict[str, str] = {}
+
+
+def unique_dir(base: str) -> str:
+    """``base`` if this process can create it, else the first free ``base-1``, ``base-2``,
+    ... -- created here with an exclusive mkdir, so two runs never share one. The same
+    answer for the same ``base`` within a process (Hydra resolves its run dir more than
+    once)."""
+    if base not in _claimed:
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        for n in range(10_000):
+            candidate = base if n == 0 else f"{base}-{n}"
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                continue
+            _claimed[base] = candidate
+            break
+        else:
+            raise RunDirectoryError(f"{base}: ten thousand runs already started under this name")
+    return _claimed[base]
+
+
+OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True)
+
+
+# --------------------------------------------------------------------------- the lock
+
+_held: dict[str, int] = {}  # run directory -> the open file descriptor holding its lock
+
+
+def lock_run_directory(directory: str | Path, owner: str, check: Callable[[], None] = lambda: None) -> None:
+    """Take the run directory's lock for this process's lifetime, or refuse naming the
+    process that holds it. ``check`` runs once the lock is held, before this process
+    records itself in it: a refusal there leaves the directory as it was."""
+    directory = Path(directory).absolute()
+    if str(directory) in _held:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirectoryError(f"cannot write the run directory {directory}: {e.strerror}. "
+                                "Choose a writable one with hydra.run.dir=DIR") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirectoryError(f"{directory} is in use by another run ({holder}). Wait for it to end, or give this "
+                                "run its own directory (leave hydra.run.dir out for a fresh one)") from None
+    try:
+        check()
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                      f"{owner}\n".encode(), 0)
+    except OSError as e:
+        os.close(fd)
+        raise RunDirectoryError(f"cannot write the run directory {directory}: {e.strerror}. "
+                                "Free some space or choose another directory with hydra.run.dir=DIR") from None
+    _held[str(directory)] = fd
+
+
+def release_run_directory(directory: str | Path) -> None:
+    fd = _held.pop(str(Path(directory).absolute()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+class RunDirectoryLock(HydraCallback):
+    """Hydra callback: before Hydra writes anything into the run directory (its log file,
+    ``.hydra/``), lock it for this run and refuse a run that would overwrite another
+    run's checkpoints. A refusal is one line on stderr and exit status 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._claim(config, "run", check_checkpoints=True)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._claim(config, "sweep", check_checkpoints=False)
+
+    @staticmethod
+    def _claim(config: DictConfig, mode: str, check_checkpoints: bool) -> None:
+        if launched_rank() != 0:
+            return  # rank 0 of this launch holds it
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # (Hydra sets it next, for the job; the paths need it now)
+        directory = config.hydra[mode].dir
+        try:
+            lock_run_directory(
+                directory, command_line(sys.argv[0], sys.argv[1:]),
+                check=lambda: refuse_to_overwrite(checkpoint_dirs(config, directory), config.get("ckpt_path"))
+                if check_checkpoints else None,
+            )
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
+def checkpoint_dirs(cfg: DictConfig, output_dir: str | Path | None = None) -> set[Path]:
+    """The directories this run's checkpoint callbacks write to. ``output_dir``: the run
+    directory, for a config whose ``paths.output_dir`` Hydra has not filled in yet."""
+    if output_dir is not None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.runtime.output_dir = str(Path(output_dir).absolute())  # what run_job sets next
+    callbacks = cfg.get("callbacks") or {}
+    return {Path(c.dirpath).resolve() for c in callbacks.values() if c is not None and c.get("dirpath")}
+
+
+def refuse_to_overwrite(dirs: set[Path], ckpt_path: str | None) -> None:
+    """A new run in a directory that holds another run's checkpoints would overwrite them
+    (last.ckpt first). Only resuming one of that directory's own checkpoints may write there."""
+    existing = sorted(p for d in dirs if d.is_dir() for p in d.glob("*.ckpt"))
+    if not existing or (ckpt_path is not None and Path(ckpt_path).resolve().parent in dirs):
+        return
+    last = next((p for p in existing if p.stem in ("last", "interrupted")), existing[-1])
+    raise RunDirectoryError(
+        f"{last.parent} already holds checkpoints of another run ({', '.join(p.name for p in existing)}); "
+        f"this run would overwrite them. Resume that run with ckpt_path={last} (and the same "
+        "hydra.run.dir), or start this one in a fresh directory (the default hydra.run.dir makes one per run)."
+    )
+
+
+# --------------------------------------------------------------------------- files stay inside the run
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger, writing exactly where it is told: Lightning's
+    expands ``$VARS`` and ``~`` in its directory, which Hydra and the checkpoints do not,
+    so a run directory named with a ``$`` would have its event files written elsewhere."""
+
+    @property
+    def log_dir(self) -> str:
+        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
+        log_dir = os.path.join(self.root_dir, version)
+        return os.path.join(log_dir, self.sub_dir) if isinstance(self.sub_dir, str) else log_dir
+
+
+# --------------------------------------------------------------------------- commands that paste
+
+# What Hydra's override grammar takes unquoted in a value (a conservative subset).
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+@%,~-]*")
+
+
+def hydra_value(value: str) -> str:
+    """A string as a Hydra override value: as is when plain, else single-quoted with
+    Hydra's escapes (``\\'`` for a quote, ``\\${`` so that it is not an interpolation)."""
+    value = str(value)
+    if _PLAIN_VALUE.fullmatch(value) and value:
+        return value
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
+    return f"'{escaped}'"
+
+
+def command_line(program: str, args: list[str], **settings: str) -> str:
+    """``python <program> <args...> key=value ...``, every argument quoted for the shell
+    (``args`` are taken as Hydra overrides already; ``settings`` are quoted for Hydra too)."""
+    parts = [*args, *(f"{k}={hydra_value(v)}" for k, v in settings.items())]
+    return " ".join(["python", shlex.quote(Path(program).name), *map(shlex.quote, parts)])

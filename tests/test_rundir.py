@@ -1,0 +1,141 @@
+"""One run per directory, the rank that owns it, and commands that paste: real processes."""
+
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, run_cli, small_filesystem, wait_for
+
+from handprop.rundir import command_line, hydra_value, launch_problem, launched_rank, unique_dir
+
+QUICK = ["model.hidden=[16]", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "callbacks.pictures=null", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
+         "trainer.accelerator=cpu", "test=false"]
+LONG = [*QUICK[:1], "trainer.max_epochs=300", *QUICK[2:]]
+
+
+def test_unique_dir_claims_a_fresh_directory_each_time(tmp_path):
+    base = str(tmp_path / "2026-01-01" / "12-00-00")
+    first = unique_dir(base)
+    assert first == base and unique_dir(base) == base  # the same answer within a process
+    from handprop import rundir
+
+    rundir._claimed.clear()  # as another process would see it
+    assert unique_dir(base) == base + "-1"
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
+    """A shell loop over seeds starts runs within one second: each gets its own directory
+    (forced here onto one name), with its own metrics.json."""
+    same = f"hydra.run.dir=${{unique_dir:'{tmp_path}/run'}}"
+    procs = [subprocess.Popen([sys.executable, "train.py", *QUICK, f"seed={seed}", same], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    runs = sorted(p.name for p in tmp_path.iterdir())
+    assert runs == ["run", "run-1"]
+    seeds = {OmegaConf.load(tmp_path / r / ".hydra" / "config.yaml").seed for r in runs}
+    assert seeds == {1, 2} and all((tmp_path / r / "metrics.json").is_file() for r in runs)
+
+
+def test_a_second_process_in_a_running_runs_directory_is_refused_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "train.py", *LONG, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(run_dir / "checkpoints" / "last.ckpt", first)  # under way, an epoch written
+        config = (run_dir / ".hydra" / "config.yaml").read_bytes()
+        second = run_cli("train.py", *QUICK, "seed=7", f"hydra.run.dir={run_dir}")
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [second.stderr.strip()]  # one line
+        assert f"error: {run_dir} is in use by another run (pid {first.pid} on " in second.stderr
+        assert "python train.py 'model.hidden=[16]' trainer.max_epochs=300" in second.stderr  # the holder's command
+        assert (run_dir / ".hydra" / "config.yaml").read_bytes() == config  # nothing of the first run touched
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_refused_run_writes_nothing_into_the_old_runs_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli("train.py", *QUICK, f"hydra.run.dir={run_dir}").returncode == 0
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    again = run_cli("train.py", *QUICK, "model.hidden=[32]", f"hydra.run.dir={run_dir}")
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"error: {run_dir / 'checkpoints'} already holds checkpoints of another run" in again.stderr
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before  # .hydra/config.yaml and overrides.yaml included
+
+
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "SLURM_PROCID"])
+def test_a_stray_rank_variable_in_a_single_process_is_named(tmp_path, variable):
+    proc = run_cli("train.py", *QUICK, f"hydra.run.dir={tmp_path}/run", env={variable: "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: {variable}=1 is set in the environment, but no launcher started several "
+                                  "processes") and f"env -u {variable} python" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_rank_comes_from_the_launcher_in_use():
+    assert launched_rank({}) == 0 and launch_problem({}) is None
+    assert launched_rank({"RANK": "3", "WORLD_SIZE": "4"}) == 3  # torchrun
+    assert launched_rank({"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}) == 2  # srun
+    assert launched_rank({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}) == 1  # Lightning's own launcher
+    assert launched_rank({"LOCAL_RANK": "0", "RANK": "0"}) == 0 and launch_problem({"LOCAL_RANK": "0"}) is None
+    assert launch_problem({"SLURM_PROCID": "1", "SLURM_NTASKS": "1"}).startswith("SLURM_PROCID=1 is set")
+
+
+def test_a_read_only_run_directory_is_one_line(tmp_path):
+    with small_filesystem(tmp_path / "ro", "1m", read_only=True) as ro:
+        proc = run_cli("train.py", *QUICK, f"hydra.run.dir={ro}/run")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: cannot write the run directory {ro}/run: Read-only file system. "
+                                   "Choose a writable one with hydra.run.dir=DIR")
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_what_was_written(tmp_path):
+    """The run's log, config and TensorBoard files fit; a checkpoint of a 784-400-10
+    network (1.3 MB) does not."""
+    with small_filesystem(tmp_path / "disk", "400k") as disk:
+        proc = run_cli("train.py", *QUICK, "model.hidden=[400]", f"hydra.run.dir={disk}/run")
+        files = sorted(p.relative_to(disk).as_posix() for p in disk.rglob("*") if p.is_file())
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: no space left on {disk}/run/checkpoints: ")
+    assert "run/.hydra/config.yaml" in files and not any(f.endswith(".tmp") for f in files)
+    assert not any(f.endswith(".ckpt") for f in files)  # nothing truncated
+
+
+def test_hydra_values_quote_what_the_grammar_would_misread():
+    assert hydra_value("outputs/2026-11-29/18-00-00") == "outputs/2026-11-29/18-00-00"
+    assert hydra_value("/tmp/it's a $HOME ${x} ü") == "'/tmp/it\\'s a $HOME \\${x} ü'"
+    line = command_line("train.py", ["model.hidden=[16]"], ckpt_path="/tmp/a b/last.ckpt")
+    assert line == "python train.py 'model.hidden=[16]' 'ckpt_path='\"'\"'/tmp/a b/last.ckpt'\"'\"''"
+
+
+def test_a_run_directory_named_with_spaces_quotes_dollars_and_accents_resumes_as_printed(tmp_path):
+    """The printed command pastes into a shell and resumes; every file of the run, the
+    TensorBoard events included ($HOME is not expanded), stays inside its directory."""
+    run_dir = tmp_path / "it's a $HOME run, ü"
+    proc = subprocess.Popen([sys.executable, "train.py", *LONG, f"hydra.run.dir={hydra_value(str(run_dir))}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    command = stderr.split("Resume with:\n", 1)[1].strip().splitlines()[0]
+    step = int(re.search(r"training stopped at epoch \d+, step (\d+)", stderr).group(1))
+    resumed = subprocess.run(f"{command.replace('python ', sys.executable + ' ', 1)} trainer.max_steps={step + 2}",
+                             shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, (command, resumed.stderr[-3000:])
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events and all(run_dir in e.parents for e in events)
+    assert not list((ROOT / "outputs").glob("**/it's a*")) and sorted(p.name for p in tmp_path.iterdir()) == [run_dir.name]
