@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 train: install  ## train the default MLP on the embedded MNIST sample (ARGS="key=value ...")
 	$(BIN)/python train.py $(ARGS)
 
-test: install  ## run the whole test suite, slow tests included, on CPU
-	$(BIN)/python -m pytest $(ARGS)
+test: install  ## run the whole test suite, slow tests included, on CPU (two workers)
+	$(BIN)/python -m pytest -n 2 $(ARGS)
 
 bench: install  ## benchmarks: manual vs autograd backward (speed, memory), audit cost -> outputs/bench/
 	$(BIN)/python -m handprop.bench $(ARGS)

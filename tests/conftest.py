@@ -121,3 +121,12 @@ class SaveWeightsAtStart(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         torch.save(pl_module.state_dict(), self.path)
+
+
+def pytest_configure(config) -> None:
+    # With pytest-xdist's two workers (make test) each takes one core: torch's default of a
+    # thread per core, twice over, is many times slower than one thread each. Subprocesses
+    # started by the tests inherit the setting.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)

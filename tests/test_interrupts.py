@@ -83,7 +83,7 @@ def test_a_checkpoint_killed_while_saving_is_the_old_one_or_the_new_one(tmp_path
     tmpdir = Path(tempfile.mkdtemp(dir="/dev/shm"))  # a tmpfs, not tmp_path's file system
     seen_versions = set()
     try:
-        for delay in (0.05, 0.13, 0.21, 0.29, 0.37):
+        for delay in (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05, 1.2):  # across a whole save (~0.3-1 s)
             proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True,
                                     env={**os.environ, "TMPDIR": str(tmpdir)})
             try:
@@ -182,3 +182,45 @@ def test_a_new_run_never_overwrites_or_silently_continues_another_runs_checkpoin
     with pytest.raises(UserError, match="already holds checkpoints"):
         train(compose_config("train", [*common, f"ckpt_path={elsewhere}", "trainer.max_epochs=3", "scheduler=none"], tmp_path))
     assert {p: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before
+
+
+def _val_acc(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return [(e.step, e.value) for e in accumulator.Scalars("val/acc")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_validation_validates_that_epoch_again_on_resume(tmp_path):
+    """Lightning repeats an interrupted validation only when the interrupt hit inside a
+    batch's step; between batches it skipped the rest, and with it that epoch's val/acc and
+    best-checkpoint decision. The interrupt checkpoint makes the resume validate again."""
+    quick = ["model.hidden=[16]", "trainer.max_epochs=3", "trainer.limit_train_batches=2", "callbacks.pictures=null",
+             "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+             "scheduler=none", "test=false", "data.eval_batch_size=100"]
+    marker, run_dir = tmp_path / "validating", tmp_path / "run"
+    sleepy = ["+callbacks.sleep._target_=conftest.SleepAt", "+callbacks.sleep.stage=validation",
+              f"+callbacks.sleep.marker={marker}"]
+    proc = subprocess.Popen([sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+    try:
+        wait_for(marker, proc)  # epoch 0's validation, after the sanity check
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    resumed = subprocess.run([sys.executable, "train.py", *quick, f"hydra.run.dir={run_dir}", f"ckpt_path={interrupted}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = subprocess.run([sys.executable, "train.py", *quick, f"hydra.run.dir={tmp_path}/straight"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert _val_acc(run_dir) == _val_acc(tmp_path / "straight")  # every epoch validated, the same numbers
+    best = [p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]
+    assert best == [p.name for p in (tmp_path / "straight" / "checkpoints").glob("epoch*.ckpt")]

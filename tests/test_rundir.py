@@ -131,11 +131,14 @@ def test_a_run_directory_named_with_spaces_quotes_dollars_and_accents_resumes_as
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr[-3000:]
+    first_config = (run_dir / ".hydra" / "overrides.yaml").read_text()
     command = stderr.split("Resume with:\n", 1)[1].strip().splitlines()[0]
     step = int(re.search(r"training stopped at epoch \d+, step (\d+)", stderr).group(1))
     resumed = subprocess.run(f"{command.replace('python ', sys.executable + ' ', 1)} trainer.max_steps={step + 2}",
                              shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, (command, resumed.stderr[-3000:])
+    assert (run_dir / ".hydra" / "history" / "1" / "overrides.yaml").read_text() == first_config  # kept
+    assert "ckpt_path=" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert events and all(run_dir in e.parents for e in events)
     assert not list((ROOT / "outputs").glob("**/it's a*")) and sorted(p.name for p in tmp_path.iterdir()) == [run_dir.name]

@@ -234,12 +234,36 @@ class InterruptCheckpoint(Callback):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == TrainerFn.FITTING:
-            trainer.save_checkpoint(self.ckpt_path)  # atomic: AtomicCheckpointIO
+            self._in_validation = trainer.validating and not trainer.sanity_checking
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # atomic: AtomicCheckpointIO
             log.warning("interrupted: checkpoint written to %s", self.ckpt_path)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if getattr(self, "_in_validation", False):
+            self._in_validation = False
+            _validate_again_on_resume(checkpoint)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if Path(self.ckpt_path).is_file():
             trainer.strategy.remove_checkpoint(self.ckpt_path)
+
+
+def _validate_again_on_resume(checkpoint: dict) -> None:
+    """An interrupt during an epoch's validation: make the resumed run validate that epoch
+    again, whole, so that its val/acc and the best-checkpoint decision are not lost.
+
+    Lightning repeats a validation on resume only when the interrupt hit inside a
+    batch's step (its progress then reads started == ready, processed == completed ==
+    started - 1); between batches, or in a hook, it skips the rest of that validation.
+    The progress is written as the first case, and the resumed validation runs over every
+    batch with freshly reset metrics."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
+    if not progress or not progress["total"]["ready"]:
+        log.warning("interrupted during validation: the resumed run may not repeat this epoch's validation")
+        return
+    for counts in (progress["total"], progress["current"]):
+        counts["started"] = counts["ready"] = max(counts["ready"], 1)
+        counts["processed"] = counts["completed"] = counts["ready"] - 1
 
 
 # --------------------------------------------------------------------------- reading

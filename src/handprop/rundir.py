@@ -25,6 +25,7 @@ import fcntl
 import os
 import re
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -186,9 +187,22 @@ class RunDirectoryLock(HydraCallback):
                 check=lambda: refuse_to_overwrite(checkpoint_dirs(config, directory), config.get("ckpt_path"))
                 if check_checkpoints else None,
             )
+            keep_earlier_config(Path(directory) / str(config.hydra.output_subdir or ".hydra"))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
+
+
+def keep_earlier_config(subdir: Path) -> None:
+    """A resume into a run's own directory: Hydra is about to write this run's config over
+    the earlier one; keep the earlier files as ``.hydra/history/<n>/``."""
+    earlier = [p for p in subdir.glob("*.yaml") if p.is_file()] if subdir.is_dir() else []
+    if earlier:
+        history = subdir / "history"
+        n = 1 + max((int(p.name) for p in history.glob("*") if p.name.isdigit()), default=0)
+        (history / str(n)).mkdir(parents=True)
+        for p in earlier:
+            shutil.copy2(p, history / str(n) / p.name)
 
 
 def checkpoint_dirs(cfg: DictConfig, output_dir: str | Path | None = None) -> set[Path]:
