@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from handprop.config import exit_on_unknown_override
 from handprop.errors import UserError
-from handprop.rundir import launch_problem
+from handprop.rundir import exit_on_launch_problem
 from handprop.train import train
 
 
@@ -46,10 +46,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    # A stray LOCAL_RANK / RANK / SLURM_PROCID would make this one process a non-zero rank
-    if problem := launch_problem():
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_launch_problem()  # a stray LOCAL_RANK / RANK / SLURM_PROCID: named, before any work
     # A key that is not in the config (model.hiden=3): named, with the nearest real key
     exit_on_unknown_override(Path(__file__).parent / "conf", "train", sys.argv[1:])
     main()

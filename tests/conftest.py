@@ -70,6 +70,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300, **kwargs) -
 def small_filesystem(path: Path, size: str, read_only: bool = False):
     """A tmpfs of ``size`` (e.g. "600k") mounted at ``path``: a disk that fills up, or one
     that cannot be written (``read_only``). Needs root, as the project's machines and CI run."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (the project's machines and CI run as root)")
     path.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if read_only else "")
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
@@ -81,24 +83,25 @@ def small_filesystem(path: Path, size: str, read_only: bool = False):
 
 
 class SleepAt(Callback):
-    """Touches ``marker`` and sleeps once the run reaches ``stage`` ("test" or
-    "validation" after the sanity check): a window to interrupt a real process there."""
+    """Touches ``marker`` and sleeps once the run reaches batch ``batch`` of ``stage``
+    ("test" or "validation", after the sanity check): a window to interrupt a real
+    process there."""
 
-    def __init__(self, stage: str, marker: str, seconds: float = 60.0):
-        self.stage, self.marker, self.seconds = stage, marker, seconds
+    def __init__(self, stage: str, marker: str, batch: int = 0, seconds: float = 60.0):
+        self.stage, self.marker, self.batch, self.seconds = stage, marker, batch, seconds
 
-    def _sleep(self, trainer) -> None:
-        if not trainer.sanity_checking and not Path(self.marker).exists():
+    def _sleep(self, trainer, batch_idx: int) -> None:
+        if not trainer.sanity_checking and batch_idx == self.batch and not Path(self.marker).exists():
             Path(self.marker).touch()
             time.sleep(self.seconds)
 
-    def on_test_batch_start(self, trainer, *args) -> None:
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self.stage == "test":
-            self._sleep(trainer)
+            self._sleep(trainer, batch_idx)
 
-    def on_validation_batch_start(self, trainer, *args) -> None:
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self.stage == "validation":
-            self._sleep(trainer)
+            self._sleep(trainer, batch_idx)
 
 
 def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:

@@ -111,33 +111,57 @@ def test_a_truncated_checkpoint_is_named(checkpoint, tmp_path):
 QUICK = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false", "scheduler=none"]
 
 
-def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path):
+def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path, caplog):
     """A last.ckpt is only data, and passes safe loading; its checkpoint callbacks' state
-    named `<run>/checkpoints/../../victim`, which Lightning would delete (recursively) when
-    the resumed run saved a better checkpoint."""
+    named files outside the run, which Lightning deletes (recursively) when the resumed run
+    saves a better checkpoint: a directory and a file here."""
     from conftest import compose_config
 
     run = tmp_path / "run"
     train(compose_config("train", [*QUICK, "trainer.max_epochs=1"], run))
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "data.txt").write_text("precious")
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "data.txt").write_text("precious")
+    (tmp_path / "victim.ckpt").write_text("precious too")
     last = run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
-    evil = str(run / "checkpoints" / ".." / ".." / "victim")
-    for state in ckpt["callbacks"].values():
-        if "best_model_path" in state:
-            score = state["best_model_score"] if state["best_model_score"] is not None else torch.tensor(0.0)
-            state.update(best_model_path=evil, kth_best_model_path=evil, last_model_path=evil, best_k_models={evil: score})
+    escape = run / "checkpoints" / ".." / ".."
+    for state, victim in zip((s for s in ckpt["callbacks"].values() if "best_model_path" in s), ("victim", "victim.ckpt")):
+        evil = str(escape / victim)
+        score = state["best_model_score"] if state["best_model_score"] is not None else torch.tensor(0.0)
+        state.update(best_model_path=evil, kth_best_model_path=evil, last_model_path=evil, best_k_models={evil: score})
     torch.save(ckpt, last)
     read_checkpoint(last)  # it passes every safe-loading check: only strings
 
-    train(compose_config("train", [*QUICK, "trainer.max_epochs=3", f"ckpt_path={last}"], run))
-    assert (victim / "data.txt").read_text() == "precious"
+    with caplog.at_level("WARNING", logger="handprop.checkpoints"):
+        train(compose_config("train", [*QUICK, "trainer.max_epochs=3", f"ckpt_path={last}"], run))
+    assert (tmp_path / "victim" / "data.txt").read_text() == "precious"
+    assert (tmp_path / "victim.ckpt").read_text() == "precious too"
+    warned = [r.getMessage() for r in caplog.records if "names files outside this run's checkpoint directory" in r.getMessage()]
+    assert len(warned) == 2 and "victim.ckpt" in " ".join(warned), warned
     resumed = torch.load(last, weights_only=True)
     for state in resumed["callbacks"].values():  # the run kept its own checkpoints afresh, inside its directory
         assert Path(state["best_model_path"]).resolve().parent == (run / "checkpoints").resolve()
         assert Path(state["best_model_path"]).is_file()
+
+
+def test_restored_checkpoint_state_keeps_only_paths_inside_its_directory(tmp_path):
+    from handprop.checkpoints import BestCheckpoint
+
+    folder = tmp_path / "checkpoints"
+    callback = BestCheckpoint(dirpath=str(folder), monitor="val/acc", mode="max")
+    inside_path, outside_path = str(folder / "epoch001.ckpt"), str(folder / ".." / "elsewhere.ckpt")
+    state = {"dirpath": callback.dirpath, "best_model_score": torch.tensor(0.9), "best_model_path": inside_path,
+             "kth_best_model_path": inside_path, "kth_value": torch.tensor(0.9), "last_model_path": "",
+             "best_k_models": {inside_path: torch.tensor(0.9)}}
+    callback.load_state_dict(dict(state))
+    assert callback.best_model_path == inside_path and callback.best_k_models == {inside_path: torch.tensor(0.9)}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        callback.load_state_dict({**state, key: outside_path})
+        assert callback.best_model_path == "" and callback.best_k_models == {} and callback.best_model_score is None
+    callback.load_state_dict({**state, "best_k_models": {outside_path: torch.tensor(0.9)}})
+    assert callback.best_k_models == {}
+    callback.load_state_dict({**state, "dirpath": str(tmp_path / "old")})  # another run's directory: its state is not ours
+    assert callback.best_model_path == "" and callback.best_k_models == {}
 
 
 def test_checkpoint_io_removes_only_files_inside(tmp_path):
@@ -192,6 +216,10 @@ def test_resume_with_another_schedule_is_refused_and_init_from_trains_on_fresh(t
         assert f"init_from={last} (instead of ckpt_path)" in str(e.value)
     with pytest.raises(UserError, match=f"train on from these weights .* init_from={last}"):  # more epochs, same schedule
         train(compose_config("train", [*common, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "more"))
+    train(compose_config("train", [*common, "trainer.max_epochs=1", "scheduler=cosine"], tmp_path / "cos"))
+    with pytest.raises(UserError, match="schedule ends after 4 steps but this run asks for 12"):  # T_max: no crash, no silent climb
+        train(compose_config("train", [*common, "trainer.max_epochs=3", "scheduler=cosine",
+                                       f"ckpt_path={tmp_path / 'cos' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "cos"))
 
     start = tmp_path / "start.pt"
     record = ["+callbacks.record._target_=conftest.SaveWeightsAtStart", f"+callbacks.record.path={start}"]

@@ -203,12 +203,12 @@ def test_ctrl_c_during_validation_validates_that_epoch_again_on_resume(tmp_path)
              "scheduler=none", "test=false", "data.eval_batch_size=100"]
     marker, run_dir = tmp_path / "validating", tmp_path / "run"
     sleepy = ["+callbacks.sleep._target_=conftest.SleepAt", "+callbacks.sleep.stage=validation",
-              f"+callbacks.sleep.marker={marker}"]
+              f"+callbacks.sleep.marker={marker}", "+callbacks.sleep.batch=2"]  # between batches, 2 of 5 done
     proc = subprocess.Popen([sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
     try:
-        wait_for(marker, proc)  # epoch 0's validation, after the sanity check
+        wait_for(marker, proc)  # in epoch 0's validation, after the sanity check
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:

@@ -4,8 +4,10 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import ROOT, run_cli, small_filesystem, wait_for
@@ -62,8 +64,10 @@ def test_a_second_process_in_a_running_runs_directory_is_refused_at_once(tmp_pat
 
 
 def test_a_refused_run_writes_nothing_into_the_old_runs_directory(tmp_path):
-    run_dir = tmp_path / "run"
-    assert run_cli("train.py", *QUICK, f"hydra.run.dir={run_dir}").returncode == 0
+    run_dir, tmpdir = tmp_path / "run", tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    assert run_cli("train.py", *QUICK, f"hydra.run.dir={run_dir}", env={"TMPDIR": str(tmpdir)}).returncode == 0
+    assert not list(tmpdir.iterdir())  # checkpoints are written beside themselves, not through $TMPDIR
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     again = run_cli("train.py", *QUICK, "model.hidden=[32]", f"hydra.run.dir={run_dir}")
     assert again.returncode == 2 and "Traceback" not in again.stderr
@@ -92,10 +96,22 @@ def test_the_rank_comes_from_the_launcher_in_use():
 
 def test_a_read_only_run_directory_is_one_line(tmp_path):
     with small_filesystem(tmp_path / "ro", "1m", read_only=True) as ro:
-        proc = run_cli("train.py", *QUICK, f"hydra.run.dir={ro}/run")
+        given = run_cli("train.py", *QUICK, f"hydra.run.dir={ro}/run")
+        default = run_cli("train.py", *QUICK, f"paths.log_dir={ro}/outputs")  # the default <date>/<time> under it
+    assert given.returncode == 2 and default.returncode == 2
+    assert given.stderr.strip() == (f"error: cannot write the run directory {ro}/run: Read-only file system. "
+                                    "Choose a writable one with hydra.run.dir=DIR")
+    assert default.stderr.strip().startswith(f"error: cannot create the run directory {ro}/outputs/")
+    assert len(default.stderr.strip().splitlines()) == 1
+
+
+def test_processes_of_a_launch_need_one_shared_directory(tmp_path):
+    """Under torchrun or srun every process resolves its own default directory (its own
+    second, its own -1): the launch must name one."""
+    proc = run_cli("train.py", *QUICK, f"paths.log_dir={tmp_path}", env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"error: cannot write the run directory {ro}/run: Read-only file system. "
-                                   "Choose a writable one with hydra.run.dir=DIR")
+    assert proc.stderr.strip() == ("error: a launcher started 2 processes: give them all the same (shared) directory "
+                                   "with hydra.run.dir=DIR, or each picks its own")
 
 
 def test_a_full_disk_during_training_is_one_line_and_keeps_what_was_written(tmp_path):
@@ -106,9 +122,18 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_what_was_written(tmp_
         files = sorted(p.relative_to(disk).as_posix() for p in disk.rglob("*") if p.is_file())
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: no space left on {disk}/run/checkpoints: ")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert errors == [proc.stderr.strip().splitlines()[-1]]  # one line, the last
+    assert errors[0].startswith(f"error: no space left on {disk}/run/checkpoints: ")
     assert "run/.hydra/config.yaml" in files and not any(f.endswith(".tmp") for f in files)
     assert not any(f.endswith(".ckpt") for f in files)  # nothing truncated
+
+
+@pytest.mark.parametrize("value", ["outputs/2026-11-29/18-00-00", "/tmp/it's a $HOME ${x} ü", "/runs/a,b", "~x",
+                                   "a\\b", "ends\\", "x\\'y", "[1,2]", "null", "a=b", "tab\tand space"])
+def test_hydra_values_read_back_as_written(value):
+    override = OverridesParser.create().parse_override(f"hydra.run.dir={hydra_value(value)}")
+    assert OmegaConf.create({"v": override.value()}).v == value  # through Hydra's grammar, then OmegaConf
 
 
 def test_hydra_values_quote_what_the_grammar_would_misread():
@@ -126,6 +151,7 @@ def test_a_run_directory_named_with_spaces_quotes_dollars_and_accents_resumes_as
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
+        time.sleep(1.0)  # some epochs on: the resume below trains two more steps of a schedule long enough
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:

@@ -125,3 +125,10 @@ def test_run_names_are_short_safe_and_distinct():
     long_a, long_b = ",".join(f"k{i}=1" for i in range(40)), ",".join(f"k{i}=2" for i in range(40))
     a, b = run_name(long_a), run_name(long_b)
     assert len(a) == 96 and a.startswith("k0=1,k1=1") and a != b
+
+
+def test_a_one_cycle_schedule_too_short_to_warm_up_is_one_line(train_cfg):
+    # OneCycleLR divides by (pct_start x steps - 1): 0.2 x 5 steps would be a division by zero
+    with pytest.raises(UserError, match="the learning-rate schedule cannot be built for this run's length "
+                                        r"\({'total_steps': 5}\): its warm-up would end on its first step"):
+        train(train_cfg("trainer.max_steps=5", "test=false"))

@@ -78,15 +78,20 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if _disk_full(e):
+        if is_disk_full(e):
             kept = "the previous one is intact" if path.exists() else "nothing was written"
-            raise DiskFullError(f"no space left on {path.parent}: {path.name} was not written ({kept}). "
-                                "Free some space, or put the run on another disk with hydra.run.dir=DIR") from None
+            raise no_space(path.parent, f"{path.name} was not written ({kept})") from None
         raise
     _fsync_directory(path.parent)
 
 
-def _disk_full(error: BaseException | None) -> bool:
+def no_space(directory: str | Path, what: str) -> DiskFullError:
+    """The one message for a full disk: where, what was not written, and the fix."""
+    return DiskFullError(f"no space left on {directory}: {what}. Free some space (or put the run on another disk "
+                         "with hydra.run.dir=DIR) and resume from checkpoints/last.ckpt")
+
+
+def is_disk_full(error: BaseException | None) -> bool:
     """Whether an error is, or was raised while handling, a write that found no space
     (torch.save's zip writer reports its own RuntimeError on top of the OSError)."""
     while error is not None:
@@ -161,17 +166,25 @@ class RunCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
+        if state_dict.get("dirpath", self.dirpath) != self.dirpath:
+            # resumed into another directory: Lightning kept only the best path, of the old
+            # run (and said so); this run keeps its own best checkpoints
+            self._forget()
+            return
         named = [self.best_model_path, self.kth_best_model_path, self.last_model_path, *self.best_k_models]
         outside = [str(p) for p in named if p and not (_is_local_file_protocol(p) and inside(p, self.dirpath))]
         if outside:
+            self._forget()
             log.warning(
                 f"the checkpoint's {type(self).__name__} state names files outside this run's checkpoint directory "
                 f"{self.dirpath} ({', '.join(sorted(set(outside)))}): that state is dropped, and those files are "
                 "never touched; this run keeps its best checkpoints afresh"
             )
-            self.best_model_path = self.kth_best_model_path = self.last_model_path = ""
-            self.best_k_models, self.best_model_score = {}, None
-            self.kth_value = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
+
+    def _forget(self) -> None:
+        self.best_model_path = self.kth_best_model_path = self.last_model_path = ""
+        self.best_k_models, self.best_model_score = {}, None
+        self.kth_value = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
 
     def _should_remove_checkpoint(self, trainer, previous: str, current: str) -> bool:
         return inside(previous, self.dirpath) and super()._should_remove_checkpoint(trainer, previous, current)
@@ -255,27 +268,30 @@ def _validate_again_on_resume(checkpoint: dict) -> None:
     Lightning repeats a validation on resume only when the interrupt hit inside a
     batch's step (its progress then reads started == ready, processed == completed ==
     started - 1); between batches, or in a hook, it skips the rest of that validation.
-    The progress is written as the first case, and the resumed validation runs over every
-    batch with freshly reset metrics."""
+    The progress is written as the first case, in the first batch, so that the resumed
+    validation runs over every batch (its metrics start afresh in the new process)."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
     if not progress or not progress["total"]["ready"]:
         log.warning("interrupted during validation: the resumed run may not repeat this epoch's validation")
         return
-    for counts in (progress["total"], progress["current"]):
-        counts["started"] = counts["ready"] = max(counts["ready"], 1)
-        counts["processed"] = counts["completed"] = counts["ready"] - 1
+    base = progress["total"]["ready"] - progress["current"]["ready"]  # batches of the validations before this one
+    for counts, before in ((progress["total"], base), (progress["current"], 0)):
+        # inside the step of this validation's first batch: the resume starts over at batch 0
+        counts.update(ready=before + 1, started=before + 1, processed=before, completed=before)
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(path: str | Path, against=None, same: tuple[str, ...] = RESUME_SETTINGS) -> dict:
+def read_checkpoint(path: str | Path, against=None, same: tuple[str, ...] = RESUME_SETTINGS,
+                    option: str | None = "ckpt_path") -> dict:
     """Load a checkpoint safely and make sure it is a handprop checkpoint whose contents
     fit together (see the module's docstring). With ``against`` (this run's
     DigitClassifier), also that it holds the same network: every parameter's shape, and
-    the model settings named in ``same``."""
+    the model settings named in ``same``. ``option``: the setting that named the file, for
+    the messages (None: the path alone, as a command-line argument)."""
     path = Path(path)
-    what = f"ckpt_path={path}"
+    what = f"{option}={path}" if option else str(path)
     if not path.exists():
         raise CheckpointError(f"{what}: no such checkpoint file")
     if not path.is_file():
@@ -397,7 +413,7 @@ def check_same_recipe(path: str | Path, checkpoint: dict, model) -> None:
     if differ:
         raise CheckpointError(
             f"ckpt_path={path} trained with another optimiser or schedule than this run's ({'; '.join(differ)}): "
-            "a resume continues the checkpoint's own, whose state fits no other. Resume with the run's own "
-            f"optimizer and scheduler, or train on from these weights with a fresh optimiser and schedule in a new "
-            f"run: init_from={path} (instead of ckpt_path)"
+            "a resume continues the checkpoint's own, whose state fits no other. Resume with the optimizer= and "
+            "scheduler= of the run that wrote it (its .hydra/overrides.yaml), or train on from these weights with a "
+            f"fresh optimiser and schedule in a new run: init_from={path} (instead of ckpt_path)"
         )

@@ -107,16 +107,19 @@ class DigitClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         # A one-cycle schedule restored from a checkpoint keeps its length: resuming with a
         # larger trainer.max_epochs would crash mid-run ("Tried to step N times"). Say so now.
+        # A cosine schedule's T_max restored from a checkpoint does not crash: past its end the
+        # rate climbs back up, which is no more what was asked for. The same check, on resume.
         steps = self.trainer.estimated_stepping_batches
+        keys = SCHEDULE_LENGTH_KEYS if self.trainer.ckpt_path is not None else ("total_steps",)
         for config in self.trainer.lr_scheduler_configs:
-            total = getattr(config.scheduler, "total_steps", None)
+            total = next((getattr(config.scheduler, k) for k in keys if hasattr(config.scheduler, k)), None)
             if total is not None and total < steps:
-                raise ScheduleError(
-                    f"the learning-rate schedule ends after {total} steps but this run asks for {steps}. "
-                    "Resume with the original trainer.max_epochs, or train on from these weights with a fresh "
-                    f"optimiser and schedule in a new run: init_from={self.trainer.ckpt_path} (instead of ckpt_path) "
-                    f"trainer.max_epochs=N."
-                )
+                fix = ("Resume with the original trainer.max_epochs, or train on from these weights with a fresh "
+                       f"optimiser and schedule in a new run: init_from={self.trainer.ckpt_path} (instead of "
+                       "ckpt_path) trainer.max_epochs=N." if self.trainer.ckpt_path is not None else
+                       "Leave the schedule's length null (the run's own length), or set it to at least that.")
+                raise ScheduleError(f"the learning-rate schedule ends after {total} steps but this run asks for "
+                                    f"{steps}. {fix}")
 
     def load_weights(self, state_dict: dict) -> None:
         """A checkpoint's weights and pixel statistics (its state_dict), for a new run that
@@ -228,7 +231,13 @@ class DigitClassifier(L.LightningModule):
         optimizer = self.optimizer_factory(params=self._parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, **self._schedule_length())
+        length = self._schedule_length()
+        try:
+            scheduler = self.scheduler_factory(optimizer, **length)
+        except ZeroDivisionError:  # OneCycleLR whose warm-up ends at its first step (pct_start x steps == 1)
+            raise ScheduleError(f"the learning-rate schedule cannot be built for this run's length ({length or 'as set'}): "
+                                "its warm-up would end on its first step. Train for more steps, change "
+                                "scheduler.pct_start, or use scheduler=cosine / scheduler=none") from None
         # "name" is the tag LearningRateMonitor logs the learning rate under.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 

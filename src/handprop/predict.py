@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ class ImageError(UserError):
 
 # Bounds on the work one image may cause. A PNG of a few kilobytes can declare
 # 20000 x 20000 pixels (a decompression bomb); a photo of a digit needs nowhere near that.
-MAX_PIXELS = 50_000_000  # decoded at most (a 50-megapixel photo); JPEGs are first decoded at 1/2-1/8 scale
+MAX_PIXELS = 50_000_000  # decoded at most (a 50-megapixel photo); a JPEG is first decoded at 1/2-1/8 scale
 MAX_SIDE = 1024  # the decoded image is reduced to at most this many pixels a side before any arithmetic
 MAX_BYTES = 200 * 2**20
 
@@ -50,34 +49,34 @@ def load_image(path: str | Path) -> Tensor:
     if path.stat().st_size > MAX_BYTES:
         raise ImageError(f"{path}: {path.stat().st_size / 2**20:.0f} MB is too large for a picture of a digit "
                          f"(at most {MAX_BYTES // 2**20} MB); scale it down first")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own bound below replaces Pillow's, after a JPEG's reduced decode
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                scale = MAX_SIDE / max(image.size)
-                if scale < 1:  # a JPEG decodes at 1/2, 1/4 or 1/8 of its size, down to no less than this
-                    image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-                if image.width * image.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {image.width}x{image.height} pixels is too large to read (at most "
-                                     f"{MAX_PIXELS // 1_000_000} megapixels); scale it down first")
-                image = ImageOps.exif_transpose(image)
-                factor = max(1, -(-max(image.size) // MAX_SIDE))
-                if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16- or 32-bit grey
-                    grey = np.asarray(image.reduce(factor) if factor > 1 else image, dtype=np.float32)
-                    return torch.from_numpy(grey / (65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0))
-                has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-                image = image.convert("LA" if has_alpha else "L")
-                if factor > 1:
-                    image = image.reduce(factor)
-                pixels = np.asarray(image, dtype=np.float32) / 255
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: too large to read ({e}); scale it down first") from None
-    except Image.DecompressionBombWarning as e:
-        raise ImageError(f"{path}: too large to read ({e}); scale it down first") from None
+        with Image.open(path) as image:
+            scale = MAX_SIDE / max(image.size)
+            if scale < 1:  # a JPEG decodes at 1/2, 1/4 or 1/8 of its size, down to no less than this
+                image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageError(f"{path}: {image.width}x{image.height} pixels is too large to read (at most "
+                                 f"{MAX_PIXELS // 1_000_000} megapixels); scale it down first")
+            image = ImageOps.exif_transpose(image)
+            size = _reduced_size(image.size)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16- or 32-bit grey
+                grey = np.asarray(image.resize(size, Image.Resampling.BOX) if size != image.size else image,
+                                  dtype=np.float32)
+                full = 65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0
+                return torch.from_numpy(grey / full)
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            image = image.convert("LA" if has_alpha else "L")
+            if size != image.size:
+                image = image.resize(size, Image.Resampling.BOX)
+            pixels = np.asarray(image, dtype=np.float32) / 255
     except ImageError:
         raise
     except Exception as e:  # decoders raise many kinds on a malformed file (OSError, SyntaxError, ValueError, ...)
         raise ImageError(f"{path}: cannot be read as an image (PNG or JPEG expected): {e}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     if pixels.ndim == 2:
         return torch.from_numpy(pixels)
     grey, alpha = pixels[..., 0], pixels[..., 1]
@@ -88,6 +87,12 @@ def load_image(path: str | Path) -> Tensor:
     ink_level = float((grey * alpha).sum() / max(float(alpha.sum()), 1e-6))
     background = 1.0 if ink_level < 0.5 else 0.0
     return torch.from_numpy(grey * alpha + background * (1 - alpha))
+
+
+def _reduced_size(size: tuple[int, int]) -> tuple[int, int]:
+    """At most MAX_SIDE pixels a side, the proportions kept."""
+    scale = min(1.0, MAX_SIDE / max(size))
+    return (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
 
 
 def to_mnist(grey: Tensor, ink_threshold: float = 0.2) -> Tensor:
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from .module import DigitClassifier
 
     try:
-        read_checkpoint(args.checkpoint)  # safe, ours, finite, consistent: before anything is built
+        read_checkpoint(args.checkpoint, option=None)  # safe, ours, finite, consistent: before anything is built
         model = DigitClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,8 +39,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .errors import RunDirectoryError, UserError
 
 LOCK_FILE = ".lock"
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
-WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # what Lightning reads
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "JSM_NAMESPACE_SIZE")
 
 
 # --------------------------------------------------------------------------- ranks
@@ -49,7 +49,7 @@ WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS")
 def launch_problem(environ=os.environ) -> str | None:
     """A rank variable that says this is not the first process while no launcher started
     several (WORLD_SIZE / SLURM_NTASKS absent or 1): the message naming it, else None."""
-    world = max((_int(environ.get(v)) or 1 for v in WORLD_SIZE_VARIABLES), default=1)
+    world = launched_world_size(environ)
     stray = [f"{v}={environ[v]}" for v in RANK_VARIABLES if v in environ and _int(environ[v]) != 0]
     if stray and world <= 1:
         names = " ".join(f"-u {s.split('=')[0]}" for s in stray)
@@ -60,12 +60,26 @@ def launch_problem(environ=os.environ) -> str | None:
     return None
 
 
+def exit_on_launch_problem() -> None:
+    """For the entry points, before anything else: a stray rank variable ends the program
+    with the message, exit status 2."""
+    problem = launch_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def launched_world_size(environ=os.environ) -> int:
+    """How many processes a launcher (torchrun, srun, LSF's jsrun) started, 1 when none did."""
+    return max((_int(environ.get(v)) or 1 for v in WORLD_SIZE_VARIABLES), default=1)
+
+
 def launched_rank(environ=os.environ) -> int:
     """This process's global rank when a launcher (torchrun, srun, Lightning's DDP
     launcher) started several processes; 0 otherwise."""
     if launch_problem(environ) is not None:
         return 0  # refused by the entry point; never treated as a secondary rank
-    for v in ("RANK", "SLURM_PROCID"):
+    for v in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         if _int(environ.get(v)) is not None:
             return _int(environ[v])
     node, local = _int(environ.get("NODE_RANK")) or 0, _int(environ.get("LOCAL_RANK")) or 0
@@ -98,13 +112,20 @@ def unique_dir(base: str) -> str:
     answer for the same ``base`` within a process (Hydra resolves its run dir more than
     once)."""
     if base not in _claimed:
-        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(base).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirectoryError(f"cannot create the run directory {base}: {e.strerror}. "
+                                    "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)") from None
         for n in range(10_000):
             candidate = base if n == 0 else f"{base}-{n}"
             try:
                 os.mkdir(candidate)
             except FileExistsError:
                 continue
+            except OSError as e:
+                raise RunDirectoryError(f"cannot create the run directory {candidate}: {e.strerror}. "
+                                        "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)") from None
             _claimed[base] = candidate
             break
         else:
@@ -129,6 +150,7 @@ def lock_run_directory(directory: str | Path, owner: str, check: Callable[[], No
         return
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        created = not (directory / LOCK_FILE).exists()
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise RunDirectoryError(f"cannot write the run directory {directory}: {e.strerror}. "
@@ -143,6 +165,8 @@ def lock_run_directory(directory: str | Path, owner: str, check: Callable[[], No
     try:
         check()
     except BaseException:
+        if created:
+            os.unlink(directory / LOCK_FILE)
         os.close(fd)
         raise
     try:
@@ -154,12 +178,6 @@ def lock_run_directory(directory: str | Path, owner: str, check: Callable[[], No
         raise RunDirectoryError(f"cannot write the run directory {directory}: {e.strerror}. "
                                 "Free some space or choose another directory with hydra.run.dir=DIR") from None
     _held[str(directory)] = fd
-
-
-def release_run_directory(directory: str | Path) -> None:
-    fd = _held.pop(str(Path(directory).absolute()), None)
-    if fd is not None:
-        os.close(fd)
 
 
 class RunDirectoryLock(HydraCallback):
@@ -175,13 +193,16 @@ class RunDirectoryLock(HydraCallback):
 
     @staticmethod
     def _claim(config: DictConfig, mode: str, check_checkpoints: bool) -> None:
-        if launched_rank() != 0:
-            return  # rank 0 of this launch holds it
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(config)  # (Hydra sets it next, for the job; the paths need it now)
-        directory = config.hydra[mode].dir
         try:
+            if launched_world_size() > 1 and not any(o.startswith(f"hydra.{mode}.dir=") for o in config.hydra.overrides.hydra):
+                raise RunDirectoryError(f"a launcher started {launched_world_size()} processes: give them all the same "
+                                        f"(shared) directory with hydra.{mode}.dir=DIR, or each picks its own")
+            if launched_rank() != 0:
+                return  # rank 0 of this launch holds it
+            directory = _resolved(config, f"hydra.{mode}.dir")
             lock_run_directory(
                 directory, command_line(sys.argv[0], sys.argv[1:]),
                 check=lambda: refuse_to_overwrite(checkpoint_dirs(config, directory), config.get("ckpt_path"))
@@ -191,6 +212,18 @@ class RunDirectoryLock(HydraCallback):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
+
+
+def _resolved(config: DictConfig, key: str) -> str:
+    """A config value; a UserError raised while resolving it (``unique_dir``) as itself,
+    not wrapped in OmegaConf's InterpolationResolutionError."""
+    try:
+        return str(OmegaConf.select(config, key, throw_on_resolution_failure=True))
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
+        raise cause if cause is not None else e
 
 
 def keep_earlier_config(subdir: Path) -> None:
@@ -249,18 +282,27 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
 # --------------------------------------------------------------------------- commands that paste
 
-# What Hydra's override grammar takes unquoted in a value (a conservative subset).
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+@%,~-]*")
+# What Hydra's override grammar takes unquoted in a value (a conservative subset: no ',',
+# which makes a sweep list, no '~', no spaces, quotes or '$').
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+@%-]+")
 
 
 def hydra_value(value: str) -> str:
-    """A string as a Hydra override value: as is when plain, else single-quoted with
-    Hydra's escapes (``\\'`` for a quote, ``\\${`` so that it is not an interpolation)."""
+    """A string as a Hydra override value: as is when plain, else single-quoted. Inside
+    quotes Hydra un-escapes a backslash only before a quote or at the end, and OmegaConf
+    reads ``${`` as an interpolation: those are escaped, nothing else."""
     value = str(value)
-    if _PLAIN_VALUE.fullmatch(value) and value:
+    if _PLAIN_VALUE.fullmatch(value) and _reads_back(value):  # not 'null', '1e3', 'true', ...: those have types
         return value
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
-    return f"'{escaped}'"
+    quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)  # backslashes before a quote doubled
+    quoted = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted)  # ... and at the end
+    return "'" + quoted.replace("${", "\\${") + "'"
+
+
+def _reads_back(value: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(f"k={value}").value() == value
 
 
 def command_line(program: str, args: list[str], **settings: str) -> str:

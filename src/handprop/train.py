@@ -8,7 +8,6 @@ checkpoints/, tensorboard/ and metrics.json (one flat JSON object of final metri
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import sys
@@ -30,6 +29,8 @@ from .checkpoints import (
     InterruptCheckpoint,
     atomic_write_text,
     check_same_recipe,
+    is_disk_full,
+    no_space,
     read_checkpoint,
     remove_stale_temporaries,
 )
@@ -124,10 +125,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path is not None:  # safe, ours, the same network and training: or a clear error now
         check_same_recipe(ckpt_path, read_checkpoint(ckpt_path, against=model), model)
     if init_from is not None:  # a new run from a checkpoint's weights: fresh optimiser, schedule, counters
-        model.load_weights(read_checkpoint(init_from, against=model, same=FUNCTION_SETTINGS)["state_dict"])
+        checkpoint = read_checkpoint(init_from, against=model, same=FUNCTION_SETTINGS, option="init_from")
+        model.load_weights(checkpoint["state_dict"])
         log.info("weights (and pixel statistics) loaded from %s", init_from)
     if trainer.is_global_zero:
-        for directory in checkpoint_dirs(cfg):
+        for directory in {*checkpoint_dirs(cfg), Path(cfg.paths.output_dir)}:
             remove_stale_temporaries(directory)
     start = time.perf_counter()
     with _disk_full_is_a_user_error(cfg.paths.output_dir):
@@ -156,6 +158,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             try:
                 trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             except SystemExit as e:  # Ctrl-C (or SIGTERM) during the test: training itself is complete
+                if not trainer.interrupted:
+                    raise
                 _write_metrics(cfg.paths.output_dir, metrics)
                 _tell_how_to_test(cfg, trainer, best, "SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT")
                 raise SystemExit(143 if isinstance(e, SIGTERMException) else 130) from None
@@ -168,16 +172,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @contextlib.contextmanager
 def _disk_full_is_a_user_error(output_dir: str):
     """A write that fails for lack of space anywhere in the run (TensorBoard's event files,
-    the log): one line naming the run directory's disk. (Checkpoints say it themselves:
-    checkpoints.atomic_write.)"""
+    metrics.json): the one-line message. (Checkpoints say it themselves: atomic_write.)"""
     try:
         yield
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(e):
             raise
-        where = f" ({e.filename})" if e.filename else ""
-        raise DiskFullError(f"no space left on the disk of {output_dir}{where}; the checkpoints written so far are "
-                            "intact. Free some space and resume from checkpoints/last.ckpt") from None
+        raise no_space(output_dir, f"{e.filename or 'a file of the run'} was not written") from None
 
 
 def _recorded_overrides(cfg: DictConfig) -> list[str]:
@@ -209,7 +210,7 @@ def _tell_how_to_test(cfg: DictConfig, trainer: L.Trainer, best: str, signal_nam
     test = command_line("eval.py", [], ckpt_path=checkpoint, **data) if checkpoint else "(no checkpoint was written)"
     print(f"{signal_name}: the final test was interrupted; training had finished ({trainer.current_epoch} epochs, "
           f"step {trainer.global_step}) and its checkpoints are kept; metrics.json holds its results without "
-          f"test/*.\nTest the best checkpoint with:\n  {test}", file=sys.stderr, flush=True)
+          f"test/*.\nTest the {'best' if best else 'last'} checkpoint with:\n  {test}", file=sys.stderr, flush=True)
 
 
 def flat_config(cfg: DictConfig, drop=("paths", "callbacks", "logger", "hydra")) -> dict[str, bool | int | float | str]:
