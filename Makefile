@@ -23,7 +23,7 @@ train: install  ## train the default MLP on the embedded MNIST sample (ARGS="key
 test: install  ## run the whole test suite, slow tests included, on CPU (two workers)
 	$(BIN)/python -m pytest -n 2 $(ARGS)
 
-bench: install  ## benchmarks: manual vs autograd backward (speed, memory), audit cost -> outputs/bench/
+bench: install  ## benchmarks -> outputs/bench/ (ARGS=--quick: every section at toy sizes, as make test runs it)
 	$(BIN)/python -m handprop.bench $(ARGS)
 
 tensorboard: install  ## serve every run under outputs/ on http://localhost:6006

@@ -1,7 +1,11 @@
 """The measuring tools of the benchmarks, and the memory claim they support."""
 
+import json
+
 import pytest
 import torch
+
+from conftest import run_cli
 
 from handprop import functional as HF
 from handprop.bench import backward_vs_autograd, interleaved_medians, saved_bytes
@@ -77,3 +81,22 @@ def test_pictures_cost_times_both_runs_and_the_hooks():
     assert p["with_s"] > 0 and p["without_s"] > 0, p
     assert p["inside_callbacks_s"] > 0, p  # the hooks ran, drew and were timed
     assert p["inside_callbacks_s"] < p["with_s"], p
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_every_section(tmp_path):
+    """`make bench ARGS=--quick`: each section's own code at toy sizes, so that a broken
+    section fails here instead of in a user's hands (it once died on its first section)."""
+    out = tmp_path / "bench.json"
+    proc = run_cli("-m", "handprop.bench", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {"backward", "audit", "gemm", "epoch", "pictures", "fashion"} <= set(results)
+    assert {row["recipe"] for row in results["backward"]} == {"default", "plain"}
+    assert results["audit"]["audit_ms"] > 0 and results["gemm"]["step_gflops"] > 0
+    assert results["epoch"]["handprop_epoch_s"] > 0 and results["pictures"]["with_s"] > 0
+    fashion = results["fashion"]["fashion_fast"]
+    assert fashion["handprop"]["epochs"] == fashion["plain_loop"]["epochs"] == 1
+    for line in ("Manual backward vs PyTorch autograd", "Gradient audit every 100 steps", "Large-MLP step",
+                 "One epoch of the default recipe", "TensorBoard pictures and scalars", "Fashion-MNIST"):
+        assert line in proc.stdout

@@ -25,11 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import tempfile
 
 import lightning as L
 import torch
@@ -129,10 +128,8 @@ def backward_vs_autograd(
     }
 
 
-def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9) -> dict:
+def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9, number: int = 5) -> dict:
     """Time of one gradient audit relative to the training steps between two audits."""
-    from lightning.pytorch.plugins.precision import Precision
-
     from .callbacks import GradientAudit
     from .module import DigitClassifier
 
@@ -140,7 +137,8 @@ def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9)
     model = DigitClassifier(dropout=0.25, label_smoothing=0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images, labels = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    trainer = type("Trainer", (), {"precision_plugin": Precision()})()
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # one process, float32
     audit = GradientAudit(every_n_steps)
 
     def step():
@@ -154,7 +152,7 @@ def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9)
     t = interleaved_medians(
         {"step": step, "audit": lambda: audit.relative_errors(trainer, model, (images, labels), manual, rng)},
         repeats,
-        5,
+        number,
     )
     return {
         "network": "784-512-256-10",
@@ -168,7 +166,7 @@ def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9)
 # --------------------------------------------------------------------------- gemm
 
 
-def gemm_fraction(batch: int = 512, hidden=(1024, 1024), repeats: int = 9) -> dict:
+def gemm_fraction(batch: int = 512, hidden=(1024, 1024), repeats: int = 9, square: int = 2048) -> dict:
     """FLOP/s of a training step against the machine's own matrix-product rate."""
     torch.manual_seed(0)
     sizes = [784, *hidden, 10]
@@ -178,7 +176,6 @@ def gemm_fraction(batch: int = 512, hidden=(1024, 1024), repeats: int = 9) -> di
     layers = list(zip(sizes, sizes[1:]))
     # forward x Wᵀ and dW = dzᵀ x for every layer, dx = dz W for all but the first
     flops = 2 * batch * (2 * sum(a * b for a, b in layers) + sum(a * b for a, b in layers[1:]))
-    square = 2048
     a, b = torch.randn(square, square), torch.randn(square, square)
 
     def step():
@@ -467,9 +464,10 @@ def _accuracy_curve(model, states, images, labels) -> list[float]:
 
 
 def fashion_time_to_accuracy(
-    data_dir: str, experiment: str = "fashion_mlp", target: float = 0.89, budget_s: float = 180.0, device="cpu"
+    data_dir: str, experiment: str = "fashion_mlp", target: float = 0.89, budget_s: float = 180.0, device="cpu",
+    overrides=(),
 ) -> dict:
-    cfg = compose_recipe([f"experiment={experiment}", f"data.data_dir={data_dir}"])
+    cfg = compose_recipe([f"experiment={experiment}", f"data.data_dir={data_dir}", *overrides])
     test_x, test_y = load_split("fashion_mnist", "test", data_dir)
     out = {"recipe": f"experiment={experiment}", "device": str(device), "target": target, "budget_s": budget_s}
     for name, run in (("handprop", lightning_epochs), ("plain_loop", plain_epochs)):
@@ -541,6 +539,19 @@ def pictures_cost(overrides=()) -> dict:
     return out
 
 
+# --quick: each section's own code at toy sizes (make test runs it, so that a broken section fails CI)
+_SHORT_RUN = ("trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+              "trainer.limit_test_batches=1", "data.val_size=100")
+QUICK = {
+    "sizes": (SIZES[0],),
+    "audit": {"batch": 16, "number": 2},
+    "gemm": {"batch": 16, "hidden": (32, 32), "square": 64},
+    "epoch": {"epochs": 2, "overrides": ("trainer.limit_train_batches=3",)},
+    "pictures": {"overrides": _SHORT_RUN},
+    "fashion": {"overrides": ("trainer.max_epochs=1", "data.val_size=100"), "budget_s": 60.0},
+}
+
+
 def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     head = " | ".join(title for title, _, _ in columns)
     lines = [head, " | ".join("---" for _ in columns)]
@@ -558,7 +569,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="where the epoch and fashion sections train (cpu, cuda)")
     parser.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist",
                         help="Fashion-MNIST's four IDX files (apt-get install dataset-fashion-mnist)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every section at toy sizes, one repeat, in well under two minutes: that the benchmark "
+                             "runs (make test does), not what it measures")
     args = parser.parse_args(argv)
+    quick = QUICK if args.quick else {}
+    if args.quick:
+        args.repeats, args.batch = 1, 16
     sections = set(args.only.split(","))
     results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     out = Path(args.out)
@@ -568,7 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
         out.write_text(json.dumps(results, indent=2) + "\n")
 
     if "backward" in sections:
-        rows = [backward_vs_autograd(h, r, args.batch, args.repeats) for r in RECIPES for h in SIZES]
+        rows = [backward_vs_autograd(h, r, args.batch, args.repeats) for r in RECIPES for h in quick.get("sizes", SIZES)]
         results["backward"] = rows
         print(f"\nManual backward vs PyTorch autograd: one training step, batch {args.batch}, "
               f"CPU threads {results['threads']}")
@@ -580,19 +597,19 @@ def main(argv: list[str] | None = None) -> dict:
             ("speed ratio", "speed_ratio", ">11.3f"), ("saved bytes manual", "saved_bytes_manual", ">18,"),
             ("saved bytes autograd", "saved_bytes_autograd", ">20,"), ("memory ratio", "memory_ratio", ">12.3f"),
         ]))
-        results["audit"] = audit = audit_overhead(repeats=args.repeats)
+        results["audit"] = audit = audit_overhead(repeats=args.repeats, **quick.get("audit", {}))
         print(f"\nGradient audit every {audit['every_n_steps']} steps ({audit['network']}): one audit "
               f"{audit['audit_ms']:.2f} ms, a step {audit['step_ms']:.2f} ms -> "
               f"+{audit['overhead_pct']:.2f}% of training time")
         save()
     if "gemm" in sections:
-        results["gemm"] = g = gemm_fraction(repeats=args.repeats)
+        results["gemm"] = g = gemm_fraction(repeats=args.repeats, **quick.get("gemm", {}))
         print(f"\nLarge-MLP step ({g['network']}, batch {g['batch']}, float32): {g['step_ms']:.1f} ms = "
               f"{g['step_gflops']:.1f} GFLOP/s; a 2048x2048 matrix product runs at {g['gemm_gflops']:.1f} GFLOP/s "
               f"-> {100 * g['fraction_of_gemm']:.0f}% of the machine's GEMM rate")
         save()
     if "epoch" in sections:
-        results["epoch"] = e = epoch_speed(device=args.device)
+        results["epoch"] = e = epoch_speed(device=args.device, **quick.get("epoch", {}))
         print(f"\nOne epoch of the default recipe on {e['device']} (median of {e['epochs'] - 1}): handprop under "
               f"Lightning {e['handprop_epoch_s']:.3f} s ({e['handprop_samples_per_s']:,.0f} samples/s), plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
               f"(framework overhead {100 * e['overhead_vs_plain_loop']:+.1f}%), torchvision MNIST + DataLoader "
@@ -602,12 +619,21 @@ def main(argv: list[str] | None = None) -> dict:
               f"{1e3 * e['torchvision_loader_epoch_s']:.1f} ms ({e['loader_speedup_vs_torchvision']:.0f}x)")
         save()
     if "pictures" in sections:
-        results["pictures"] = p = pictures_cost()
+        results["pictures"] = p = pictures_cost(**quick.get("pictures", {}))
         print(f"\nTensorBoard pictures and scalars, a default python train.py: {p['with_s']:.1f} s with them, "
               f"{p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); {p['inside_callbacks_s']:.2f} s "
               f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run")
         save()
-    if "fashion" in sections:
+    if "fashion" in sections and args.quick:  # the same code on a few hundred digits written as Fashion-MNIST's files
+        with tempfile.TemporaryDirectory() as fake:
+            for split, stem in (("train", "train"), ("test", "t10k")):
+                x, y = load_split("sample", "test" if split == "test" else "train")
+                write_idx(Path(fake) / f"{stem}-images-idx3-ubyte.gz", x[:600])
+                write_idx(Path(fake) / f"{stem}-labels-idx1-ubyte.gz", y[:600])
+            results["fashion"] = {"fashion_fast": fashion_time_to_accuracy(fake, "fashion_fast", **quick["fashion"])}
+        print("\nFashion-MNIST: ran on 600 stand-in digits (--quick)")
+        save()
+    elif "fashion" in sections:
         if not (Path(args.fashion_dir) / "t10k-images-idx3-ubyte.gz").exists() and not (
             Path(args.fashion_dir) / "FashionMNIST" / "raw"
         ).is_dir():
