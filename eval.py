@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from handprop.config import exit_on_unknown_override
-from handprop.errors import UserError
+from handprop.errors import HandpropError
 from handprop.rundir import exit_on_launch_problem
 from handprop.train import evaluate
 
@@ -22,7 +22,7 @@ from handprop.train import evaluate
 def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
-    except UserError as e:
+    except HandpropError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from handprop.config import exit_on_unknown_override
-from handprop.errors import UserError
+from handprop.errors import HandpropError
 from handprop.rundir import exit_on_launch_problem
 from handprop.train import train
 
@@ -37,9 +37,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         problem = _sweep_problem(cfg)
         if problem:
-            raise UserError(problem)
+            raise HandpropError(problem)
         metrics = train(cfg)
-    except UserError as e:
+    except HandpropError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     return metrics.get(cfg.get("optimized_metric", "val/acc"))  # for Hydra sweepers

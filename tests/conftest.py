@@ -133,3 +133,10 @@ def pytest_configure(config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+
+
+class RaiseInTraining(Callback):
+    """Raises a KeyError in the first training step: a bug, which must keep its traceback."""
+
+    def on_train_batch_start(self, *args) -> None:
+        raise KeyError("a deliberate bug")

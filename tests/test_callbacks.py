@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from handprop import functional as HF
 from handprop.callbacks import GradientAudit
 from handprop.module import DigitClassifier
-from handprop.errors import UserError
+from handprop.errors import HandpropError
 from handprop.train import train
 
 
@@ -36,7 +36,7 @@ def test_audit_stops_a_run_whose_backward_is_broken(train_cfg, tmp_path, monkeyp
     broken = dataclasses.replace(HF.ACTIVATIONS["relu"], chain=lambda g, a: g)
     monkeypatch.setitem(HF.ACTIVATIONS, "relu", broken)
     pattern = r"audit failed at step 0: .* in layer1 \(512x784, activation relu\): [\d.]+; layer2 \(256x512, activation relu\): [\d.]+\. "
-    with pytest.raises(UserError, match=pattern):
+    with pytest.raises(HandpropError, match=pattern):
         train(train_cfg("callbacks.gradient_audit.every_n_steps=1"))
     assert not (tmp_path / "metrics.json").exists()
 

@@ -12,7 +12,7 @@ import torch
 from conftest import FAST, ROOT, run_cli, small_filesystem
 
 from handprop.checkpoints import read_checkpoint
-from handprop.errors import UserError
+from handprop.errors import HandpropError
 from handprop.train import train
 
 
@@ -48,7 +48,7 @@ def _malicious(checkpoint, tmp_path):
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(checkpoint, tmp_path):
     bad, marker = _malicious(checkpoint, tmp_path)
-    with pytest.raises(UserError, match="refused to load: the file holds Python objects other than tensors"):
+    with pytest.raises(HandpropError, match="refused to load: the file holds Python objects other than tensors"):
         read_checkpoint(str(bad))
     assert not marker.exists()
     torch.load(bad, weights_only=False)  # the proof that the payload is real: unsafe loading runs it
@@ -70,7 +70,7 @@ def test_a_checkpoint_of_another_network_names_the_shapes(checkpoint, tmp_path):
     from conftest import compose_config
 
     cfg = compose_config("train", [*FAST, "model.hidden=[32]", f"ckpt_path={checkpoint}"], tmp_path)
-    with pytest.raises(UserError) as e:
+    with pytest.raises(HandpropError) as e:
         train(cfg)
     message = str(e.value)
     assert "holds a different network than this run's network" in message
@@ -94,7 +94,7 @@ def test_files_that_are_not_checkpoints(tmp_path, content, reason):
         path.write_bytes(content)
     else:
         torch.save(content, path)
-    with pytest.raises(UserError, match=f"ckpt_path={path} is not a handprop checkpoint {reason}$"):
+    with pytest.raises(HandpropError, match=f"ckpt_path={path} is not a handprop checkpoint {reason}$"):
         read_checkpoint(str(path))
 
 
@@ -102,7 +102,7 @@ def test_a_truncated_checkpoint_is_named(checkpoint, tmp_path):
     data = checkpoint.read_bytes()
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="is not a handprop checkpoint \\(cannot be read"):
+    with pytest.raises(HandpropError, match="is not a handprop checkpoint \\(cannot be read"):
         read_checkpoint(str(cut))
 
 
@@ -189,7 +189,7 @@ def test_resume_refuses_a_network_trained_with_other_settings(checkpoint, tmp_pa
     cfg = compose_config("train", [*FAST, "model.hidden=[16]", "model.activation=sigmoid", "model.loss=quadratic",
                                    "model.label_smoothing=0", "model.normalize=false", f"ckpt_path={checkpoint}"],
                          tmp_path)
-    with pytest.raises(UserError) as e:
+    with pytest.raises(HandpropError) as e:
         train(cfg)
     message = str(e.value)
     assert "was trained with other model settings than this run's" in message
@@ -209,15 +209,15 @@ def test_resume_with_another_schedule_is_refused_and_init_from_trains_on_fresh(t
     train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     for scheduler, ours in (("cosine", "CosineAnnealingLR"), ("none", "none")):
-        with pytest.raises(UserError) as e:
+        with pytest.raises(HandpropError) as e:
             train(compose_config("train", [*common, "trainer.max_epochs=3", f"scheduler={scheduler}",
                                            f"ckpt_path={last}"], tmp_path / scheduler))
         assert f"scheduler: checkpoint OneCycleLR, this run {ours}" in str(e.value)
         assert f"init_from={last} (instead of ckpt_path)" in str(e.value)
-    with pytest.raises(UserError, match=f"train on from these weights .* init_from={last}"):  # more epochs, same schedule
+    with pytest.raises(HandpropError, match=f"train on from these weights .* init_from={last}"):  # more epochs, same schedule
         train(compose_config("train", [*common, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "more"))
     train(compose_config("train", [*common, "trainer.max_epochs=1", "scheduler=cosine"], tmp_path / "cos"))
-    with pytest.raises(UserError, match="schedule ends after 4 steps but this run asks for 12"):  # T_max: no crash, no silent climb
+    with pytest.raises(HandpropError, match="schedule ends after 4 steps but this run asks for 12"):  # T_max: no crash, no silent climb
         train(compose_config("train", [*common, "trainer.max_epochs=3", "scheduler=cosine",
                                        f"ckpt_path={tmp_path / 'cos' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "cos"))
 
@@ -231,9 +231,9 @@ def test_resume_with_another_schedule_is_refused_and_init_from_trains_on_fresh(t
     new = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
     assert new["epoch"] == 2 and new["optimizer_states"][0]["state"][0]["step"] == 12  # a fresh optimiser
     assert new["lr_schedulers"][0]["total_steps"] == 12  # a fresh schedule of the new length
-    with pytest.raises(UserError, match="init_from=.* and ckpt_path=.*: choose one"):
+    with pytest.raises(HandpropError, match="init_from=.* and ckpt_path=.*: choose one"):
         train(compose_config("train", [*common, f"init_from={last}", f"ckpt_path={last}"], tmp_path / "c"))
-    with pytest.raises(UserError, match="model.hidden=\\[16\\]"):  # another network is named
+    with pytest.raises(HandpropError, match="model.hidden=\\[16\\]"):  # another network is named
         train(compose_config("train", [*FAST, "model.hidden=[32]", f"init_from={last}"], tmp_path / "d"))
 
 
@@ -246,24 +246,24 @@ def test_a_checkpoint_is_checked_before_anything_is_built(checkpoint, tmp_path):
     nan["state_dict"]["net.layers.0.weight"] = nan["state_dict"]["net.layers.0.weight"].clone()
     nan["state_dict"]["net.layers.0.weight"][3, 5] = float("nan")
     torch.save(nan, tmp_path / "nan.ckpt")
-    with pytest.raises(UserError, match=r"holds weights that are NaN or infinite \(net.layers.0.weight\)"):
+    with pytest.raises(HandpropError, match=r"holds weights that are NaN or infinite \(net.layers.0.weight\)"):
         read_checkpoint(tmp_path / "nan.ckpt")
     # edited sizes: a billion hidden units would take 3 GB to build; refused from the meta device
     edited = dict(ckpt, hyper_parameters={**ckpt["hyper_parameters"], "hidden": [10**9]})
     torch.save(edited, tmp_path / "edited.ckpt")
-    with pytest.raises(UserError, match=r"net.layers.0.weight: checkpoint \(16, 784\), the network its "
+    with pytest.raises(HandpropError, match=r"net.layers.0.weight: checkpoint \(16, 784\), the network its "
                                         r"hyper_parameters describe \(1000000000, 784\)"):
         read_checkpoint(tmp_path / "edited.ckpt")
     bad = dict(ckpt, hyper_parameters={**ckpt["hyper_parameters"], "activation": "swish"})
     torch.save(bad, tmp_path / "bad.ckpt")
-    with pytest.raises(UserError, match="its hyper_parameters do not describe a handprop network .*'swish'"):
+    with pytest.raises(HandpropError, match="its hyper_parameters do not describe a handprop network .*'swish'"):
         read_checkpoint(tmp_path / "bad.ckpt")
 
 
 def test_a_file_of_zeros_is_named_without_unsafe_advice(tmp_path):
     zeros = tmp_path / "zeros.ckpt"
     zeros.write_bytes(bytes(4096))
-    with pytest.raises(UserError) as e:
+    with pytest.raises(HandpropError) as e:
         read_checkpoint(zeros)
     assert str(e.value) == (f"ckpt_path={zeros} is not a handprop checkpoint (cannot be read: not a file torch.save "
                             "writes; it starts with the bytes 00 00 00 00)")

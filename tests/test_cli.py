@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, run_cli
 from test_data import write_raw_dataset
 
 
@@ -125,3 +125,18 @@ def test_default_recipe_learns_digits(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test/acc"] >= 0.94, metrics
+
+
+def test_a_bug_keeps_its_traceback_and_a_users_mistake_is_one_line(tmp_path):
+    """Entry points catch the HandpropError family only: a KeyError raised inside training
+    is a bug and shows where it happened; a bad value is one line."""
+    quick = ["model.hidden=[16]", "trainer.max_epochs=1", "callbacks.pictures=null", "callbacks.progress_bar=null",
+             "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+    bug = run_cli("train.py", *quick, "+callbacks.boom._target_=conftest.RaiseInTraining", f"hydra.run.dir={tmp_path}/a",
+                  env={"PYTHONPATH": str(ROOT / "tests")})
+    assert bug.returncode == 1
+    assert "Traceback (most recent call last)" in bug.stderr and "KeyError: 'a deliberate bug'" in bug.stderr
+    assert not any(line.startswith("error:") for line in bug.stderr.splitlines())
+    mistake = run_cli("train.py", *quick, "model.dropout=1.5", f"hydra.run.dir={tmp_path}/b")
+    assert mistake.returncode == 2 and "Traceback" not in mistake.stderr
+    assert "error: bad config:\n  model.dropout=1.5: must be a probability in [0, 1)" in mistake.stderr

@@ -139,13 +139,13 @@ def _spoil(raw, how):
     ],
 )
 def test_a_bad_data_file_stops_the_run_naming_the_file(train_cfg, tmp_path, how, message):
-    from handprop.errors import UserError
+    from handprop.errors import HandpropError
     from handprop.train import train
 
     raw = write_raw_dataset(tmp_path / "data", n_train=120, n_test=30)
     _spoil(raw, how)
     before = {p: p.read_bytes() for p in raw.iterdir()}
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(HandpropError, match=message):
         train(train_cfg("data=mnist", f"data.data_dir={tmp_path / 'data'}", "data.val_size=20"))
     assert {p: p.read_bytes() for p in raw.iterdir()} == before  # the user's files are left as they were
     assert not (tmp_path / "checkpoints").exists()

@@ -165,21 +165,21 @@ def test_a_new_run_never_overwrites_or_silently_continues_another_runs_checkpoin
     old run from its newest checkpoint), and the old run's files are left as they were."""
     from conftest import FAST, compose_config
 
-    from handprop.errors import UserError
+    from handprop.errors import HandpropError
     from handprop.train import train
 
     common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
     train(compose_config("train", common, tmp_path))
     before = {p: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
     last = tmp_path / "checkpoints" / "last.ckpt"
-    with pytest.raises(UserError) as error:
+    with pytest.raises(HandpropError) as error:
         train(compose_config("train", [*common, "model.hidden=[32]"], tmp_path))
     assert str(error.value).startswith(f"{tmp_path / 'checkpoints'} already holds checkpoints of another run (")
     assert f"Resume that run with ckpt_path={last} (and the same hydra.run.dir)" in str(error.value)
     # a checkpoint from elsewhere does not make this directory's checkpoints safe to overwrite
     elsewhere = tmp_path / "other.ckpt"
     elsewhere.write_bytes(last.read_bytes())
-    with pytest.raises(UserError, match="already holds checkpoints"):
+    with pytest.raises(HandpropError, match="already holds checkpoints"):
         train(compose_config("train", [*common, f"ckpt_path={elsewhere}", "trainer.max_epochs=3", "scheduler=none"], tmp_path))
     assert {p: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before
 

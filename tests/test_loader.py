@@ -67,7 +67,7 @@ def test_resume_mid_epoch_continues_with_the_same_batches():
 
 def test_state_from_other_data_is_refused():
     state = _loader(shuffle=True, seed=9).state_dict()
-    with pytest.raises(ValueError, match="resume with the same data and seed"):
+    with pytest.raises(DataError, match="resume with the same data and seed"):
         _loader(n=50, shuffle=True, seed=9).load_state_dict(state)
 
 

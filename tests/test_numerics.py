@@ -9,7 +9,7 @@ from omegaconf import open_dict
 
 from conftest import FAST, compose_config
 
-from handprop.errors import UserError
+from handprop.errors import HandpropError
 from handprop.train import train
 
 
@@ -29,7 +29,7 @@ def test_a_nan_mid_run_stops_it_naming_the_step_and_keeps_the_last_good_checkpoi
     cfg = compose_config("train", [*FAST, "trainer.max_epochs=3", "model.hidden=[16]", "callbacks.pictures=null"], tmp_path)
     with open_dict(cfg):
         cfg.callbacks.poison = {"_target_": "test_numerics.Poison", "step": 6}  # epoch 1, its third step
-    with pytest.raises(UserError) as e:
+    with pytest.raises(HandpropError) as e:
         train(cfg)
     message = str(e.value)
     assert message.startswith("the training loss became NaN or infinite at step 6 (epoch 1)"), message
@@ -44,7 +44,7 @@ def test_a_nan_mid_run_stops_it_naming_the_step_and_keeps_the_last_good_checkpoi
 def test_a_learning_rate_far_too_high_is_named(tmp_path):
     cfg = compose_config("train", [*FAST, "optimizer=sgd", "optimizer.lr=1e6", "scheduler=none", "model.hidden=[16]",
                                    "callbacks.pictures=null", "callbacks.numerics_guard.every_n_steps=1"], tmp_path)
-    with pytest.raises(UserError, match=r"became NaN or infinite at step \d+ \(epoch \d\).*learning rate was 1e\+06"):
+    with pytest.raises(HandpropError, match=r"became NaN or infinite at step \d+ \(epoch \d\).*learning rate was 1e\+06"):
         train(cfg)
     for path in (tmp_path / "checkpoints").glob("*.ckpt"):  # nothing written from broken weights
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import CONF, FAST, compose_config, tensorboard_run
 from handprop.config import ConfigError, check_config, config_problems
-from handprop.errors import UserError
+from handprop.errors import HandpropError
 from handprop.train import evaluate, train
 
 
@@ -74,7 +74,7 @@ def test_train_leaves_a_complete_run(train_cfg, tmp_path):
 
 
 def test_missing_checkpoint_is_a_user_error(train_cfg, tmp_path):
-    with pytest.raises(UserError, match="ckpt_path=.*nope.ckpt: no such checkpoint file"):
+    with pytest.raises(HandpropError, match="ckpt_path=.*nope.ckpt: no such checkpoint file"):
         train(train_cfg(f"ckpt_path={tmp_path}/nope.ckpt"))
 
 
@@ -82,7 +82,7 @@ def test_eval_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
     cfg = compose_config("eval", [f"ckpt_path={junk}"], tmp_path / "eval")
-    with pytest.raises(UserError, match="is not a handprop checkpoint"):
+    with pytest.raises(HandpropError, match="is not a handprop checkpoint"):
         evaluate(cfg)
 
 
@@ -100,7 +100,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
 def test_resume_past_the_end_of_a_one_cycle_schedule_says_why(tmp_path):
     train(compose_config("train", [*FAST, "trainer.max_epochs=1"], tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    with pytest.raises(UserError, match="schedule ends after 4 steps but this run asks for 8"):
+    with pytest.raises(HandpropError, match="schedule ends after 4 steps but this run asks for 8"):
         train(compose_config("train", [*FAST, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "b"))
 
 
@@ -129,6 +129,6 @@ def test_run_names_are_short_safe_and_distinct():
 
 def test_a_one_cycle_schedule_too_short_to_warm_up_is_one_line(train_cfg):
     # OneCycleLR divides by (pct_start x steps - 1): 0.2 x 5 steps would be a division by zero
-    with pytest.raises(UserError, match="the learning-rate schedule cannot be built for this run's length "
+    with pytest.raises(HandpropError, match="the learning-rate schedule cannot be built for this run's length "
                                         r"\({'total_steps': 5}\): its warm-up would end on its first step"):
         train(train_cfg("trainer.max_steps=5", "test=false"))

@@ -11,12 +11,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from .errors import HandpropError
 from .module import logs_this_step
 
 log = logging.getLogger(__name__)
 
 
-class GradientAuditError(RuntimeError):
+class GradientAuditError(HandpropError):
     """The hand-written backward pass disagrees with PyTorch's autograd on a live batch."""
 
 
@@ -405,7 +406,7 @@ class TensorBoardPictures(Callback):
 # --------------------------------------------------------------------------- many processes
 
 
-class ReplicaError(RuntimeError):
+class ReplicaError(HandpropError):
     """The processes of a data-parallel run no longer hold the same weights."""
 
 
@@ -460,7 +461,7 @@ class ReplicaCheck(Callback):
 # --------------------------------------------------------------------------- numerical faults
 
 
-class NumericalError(RuntimeError):
+class NumericalError(HandpropError):
     """The training loss or a gradient is no longer a finite number."""
 
 

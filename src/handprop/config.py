@@ -38,10 +38,10 @@ from . import functional as HF
 from .data import AUGMENTATIONS, DATASETS, LOADERS
 from .module import SCHEDULE_LENGTH_KEYS, decoupled_weight_decay
 from .nn import INITS
-from .errors import UserError
+from .errors import HandpropError
 
 
-class ConfigError(UserError):
+class ConfigError(HandpropError):
     """The configuration asks for something impossible; the message names the key."""
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import UserError
+from .errors import HandpropError
 
 SAMPLE_SPLIT = {"val": 500, "test": 500}  # the remaining 4,000 sample digits train
 RAW_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -46,7 +46,7 @@ AUGMENTATIONS = ("rotation", "scale", "shift", "flip", "elastic", "elastic_sigma
 _IDX_DTYPES = {0x08: torch.uint8}  # the only element type the digit datasets use
 
 
-class DataError(UserError):
+class DataError(HandpropError):
     """A data file or directory is missing, truncated or not what it claims to be."""
 
 
@@ -323,7 +323,7 @@ class DeviceBatches:
 
     def load_state_dict(self, state: dict) -> None:
         if state["size"] != len(self.labels) or state["seed"] != self.seed:
-            raise ValueError(
+            raise DataError(
                 f"the checkpoint's data loader state is for {state['size']} samples with seed {state['seed']}, "
                 f"this run has {len(self.labels)} samples with seed {self.seed}: resume with the same data and seed"
             )

@@ -1,21 +1,24 @@
-"""The errors a user can fix: a bad config value, a missing or corrupt file, a wrong
-checkpoint, a busy or full run directory. The entry points print them as one line
-(``error: ...``) and exit with status 2; every other exception is a bug and keeps its
-traceback."""
+"""The errors a user can fix, and only those: one family, ``HandpropError``.
+
+A bad config value, a missing or corrupt data file, a wrong checkpoint, a busy or full
+run directory, a run that diverged, a backward pass that disagrees with autograd: each
+says what is wrong and what to do. The entry points catch this family only and print it
+as one line (``error: ...``, exit status 2); any other exception is a bug and keeps its
+traceback.
+"""
 
 
-class UserError(ValueError):
-    """Raised for inputs a user can fix (config, data, checkpoint, run directory); the
-    message names the problem and the fix."""
+class HandpropError(Exception):
+    """Something the user can fix; the message names the problem and the fix."""
 
 
-class CheckpointError(UserError):
+class CheckpointError(HandpropError):
     """A checkpoint that cannot be read, is not handprop's, or does not fit this run."""
 
 
-class DiskFullError(UserError):
+class DiskFullError(HandpropError):
     """A file could not be written for lack of space; what was there before is intact."""
 
 
-class RunDirectoryError(UserError):
+class RunDirectoryError(HandpropError):
     """The run directory is in use by another process, or cannot be written."""

@@ -13,10 +13,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from . import functional as HF
 from .nn import MLP
-from .errors import UserError
+from .errors import HandpropError
 
 
-class ScheduleError(UserError):
+class ScheduleError(HandpropError):
     """A resumed run asks for more steps than the checkpoint's schedule has."""
 
 

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserError
+from .errors import HandpropError
 
 
-class ImageError(UserError):
+class ImageError(HandpropError):
     """An image that cannot be read or holds no digit."""
 
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         read_checkpoint(args.checkpoint, option=None)  # safe, ours, finite, consistent: before anything is built
         model = DigitClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
-    except UserError as e:
+    except HandpropError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = 0

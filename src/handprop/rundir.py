@@ -36,7 +36,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .errors import RunDirectoryError, UserError
+from .errors import RunDirectoryError, HandpropError
 
 LOCK_FILE = ".lock"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # what Lightning reads
@@ -209,19 +209,19 @@ class RunDirectoryLock(HydraCallback):
                 if check_checkpoints else None,
             )
             keep_earlier_config(Path(directory) / str(config.hydra.output_subdir or ".hydra"))
-        except UserError as e:
+        except HandpropError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
 
 
 def _resolved(config: DictConfig, key: str) -> str:
-    """A config value; a UserError raised while resolving it (``unique_dir``) as itself,
+    """A config value; a HandpropError raised while resolving it (``unique_dir``) as itself,
     not wrapped in OmegaConf's InterpolationResolutionError."""
     try:
         return str(OmegaConf.select(config, key, throw_on_resolution_failure=True))
     except Exception as e:
         cause = e
-        while cause is not None and not isinstance(cause, UserError):
+        while cause is not None and not isinstance(cause, HandpropError):
             cause = cause.__cause__ or cause.__context__
         raise cause if cause is not None else e
 

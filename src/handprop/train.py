@@ -22,7 +22,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .callbacks import GradientAuditError, NumericalError, ReplicaError
 from .checkpoints import (
     FUNCTION_SETTINGS,
     AtomicCheckpointIO,
@@ -34,10 +33,9 @@ from .checkpoints import (
     read_checkpoint,
     remove_stale_temporaries,
 )
-from .config import check_config, config_problems  # noqa: F401 (config_problems: part of the API)
-from .data import DataError
-from .errors import DiskFullError, UserError
-from .module import DigitClassifier, ScheduleError
+from .config import ConfigError, check_config, config_problems  # noqa: F401 (config_problems: part of the API)
+from .errors import DiskFullError, HandpropError
+from .module import DigitClassifier
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 
 log = logging.getLogger(__name__)
@@ -62,9 +60,23 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 # --------------------------------------------------------------------------- building blocks
 
 
-def _instantiate_all(group: DictConfig | None) -> list:
+def _build(key: str, node: DictConfig, **kwargs):
+    """``instantiate(node)``. A value the called code refuses (its ValueError) is a config
+    error naming the key; a HandpropError stays itself; anything else is a bug and keeps
+    its traceback."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, HandpropError):
+            raise e.__cause__ from None
+        if isinstance(e.__cause__, ValueError):
+            raise ConfigError(f"{key}: {e.__cause__}") from e
+        raise
+
+
+def _instantiate_all(key: str, group: DictConfig | None) -> list:
     """Callbacks and loggers are named entries, so that ``callbacks.X=null`` drops one."""
-    return [instantiate(c) for c in (group or {}).values() if c is not None]
+    return [_build(f"{key}.{name}", c) for name, c in (group or {}).items() if c is not None]
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -97,30 +109,27 @@ def _continue_tensorboard_run(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test with the best checkpoint, then write metrics.json. Returns the metrics."""
-    try:
-        check_config(cfg)
-        ckpt_path, init_from = cfg.get("ckpt_path"), cfg.get("init_from")
-        refuse_to_overwrite(checkpoint_dirs(cfg), ckpt_path)
-        if cfg.get("seed") is not None:
-            L.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data, _convert_="all")
-        model = instantiate(
-            cfg.model,
-            optimizer=instantiate(cfg.optimizer),
-            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-            _convert_="all",
-        )
-        _continue_tensorboard_run(cfg)
-        trainer: L.Trainer = instantiate(
-            cfg.trainer,
-            callbacks=_instantiate_all(cfg.get("callbacks")),
-            logger=_instantiate_all(cfg.get("logger")),
-            plugins=[AtomicCheckpointIO()],
-        )
-    except UserError:
-        raise
-    except (ValueError, InstantiationException) as e:  # DataError is a ValueError
-        raise UserError(str(e)) from e
+    check_config(cfg)
+    ckpt_path, init_from = cfg.get("ckpt_path"), cfg.get("init_from")
+    refuse_to_overwrite(checkpoint_dirs(cfg), ckpt_path)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = _build("data", cfg.data, _convert_="all")
+    model = _build(
+        "model",
+        cfg.model,
+        optimizer=_build("optimizer", cfg.optimizer),
+        scheduler=_build("scheduler", cfg.scheduler) if cfg.get("scheduler") else None,
+        _convert_="all",
+    )
+    _continue_tensorboard_run(cfg)
+    trainer: L.Trainer = _build(
+        "trainer",
+        cfg.trainer,
+        callbacks=_instantiate_all("callbacks", cfg.get("callbacks")),
+        logger=_instantiate_all("logger", cfg.get("logger")),
+        plugins=[AtomicCheckpointIO()],
+    )
 
     if ckpt_path is not None:  # safe, ours, the same network and training: or a clear error now
         check_same_recipe(ckpt_path, read_checkpoint(ckpt_path, against=model), model)
@@ -135,8 +144,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with _disk_full_is_a_user_error(cfg.paths.output_dir):
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except (DataError, ScheduleError, GradientAuditError, ReplicaError, NumericalError) as e:
-            raise UserError(str(e)) from e
         except SystemExit as e:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit)
             if trainer.interrupted:
                 sigterm = isinstance(e, SIGTERMException)
@@ -249,19 +256,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on a dataset's test split and write metrics.json."""
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path:
-        raise UserError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
+        raise HandpropError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
     check_config(cfg)
-    read_checkpoint(ckpt_path)
-    try:
-        model = DigitClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # ours in form, not in content
-        raise UserError(f"ckpt_path={ckpt_path} is not a handprop checkpoint: {e}") from e
-    datamodule = instantiate(cfg.data, _convert_="all")
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_all(cfg.get("logger")))
-    try:
-        trainer.test(model, datamodule=datamodule)
-    except DataError as e:
-        raise UserError(str(e)) from e
+    read_checkpoint(ckpt_path)  # safe, ours, consistent: loading it below cannot fail on its content
+    model = DigitClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    datamodule = _build("data", cfg.data, _convert_="all")
+    trainer: L.Trainer = _build("trainer", cfg.trainer, logger=_instantiate_all("logger", cfg.get("logger")))
+    trainer.test(model, datamodule=datamodule)
     metrics = _scalars(trainer.callback_metrics)
     _write_metrics(cfg.paths.output_dir, metrics)
     return metrics
