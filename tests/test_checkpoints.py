@@ -11,7 +11,7 @@ import torch
 
 from conftest import FAST, ROOT, run_cli, small_filesystem
 
-from handprop.checkpoints import read_checkpoint
+from handprop.callbacks.checkpoints import read_checkpoint
 from handprop.errors import HandpropError
 from handprop.train import train
 
@@ -132,7 +132,7 @@ def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path, cap
     torch.save(ckpt, last)
     read_checkpoint(last)  # it passes every safe-loading check: only strings
 
-    with caplog.at_level("WARNING", logger="handprop.checkpoints"):
+    with caplog.at_level("WARNING", logger="handprop.callbacks.checkpoints"):
         train(compose_config("train", [*QUICK, "trainer.max_epochs=3", f"ckpt_path={last}"], run))
     assert (tmp_path / "victim" / "data.txt").read_text() == "precious"
     assert (tmp_path / "victim.ckpt").read_text() == "precious too"
@@ -145,7 +145,7 @@ def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path, cap
 
 
 def test_restored_checkpoint_state_keeps_only_paths_inside_its_directory(tmp_path):
-    from handprop.checkpoints import BestCheckpoint
+    from handprop.callbacks.checkpoints import BestCheckpoint
 
     folder = tmp_path / "checkpoints"
     callback = BestCheckpoint(dirpath=str(folder), monitor="val/acc", mode="max")
@@ -165,7 +165,7 @@ def test_restored_checkpoint_state_keeps_only_paths_inside_its_directory(tmp_pat
 
 
 def test_checkpoint_io_removes_only_files_inside(tmp_path):
-    from handprop.checkpoints import AtomicCheckpointIO, inside
+    from handprop.callbacks.checkpoints import AtomicCheckpointIO, inside
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -277,7 +277,7 @@ def test_a_file_of_zeros_is_named_without_unsafe_advice(tmp_path):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path):
-    from handprop.checkpoints import AtomicCheckpointIO
+    from handprop.callbacks.checkpoints import AtomicCheckpointIO
     from handprop.errors import DiskFullError
 
     with small_filesystem(tmp_path / "disk", "600k") as disk:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from handprop import data as D
+from handprop.data import augment
 
 
 def _digits(n, seed=0):
@@ -168,7 +169,7 @@ def test_random_affine_flip_mirrors_left_right():
 
 def test_elastic_distortion_is_a_small_smooth_warp():
     torch.manual_seed(0)
-    field = D._elastic_field(8, 28, 28, alpha=2.0, sigma=4.0, device="cpu")
+    field = augment._elastic_field(8, 28, 28, alpha=2.0, sigma=4.0, device="cpu")
     assert field.shape == (8, 28, 28, 2)
     pixels = field * 14  # grid units -> pixels
     assert pixels.abs().max() <= 2.0 + 1e-5 and pixels.abs().amax((1, 2, 3)).min() > 1.9
@@ -198,7 +199,7 @@ def test_blur_matrix_is_a_gaussian_convolution_over_reflect_padding(size, sigma)
             idx = torch.where(idx < 0, -idx, torch.where(idx >= size, 2 * (size - 1) - idx, idx))
         ref = F.conv2d(noise[..., :, idx], kernel.view(1, 1, 1, -1))
         ref = F.conv2d(ref[..., idx, :], kernel.view(1, 1, -1, 1))
-    m = D._blur_matrix(size, sigma, "cpu").double()
+    m = augment._blur_matrix(size, sigma, "cpu").double()
     torch.testing.assert_close(m.sum(1), torch.ones(size, dtype=torch.float64))  # a blur keeps the mean level
     torch.testing.assert_close(m @ noise[:, 0] @ m.T, ref[:, 0], rtol=1e-6, atol=1e-6)
 
@@ -207,4 +208,4 @@ def test_the_sampling_grid_is_affine_grids():
     torch.manual_seed(0)
     for h, w in ((28, 28), (5, 9)):
         theta = torch.randn(7, 2, 3)
-        torch.testing.assert_close(D._affine_grid(theta, h, w), F.affine_grid(theta, [7, 1, h, w], align_corners=False))
+        torch.testing.assert_close(augment._affine_grid(theta, h, w), F.affine_grid(theta, [7, 1, h, w], align_corners=False))

@@ -1,6 +1,7 @@
 """Full MNIST's download path, run for real against a local mirror (no internet here):
 files land in torchvision's layout complete and checked, or not at all."""
 
+import gzip
 import functools
 import hashlib
 import http.server
@@ -118,9 +119,9 @@ def _spoil(raw, how):
     if how == "missing":
         images.unlink()
     elif how == "truncated":
-        images.write_bytes(D.gzip.compress(D.gzip.decompress(images.read_bytes())[:-500]))
+        images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-500]))
     elif how == "wrong magic":
-        labels.write_bytes(D.gzip.compress(b"\x00\x00\x0d\x01" + D.gzip.decompress(labels.read_bytes())[4:]))
+        labels.write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + gzip.decompress(labels.read_bytes())[4:]))
     elif how == "label count":
         D.write_idx(labels, D.read_idx(labels)[:-1])
 

@@ -60,7 +60,7 @@ def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
 
 SAVER = r"""
 import sys, torch
-from handprop.checkpoints import AtomicCheckpointIO  # what Trainer.save_checkpoint writes with in a handprop run
+from handprop.callbacks.checkpoints import AtomicCheckpointIO  # what Trainer.save_checkpoint writes with in a handprop run
 path = sys.argv[1]
 big = torch.arange(25_000_000, dtype=torch.float32)  # 100 MB: a save takes a while
 for i in range(1, 10_000):
@@ -74,7 +74,7 @@ def test_a_checkpoint_killed_while_saving_is_the_old_one_or_the_new_one(tmp_path
     """With $TMPDIR on another file system (a tmpfs, as /tmp often is): Lightning's own
     save wrote there and then copied the file into place, and a kill during the copy left
     a truncated or empty checkpoint. The temporary file now lies beside its target."""
-    from handprop.checkpoints import remove_stale_temporaries
+    from handprop.callbacks.checkpoints import remove_stale_temporaries
 
     path = tmp_path / "checkpoints" / "last.ckpt"
     path.parent.mkdir()

@@ -22,3 +22,19 @@ class DiskFullError(HandpropError):
 
 class RunDirectoryError(HandpropError):
     """The run directory is in use by another process, or cannot be written."""
+
+
+class DataError(HandpropError):
+    """A data file or directory is missing, truncated or not what it claims to be."""
+
+
+class GradientAuditError(HandpropError):
+    """The hand-written backward pass disagrees with PyTorch's autograd on a live batch."""
+
+
+class NumericalError(HandpropError):
+    """The training loss or a gradient is no longer a finite number."""
+
+
+class ReplicaError(HandpropError):
+    """The processes of a data-parallel run no longer hold the same weights."""

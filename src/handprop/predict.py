@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="PNG or JPEG files")
     args = parser.parse_args(argv)
 
-    from .checkpoints import read_checkpoint
+    from .callbacks.checkpoints import read_checkpoint
     from .module import DigitClassifier
 
     try:

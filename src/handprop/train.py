@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .checkpoints import (
+from .callbacks.checkpoints import (
     FUNCTION_SETTINGS,
     AtomicCheckpointIO,
     InterruptCheckpoint,
@@ -34,7 +34,7 @@ from .checkpoints import (
     remove_stale_temporaries,
 )
 from .config import ConfigError, check_config, config_problems  # noqa: F401 (config_problems: part of the API)
-from .errors import DiskFullError, HandpropError
+from .errors import HandpropError
 from .module import DigitClassifier
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 

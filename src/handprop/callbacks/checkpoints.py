@@ -46,7 +46,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from .errors import CheckpointError, DiskFullError
+from ..errors import CheckpointError, DiskFullError
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def _reason(e: Exception) -> str:
 def _model_on_meta(what: str, hp: dict):
     """The network the hyper-parameters describe, built on the meta device: every rule of
     the model's constructor applies, and no memory is allocated whatever sizes it names."""
-    from .module import DigitClassifier
+    from ..module import DigitClassifier
 
     known = inspect.signature(DigitClassifier).parameters
     unknown = sorted(set(hp) - set(known))

@@ -1,0 +1,99 @@
+"""Augmentation on the training device: random affine jitter and elastic distortion."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AUGMENTATIONS = ("rotation", "scale", "shift", "flip", "elastic", "elastic_sigma")  # random_affine's
+
+
+def random_affine(
+    images: Tensor,
+    rotation: float = 0.0,
+    scale: float = 0.0,
+    shift: float = 0.0,
+    flip: float = 0.0,
+    elastic: float = 0.0,
+    elastic_sigma: float = 4.0,
+) -> Tensor:
+    """Jitter each image (N, 1, H, W) by its own random rotation (± degrees), scaling
+    (± fraction), shift (± pixels), with probability ``flip`` a left-right mirror (for
+    clothes, not digits), and an elastic distortion of at most ``elastic`` pixels (random
+    displacements smoothed by a Gaussian of ``elastic_sigma`` pixels, after Simard et al.
+    2003) -- on the images' device, in one grid_sample."""
+    n, _, h, w = images.shape
+    dev = images.device
+
+    def uniform(*shape):  # in [-1, 1)
+        return torch.rand(*shape, device=dev) * 2 - 1
+
+    angle = uniform(n) * math.radians(rotation)
+    zoom = 1 + uniform(n) * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    mirror = 1 - 2 * (torch.rand(n, device=dev) < flip).to(cos.dtype)  # -1: read x from the other side
+    # affine_grid works in coordinates where the image spans [-1, 1]: a pixel is 2/size.
+    tx, ty = uniform(n) * shift * 2 / w, uniform(n) * shift * 2 / h
+    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1)
+    grid = _affine_grid(theta, h, w).to(images.dtype)
+    if elastic:
+        grid = grid + _elastic_field(n, h, w, elastic, elastic_sigma, dev).to(grid.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _affine_grid(theta: Tensor, h: int, w: int) -> Tensor:
+    """F.affine_grid(theta, (N, C, h, w), align_corners=False) as one small einsum:
+    affine_grid first writes N copies of the base grid, ten times slower on a CPU for 28x28."""
+    base = _base_grid(h, w, theta.device)
+    return torch.einsum("pk,nck->npc", base, theta.to(base.dtype)).view(len(theta), h, w, 2)
+
+
+@functools.lru_cache(maxsize=16)
+def _base_grid(h: int, w: int, device) -> Tensor:
+    """(H*W, 3): every pixel centre as (x, y, 1) in affine_grid's [-1, 1] coordinates."""
+    xs = (torch.arange(w, device=device) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=device) * 2 + 1) / h - 1
+    return torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=device)], -1).view(h * w, 3)
+
+
+def _elastic_field(n: int, h: int, w: int, alpha: float, sigma: float, device) -> Tensor:
+    """Smooth random displacements (N, H, W, 2) in grid units, at most alpha pixels:
+    uniform noise smoothed by a Gaussian of sigma pixels, each map scaled to peak at
+    alpha. (Measured on the default recipe: a 4x4 or 7x7 lattice of random moves,
+    interpolated, is six times cheaper but reads 0.4-1.2% fewer digits.)
+
+    The blur is two small matrix products, ``Bh @ noise @ Bwᵀ``: the same numbers as a
+    separable convolution over reflect-padded maps, about ten times faster on a CPU."""
+    noise = torch.rand(n * 2, h, w, device=device) * 2 - 1
+    field = _blur_matrix(h, sigma, device) @ noise @ _blur_matrix(w, sigma, device).T
+    field = field / field.abs().amax((1, 2), keepdim=True).clamp_min(1e-6)  # each map peaks at +-1
+    return field.view(n, 2, h, w).permute(0, 2, 3, 1) * alpha * torch.tensor([2 / w, 2 / h], device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(size: int, sigma: float, device) -> Tensor:
+    """(size, size) matrix of a 1-D Gaussian blur (radius 2 sigma) with reflect padding:
+    row i holds the weights that output pixel i takes from every input pixel."""
+    radius = max(1, int(2 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    for i in range(size):
+        for d, weight in zip(range(-radius, radius + 1), kernel.tolist()):
+            j = i + d
+            while not 0 <= j < size:  # reflect at the edges (without repeating the edge pixel)
+                j = -j if j < 0 else 2 * (size - 1) - j
+            matrix[i, j] += weight
+    return matrix.to(device=device, dtype=torch.float32)
+
+
+def to_pixels(images: Tensor, augment: dict | None = None) -> Tensor:
+    """uint8 images (N, H, W) -> floats in [0, 1] of shape (N, 1, H, W), jittered by
+    random_affine(**augment) when augmentation is asked for (training only)."""
+    pixels = images.unsqueeze(1).float().div_(255)
+    return random_affine(pixels, **augment) if augment else pixels

@@ -1,0 +1,126 @@
+"""Batches for the training loop: split tensors fetched a batch at a time, or held whole on
+the training device and sliced there (DeviceBatches)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+LOADERS = ("tensor", "dataloader")  # DeviceBatches, or torch's DataLoader
+
+
+class TensorBatches(Dataset):
+    """Images and labels held in memory, fetched a whole batch at a time.
+
+    ``__getitems__`` lets the DataLoader index the tensors once per batch instead of
+    once per sample and then stacking: the per-sample path costs more than the
+    network's forward pass for an MLP this small.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx]
+
+
+def _as_batch(batch):
+    return batch  # __getitems__ already returns a stacked (images, labels) pair
+
+
+class DeviceBatches:
+    """Mini-batches cut from a split that lives whole on the training device.
+
+    The split is one uint8 image tensor and one label tensor on the device. Each epoch
+    draws a permutation on the device from a generator seeded with (seed, epoch), so an
+    epoch's order depends on nothing else, and slices it into batches: no per-sample
+    Python, no copies to the device, no worker processes.
+
+    Under data parallelism (``world_size`` > 1) every rank draws the same permutation and
+    takes every world_size-th index from position ``rank`` on. With ``even_shards``
+    (training) the shards are cut to one length -- the at most world_size - 1 left over
+    change from epoch to epoch -- so every rank runs the same number of batches; without
+    (evaluation) every sample is visited exactly once. Lightning injects
+    no DistributedSampler into an iterable like this one: the sharding is ours.
+
+    Stateful for exact mid-epoch resume: ``state_dict()`` records the epoch and how many
+    of its batches the model has consumed (``mark_consumed``, called by the data module
+    for every training batch it hands over -- counting batches handed to the model
+    rather than produced keeps Lightning's one-batch prefetch out of the count);
+    ``load_state_dict`` makes the next pass over that epoch skip exactly those. The state
+    travels in Lightning's checkpoints (see DigitsDataModule.state_dict), and Lightning
+    calls ``set_epoch`` (through ``.sampler``, its protocol for samplers) at the start of
+    every epoch.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        even_shards: bool = True,
+    ):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size, self.even_shards = rank, world_size, even_shards
+        self.epoch, self.consumed, self._skip = 0, 0, 0
+        self.sampler, self.batch_sampler = self, None  # where Lightning looks for set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.consumed, self._skip = epoch, 0, 0
+
+    def _shard_size(self) -> int:
+        n = len(self.labels)
+        return n // self.world_size if self.even_shards else len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        return math.ceil(self._shard_size() / self.batch_size)
+
+    def indices(self) -> Tensor:
+        """This rank's sample indices for the current epoch, in order, on the device."""
+        n, device = len(self.labels), self.labels.device
+        if self.shuffle:
+            g = torch.Generator(device=device).manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+            order = torch.randperm(n, generator=g, device=device)
+        else:
+            order = torch.arange(n, device=device)
+        return order[self.rank :: self.world_size][: self._shard_size()]
+
+    def __iter__(self):
+        idx = self.indices()
+        start, self._skip = self._skip, 0
+        self.consumed = start
+        for b in range(start, len(self)):
+            batch = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.images[batch], self.labels[batch]
+
+    def mark_consumed(self) -> None:
+        self.consumed += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "size": len(self.labels)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != len(self.labels) or state["seed"] != self.seed:
+            raise DataError(
+                f"the checkpoint's data loader state is for {state['size']} samples with seed {state['seed']}, "
+                f"this run has {len(self.labels)} samples with seed {self.seed}: resume with the same data and seed"
+            )
+        self.epoch, self.consumed, self._skip = state["epoch"], state["consumed"], state["consumed"]
