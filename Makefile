@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test bench tensorboard clean distclean
+.PHONY: help install train test format bench tensorboard clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml
 train: install  ## train the default MLP on the embedded MNIST sample (ARGS="key=value ...")
 	$(BIN)/python train.py $(ARGS)
 
-test: install  ## run the whole test suite, slow tests included, on CPU (two workers)
+PY_FILES := src tests train.py eval.py predict.py
+
+test: install  ## lint and format checks (ruff), then the whole test suite, slow tests included, on CPU (two workers)
+	$(BIN)/ruff check $(PY_FILES)
+	$(BIN)/ruff format --check $(PY_FILES)
 	$(BIN)/python -m pytest -n 2 $(ARGS)
+
+format: install  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix $(PY_FILES)
+	$(BIN)/ruff format $(PY_FILES)
 
 bench: install  ## benchmarks -> outputs/bench/ (ARGS=--quick: every section at toy sizes, as make test runs it)
 	$(BIN)/python -m handprop.bench $(ARGS)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from handprop.config import exit_on_unknown_override
@@ -22,13 +24,13 @@ from handprop.train import train
 def _sweep_problem(cfg: DictConfig) -> str | None:
     """trainer=ddp inside a -m sweep: Lightning re-launches this script for every extra
     process, and the re-launched script would start the whole sweep again (or hang)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     strategy = str(cfg.trainer.get("strategy", "auto"))
     if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and "spawn" not in strategy:
-        return (f"trainer.strategy={strategy} cannot run inside a -m sweep: it re-launches train.py for every "
-                "process. Use trainer=ddp_spawn for sweeps, or run the sweep's jobs one at a time.")
+        return (
+            f"trainer.strategy={strategy} cannot run inside a -m sweep: it re-launches train.py for every "
+            "process. Use trainer=ddp_spawn for sweeps, or run the sweep's jobs one at a time."
+        )
     return None
 
 

@@ -62,8 +62,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300, **kwargs) -
     """``python <script> <args...>`` from the repository root, one thread (two processes
     share the machine's cores in some tests), its output captured as text."""
     environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=environ, **kwargs)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ, **kwargs
+    )
 
 
 @contextlib.contextmanager
@@ -74,7 +75,9 @@ def small_filesystem(path: Path, size: str, read_only: bool = False):
         pytest.skip("mounting a small tmpfs needs root (the project's machines and CI run as root)")
     path.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if read_only else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+    )
     assert mounted.returncode == 0, f"these tests mount a small tmpfs (as root): {mounted.stderr.strip()}"
     try:
         yield path

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from handprop import functional as HF
-from handprop.bench import backward_vs_autograd, SIZES
+from handprop.bench import SIZES, backward_vs_autograd
 from handprop.nn import MLP
 
 
@@ -48,7 +48,8 @@ def main():
             out_m, loss_m, g_m = grads(mlp, x, y, "manual", dtype)
             out_a, loss_a, g_a = grads(mlp, x, y, "autograd", dtype)
             checks[f"autocast_{str(dtype)[6:]}_{act}"] = {
-                "out_dtype": str(out_m.dtype), "loss_dtype": str(loss_m.dtype),
+                "out_dtype": str(out_m.dtype),
+                "loss_dtype": str(loss_m.dtype),
                 "grad_dtypes": sorted({str(g.dtype) for g in g_m}),
                 "max_rel_err_vs_autograd": max_rel(g_m, g_a),
                 "ok": out_m.dtype == dtype and all(g.dtype == torch.float32 for g in g_m) and max_rel(g_m, g_a) < 5e-2,
@@ -71,21 +72,26 @@ def main():
         start = time.perf_counter()
         _, _, compiled = grads(mlp, x, y, "manual")
         checks[f"compile_inductor_{act}"] = {
-            "compile_s": time.perf_counter() - start, "max_rel_err_vs_eager": max_rel(compiled, eager),
+            "compile_s": time.perf_counter() - start,
+            "max_rel_err_vs_eager": max_rel(compiled, eager),
             "ok": max_rel(compiled, eager) < 1e-4,
         }
 
     report["bench"] = [
         backward_vs_autograd(hidden, recipe, batch, repeats=9, device=dev)
-        for recipe in ("default", "plain") for batch in (128, 4096) for hidden in SIZES
+        for recipe in ("default", "plain")
+        for batch in (128, 4096)
+        for hidden in SIZES
     ]
     report["all_ok"] = all(c["ok"] for c in checks.values())
     Path(args.out, "gpu_check.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v["ok"] for k, v in checks.items()}, indent=0))
     for row in report["bench"]:
-        print(f"{row['network']:>18} {row['recipe']:>8} batch {row['batch']:>5}: manual {row['step_ms_manual']:.3f} ms "
-              f"autograd {row['step_ms_autograd']:.3f} ms speed ratio {row['speed_ratio']:.3f} "
-              f"memory ratio {row['memory_ratio']:.3f}")
+        print(
+            f"{row['network']:>18} {row['recipe']:>8} batch {row['batch']:>5}: manual {row['step_ms_manual']:.3f} ms "
+            f"autograd {row['step_ms_autograd']:.3f} ms speed ratio {row['speed_ratio']:.3f} "
+            f"memory ratio {row['memory_ratio']:.3f}"
+        )
     print("ALL OK" if report["all_ok"] else "SOME CHECKS FAILED")
 
 

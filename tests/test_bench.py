@@ -5,11 +5,22 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
-
 from handprop import functional as HF
-from handprop.bench import backward_vs_autograd, interleaved_medians, saved_bytes
+from handprop.bench import (
+    backward_vs_autograd,
+    compose_recipe,
+    epoch_speed,
+    gemm_fraction,
+    interleaved_medians,
+    lightning_epochs,
+    pictures_cost,
+    plain_epochs,
+    saved_bytes,
+    torchvision_epochs,
+)
 from handprop.nn import MLP
+
+from conftest import run_cli
 
 
 def test_saved_bytes_counts_each_storage_once():
@@ -28,7 +39,7 @@ def test_manual_network_saves_no_more_than_the_reference(activation, dropout):
     used = {}
     for backward in HF.BACKWARDS:
         mlp.backward = backward
-        used[backward] = saved_bytes(lambda: HF.cross_entropy(mlp(x), y, 0.1, backward=backward))
+        used[backward] = saved_bytes(lambda b=backward: HF.cross_entropy(mlp(x), y, 0.1, backward=b))
     assert used["manual"] <= used["autograd"]
     if dropout and HF.ACTIVATIONS[activation].saves == "output":
         assert used["manual"] < used["autograd"]  # the reference keeps f's output besides y
@@ -44,7 +55,6 @@ def test_interleaved_medians_and_a_bench_row():
 
 
 def test_epoch_runners_train_the_recipe_three_ways():
-    from handprop.bench import compose_recipe, lightning_epochs, plain_epochs, torchvision_epochs
 
     cfg = compose_recipe(["model.hidden=[32]", "data.augment.rotation=0"])
     for runner in (lightning_epochs, plain_epochs):
@@ -55,29 +65,38 @@ def test_epoch_runners_train_the_recipe_three_ways():
 
 
 def test_epoch_speed_takes_turns_and_reports_every_ratio():
-    from handprop.bench import epoch_speed
 
     e = epoch_speed(epochs=2, overrides=["model.hidden=[32]"])
     assert e["epochs"] == 2
-    for key in ("handprop_epoch_s", "plain_loop_epoch_s", "torchvision_dataloader_epoch_s",
-                "handprop_loader_epoch_s", "torchvision_loader_epoch_s"):
+    for key in (
+        "handprop_epoch_s",
+        "plain_loop_epoch_s",
+        "torchvision_dataloader_epoch_s",
+        "handprop_loader_epoch_s",
+        "torchvision_loader_epoch_s",
+    ):
         assert e[key] > 0, key
     assert e["speedup_vs_torchvision"] == e["torchvision_dataloader_epoch_s"] / e["handprop_epoch_s"]
     assert e["loader_speedup_vs_torchvision"] > 1  # slicing a tensor beats per-sample PIL work, always
 
 
 def test_gemm_fraction_reports_rates():
-    from handprop.bench import gemm_fraction
 
     g = gemm_fraction(batch=64, hidden=(64, 64), repeats=1)
     assert g["step_gflops"] > 0 and g["gemm_gflops"] > 0 and 0 < g["fraction_of_gemm"]
 
 
 def test_pictures_cost_times_both_runs_and_the_hooks():
-    from handprop.bench import pictures_cost
 
-    p = pictures_cost(["model.hidden=[16]", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
-                       "callbacks.pictures.every_n_epochs=1", "callbacks.pictures.landscape_points=3"])
+    p = pictures_cost(
+        [
+            "model.hidden=[16]",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=4",
+            "callbacks.pictures.every_n_epochs=1",
+            "callbacks.pictures.landscape_points=3",
+        ]
+    )
     assert p["with_s"] > 0 and p["without_s"] > 0, p
     assert p["inside_callbacks_s"] > 0, p  # the hooks ran, drew and were timed
     assert p["inside_callbacks_s"] < p["with_s"], p
@@ -97,6 +116,12 @@ def test_the_benchmark_runs_every_section(tmp_path):
     assert results["epoch"]["handprop_epoch_s"] > 0 and results["pictures"]["with_s"] > 0
     fashion = results["fashion"]["fashion_fast"]
     assert fashion["handprop"]["epochs"] == fashion["plain_loop"]["epochs"] == 1
-    for line in ("Manual backward vs PyTorch autograd", "Gradient audit every 100 steps", "Large-MLP step",
-                 "One epoch of the default recipe", "TensorBoard pictures and scalars", "Fashion-MNIST"):
+    for line in (
+        "Manual backward vs PyTorch autograd",
+        "Gradient audit every 100 steps",
+        "Large-MLP step",
+        "One epoch of the default recipe",
+        "TensorBoard pictures and scalars",
+        "Fashion-MNIST",
+    ):
         assert line in proc.stdout

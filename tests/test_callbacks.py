@@ -1,18 +1,23 @@
 """The gradient audit: it logs agreement on live batches and stops a run whose backward is wrong."""
 
 import dataclasses
+import functools
 import json
 
+import lightning as L
 import pytest
 import torch
-from conftest import tensorboard_run
+from lightning.pytorch.loggers.logger import Logger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from handprop import functional as HF
-from handprop.callbacks import GradientAudit
-from handprop.module import DigitClassifier
+from handprop.callbacks import GradientAudit, TrainingScalars
+from handprop.data import DigitsDataModule
 from handprop.errors import HandpropError
+from handprop.module import DigitClassifier
 from handprop.train import train
+
+from conftest import tensorboard_run
 
 
 def _audit_values(run_dir):
@@ -35,7 +40,10 @@ def test_audit_stops_a_run_whose_backward_is_broken(train_cfg, tmp_path, monkeyp
     and stop the run before it writes any result."""
     broken = dataclasses.replace(HF.ACTIVATIONS["relu"], chain=lambda g, a: g)
     monkeypatch.setitem(HF.ACTIVATIONS, "relu", broken)
-    pattern = r"audit failed at step 0: .* in layer1 \(512x784, activation relu\): [\d.]+; layer2 \(256x512, activation relu\): [\d.]+\. "
+    pattern = (
+        r"audit failed at step 0: .* in layer1 \(512x784, activation relu\): [\d.]+; "
+        r"layer2 \(256x512, activation relu\): [\d.]+\. "
+    )
     with pytest.raises(HandpropError, match=pattern):
         train(train_cfg("callbacks.gradient_audit.every_n_steps=1"))
     assert not (tmp_path / "metrics.json").exists()
@@ -65,13 +73,6 @@ def test_audit_with_gradient_accumulation(train_cfg, tmp_path):
 
 def test_training_scalars_are_the_steps_gradient_norms_and_update_ratios():
     """grad_norm and update_ratio as logged equal a recount from the gradients and weights."""
-    import functools
-
-    import lightning as L
-    from lightning.pytorch.loggers.logger import Logger
-
-    from handprop.callbacks import TrainingScalars
-    from handprop.data import DigitsDataModule
 
     class Capture(Logger):
         name, version = "capture", 0
@@ -100,9 +101,17 @@ def test_training_scalars_are_the_steps_gradient_norms_and_update_ratios():
     torch.manual_seed(0)
     model = DigitClassifier(hidden=[16], optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     logger, witness = Capture(), Witness()
-    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=logger, log_every_n_steps=2, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[TrainingScalars(), witness])
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=logger,
+        log_every_n_steps=2,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[TrainingScalars(), witness],
+    )
     trainer.fit(model, datamodule=DigitsDataModule("sample", batch_size=64))
     logged = {}
     for step, metrics in logger.rows:

@@ -3,17 +3,16 @@
 import pickle
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FAST, ROOT, run_cli, small_filesystem
-
-from handprop.callbacks.checkpoints import read_checkpoint
-from handprop.errors import HandpropError
+from handprop.callbacks.checkpoints import AtomicCheckpointIO, BestCheckpoint, inside, read_checkpoint
+from handprop.errors import DiskFullError, HandpropError
 from handprop.train import train
+
+from conftest import FAST, ROOT, compose_config, run_cli, small_filesystem
 
 
 class _Payload:
@@ -23,14 +22,12 @@ class _Payload:
         self.marker = marker
 
     def __reduce__(self):
-        from pathlib import Path
 
         return (Path.touch, (Path(self.marker),))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from conftest import compose_config
 
     out = tmp_path_factory.mktemp("run")
     train(compose_config("train", [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"], out))
@@ -59,15 +56,19 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(checkpoint
 def test_the_cli_refuses_it_too(checkpoint, tmp_path, script):
     bad, marker = _malicious(checkpoint, tmp_path)
     extra = [*FAST, "model.hidden=[16]"] if script == "train.py" else []
-    proc = subprocess.run([sys.executable, script, f"ckpt_path={bad}", *extra, f"hydra.run.dir={tmp_path}/run"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, script, f"ckpt_path={bad}", *extra, f"hydra.run.dir={tmp_path}/run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refused to load" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()
 
 
 def test_a_checkpoint_of_another_network_names_the_shapes(checkpoint, tmp_path):
-    from conftest import compose_config
 
     cfg = compose_config("train", [*FAST, "model.hidden=[32]", f"ckpt_path={checkpoint}"], tmp_path)
     with pytest.raises(HandpropError) as e:
@@ -83,7 +84,10 @@ def test_a_checkpoint_of_another_network_names_the_shapes(checkpoint, tmp_path):
     "content,reason",
     [
         (b"", r"\(cannot be read: the file is empty\)"),
-        (b"not a checkpoint at all", r"\(cannot be read: not a file torch.save writes; it starts with the bytes 6e 6f 74 20\)"),
+        (
+            b"not a checkpoint at all",
+            r"\(cannot be read: not a file torch.save writes; it starts with the bytes 6e 6f 74 20\)",
+        ),
         (pickle.dumps({"a": 1}), r"\(cannot be read: not a file torch.save writes: Unsupported operand 149\)"),
         ({"a": 1}, r"\(no state_dict and hyper_parameters\)"),  # torch.save'd, not ours
     ],
@@ -115,7 +119,6 @@ def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path, cap
     """A last.ckpt is only data, and passes safe loading; its checkpoint callbacks' state
     named files outside the run, which Lightning deletes (recursively) when the resumed run
     saves a better checkpoint: a directory and a file here."""
-    from conftest import compose_config
 
     run = tmp_path / "run"
     train(compose_config("train", [*QUICK, "trainer.max_epochs=1"], run))
@@ -125,7 +128,9 @@ def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path, cap
     last = run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
     escape = run / "checkpoints" / ".." / ".."
-    for state, victim in zip((s for s in ckpt["callbacks"].values() if "best_model_path" in s), ("victim", "victim.ckpt")):
+    for state, victim in zip(
+        (s for s in ckpt["callbacks"].values() if "best_model_path" in s), ("victim", "victim.ckpt")
+    ):
         evil = str(escape / victim)
         score = state["best_model_score"] if state["best_model_score"] is not None else torch.tensor(0.0)
         state.update(best_model_path=evil, kth_best_model_path=evil, last_model_path=evil, best_k_models={evil: score})
@@ -136,7 +141,11 @@ def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path, cap
         train(compose_config("train", [*QUICK, "trainer.max_epochs=3", f"ckpt_path={last}"], run))
     assert (tmp_path / "victim" / "data.txt").read_text() == "precious"
     assert (tmp_path / "victim.ckpt").read_text() == "precious too"
-    warned = [r.getMessage() for r in caplog.records if "names files outside this run's checkpoint directory" in r.getMessage()]
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if "names files outside this run's checkpoint directory" in r.getMessage()
+    ]
     assert len(warned) == 2 and "victim.ckpt" in " ".join(warned), warned
     resumed = torch.load(last, weights_only=True)
     for state in resumed["callbacks"].values():  # the run kept its own checkpoints afresh, inside its directory
@@ -145,14 +154,19 @@ def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path, cap
 
 
 def test_restored_checkpoint_state_keeps_only_paths_inside_its_directory(tmp_path):
-    from handprop.callbacks.checkpoints import BestCheckpoint
 
     folder = tmp_path / "checkpoints"
     callback = BestCheckpoint(dirpath=str(folder), monitor="val/acc", mode="max")
     inside_path, outside_path = str(folder / "epoch001.ckpt"), str(folder / ".." / "elsewhere.ckpt")
-    state = {"dirpath": callback.dirpath, "best_model_score": torch.tensor(0.9), "best_model_path": inside_path,
-             "kth_best_model_path": inside_path, "kth_value": torch.tensor(0.9), "last_model_path": "",
-             "best_k_models": {inside_path: torch.tensor(0.9)}}
+    state = {
+        "dirpath": callback.dirpath,
+        "best_model_score": torch.tensor(0.9),
+        "best_model_path": inside_path,
+        "kth_best_model_path": inside_path,
+        "kth_value": torch.tensor(0.9),
+        "last_model_path": "",
+        "best_k_models": {inside_path: torch.tensor(0.9)},
+    }
     callback.load_state_dict(dict(state))
     assert callback.best_model_path == inside_path and callback.best_k_models == {inside_path: torch.tensor(0.9)}
     for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
@@ -160,12 +174,13 @@ def test_restored_checkpoint_state_keeps_only_paths_inside_its_directory(tmp_pat
         assert callback.best_model_path == "" and callback.best_k_models == {} and callback.best_model_score is None
     callback.load_state_dict({**state, "best_k_models": {outside_path: torch.tensor(0.9)}})
     assert callback.best_k_models == {}
-    callback.load_state_dict({**state, "dirpath": str(tmp_path / "old")})  # another run's directory: its state is not ours
+    callback.load_state_dict(
+        {**state, "dirpath": str(tmp_path / "old")}
+    )  # another run's directory: its state is not ours
     assert callback.best_model_path == "" and callback.best_k_models == {}
 
 
 def test_checkpoint_io_removes_only_files_inside(tmp_path):
-    from handprop.callbacks.checkpoints import AtomicCheckpointIO, inside
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -184,17 +199,29 @@ def test_checkpoint_io_removes_only_files_inside(tmp_path):
 def test_resume_refuses_a_network_trained_with_other_settings(checkpoint, tmp_path):
     """Same shapes, another function: relu/cross-entropy weights resumed as sigmoid/quadratic
     on raw pixels trained on silently."""
-    from conftest import compose_config
 
-    cfg = compose_config("train", [*FAST, "model.hidden=[16]", "model.activation=sigmoid", "model.loss=quadratic",
-                                   "model.label_smoothing=0", "model.normalize=false", f"ckpt_path={checkpoint}"],
-                         tmp_path)
+    cfg = compose_config(
+        "train",
+        [
+            *FAST,
+            "model.hidden=[16]",
+            "model.activation=sigmoid",
+            "model.loss=quadratic",
+            "model.label_smoothing=0",
+            "model.normalize=false",
+            f"ckpt_path={checkpoint}",
+        ],
+        tmp_path,
+    )
     with pytest.raises(HandpropError) as e:
         train(cfg)
     message = str(e.value)
     assert "was trained with other model settings than this run's" in message
-    for line in ("model.activation: checkpoint relu, this run sigmoid", "model.normalize: checkpoint True, this run False",
-                 "model.loss: checkpoint cross_entropy, this run quadratic"):
+    for line in (
+        "model.activation: checkpoint relu, this run sigmoid",
+        "model.normalize: checkpoint True, this run False",
+        "model.loss: checkpoint cross_entropy, this run quadratic",
+    ):
         assert line in message
     assert not (tmp_path / "checkpoints").exists()  # refused before any work
 
@@ -203,27 +230,47 @@ def test_resume_with_another_schedule_is_refused_and_init_from_trains_on_fresh(t
     """The README's advice for a one-cycle run that should train longer: a resume with
     scheduler=cosine (OneCycle's state loaded into a cosine schedule) or scheduler=none (the
     rate frozen at its annealed end) is refused; init_from starts a new run from the weights."""
-    from conftest import compose_config
 
     common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
     train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     for scheduler, ours in (("cosine", "CosineAnnealingLR"), ("none", "none")):
         with pytest.raises(HandpropError) as e:
-            train(compose_config("train", [*common, "trainer.max_epochs=3", f"scheduler={scheduler}",
-                                           f"ckpt_path={last}"], tmp_path / scheduler))
+            train(
+                compose_config(
+                    "train",
+                    [*common, "trainer.max_epochs=3", f"scheduler={scheduler}", f"ckpt_path={last}"],
+                    tmp_path / scheduler,
+                )
+            )
         assert f"scheduler: checkpoint OneCycleLR, this run {ours}" in str(e.value)
         assert f"init_from={last} (instead of ckpt_path)" in str(e.value)
-    with pytest.raises(HandpropError, match=f"train on from these weights .* init_from={last}"):  # more epochs, same schedule
+    with pytest.raises(
+        HandpropError, match=f"train on from these weights .* init_from={last}"
+    ):  # more epochs, same schedule
         train(compose_config("train", [*common, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "more"))
     train(compose_config("train", [*common, "trainer.max_epochs=1", "scheduler=cosine"], tmp_path / "cos"))
-    with pytest.raises(HandpropError, match="schedule ends after 4 steps but this run asks for 12"):  # T_max: no crash, no silent climb
-        train(compose_config("train", [*common, "trainer.max_epochs=3", "scheduler=cosine",
-                                       f"ckpt_path={tmp_path / 'cos' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "cos"))
+    with pytest.raises(
+        HandpropError, match="schedule ends after 4 steps but this run asks for 12"
+    ):  # T_max: no crash, no silent climb
+        train(
+            compose_config(
+                "train",
+                [
+                    *common,
+                    "trainer.max_epochs=3",
+                    "scheduler=cosine",
+                    f"ckpt_path={tmp_path / 'cos' / 'checkpoints' / 'last.ckpt'}",
+                ],
+                tmp_path / "cos",
+            )
+        )
 
     start = tmp_path / "start.pt"
     record = ["+callbacks.record._target_=conftest.SaveWeightsAtStart", f"+callbacks.record.path={start}"]
-    metrics = train(compose_config("train", [*common, "trainer.max_epochs=3", f"init_from={last}", *record], tmp_path / "b"))
+    metrics = train(
+        compose_config("train", [*common, "trainer.max_epochs=3", f"init_from={last}", *record], tmp_path / "b")
+    )
     source = torch.load(last, weights_only=True)
     for key, value in source["state_dict"].items():  # the weights and the pixel statistics
         torch.testing.assert_close(torch.load(start, weights_only=True)[key], value, rtol=0, atol=0)
@@ -251,8 +298,11 @@ def test_a_checkpoint_is_checked_before_anything_is_built(checkpoint, tmp_path):
     # edited sizes: a billion hidden units would take 3 GB to build; refused from the meta device
     edited = dict(ckpt, hyper_parameters={**ckpt["hyper_parameters"], "hidden": [10**9]})
     torch.save(edited, tmp_path / "edited.ckpt")
-    with pytest.raises(HandpropError, match=r"net.layers.0.weight: checkpoint \(16, 784\), the network its "
-                                        r"hyper_parameters describe \(1000000000, 784\)"):
+    with pytest.raises(
+        HandpropError,
+        match=r"net.layers.0.weight: checkpoint \(16, 784\), the network its "
+        r"hyper_parameters describe \(1000000000, 784\)",
+    ):
         read_checkpoint(tmp_path / "edited.ckpt")
     bad = dict(ckpt, hyper_parameters={**ckpt["hyper_parameters"], "activation": "swish"})
     torch.save(bad, tmp_path / "bad.ckpt")
@@ -265,8 +315,10 @@ def test_a_file_of_zeros_is_named_without_unsafe_advice(tmp_path):
     zeros.write_bytes(bytes(4096))
     with pytest.raises(HandpropError) as e:
         read_checkpoint(zeros)
-    assert str(e.value) == (f"ckpt_path={zeros} is not a handprop checkpoint (cannot be read: not a file torch.save "
-                            "writes; it starts with the bytes 00 00 00 00)")
+    assert str(e.value) == (
+        f"ckpt_path={zeros} is not a handprop checkpoint (cannot be read: not a file torch.save "
+        "writes; it starts with the bytes 00 00 00 00)"
+    )
     assert "weights_only" not in str(e.value)
     proc = run_cli("eval.py", f"ckpt_path={zeros}", f"hydra.run.dir={tmp_path}/eval")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "weights_only" not in proc.stderr
@@ -277,8 +329,6 @@ def test_a_file_of_zeros_is_named_without_unsafe_advice(tmp_path):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path):
-    from handprop.callbacks.checkpoints import AtomicCheckpointIO
-    from handprop.errors import DiskFullError
 
     with small_filesystem(tmp_path / "disk", "600k") as disk:
         target = disk / "checkpoints" / "last.ckpt"
@@ -287,7 +337,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path):
         before = target.read_bytes()
         with pytest.raises(DiskFullError) as e:
             io.save_checkpoint({"w": torch.ones(250_000)}, target)  # 1 MB: does not
-        assert str(e.value).startswith(f"no space left on {disk / 'checkpoints'}: last.ckpt was not written "
-                                       "(the previous one is intact)")
+        assert str(e.value).startswith(
+            f"no space left on {disk / 'checkpoints'}: last.ckpt was not written (the previous one is intact)"
+        )
         assert target.read_bytes() == before
         assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary file left

@@ -7,15 +7,13 @@ import sys
 import pytest
 import torch
 import yaml
+from test_data import write_raw_dataset
 
 from conftest import FAST, ROOT, run_cli
-from test_data import write_raw_dataset
 
 
 def run(script, *overrides):
-    return subprocess.run(
-        [sys.executable, script, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([sys.executable, script, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +84,17 @@ def test_bad_overrides_stop_before_training(tmp_path, override, named):
 @pytest.mark.parametrize(
     "script,override,message",
     [
-        ("train.py", "model.hiden=[3]", "error: model.hiden: unknown key. Did you mean model.hidden? model has: hidden,"),
-        ("train.py", "optimizer.amsgrad=true", "error: optimizer.amsgrad: not in the config, but AdamW takes it: "
-                                               "add it with a '+', +optimizer.amsgrad=true"),
+        (
+            "train.py",
+            "model.hiden=[3]",
+            "error: model.hiden: unknown key. Did you mean model.hidden? model has: hidden,",
+        ),
+        (
+            "train.py",
+            "optimizer.amsgrad=true",
+            "error: optimizer.amsgrad: not in the config, but AdamW takes it: "
+            "add it with a '+', +optimizer.amsgrad=true",
+        ),
         ("eval.py", "data.batchsize=10", "error: data.batchsize: unknown key. Did you mean data.batch_size?"),
     ],
 )
@@ -119,7 +125,10 @@ def test_default_recipe_learns_digits(tmp_path):
     digits well (measured: 96.2% for seed 42; a broken backward pass lands far below the
     floor)."""
     proc = run(
-        "train.py", "trainer.max_epochs=15", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
+        "train.py",
+        "trainer.max_epochs=15",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
         f"hydra.run.dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -130,10 +139,21 @@ def test_default_recipe_learns_digits(tmp_path):
 def test_a_bug_keeps_its_traceback_and_a_users_mistake_is_one_line(tmp_path):
     """Entry points catch the HandpropError family only: a KeyError raised inside training
     is a bug and shows where it happened; a bad value is one line."""
-    quick = ["model.hidden=[16]", "trainer.max_epochs=1", "callbacks.pictures=null", "callbacks.progress_bar=null",
-             "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
-    bug = run_cli("train.py", *quick, "+callbacks.boom._target_=conftest.RaiseInTraining", f"hydra.run.dir={tmp_path}/a",
-                  env={"PYTHONPATH": str(ROOT / "tests")})
+    quick = [
+        "model.hidden=[16]",
+        "trainer.max_epochs=1",
+        "callbacks.pictures=null",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+    ]
+    bug = run_cli(
+        "train.py",
+        *quick,
+        "+callbacks.boom._target_=conftest.RaiseInTraining",
+        f"hydra.run.dir={tmp_path}/a",
+        env={"PYTHONPATH": str(ROOT / "tests")},
+    )
     assert bug.returncode == 1
     assert "Traceback (most recent call last)" in bug.stderr and "KeyError: 'a deliberate bug'" in bug.stderr
     assert not any(line.startswith("error:") for line in bug.stderr.splitlines())

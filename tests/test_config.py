@@ -4,13 +4,24 @@ The schema is the code: each ``_target_`` node is checked against the signature 
 calls (unknown keys, annotated types); ``RANGES`` adds the ranges; interpolated values are
 named once, where they are set."""
 
+import fnmatch
 from typing import Literal, Optional
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF
-from handprop.config import RANGES, _describe, _fits, config_problems, setting_problems, unknown_override_message
+from handprop.config import (
+    RANGES,
+    _describe,
+    _fits,
+    _leaves,
+    config_problems,
+    setting_problems,
+    unknown_override_message,
+)
+
+from conftest import CONF, compose_config
 
 
 @pytest.mark.parametrize(
@@ -19,9 +30,15 @@ from handprop.config import RANGES, _describe, _fits, config_problems, setting_p
         # types, from the signatures of the code each node calls
         ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: must be a positive integer"),
         ("trainer.precision=17", "trainer.precision=17: must be one of 64, 32, 16, 'transformer-engine'"),
-        ("callbacks.pictures.landscape=maybe", "callbacks.pictures.landscape='maybe': must be true or false (a setting of TensorBoardPictures)"),
+        (
+            "callbacks.pictures.landscape=maybe",
+            "callbacks.pictures.landscape='maybe': must be true or false (a setting of TensorBoardPictures)",
+        ),
         ("model.compile=1", "model.compile=1: must be true or false (a setting of DigitClassifier)"),
-        ("+optimizer.betas=[0.9]", "optimizer.betas=[0.9]: must be a list of 2 values, each a number or Tensor (a setting of AdamW)"),
+        (
+            "+optimizer.betas=[0.9]",
+            "optimizer.betas=[0.9]: must be a list of 2 values, each a number or Tensor (a setting of AdamW)",
+        ),
         ("logger.tensorboard.default_hp_metric=3", "logger.tensorboard.default_hp_metric=3: must be true or false"),
         ("data.download=yes", "data.download='yes': must be true or false"),
         # ranges
@@ -36,26 +53,50 @@ from handprop.config import RANGES, _describe, _fits, config_problems, setting_p
         ("data.augment.rotation=-3", "data.augment.rotation=-3: must be a number >= 0"),
         ("model.label_smoothing=1", "model.label_smoothing=1: must be a probability in [0, 1)"),
         ("optimizer=sgd optimizer.momentum=1.2", "optimizer.momentum=1.2: must be in [0, 1)"),
-        ("callbacks.numerics_guard.every_n_steps=0", "callbacks.numerics_guard.every_n_steps=0: must be a positive integer"),
-        ("callbacks.numerics_guard.every_n_steps=null", "callbacks.numerics_guard.every_n_steps=None: must be an integer (a setting of NumericsGuard)"),
+        (
+            "callbacks.numerics_guard.every_n_steps=0",
+            "callbacks.numerics_guard.every_n_steps=0: must be a positive integer",
+        ),
+        (
+            "callbacks.numerics_guard.every_n_steps=null",
+            "callbacks.numerics_guard.every_n_steps=None: must be an integer (a setting of NumericsGuard)",
+        ),
         ("callbacks.pictures.landscape_points=1", "callbacks.pictures.landscape_points=1: must be an integer >= 2"),
         ("seed=abc", "seed='abc': must be an integer from 0 to 4294967295, or null"),
         ("seed=-1", "seed=-1: must be an integer from 0 to 4294967295, or null"),
-        ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0: must be null (all), a number of batches >= 1, "
-                                          "or a fraction in (0, 1]: a run must train on something"),
-        ("model.l2=5.0", "model.l2=5.0: is an L2 term of the cost, which torch.optim.AdamW's decoupled weight decay is not"),
-        ("optimizer=sgd model.l2=5.0 optimizer.weight_decay=0.01", "model.l2=5.0 and optimizer.weight_decay=0.01: both decay"),
+        (
+            "trainer.limit_train_batches=0",
+            "trainer.limit_train_batches=0: must be null (all), a number of batches >= 1, "
+            "or a fraction in (0, 1]: a run must train on something",
+        ),
+        (
+            "model.l2=5.0",
+            "model.l2=5.0: is an L2 term of the cost, which torch.optim.AdamW's decoupled weight decay is not",
+        ),
+        (
+            "optimizer=sgd model.l2=5.0 optimizer.weight_decay=0.01",
+            "model.l2=5.0 and optimizer.weight_decay=0.01: both decay",
+        ),
         ("optimizer=sgd model.l2=-1", "model.l2=-1: must be a number >= 0"),
         # choices
         ("trainer.accelerator=tpux", "trainer.accelerator='tpux': must be one of auto, cpu, gpu, cuda"),
         ("trainer.strategy=dpp", "trainer.strategy='dpp': must be one of auto, ddp, ddp_spawn"),
-        ("model.init=he", "model.init='he': must be one of pytorch, normal, normal_scaled, lecun_uniform, xavier, kaiming"),
+        (
+            "model.init=he",
+            "model.init='he': must be one of pytorch, normal, normal_scaled, lecun_uniform, xavier, kaiming",
+        ),
         # unknown keys added with '+' (Hydra lets them through; the code would not take them)
         ("+model.hiden=3", "model.hiden: unknown key. Did you mean model.hidden? model has: hidden, activation,"),
         ("+trainer.max_epoch=3", "trainer.max_epoch: unknown key. Did you mean trainer.max_epochs?"),
-        ("+data.augment.rotaton=3", "data.augment.rotaton: unknown key. Did you mean data.augment.rotation? "
-                                    "data.augment has: rotation, scale, shift, flip, elastic, elastic_sigma"),
-        ("+callbacks.lr_monitor.foo=1", "callbacks.lr_monitor.foo: unknown key. callbacks.lr_monitor has: logging_interval,"),
+        (
+            "+data.augment.rotaton=3",
+            "data.augment.rotaton: unknown key. Did you mean data.augment.rotation? "
+            "data.augment has: rotation, scale, shift, flip, elastic, elastic_sigma",
+        ),
+        (
+            "+callbacks.lr_monitor.foo=1",
+            "callbacks.lr_monitor.foo: unknown key. callbacks.lr_monitor has: logging_interval,",
+        ),
     ],
 )
 def test_each_bad_value_is_one_line_naming_the_key_and_what_is_allowed(train_cfg, overrides, message):
@@ -68,38 +109,56 @@ def test_the_list_of_an_unknown_keys_neighbours_leaves_out_what_train_py_passes_
     (problem,) = config_problems(train_cfg("+model.hiden=3"))
     assert "compile" in problem and "optimizer" not in problem and "scheduler" not in problem
     (problem,) = config_problems(train_cfg("+optimizer.foo=1"))
-    assert problem.endswith("optimizer has: lr, weight_decay, betas, eps, amsgrad, maximize, foreach, capturable, differentiable, fused")
+    assert problem.endswith(
+        "optimizer has: lr, weight_decay, betas, eps, amsgrad, maximize, foreach, capturable, differentiable, fused"
+    )
 
 
 def test_an_interpolated_value_is_named_where_it_is_set(train_cfg):
     # scheduler.max_lr is ${optimizer.lr}: one problem, under the key the user typed
-    assert config_problems(train_cfg("optimizer.lr=abc")) == ["optimizer.lr='abc': must be a positive number, e.g. optimizer.lr=0.001"]
+    assert config_problems(train_cfg("optimizer.lr=abc")) == [
+        "optimizer.lr='abc': must be a positive number, e.g. optimizer.lr=0.001"
+    ]
 
 
 def test_problems_come_together_in_the_configs_order(train_cfg):
-    problems = config_problems(train_cfg("optimizer.lr=0", "model.hidden=[1.5]", "trainer.precision=17", "data.batch_size=0"))
-    assert [p.split("=")[0] for p in problems] == ["data.batch_size", "model.hidden", "optimizer.lr", "trainer.precision"]
+    problems = config_problems(
+        train_cfg("optimizer.lr=0", "model.hidden=[1.5]", "trainer.precision=17", "data.batch_size=0")
+    )
+    assert [p.split("=")[0] for p in problems] == [
+        "data.batch_size",
+        "model.hidden",
+        "optimizer.lr",
+        "trainer.precision",
+    ]
 
 
 @pytest.mark.parametrize(
     "group,option",
-    [(p.parent.name, p.stem) for p in sorted(CONF.glob("*/*.yaml")) if p.parent.name not in ("hydra", "paths", "experiment", "logger", "callbacks")],
+    [
+        (p.parent.name, p.stem)
+        for p in sorted(CONF.glob("*/*.yaml"))
+        if p.parent.name not in ("hydra", "paths", "experiment", "logger", "callbacks")
+    ],
 )
 def test_every_shipped_option_is_valid(train_cfg, tmp_path, group, option):
     assert config_problems(train_cfg(f"{group}={option}", f"data.data_dir={tmp_path}")) == []
 
 
 def test_eval_config_is_checked_whole(tmp_path):
-    from conftest import compose_config
 
     assert config_problems(compose_config("eval", ["ckpt_path=x"], tmp_path)) == []
-    assert config_problems(compose_config("eval", ["ckpt_path=x", "trainer.precision=17"], tmp_path))[0].startswith("trainer.precision=17")
+    assert config_problems(compose_config("eval", ["ckpt_path=x", "trainer.precision=17"], tmp_path))[0].startswith(
+        "trainer.precision=17"
+    )
 
 
 class Toy:
     """A stand-in for any class a config node calls: its signature is the schema."""
 
-    def __init__(self, size: int, rate: float = 0.1, mode: Literal["a", "b"] = "a", tags: Optional[list[str]] = None, **extra):
+    def __init__(
+        self, size: int, rate: float = 0.1, mode: Literal["a", "b"] = "a", tags: Optional[list[str]] = None, **extra
+    ):
         pass
 
 
@@ -118,11 +177,12 @@ def test_a_new_parameter_is_checked_the_day_it_is_added():
 
 
 def test_fits_and_describe():
-    import torch
 
     assert _fits(3, int) and _fits(3, float) and not _fits(3.0, int) and not _fits(True, int) and not _fits(1, bool)
     assert _fits(None, Optional[int]) and not _fits("x", Optional[int])
-    assert _fits([1, 2], tuple[float, float]) and _fits([1, 2], tuple[float, ...]) and not _fits([1], tuple[float, float])
+    assert (
+        _fits([1, 2], tuple[float, float]) and _fits([1, 2], tuple[float, ...]) and not _fits([1], tuple[float, float])
+    )
     assert _fits(32, Literal[64, 32]) and not _fits("32", Literal[64, 32]) and not _fits(True, Literal[1])
     assert _fits("x", torch.device) is None and _fits(0.1, float | torch.Tensor) is True
     assert _fits("x", Optional[torch.device]) is None  # a class a YAML value cannot be checked against: not refused
@@ -133,10 +193,6 @@ def test_fits_and_describe():
 
 def test_every_range_rule_is_used_by_some_shipped_key(tmp_path):
     """No dead rules: each pattern of RANGES matches a key of the default config or one of its options."""
-    import fnmatch
-
-    from conftest import compose_config
-    from handprop.config import _leaves
 
     keys = set()
     for overrides in ([], ["optimizer=sgd"], ["scheduler=cosine"], ["+optimizer.eps=1e-8", "scheduler.max_lr=0.01"]):
@@ -154,9 +210,15 @@ def test_every_range_rule_is_used_by_some_shipped_key(tmp_path):
         (["model.hidden=[3"], None),  # a syntax error: Hydra shows where
         (["model=cnn"], None),  # a missing option: Hydra lists the options itself
         (["model.hiden=3"], "model.hiden: unknown key. Did you mean model.hidden?"),
-        (["-m", "optimizer.lr=0.1,0.2", "modle.hidden=[3]"], "modle: unknown key. Did you mean model? The config has: seed,"),
+        (
+            ["-m", "optimizer.lr=0.1,0.2", "modle.hidden=[3]"],
+            "modle: unknown key. Did you mean model? The config has: seed,",
+        ),
         (["callbacks.picture.every_n_epochs=3"], "callbacks.picture: unknown key. Did you mean callbacks.pictures?"),
-        (["trainer.min_epochs=3"], "trainer.min_epochs: not in the config, but Trainer takes it: add it with a '+', +trainer.min_epochs=3"),
+        (
+            ["trainer.min_epochs=3"],
+            "trainer.min_epochs: not in the config, but Trainer takes it: add it with a '+', +trainer.min_epochs=3",
+        ),
     ],
 )
 def test_overrides_of_keys_not_in_the_config(argv, expected):

@@ -208,4 +208,6 @@ def test_the_sampling_grid_is_affine_grids():
     torch.manual_seed(0)
     for h, w in ((28, 28), (5, 9)):
         theta = torch.randn(7, 2, 3)
-        torch.testing.assert_close(augment._affine_grid(theta, h, w), F.affine_grid(theta, [7, 1, h, w], align_corners=False))
+        torch.testing.assert_close(
+            augment._affine_grid(theta, h, w), F.affine_grid(theta, [7, 1, h, w], align_corners=False)
+        )

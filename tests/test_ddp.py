@@ -11,15 +11,21 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, compose_config
 
 from handprop.train import config_problems
 
+from conftest import ROOT, compose_config
 
 SMALL = [
-    "model.hidden=[32]", "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.log_every_n_steps=4",
-    "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    "callbacks.pictures=null", "callbacks.gradient_audit.every_n_steps=8",
+    "model.hidden=[32]",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=4",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks.pictures=null",
+    "callbacks.gradient_audit.every_n_steps=8",
 ]
 
 
@@ -34,7 +40,9 @@ def _free_port() -> int:
 
 
 def _replica_line(run_dir):
-    match = re.search(r"replicas: (\d+) processes, identical parameters, sha256 ([0-9a-f]{64})", (run_dir / "train.log").read_text())
+    match = re.search(
+        r"replicas: (\d+) processes, identical parameters, sha256 ([0-9a-f]{64})", (run_dir / "train.log").read_text()
+    )
     assert match, (run_dir / "train.log").read_text()[-2000:]
     return int(match.group(1)), match.group(2)
 
@@ -54,7 +62,15 @@ def test_ddp_run_from_the_cli_is_one_run_with_identical_replicas(tmp_path, singl
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # one run directory, nothing beside it
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == [".hydra", ".lock", "checkpoints", "metrics.json", "tensorboard", "train.log", "train_ddp_process_1.log"], names
+    assert names == [
+        ".hydra",
+        ".lock",
+        "checkpoints",
+        "metrics.json",
+        "tensorboard",
+        "train.log",
+        "train_ddp_process_1.log",
+    ], names
     assert len({p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}) == 1  # one TensorBoard run
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert _replica_line(run_dir)[0] == 2  # both processes ended with bitwise the same parameters
@@ -71,10 +87,26 @@ def test_torchrun_two_nodes_over_loopback_train_to_the_same_weights(tmp_path, si
     run_dir, port = tmp_path / "run", _free_port()
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
-             "--master-addr=127.0.0.1", f"--master-port={port}",
-             "train.py", *SMALL, "trainer=ddp", "trainer.devices=1", "trainer.num_nodes=2", f"hydra.run.dir={run_dir}"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={rank}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "train.py",
+                *SMALL,
+                "trainer=ddp",
+                "trainer.devices=1",
+                "trainer.num_nodes=2",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in (0, 1)
     ]
@@ -85,7 +117,9 @@ def test_torchrun_two_nodes_over_loopback_train_to_the_same_weights(tmp_path, si
             node.kill()
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == [".hydra", ".lock", "checkpoints", "metrics.json", "tensorboard", "train.log", "train_rank1.log"], names
+    assert names == [".hydra", ".lock", "checkpoints", "metrics.json", "tensorboard", "train.log", "train_rank1.log"], (
+        names
+    )
     assert _replica_line(run_dir)[0] == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == 64
@@ -97,13 +131,17 @@ def test_a_global_batch_that_does_not_divide_is_refused_before_launch(tmp_path):
     (problem,) = config_problems(cfg)
     assert problem.startswith("data.batch_size=128: is the global batch and must divide evenly among the 3 processes")
     assert "data.batch_size=126" in problem
-    cfg = compose_config("train", ["trainer=ddp", "trainer.devices=2", "trainer.num_nodes=2", "data.batch_size=130"], tmp_path)
+    cfg = compose_config(
+        "train", ["trainer=ddp", "trainer.devices=2", "trainer.num_nodes=2", "data.batch_size=130"], tmp_path
+    )
     assert "among the 4 processes" in config_problems(cfg)[0]
     assert config_problems(compose_config("train", ["trainer=ddp", "trainer.devices=4"], tmp_path)) == []
 
 
 def test_the_cli_says_so_and_launches_nothing(tmp_path):
-    proc = _train("train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3", f"hydra.run.dir={tmp_path}/run")
+    proc = _train(
+        "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3", f"hydra.run.dir={tmp_path}/run"
+    )
     assert proc.returncode == 2
     assert "data.batch_size=128: is the global batch and must divide evenly among the 3 processes" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -111,8 +149,17 @@ def test_the_cli_says_so_and_launches_nothing(tmp_path):
 
 
 def test_a_sweep_with_trainer_ddp_is_refused_not_hung(tmp_path):
-    proc = _train("train.py", "-m", "optimizer.lr=0.01,0.02", "trainer=ddp", "trainer.accelerator=cpu",
-                  "trainer.devices=2", "debug=fast", f"hydra.sweep.dir={tmp_path}/sweep", timeout=120)
+    proc = _train(
+        "train.py",
+        "-m",
+        "optimizer.lr=0.01,0.02",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "debug=fast",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "cannot run inside a -m sweep" in proc.stderr and "trainer=ddp_spawn" in proc.stderr
 
@@ -120,8 +167,17 @@ def test_a_sweep_with_trainer_ddp_is_refused_not_hung(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_with_trainer_ddp_spawn_runs_every_job(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = _train("train.py", "-m", "optimizer.lr=0.01,0.02", "trainer=ddp_spawn", "trainer.accelerator=cpu",
-                  "trainer.devices=2", "debug=fast", "callbacks.pictures=null", f"hydra.sweep.dir={sweep}")
+    proc = _train(
+        "train.py",
+        "-m",
+        "optimizer.lr=0.01,0.02",
+        "trainer=ddp_spawn",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "debug=fast",
+        "callbacks.pictures=null",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, lr in (("0", 0.01), ("1", 0.02)):
         assert json.loads((sweep / job / "metrics.json").read_text())["trainer/global_step"] == 8

@@ -1,8 +1,8 @@
 """Full MNIST's download path, run for real against a local mirror (no internet here):
 files land in torchvision's layout complete and checked, or not at all."""
 
-import gzip
 import functools
+import gzip
 import hashlib
 import http.server
 import os
@@ -12,11 +12,14 @@ import threading
 
 import pytest
 import torch
+from test_data import write_raw_dataset
 from torchvision import datasets
 
-from conftest import ROOT
 from handprop import data as D
-from test_data import write_raw_dataset
+from handprop.errors import HandpropError
+from handprop.train import train
+
+from conftest import ROOT
 
 NAMES = [f"{stem}.gz" for split in D.FILES.values() for stem in split]
 
@@ -51,7 +54,9 @@ def mirror(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     monkeypatch.setattr(datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
-    monkeypatch.setattr(datasets.MNIST, "resources", [(n, hashlib.md5((served / n).read_bytes()).hexdigest()) for n in NAMES])
+    monkeypatch.setattr(
+        datasets.MNIST, "resources", [(n, hashlib.md5((served / n).read_bytes()).hexdigest()) for n in NAMES]
+    )
     yield handler, served
     server.shutdown()
     server.server_close()
@@ -102,12 +107,24 @@ def test_offline_training_run_says_how_to_get_the_files(tmp_path):
     data_dir = tmp_path / "data"
     env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
     proc = subprocess.run(
-        [sys.executable, "train.py", "data=mnist", "data.download=true", f"data.data_dir={data_dir}",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "train.py",
+            "data=mnist",
+            "data.download=true",
+            f"data.data_dir={data_dir}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"error: could not download mnist into {data_dir}: Error downloading train-images-idx3-ubyte.gz" in proc.stderr
+    assert (
+        f"error: could not download mnist into {data_dir}: Error downloading train-images-idx3-ubyte.gz" in proc.stderr
+    )
     assert "Offline? Fetch the four files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz," in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not data_dir.exists()  # made for the download, removed with it
@@ -129,19 +146,29 @@ def _spoil(raw, how):
 @pytest.mark.parametrize(
     "how,message",
     [
-        ("missing", r"mnist: missing train-images-idx3-ubyte\[.gz\] in .*/MNIST/raw \(data.data_dir=.*\)\. Put the train "
-                    r"files there, or set data.download=true"),
-        ("truncated", r"train-images-idx3-ubyte.gz: header declares shape \[120, 28, 28\] \(94096 bytes\) but the file "
-                      r"holds 93596 bytes: it is truncated or corrupt. Replace it with an intact copy."),
-        ("wrong magic", r"train-labels-idx1-ubyte.gz is not an IDX file of unsigned bytes \(magic number 00000d01, "
-                        r"expected 0000080N\)"),
-        ("label count", r"train-images-idx3-ubyte.gz holds 120 images but .*train-labels-idx1-ubyte.gz holds 119 labels: "
-                        r"the two files do not belong together"),
+        (
+            "missing",
+            r"mnist: missing train-images-idx3-ubyte\[.gz\] in .*/MNIST/raw \(data.data_dir=.*\)\. Put the train "
+            r"files there, or set data.download=true",
+        ),
+        (
+            "truncated",
+            r"train-images-idx3-ubyte.gz: header declares shape \[120, 28, 28\] \(94096 bytes\) but the file "
+            r"holds 93596 bytes: it is truncated or corrupt. Replace it with an intact copy.",
+        ),
+        (
+            "wrong magic",
+            r"train-labels-idx1-ubyte.gz is not an IDX file of unsigned bytes \(magic number 00000d01, "
+            r"expected 0000080N\)",
+        ),
+        (
+            "label count",
+            r"train-images-idx3-ubyte.gz holds 120 images but .*train-labels-idx1-ubyte.gz holds 119 labels: "
+            r"the two files do not belong together",
+        ),
     ],
 )
 def test_a_bad_data_file_stops_the_run_naming_the_file(train_cfg, tmp_path, how, message):
-    from handprop.errors import HandpropError
-    from handprop.train import train
 
     raw = write_raw_dataset(tmp_path / "data", n_train=120, n_test=30)
     _spoil(raw, how)

@@ -177,7 +177,6 @@ def test_dropout_inside_the_layer(activation):
     for gm, ga in zip(grads["manual"], grads["autograd"]):
         torch.testing.assert_close(gm, ga)
 
-
     def same_mask_every_call(x, w, b):
         torch.manual_seed(7)
         return HF.linear(x, w, b, activation, dropout=0.3)

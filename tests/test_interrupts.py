@@ -12,11 +12,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, wait_for
+from handprop.callbacks.checkpoints import remove_stale_temporaries
+from handprop.errors import HandpropError
+from handprop.train import train
 
-LONG_RUN = ["model.hidden=[16]", "trainer.max_epochs=300", "callbacks.pictures=null", "callbacks.progress_bar=null",
-            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+from conftest import FAST, ROOT, compose_config, tensorboard_run, wait_for
+
+LONG_RUN = [
+    "model.hidden=[16]",
+    "trainer.max_epochs=300",
+    "callbacks.pictures=null",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+]
 
 
 def _wait_for(path, timeout=120):
@@ -31,8 +42,13 @@ def _wait_for(path, timeout=120):
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "train.py", *LONG_RUN, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *LONG_RUN, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(run_dir / "checkpoints" / "last.ckpt")  # training is under way
         time.sleep(1.0)  # somewhere in a later epoch
@@ -49,9 +65,21 @@ def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
     step = ckpt["global_step"]
     assert step > 0 and (run_dir / "checkpoints" / "last.ckpt").is_file()  # the last epoch's checkpoint kept too
     # the printed command resumes (here for 3 more steps)
-    resumed = subprocess.run([sys.executable, "train.py", *LONG_RUN, f"ckpt_path={interrupted}",
-                              f"hydra.run.dir={run_dir}", f"trainer.max_steps={step + 3}", "test=false"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *LONG_RUN,
+            f"ckpt_path={interrupted}",
+            f"hydra.run.dir={run_dir}",
+            f"trainer.max_steps={step + 3}",
+            "test=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == step + 3
@@ -60,7 +88,7 @@ def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
 
 SAVER = r"""
 import sys, torch
-from handprop.callbacks.checkpoints import AtomicCheckpointIO  # what Trainer.save_checkpoint writes with in a handprop run
+from handprop.callbacks.checkpoints import AtomicCheckpointIO  # what a handprop run's Trainer saves with
 path = sys.argv[1]
 big = torch.arange(25_000_000, dtype=torch.float32)  # 100 MB: a save takes a while
 for i in range(1, 10_000):
@@ -74,7 +102,6 @@ def test_a_checkpoint_killed_while_saving_is_the_old_one_or_the_new_one(tmp_path
     """With $TMPDIR on another file system (a tmpfs, as /tmp often is): Lightning's own
     save wrote there and then copied the file into place, and a kill during the copy left
     a truncated or empty checkpoint. The temporary file now lies beside its target."""
-    from handprop.callbacks.checkpoints import remove_stale_temporaries
 
     path = tmp_path / "checkpoints" / "last.ckpt"
     path.parent.mkdir()
@@ -84,8 +111,12 @@ def test_a_checkpoint_killed_while_saving_is_the_old_one_or_the_new_one(tmp_path
     seen_versions = set()
     try:
         for delay in (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05, 1.2):  # across a whole save (~0.3-1 s)
-            proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True,
-                                    env={**os.environ, "TMPDIR": str(tmpdir)})
+            proc = subprocess.Popen(
+                [sys.executable, str(script), str(path)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "TMPDIR": str(tmpdir)},
+            )
             try:
                 if not path.exists():
                     assert proc.stdout.readline().strip() == "1"  # one complete save first
@@ -113,13 +144,28 @@ def test_ctrl_c_during_the_final_test_keeps_the_training_and_says_how_to_test(tm
     hold the best epoch's weights under the last epoch's step), metrics.json with what
     training measured, and the eval.py command that runs the test again."""
     run_dir, marker = tmp_path / "run", tmp_path / "testing"
-    sleepy = ["+callbacks.sleep._target_=conftest.SleepAt", "+callbacks.sleep.stage=test",
-              f"+callbacks.sleep.marker={marker}"]
-    quick = ["model.hidden=[16]", "trainer.max_epochs=2", "trainer.limit_train_batches=2", "callbacks.pictures=null",
-             "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
-    proc = subprocess.Popen([sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+    sleepy = [
+        "+callbacks.sleep._target_=conftest.SleepAt",
+        "+callbacks.sleep.stage=test",
+        f"+callbacks.sleep.marker={marker}",
+    ]
+    quick = [
+        "model.hidden=[16]",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "callbacks.pictures=null",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+    )
     try:
         wait_for(marker, proc)
         proc.send_signal(signal.SIGINT)
@@ -130,11 +176,19 @@ def test_ctrl_c_during_the_final_test_keeps_the_training_and_says_how_to_test(tm
     assert "SIGINT: the final test was interrupted; training had finished (2 epochs, step 4)" in stderr
     assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert "val/acc" in metrics and metrics["trainer/global_step"] == 4 and not any(k.startswith("test/") for k in metrics)
+    assert (
+        "val/acc" in metrics and metrics["trainer/global_step"] == 4 and not any(k.startswith("test/") for k in metrics)
+    )
     command = stderr.split("Test the best checkpoint with:\n", 1)[1].strip().splitlines()[0]
     assert command.startswith("python eval.py ckpt_path=") and "data=sample" in command
-    evaluated = subprocess.run(f"{command.replace('python ', sys.executable + ' ', 1)} hydra.run.dir={tmp_path}/eval",
-                               shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    evaluated = subprocess.run(
+        f"{command.replace('python ', sys.executable + ' ', 1)} hydra.run.dir={tmp_path}/eval",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "test/acc" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
@@ -142,17 +196,16 @@ def test_ctrl_c_during_the_final_test_keeps_the_training_and_says_how_to_test(tm
 def test_a_resumed_run_continues_its_tensorboard_run(tmp_path):
     """Resuming into the same run directory with the same overrides writes to the same
     TensorBoard run: the run's name leaves ckpt_path out."""
-    from conftest import FAST, compose_config, tensorboard_run
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from handprop.train import train
 
     common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false", "scheduler=none"]
     train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path))
     first = tensorboard_run(tmp_path)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    train(compose_config("train", [*common, "trainer.max_epochs=1", f"ckpt_path={last}", "trainer.max_epochs=2"],
-                         tmp_path))
+    train(
+        compose_config(
+            "train", [*common, "trainer.max_epochs=1", f"ckpt_path={last}", "trainer.max_epochs=2"], tmp_path
+        )
+    )
     assert tensorboard_run(tmp_path) == first  # one TensorBoard run, both parts in it
     events = EventAccumulator(str(first))
     events.Reload()
@@ -163,10 +216,6 @@ def test_a_new_run_never_overwrites_or_silently_continues_another_runs_checkpoin
     """A second `python train.py hydra.run.dir=<the same dir>` without ckpt_path is refused
     before any work (Lightning, given an OnExceptionCheckpoint, would instead have resumed the
     old run from its newest checkpoint), and the old run's files are left as they were."""
-    from conftest import FAST, compose_config
-
-    from handprop.errors import HandpropError
-    from handprop.train import train
 
     common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
     train(compose_config("train", common, tmp_path))
@@ -180,12 +229,15 @@ def test_a_new_run_never_overwrites_or_silently_continues_another_runs_checkpoin
     elsewhere = tmp_path / "other.ckpt"
     elsewhere.write_bytes(last.read_bytes())
     with pytest.raises(HandpropError, match="already holds checkpoints"):
-        train(compose_config("train", [*common, f"ckpt_path={elsewhere}", "trainer.max_epochs=3", "scheduler=none"], tmp_path))
+        train(
+            compose_config(
+                "train", [*common, f"ckpt_path={elsewhere}", "trainer.max_epochs=3", "scheduler=none"], tmp_path
+            )
+        )
     assert {p: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before
 
 
 def _val_acc(run_dir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
     accumulator = EventAccumulator(str(events))
@@ -198,15 +250,33 @@ def test_ctrl_c_during_validation_validates_that_epoch_again_on_resume(tmp_path)
     """Lightning repeats an interrupted validation only when the interrupt hit inside a
     batch's step; between batches it skipped the rest, and with it that epoch's val/acc and
     best-checkpoint decision. The interrupt checkpoint makes the resume validate again."""
-    quick = ["model.hidden=[16]", "trainer.max_epochs=3", "trainer.limit_train_batches=2", "callbacks.pictures=null",
-             "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-             "scheduler=none", "test=false", "data.eval_batch_size=100"]
+    quick = [
+        "model.hidden=[16]",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=2",
+        "callbacks.pictures=null",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+        "scheduler=none",
+        "test=false",
+        "data.eval_batch_size=100",
+    ]
     marker, run_dir = tmp_path / "validating", tmp_path / "run"
-    sleepy = ["+callbacks.sleep._target_=conftest.SleepAt", "+callbacks.sleep.stage=validation",
-              f"+callbacks.sleep.marker={marker}", "+callbacks.sleep.batch=2"]  # between batches, 2 of 5 done
-    proc = subprocess.Popen([sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+    sleepy = [
+        "+callbacks.sleep._target_=conftest.SleepAt",
+        "+callbacks.sleep.stage=validation",
+        f"+callbacks.sleep.marker={marker}",
+        "+callbacks.sleep.batch=2",
+    ]  # between batches, 2 of 5 done
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+    )
     try:
         wait_for(marker, proc)  # in epoch 0's validation, after the sanity check
         proc.send_signal(signal.SIGINT)
@@ -215,11 +285,21 @@ def test_ctrl_c_during_validation_validates_that_epoch_again_on_resume(tmp_path)
         proc.kill()
     assert proc.returncode == 130, stderr[-3000:]
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
-    resumed = subprocess.run([sys.executable, "train.py", *quick, f"hydra.run.dir={run_dir}", f"ckpt_path={interrupted}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "train.py", *quick, f"hydra.run.dir={run_dir}", f"ckpt_path={interrupted}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = subprocess.run([sys.executable, "train.py", *quick, f"hydra.run.dir={tmp_path}/straight"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        [sys.executable, "train.py", *quick, f"hydra.run.dir={tmp_path}/straight"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert _val_acc(run_dir) == _val_acc(tmp_path / "straight")  # every epoch validated, the same numbers
     best = [p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]

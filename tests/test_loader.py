@@ -6,6 +6,8 @@ import torch
 from handprop.data import DataError, DeviceBatches, DigitsDataModule
 from handprop.train import train
 
+from conftest import FAST, compose_config
+
 
 def _loader(n=103, batch_size=10, **kw):
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1).expand(n, 2, 2).contiguous()
@@ -80,7 +82,6 @@ def test_global_batch_must_divide_among_processes():
 
 
 def test_both_loaders_train_from_the_config(tmp_path):
-    from conftest import FAST, compose_config
 
     for loader in ("tensor", "dataloader"):
         metrics = train(compose_config("train", [*FAST, f"data.loader={loader}"], tmp_path / loader))
@@ -94,24 +95,30 @@ def test_a_run_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends(tmp_path)
     bitwise. The default one-cycle schedule asks for the run's length while the
     optimiser is built, which is what made Lightning build the loader before restoring
     its state; the data module's own state hooks cover that."""
-    from conftest import FAST, compose_config
 
     common = [o for o in FAST if "limit_train_batches" not in o] + [
-        "trainer.max_epochs=2", "trainer.deterministic=true", "callbacks.gradient_audit=null",
+        "trainer.max_epochs=2",
+        "trainer.deterministic=true",
+        "callbacks.gradient_audit=null",
         "trainer.limit_val_batches=1",
     ]
     train(compose_config("train", common, tmp_path / "straight"))
     interrupted = common + [
         "+callbacks.every_step._target_=lightning.pytorch.callbacks.ModelCheckpoint",
         f"+callbacks.every_step.dirpath={tmp_path / 'steps'}",
-        "+callbacks.every_step.every_n_train_steps=1", "+callbacks.every_step.save_top_k=-1",
+        "+callbacks.every_step.every_n_train_steps=1",
+        "+callbacks.every_step.save_top_k=-1",
         "+callbacks.every_step.filename='{step}'",
-        "+callbacks.stop._target_=conftest.StopAtStep", "+callbacks.stop.step=38",
+        "+callbacks.stop._target_=conftest.StopAtStep",
+        "+callbacks.stop.step=38",
     ]
     train(compose_config("train", interrupted, tmp_path / "interrupted"))
     ckpt = tmp_path / "steps" / "step=38.ckpt"
     assert torch.load(ckpt, weights_only=True)["DigitsDataModule"]["train_loader"] == {
-        "epoch": 1, "consumed": 6, "seed": 42, "size": 4000,
+        "epoch": 1,
+        "consumed": 6,
+        "seed": 42,
+        "size": 4000,
     }
     train(compose_config("train", common + [f"ckpt_path='{ckpt}'"], tmp_path / "resumed"))
     # and from the end of the first epoch (step 32): "k epochs, then resume to N"
@@ -122,7 +129,9 @@ def test_a_run_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends(tmp_path)
         for name in straight["state_dict"]:
             assert torch.equal(straight["state_dict"][name], other["state_dict"][name]), (run, name)
         # the optimiser's state too: Adam's moments and step counts, bitwise
-        for (pid, a), (_, b) in zip(straight["optimizer_states"][0]["state"].items(), other["optimizer_states"][0]["state"].items()):
+        for (pid, a), (_, b) in zip(
+            straight["optimizer_states"][0]["state"].items(), other["optimizer_states"][0]["state"].items()
+        ):
             for key in a:
                 assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), (run, pid, key)
         assert straight["global_step"] == other["global_step"] == 64

@@ -1,11 +1,13 @@
 """The LightningModule: normalisation, the cost, gradients of a real step, the optimiser."""
 
 import functools
+from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 
-from handprop.data import DigitsDataModule
+from handprop.data import DigitsDataModule, to_pixels
 from handprop.module import DigitClassifier
 
 
@@ -54,13 +56,18 @@ def test_raw_pixels_when_not_normalising():
 
 def test_l2_is_nielsens_weight_decay_on_the_weights_only():
     """network2.py's update with L2: w <- (1 - eta*lambda/n) w - eta dC0/dw; b <- b - eta dC0/db."""
-    from types import SimpleNamespace
 
     torch.manual_seed(0)
     dm, (images, labels) = _batch()
     eta, lam = 0.5, 5.0
-    model = DigitClassifier(hidden=[16], activation="sigmoid", init="normal_scaled", l2=lam, normalize=False,
-                            optimizer=functools.partial(torch.optim.SGD, lr=eta))
+    model = DigitClassifier(
+        hidden=[16],
+        activation="sigmoid",
+        init="normal_scaled",
+        l2=lam,
+        normalize=False,
+        optimizer=functools.partial(torch.optim.SGD, lr=eta),
+    )
     model._trainer = SimpleNamespace(datamodule=dm)  # what configure_optimizers reads: n
     assert dm.train_size == 4000
     optimizer = model.configure_optimizers()
@@ -75,11 +82,12 @@ def test_l2_is_nielsens_weight_decay_on_the_weights_only():
 
 
 def test_l2_with_a_decoupled_weight_decay_is_refused():
-    from types import SimpleNamespace
 
     dm, _ = _batch()
-    for factory in (functools.partial(torch.optim.AdamW, lr=0.1),
-                    functools.partial(torch.optim.Adam, lr=0.1, decoupled_weight_decay=True)):
+    for factory in (
+        functools.partial(torch.optim.AdamW, lr=0.1),
+        functools.partial(torch.optim.Adam, lr=0.1, decoupled_weight_decay=True),
+    ):
         model = DigitClassifier(hidden=[16], l2=5.0, optimizer=factory)
         model._trainer = SimpleNamespace(datamodule=dm)
         with pytest.raises(ValueError, match="model.l2 is an L2 term of the cost; .* is decoupled"):
@@ -124,9 +132,6 @@ def test_schedule_length_is_filled_in_only_when_missing(scheduler, expected, mon
 def test_logged_accuracies_count_each_epoch_exactly():
     """train/acc, val/acc and test/acc are the fraction of that epoch's digits read right:
     logged once per epoch, reset between epochs, equal to a recount on the same weights."""
-    import lightning as L
-
-    from handprop.data import to_pixels
 
     torch.manual_seed(0)
     dm = DigitsDataModule("sample", batch_size=500)
@@ -153,8 +158,15 @@ def test_logged_accuracies_count_each_epoch_exactly():
         on_train_epoch_start=lambda trainer, module: (counted and read(trainer, module), counted.append([0, 0, 0.0])),
         on_train_end=read,
     )
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
     trainer.fit(model, datamodule=dm)
     assert counted[0][1] == 4000 and len(logged) == 3 and len(set(logged)) == 3
     assert [acc for acc, _ in logged] == pytest.approx([right / seen for right, seen, _ in counted])  # each epoch alone

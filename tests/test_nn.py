@@ -10,7 +10,7 @@ from handprop.nn import INITS, MLP, Linear
 
 def test_mlp_layers_and_output_shape():
     mlp = MLP([784, 16, 16, 10], "sigmoid", output_activation="sigmoid")
-    assert [(l.in_features, l.out_features, l.activation) for l in mlp.layers] == [
+    assert [(layer.in_features, layer.out_features, layer.activation) for layer in mlp.layers] == [
         (784, 16, "sigmoid"),
         (16, 16, "sigmoid"),
         (16, 10, "sigmoid"),
@@ -85,7 +85,11 @@ def test_initialisations_have_their_documented_spread(init):
         "xavier": math.sqrt(2 / (n_in + n_out)),
         "kaiming": math.sqrt(2 / n_in),
     }[init]
-    expected_b = {"pytorch": 1 / math.sqrt(3 * n_in), "normal": 1.0, "normal_scaled": 1.0,
-                  "lecun_uniform": 2.4 / n_in / math.sqrt(3)}.get(init, 0.0)
+    expected_b = {
+        "pytorch": 1 / math.sqrt(3 * n_in),
+        "normal": 1.0,
+        "normal_scaled": 1.0,
+        "lecun_uniform": 2.4 / n_in / math.sqrt(3),
+    }.get(init, 0.0)
     assert w_std == pytest.approx(expected_w, rel=0.05)
     assert b_std == pytest.approx(expected_b, rel=0.2, abs=1e-12)

@@ -7,10 +7,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 
-from conftest import FAST, compose_config
-
 from handprop.errors import HandpropError
 from handprop.train import train
+
+from conftest import FAST, compose_config
 
 
 class Poison(Callback):
@@ -26,7 +26,9 @@ class Poison(Callback):
 
 
 def test_a_nan_mid_run_stops_it_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = compose_config("train", [*FAST, "trainer.max_epochs=3", "model.hidden=[16]", "callbacks.pictures=null"], tmp_path)
+    cfg = compose_config(
+        "train", [*FAST, "trainer.max_epochs=3", "model.hidden=[16]", "callbacks.pictures=null"], tmp_path
+    )
     with open_dict(cfg):
         cfg.callbacks.poison = {"_target_": "test_numerics.Poison", "step": 6}  # epoch 1, its third step
     with pytest.raises(HandpropError) as e:
@@ -42,9 +44,22 @@ def test_a_nan_mid_run_stops_it_naming_the_step_and_keeps_the_last_good_checkpoi
 
 
 def test_a_learning_rate_far_too_high_is_named(tmp_path):
-    cfg = compose_config("train", [*FAST, "optimizer=sgd", "optimizer.lr=1e6", "scheduler=none", "model.hidden=[16]",
-                                   "callbacks.pictures=null", "callbacks.numerics_guard.every_n_steps=1"], tmp_path)
-    with pytest.raises(HandpropError, match=r"became NaN or infinite at step \d+ \(epoch \d\).*learning rate was 1e\+06"):
+    cfg = compose_config(
+        "train",
+        [
+            *FAST,
+            "optimizer=sgd",
+            "optimizer.lr=1e6",
+            "scheduler=none",
+            "model.hidden=[16]",
+            "callbacks.pictures=null",
+            "callbacks.numerics_guard.every_n_steps=1",
+        ],
+        tmp_path,
+    )
+    with pytest.raises(
+        HandpropError, match=r"became NaN or infinite at step \d+ \(epoch \d\).*learning rate was 1e\+06"
+    ):
         train(cfg)
     for path in (tmp_path / "checkpoints").glob("*.ckpt"):  # nothing written from broken weights
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

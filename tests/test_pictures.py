@@ -1,5 +1,6 @@
 """The pictures' math: the weight grid, the cost landscape's plane, surface and path."""
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -83,7 +84,6 @@ def test_cost_surface_restores_the_weights_when_the_cost_fails():
 
 
 def test_figures_draw():
-    import matplotlib.pyplot as plt
 
     matrix = torch.eye(10, dtype=torch.long) * 50
     matrix[3, 5] = 2

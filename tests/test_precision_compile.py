@@ -2,9 +2,13 @@
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from handprop import functional as HF
 from handprop.nn import MLP
+from handprop.train import train
+
+from conftest import tensorboard_run
 
 ACTIVATIONS = list(HF.ACTIVATIONS)
 
@@ -88,8 +92,6 @@ def test_compile_inductor_matches_eager():
 
 
 def _audit_max(run_dir):
-    from conftest import tensorboard_run
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tensorboard_run(run_dir)))
     events.Reload()
@@ -99,7 +101,6 @@ def _audit_max(run_dir):
 
 
 def test_bf16_mixed_run_from_the_config(train_cfg, tmp_path):
-    from handprop.train import train
 
     metrics = train(train_cfg("trainer.precision=bf16-mixed", "callbacks.gradient_audit.every_n_steps=1"))
     assert metrics["test/acc"] > 0.3  # 8 steps of training: far above chance, far below a real run
@@ -108,7 +109,6 @@ def test_bf16_mixed_run_from_the_config(train_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_run_from_the_config(train_cfg, tmp_path):
-    from handprop.train import train
 
     metrics = train(train_cfg("model.compile=true", "callbacks.gradient_audit.every_n_steps=1"))
     assert metrics["test/acc"] > 0.3

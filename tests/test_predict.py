@@ -11,18 +11,25 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from conftest import FAST, ROOT, compose_config
-
 from handprop.data import load_split
-from handprop.predict import ImageError, to_mnist
+from handprop.module import DigitClassifier
+from handprop.predict import ImageError, load_image, predict, to_mnist
 from handprop.train import train
+
+from conftest import FAST, ROOT, compose_config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    overrides = [*FAST, "trainer.limit_train_batches=null", "trainer.max_epochs=3", "model.hidden=[64]",
-                 "callbacks.pictures=null", "test=false"]
+    overrides = [
+        *FAST,
+        "trainer.limit_train_batches=null",
+        "trainer.max_epochs=3",
+        "model.hidden=[64]",
+        "callbacks.pictures=null",
+        "test=false",
+    ]
     train(compose_config("train", overrides, out))
     return out / "checkpoints" / "last.ckpt"
 
@@ -58,8 +65,13 @@ def test_predict_reads_real_digits_drawn_every_way(checkpoint, tmp_path):
         paths.append(_save(pixels, tmp_path / f"plain{k}.png"))  # as in MNIST: light on dark, 28x28
         paths.append(_save(1 - pixels, tmp_path / f"paper{k}.jpg", size=(210, 180)))  # dark on light, large, JPEG
         expected += [int(labels[k])] * 2
-    proc = subprocess.run([sys.executable, "predict.py", str(checkpoint), *map(str, paths)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "predict.py", str(checkpoint), *map(str, paths)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == len(paths)
@@ -77,8 +89,13 @@ def test_unreadable_files_are_named_and_the_rest_still_read(checkpoint, tmp_path
     junk = tmp_path / "notes.png"
     junk.write_text("not an image")
     good = _save(load_split("sample", "test")[0][0].float() / 255, tmp_path / "good.png")
-    proc = subprocess.run([sys.executable, "predict.py", str(checkpoint), str(junk), str(tmp_path / "missing.png"), str(good)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "predict.py", str(checkpoint), str(junk), str(tmp_path / "missing.png"), str(good)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert f"{junk}: cannot be read as an image (PNG or JPEG expected)" in proc.stderr
     assert f"{tmp_path / 'missing.png'}: no such file" in proc.stderr
@@ -87,32 +104,46 @@ def test_unreadable_files_are_named_and_the_rest_still_read(checkpoint, tmp_path
 
 
 def test_a_missing_checkpoint_is_named(tmp_path):
-    proc = subprocess.run([sys.executable, "predict.py", str(tmp_path / "none.ckpt"), "x.png"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "predict.py", str(tmp_path / "none.ckpt"), "x.png"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "none.ckpt: no such checkpoint file" in proc.stderr
 
 
 def _png_header(path, width: int, height: int):
     """A PNG that declares width x height grey pixels and holds none: what an image reader
     sees first (a decompression bomb of a few bytes when the size is huge)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
 def test_images_as_phones_editors_and_the_web_save_them(checkpoint, tmp_path):
     """Each read the way an image viewer shows it, the work bounded, every file answered."""
-    from handprop.predict import load_image, predict
-    from handprop.module import DigitClassifier
 
     model = DigitClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     images, labels = load_split("sample", "test")
     # a digit the network reads upright but not on its side: the orientation tag matters
-    k = next(i for i in range(len(labels)) if (lambda up: int(predict(model, to_mnist(up)[None])[0].argmax()) == labels[i]
-             and int(predict(model, to_mnist(up.rot90(1))[None])[0].argmax()) != labels[i])(1 - images[i].float() / 255))
+    k = next(
+        i
+        for i in range(len(labels))
+        if (
+            lambda up: (
+                int(predict(model, to_mnist(up)[None])[0].argmax()) == labels[i]
+                and int(predict(model, to_mnist(up.rot90(1))[None])[0].argmax()) != labels[i]
+            )
+        )(1 - images[i].float() / 255)
+    )
     upright = Image.fromarray(255 - images[k].numpy(), mode="L").resize((140, 140), Image.BILINEAR)
     label = int(labels[k])
     exif = Image.Exif()
@@ -121,7 +152,7 @@ def test_images_as_phones_editors_and_the_web_save_them(checkpoint, tmp_path):
     stored.save(tmp_path / "phone.jpg", exif=exif)
     assert ImageOps.exif_transpose(Image.open(tmp_path / "phone.jpg")).size == upright.size
     ink = 255 - np.asarray(upright)  # 16-bit grey, dark on light at the full 0-65535 range
-    scan = Image.fromarray((65535 - ink.astype(np.uint16) * 257)).resize((1400, 1400), Image.Resampling.BILINEAR)
+    scan = Image.fromarray(65535 - ink.astype(np.uint16) * 257).resize((1400, 1400), Image.Resampling.BILINEAR)
     scan.save(tmp_path / "scan16.png")  # a scanner's resolution: reduced before reading
     assert Image.open(tmp_path / "scan16.png").mode.startswith("I")
     rgba = np.zeros((140, 140, 4), np.uint8)
@@ -131,15 +162,27 @@ def test_images_as_phones_editors_and_the_web_save_them(checkpoint, tmp_path):
     _png_header(tmp_path / "wide.png", 13000, 5000)
     os.mkfifo(tmp_path / "pipe.png")
     files = ["bomb.png", "pipe.png", "wide.png", "phone.jpg", "scan16.png", "web.png"]
-    proc = subprocess.run([sys.executable, "predict.py", str(checkpoint), *(str(tmp_path / f) for f in files)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "predict.py", str(checkpoint), *(str(tmp_path / f) for f in files)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = proc.stderr.strip().splitlines()
-    assert errors[0] == (f"error: {tmp_path / 'bomb.png'}: 20000x20000 pixels is too large to read (at most "
-                         "50 megapixels); scale it down first")
-    assert errors[1] == f"error: {tmp_path / 'pipe.png'}: not a regular file (a directory, a pipe or a device); give a PNG or JPEG file"
-    assert errors[2] == (f"error: {tmp_path / 'wide.png'}: 13000x5000 pixels is too large to read (at most 50 megapixels); "
-                         "scale it down first")
+    assert errors[0] == (
+        f"error: {tmp_path / 'bomb.png'}: 20000x20000 pixels is too large to read (at most "
+        "50 megapixels); scale it down first"
+    )
+    assert (
+        errors[1] == f"error: {tmp_path / 'pipe.png'}: not a regular file (a directory, a pipe or a device); "
+        "give a PNG or JPEG file"
+    )
+    assert errors[2] == (
+        f"error: {tmp_path / 'wide.png'}: 13000x5000 pixels is too large to read (at most 50 megapixels); "
+        "scale it down first"
+    )
     read = {line.split(": ")[0]: int(line.split(": ")[1].split()[0]) for line in proc.stdout.strip().splitlines()}
     assert read == {str(tmp_path / f): label for f in ("phone.jpg", "scan16.png", "web.png")}
     assert load_image(tmp_path / "phone.jpg").shape == (140, 140)  # upright, as shown
@@ -150,7 +193,12 @@ def test_a_checkpoint_with_nan_weights_reads_no_digits(checkpoint, tmp_path):
     ckpt["state_dict"]["net.layers.1.bias"][0] = float("nan")
     torch.save(ckpt, tmp_path / "nan.ckpt")
     good = _save(load_split("sample", "test")[0][0].float() / 255, tmp_path / "good.png")
-    proc = subprocess.run([sys.executable, "predict.py", str(tmp_path / "nan.ckpt"), str(good)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "predict.py", str(tmp_path / "nan.ckpt"), str(good)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert "holds weights that are NaN or infinite (net.layers.1.bias)" in proc.stderr

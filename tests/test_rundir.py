@@ -10,13 +10,22 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from conftest import ROOT, run_cli, small_filesystem, wait_for
-
+from handprop import rundir
 from handprop.rundir import command_line, hydra_value, launch_problem, launched_rank, unique_dir
 
-QUICK = ["model.hidden=[16]", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-         "callbacks.pictures=null", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
-         "trainer.accelerator=cpu", "test=false"]
+from conftest import ROOT, run_cli, small_filesystem, wait_for
+
+QUICK = [
+    "model.hidden=[16]",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "callbacks.pictures=null",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "test=false",
+]
 LONG = [*QUICK[:1], "trainer.max_epochs=300", *QUICK[2:]]
 
 
@@ -24,7 +33,6 @@ def test_unique_dir_claims_a_fresh_directory_each_time(tmp_path):
     base = str(tmp_path / "2026-01-01" / "12-00-00")
     first = unique_dir(base)
     assert first == base and unique_dir(base) == base  # the same answer within a process
-    from handprop import rundir
 
     rundir._claimed.clear()  # as another process would see it
     assert unique_dir(base) == base + "-1"
@@ -34,8 +42,16 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path)
     """A shell loop over seeds starts runs within one second: each gets its own directory
     (forced here onto one name), with its own metrics.json."""
     same = f"hydra.run.dir=${{unique_dir:'{tmp_path}/run'}}"
-    procs = [subprocess.Popen([sys.executable, "train.py", *QUICK, f"seed={seed}", same], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "train.py", *QUICK, f"seed={seed}", same],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
     runs = sorted(p.name for p in tmp_path.iterdir())
@@ -46,8 +62,13 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path)
 
 def test_a_second_process_in_a_running_runs_directory_is_refused_at_once(tmp_path):
     run_dir = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "train.py", *LONG, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "train.py", *LONG, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(run_dir / "checkpoints" / "last.ckpt", first)  # under way, an epoch written
         config = (run_dir / ".hydra" / "config.yaml").read_bytes()
@@ -80,8 +101,12 @@ def test_a_refused_run_writes_nothing_into_the_old_runs_directory(tmp_path):
 def test_a_stray_rank_variable_in_a_single_process_is_named(tmp_path, variable):
     proc = run_cli("train.py", *QUICK, f"hydra.run.dir={tmp_path}/run", env={variable: "1"})
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.startswith(f"error: {variable}=1 is set in the environment, but no launcher started several "
-                                  "processes") and f"env -u {variable} python" in proc.stderr
+    assert (
+        proc.stderr.startswith(
+            f"error: {variable}=1 is set in the environment, but no launcher started several processes"
+        )
+        and f"env -u {variable} python" in proc.stderr
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -99,8 +124,10 @@ def test_a_read_only_run_directory_is_one_line(tmp_path):
         given = run_cli("train.py", *QUICK, f"hydra.run.dir={ro}/run")
         default = run_cli("train.py", *QUICK, f"paths.log_dir={ro}/outputs")  # the default <date>/<time> under it
     assert given.returncode == 2 and default.returncode == 2
-    assert given.stderr.strip() == (f"error: cannot write the run directory {ro}/run: Read-only file system. "
-                                    "Choose a writable one with hydra.run.dir=DIR")
+    assert given.stderr.strip() == (
+        f"error: cannot write the run directory {ro}/run: Read-only file system. "
+        "Choose a writable one with hydra.run.dir=DIR"
+    )
     assert default.stderr.strip().startswith(f"error: cannot create the run directory {ro}/outputs/")
     assert len(default.stderr.strip().splitlines()) == 1
 
@@ -108,10 +135,14 @@ def test_a_read_only_run_directory_is_one_line(tmp_path):
 def test_processes_of_a_launch_need_one_shared_directory(tmp_path):
     """Under torchrun or srun every process resolves its own default directory (its own
     second, its own -1): the launch must name one."""
-    proc = run_cli("train.py", *QUICK, f"paths.log_dir={tmp_path}", env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    proc = run_cli(
+        "train.py", *QUICK, f"paths.log_dir={tmp_path}", env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: a launcher started 2 processes: give them all the same (shared) directory "
-                                   "with hydra.run.dir=DIR, or each picks its own")
+    assert proc.stderr.strip() == (
+        "error: a launcher started 2 processes: give them all the same (shared) directory "
+        "with hydra.run.dir=DIR, or each picks its own"
+    )
 
 
 def test_a_full_disk_during_training_is_one_line_and_keeps_what_was_written(tmp_path):
@@ -129,8 +160,22 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_what_was_written(tmp_
     assert not any(f.endswith(".ckpt") for f in files)  # nothing truncated
 
 
-@pytest.mark.parametrize("value", ["outputs/2026-11-29/18-00-00", "/tmp/it's a $HOME ${x} ü", "/runs/a,b", "~x",
-                                   "a\\b", "ends\\", "x\\'y", "[1,2]", "null", "a=b", "tab\tand space"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "outputs/2026-11-29/18-00-00",
+        "/tmp/it's a $HOME ${x} ü",
+        "/runs/a,b",
+        "~x",
+        "a\\b",
+        "ends\\",
+        "x\\'y",
+        "[1,2]",
+        "null",
+        "a=b",
+        "tab\tand space",
+    ],
+)
 def test_hydra_values_read_back_as_written(value):
     override = OverridesParser.create().parse_override(f"hydra.run.dir={hydra_value(value)}")
     assert OmegaConf.create({"v": override.value()}).v == value  # through Hydra's grammar, then OmegaConf
@@ -147,8 +192,13 @@ def test_a_run_directory_named_with_spaces_quotes_dollars_and_accents_resumes_as
     """The printed command pastes into a shell and resumes; every file of the run, the
     TensorBoard events included ($HOME is not expanded), stays inside its directory."""
     run_dir = tmp_path / "it's a $HOME run, ü"
-    proc = subprocess.Popen([sys.executable, "train.py", *LONG, f"hydra.run.dir={hydra_value(str(run_dir))}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *LONG, f"hydra.run.dir={hydra_value(str(run_dir))}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
         time.sleep(1.0)  # some epochs on: the resume below trains two more steps of a schedule long enough
@@ -160,11 +210,19 @@ def test_a_run_directory_named_with_spaces_quotes_dollars_and_accents_resumes_as
     first_config = (run_dir / ".hydra" / "overrides.yaml").read_text()
     command = stderr.split("Resume with:\n", 1)[1].strip().splitlines()[0]
     step = int(re.search(r"training stopped at epoch \d+, step (\d+)", stderr).group(1))
-    resumed = subprocess.run(f"{command.replace('python ', sys.executable + ' ', 1)} trainer.max_steps={step + 2}",
-                             shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        f"{command.replace('python ', sys.executable + ' ', 1)} trainer.max_steps={step + 2}",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, (command, resumed.stderr[-3000:])
     assert (run_dir / ".hydra" / "history" / "1" / "overrides.yaml").read_text() == first_config  # kept
     assert "ckpt_path=" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     events = list(tmp_path.rglob("events.out.tfevents.*"))
     assert events and all(run_dir in e.parents for e in events)
-    assert not list((ROOT / "outputs").glob("**/it's a*")) and sorted(p.name for p in tmp_path.iterdir()) == [run_dir.name]
+    assert not list((ROOT / "outputs").glob("**/it's a*")) and sorted(p.name for p in tmp_path.iterdir()) == [
+        run_dir.name
+    ]

@@ -9,16 +9,22 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import FAST, ROOT, tensorboard_run
 from handprop.sweep import markdown, summarize
+
+from conftest import FAST, ROOT, tensorboard_run
 
 SMALL = [*FAST, "model.hidden=[32]", "callbacks.pictures=null"]
 
 
 def _sweep(tmp_path, *overrides):
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "train.py", "-m", *overrides, *SMALL, f"hydra.sweep.dir={sweep_dir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", *overrides, *SMALL, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep_dir, proc
 
@@ -70,8 +76,13 @@ def test_an_optuna_search_runs_its_trials_and_reports_the_best(tmp_path):
     accs = [json.loads((sweep_dir / run / "metrics.json").read_text())["val/acc"] for run in runs]
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert result["best_value"] == pytest.approx(max(accs))
-    assert set(result["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout",
-                                          "model.label_smoothing", "data.batch_size"}
+    assert set(result["best_params"]) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "model.dropout",
+        "model.label_smoothing",
+        "data.batch_size",
+    }
     assert 0.0003 <= result["best_params"]["optimizer.lr"] <= 0.03
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["runs"][0]["metrics"]["val/acc"] == pytest.approx(max(accs))

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from handprop.train import flat_config, train
 
@@ -22,12 +23,19 @@ PICTURES = ["first_layer_weights", "confusion_matrix", "mistakes", "cost_landsca
 def run(tmp_path_factory):
     """A short run with every picture drawn every epoch (2 epochs x 4 batches)."""
     out = tmp_path_factory.mktemp("run")
-    cfg = compose_config("train", [
-        *FAST, "model.hidden=[32,16]",
-        "callbacks.training_scalars.every_n_steps=1",
-        "callbacks.pictures.every_n_epochs=1", "callbacks.pictures.histograms_every_n_epochs=1",
-        "callbacks.pictures.landscape_points=5", "callbacks.pictures.landscape_samples=64",
-    ], out)
+    cfg = compose_config(
+        "train",
+        [
+            *FAST,
+            "model.hidden=[32,16]",
+            "callbacks.training_scalars.every_n_steps=1",
+            "callbacks.pictures.every_n_epochs=1",
+            "callbacks.pictures.histograms_every_n_epochs=1",
+            "callbacks.pictures.landscape_points=5",
+            "callbacks.pictures.landscape_samples=64",
+        ],
+        out,
+    )
     metrics = train(cfg)
     events = EventAccumulator(str(tensorboard_run(out)), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
     events.Reload()
@@ -38,9 +46,18 @@ def test_every_scalar_is_logged(run):
     _, _, metrics, events = run
     layers = [f"layer{i}" for i in (1, 2, 3)]
     expected = {
-        "train/loss_step", "train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc",
-        "time/epoch_s", "throughput/samples_per_s",
-        *(f"grad_norm/{layer}" for layer in layers), *(f"update_ratio/{layer}" for layer in layers),
+        "train/loss_step",
+        "train/loss_epoch",
+        "train/acc",
+        "train/lr",
+        "val/loss",
+        "val/acc",
+        "test/loss",
+        "test/acc",
+        "time/epoch_s",
+        "throughput/samples_per_s",
+        *(f"grad_norm/{layer}" for layer in layers),
+        *(f"update_ratio/{layer}" for layer in layers),
     }
     tags = set(events.Tags()["scalars"])
     assert expected <= tags, expected - tags
@@ -74,19 +91,24 @@ def test_histograms_and_pictures_are_logged(run):
 
 def test_hparams_hold_the_flat_config_and_final_metrics(run):
     _, cfg, metrics, events = run
-    from tensorboard.plugins.hparams import plugin_data_pb2
 
     content = events.PluginTagToContent("hparams")
-    start = next(plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()
-                 if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
+    start = next(
+        plugin_data_pb2.HParamsPluginData.FromString(c)
+        for c in content.values()
+        if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info")
+    )
     hparams = start.session_start_info.hparams
     flat = flat_config(cfg)
     assert hparams["optimizer.lr"].number_value == pytest.approx(flat["optimizer.lr"])
     assert hparams["model.hidden"].string_value == "[32, 16]"
     assert hparams["model.activation"].string_value == "relu"
     assert not any(k.startswith(("paths.", "callbacks.", "logger.")) for k in hparams)
-    experiment = next(plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()
-                      if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("experiment"))
+    experiment = next(
+        plugin_data_pb2.HParamsPluginData.FromString(c)
+        for c in content.values()
+        if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("experiment")
+    )
     metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
     assert {"final/val/acc", "final/test/acc"} <= metric_tags
     assert events.Scalars("final/test/acc")[0].value == pytest.approx(metrics["test/acc"])
@@ -94,8 +116,9 @@ def test_hparams_hold_the_flat_config_and_final_metrics(run):
 
 def test_pictures_are_off_with_the_callback(tmp_path):
 
-
-    cfg = compose_config("train", [*FAST, "model.hidden=[8]", "callbacks.pictures=null", "callbacks.training_scalars=null"], tmp_path)
+    cfg = compose_config(
+        "train", [*FAST, "model.hidden=[8]", "callbacks.pictures=null", "callbacks.training_scalars=null"], tmp_path
+    )
     train(cfg)
     events = EventAccumulator(str(tensorboard_run(tmp_path)))
     events.Reload()
@@ -122,7 +145,8 @@ def test_the_tensorboard_server_serves_the_run(run):
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}/data"
     try:

@@ -6,10 +6,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import CONF, FAST, compose_config, tensorboard_run
 from handprop.config import ConfigError, check_config, config_problems
 from handprop.errors import HandpropError
-from handprop.train import evaluate, train
+from handprop.train import evaluate, run_name, train
+
+from conftest import CONF, FAST, compose_config, tensorboard_run
 
 
 def test_default_config_is_valid(tmp_path):
@@ -17,7 +18,15 @@ def test_default_config_is_valid(tmp_path):
     assert config_problems(cfg) == []
     assert cfg.data.dataset == "sample" and cfg.seed == 42 and cfg.logger.tensorboard
     assert list(cfg.callbacks) == [
-        "model_checkpoint", "last_checkpoint", "interrupt_checkpoint", "numerics_guard", "gradient_audit", "lr_monitor", "progress_bar", "training_scalars", "pictures",
+        "model_checkpoint",
+        "last_checkpoint",
+        "interrupt_checkpoint",
+        "numerics_guard",
+        "gradient_audit",
+        "lr_monitor",
+        "progress_bar",
+        "training_scalars",
+        "pictures",
         "replica_check",
     ]
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc" and cfg.callbacks.last_checkpoint.filename == "last"
@@ -60,13 +69,25 @@ def test_several_problems_are_reported_together(train_cfg):
 
 def test_train_leaves_a_complete_run(train_cfg, tmp_path):
     metrics = train(train_cfg())
-    assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/fit_s"} <= set(metrics)
+    assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/fit_s"} <= set(
+        metrics
+    )
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     events = EventAccumulator(str(tensorboard_run(tmp_path)))
     events.Reload()
-    expected_tags = {"train/loss_step", "train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc",
-                     "audit/max_rel_err/layer1", "audit/max_rel_err/layer3"}
+    expected_tags = {
+        "train/loss_step",
+        "train/loss_epoch",
+        "train/acc",
+        "train/lr",
+        "val/loss",
+        "val/acc",
+        "test/loss",
+        "test/acc",
+        "audit/max_rel_err/layer1",
+        "audit/max_rel_err/layer3",
+    }
     assert expected_tags <= set(events.Tags()["scalars"])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["hidden"] == [512, 256]
@@ -117,7 +138,6 @@ def test_step_losses_are_logged_on_the_loggers_steps_only(train_cfg, tmp_path):
 
 
 def test_run_names_are_short_safe_and_distinct():
-    from handprop.train import run_name
 
     assert run_name("model.hidden=[64],optimizer.lr=0.01") == "model.hidden=[64],optimizer.lr=0.01"
     assert run_name("") == ""
@@ -129,6 +149,9 @@ def test_run_names_are_short_safe_and_distinct():
 
 def test_a_one_cycle_schedule_too_short_to_warm_up_is_one_line(train_cfg):
     # OneCycleLR divides by (pct_start x steps - 1): 0.2 x 5 steps would be a division by zero
-    with pytest.raises(HandpropError, match="the learning-rate schedule cannot be built for this run's length "
-                                        r"\({'total_steps': 5}\): its warm-up would end on its first step"):
+    with pytest.raises(
+        HandpropError,
+        match="the learning-rate schedule cannot be built for this run's length "
+        r"\({'total_steps': 5}\): its warm-up would end on its first step",
+    ):
         train(train_cfg("trainer.max_steps=5", "test=false"))

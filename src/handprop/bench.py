@@ -32,11 +32,19 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from torchvision import datasets, transforms
 
 from . import functional as HF
+from .callbacks import GradientAudit, TensorBoardPictures, TrainingScalars
 from .data import DeviceBatches, load_split, to_pixels, write_idx
-from .module import schedule_length
+from .module import DigitClassifier, schedule_length
 from .nn import MLP
+from .train import train
 
 SIZES = ([16, 16], [128, 64], [512, 256], [1024, 1024])
 RECIPES = {  # what the network does besides its matrix products
@@ -130,15 +138,19 @@ def backward_vs_autograd(
 
 def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9, number: int = 5) -> dict:
     """Time of one gradient audit relative to the training steps between two audits."""
-    from .callbacks import GradientAudit
-    from .module import DigitClassifier
 
     torch.manual_seed(0)
     model = DigitClassifier(dropout=0.25, label_smoothing=0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images, labels = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # one process, float32
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # one process, float32
     audit = GradientAudit(every_n_steps)
 
     def step():
@@ -203,10 +215,6 @@ def compose_recipe(overrides=(), output_dir: str | Path | None = None, name: str
 
     With ``output_dir``, complete as Hydra's app makes it -- its run directory set,
     ``${hydra:...}`` resolvable -- so that ``handprop.train.train(cfg)`` can run it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     if not conf.is_dir():
@@ -231,7 +239,6 @@ def _sync(device) -> None:
 
 def _build(cfg, device="cpu"):
     """Data module (set up) and model (on ``device``) of a composed config."""
-    from hydra.utils import instantiate
 
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
@@ -277,9 +284,15 @@ def lightning_epochs(
     device = torch.device(device)
     clock = _EpochClock(snapshots, between)
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
-        logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator=device.type,
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
         callbacks=[clock],
     )
     trainer.fit(model, datamodule=dm)
@@ -344,7 +357,6 @@ class TorchvisionLoop:
     digits are written as torchvision's raw files in a temporary directory (``close()``)."""
 
     def __init__(self, cfg, device="cpu"):
-        from torchvision import datasets, transforms
 
         torch.manual_seed(cfg.seed)
         dm, self.model = _build(cfg, device)
@@ -353,12 +365,18 @@ class TorchvisionLoop:
         raw = Path(self._root.name) / "MNIST" / "raw"
         raw.mkdir(parents=True)
         for split, stem in (("train", "train"), ("test", "t10k")):
-            x, y = (dm.splits["train"].images, dm.splits["train"].labels) if split == "train" else load_split("sample", "test")
+            x, y = (
+                (dm.splits["train"].images, dm.splits["train"].labels)
+                if split == "train"
+                else load_split("sample", "test")
+            )
             write_idx(raw / f"{stem}-images-idx3-ubyte", x)
             write_idx(raw / f"{stem}-labels-idx1-ubyte", y)
         mean, std = dm.pixel_stats
         dataset = datasets.MNIST(
-            self._root.name, train=True, download=False,
+            self._root.name,
+            train=True,
+            download=False,
             transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))]),
         )
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=dm.batch_size, shuffle=True)
@@ -412,11 +430,13 @@ def epoch_speed(epochs: int = 9, overrides=(), device="cpu") -> dict:
     cfg = compose_recipe(overrides)
     plain, tv = PlainLoop(cfg, epochs, device), TorchvisionLoop(cfg, device)
     # the loader on its own: the plain loop's tensors (already on the device), its own order
-    loader = DeviceBatches(plain.batches.images, plain.batches.labels, plain.batches.batch_size, shuffle=True, seed=cfg.seed)
+    loader = DeviceBatches(
+        plain.batches.images, plain.batches.labels, plain.batches.batch_size, shuffle=True, seed=cfg.seed
+    )
     plain_s, tv_s, loader_s, tv_loader_s = [], [], [], []
 
     def between(epoch: int) -> None:
-        for run in ((plain, tv) if epoch % 2 == 0 else (tv, plain)):
+        for run in (plain, tv) if epoch % 2 == 0 else (tv, plain):
             (plain_s if run is plain else tv_s).append(run.epoch())
         for _ in range(3):
             loader_s.append(loader_epoch(loader, len(loader_s), device))
@@ -426,8 +446,16 @@ def epoch_speed(epochs: int = 9, overrides=(), device="cpu") -> dict:
         lightning_s = lightning_epochs(cfg, epochs, between=between, device=device)[0]
     finally:
         tv.close()
-    med = {k: statistics.median(v[1:]) for k, v in
-           {"lightning": lightning_s, "plain": plain_s, "tv": tv_s, "loader": loader_s, "tv_loader": tv_loader_s}.items()}
+    med = {
+        k: statistics.median(v[1:])
+        for k, v in {
+            "lightning": lightning_s,
+            "plain": plain_s,
+            "tv": tv_s,
+            "loader": loader_s,
+            "tv_loader": tv_loader_s,
+        }.items()
+    }
     return {
         "recipe": "default (4,000 sample digits, batch 128, augmentation on)",
         "device": str(device),
@@ -464,7 +492,11 @@ def _accuracy_curve(model, states, images, labels) -> list[float]:
 
 
 def fashion_time_to_accuracy(
-    data_dir: str, experiment: str = "fashion_mlp", target: float = 0.89, budget_s: float = 180.0, device="cpu",
+    data_dir: str,
+    experiment: str = "fashion_mlp",
+    target: float = 0.89,
+    budget_s: float = 180.0,
+    device="cpu",
     overrides=(),
 ) -> dict:
     cfg = compose_recipe([f"experiment={experiment}", f"data.data_dir={data_dir}", *overrides])
@@ -477,8 +509,11 @@ def fashion_time_to_accuracy(
         reached = next((t for t, a in zip(elapsed, accs) if a >= target), None)
         within = [a for t, a in zip(elapsed, accs) if t <= budget_s]
         out[name] = {
-            "epochs": len(times), "train_s": elapsed[-1], "final_test_acc": accs[-1],
-            "seconds_to_target": reached, "test_acc_within_budget": within[-1] if within else None,
+            "epochs": len(times),
+            "train_s": elapsed[-1],
+            "final_test_acc": accs[-1],
+            "seconds_to_target": reached,
+            "test_acc_within_budget": within[-1] if within else None,
             "curve": [(round(t, 2), round(a, 4)) for t, a in zip(elapsed, accs)],
         }
     return out
@@ -493,8 +528,6 @@ def pictures_cost(overrides=()) -> dict:
     """What the TensorBoard pictures and scalars cost a default ``python train.py``: the
     run's wall time (fit and test) with and without the two callbacks, and the seconds
     spent inside their hooks, timed in the run that has them."""
-    from .callbacks import TensorBoardPictures, TrainingScalars
-    from .train import train
 
     inside = {"s": 0.0}
 
@@ -505,6 +538,7 @@ def pictures_cost(overrides=()) -> dict:
                 return hook(*args, **kwargs)
             finally:
                 inside["s"] += time.perf_counter() - start
+
         return run
 
     def instrument(cls):  # time every hook the class defines (Lightning looks hooks up by name)
@@ -515,6 +549,7 @@ def pictures_cost(overrides=()) -> dict:
             for name, value in vars(cls).items():
                 if name.startswith(("on_", "setup")) and callable(value):
                     setattr(self, name, timed(getattr(self, name)))
+
         return original, init
 
     out = {"recipe": "default python train.py" + (" " + " ".join(overrides) if overrides else "")}
@@ -524,7 +559,9 @@ def pictures_cost(overrides=()) -> dict:
             cls.__init__ = init
         try:
             with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
-                cfg = compose_recipe([*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir)
+                cfg = compose_recipe(
+                    [*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir
+                )
                 inside["s"] = 0.0
                 start = time.perf_counter()
                 metrics = train(cfg)
@@ -540,8 +577,13 @@ def pictures_cost(overrides=()) -> dict:
 
 
 # --quick: each section's own code at toy sizes (make test runs it, so that a broken section fails CI)
-_SHORT_RUN = ("trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-              "trainer.limit_test_batches=1", "data.val_size=100")
+_SHORT_RUN = (
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.val_size=100",
+)
 QUICK = {
     "sizes": (SIZES[0],),
     "audit": {"batch": 16, "number": 2},
@@ -567,11 +609,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--only", default="backward,gemm,epoch,pictures,fashion", help="comma-separated sections")
     parser.add_argument("--device", default="cpu", help="where the epoch and fashion sections train (cpu, cuda)")
-    parser.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist",
-                        help="Fashion-MNIST's four IDX files (apt-get install dataset-fashion-mnist)")
-    parser.add_argument("--quick", action="store_true",
-                        help="every section at toy sizes, one repeat, in well under two minutes: that the benchmark "
-                             "runs (make test does), not what it measures")
+    parser.add_argument(
+        "--fashion-dir",
+        default="/usr/share/datasets/fashion-mnist",
+        help="Fashion-MNIST's four IDX files (apt-get install dataset-fashion-mnist)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="every section at toy sizes, one repeat, in well under two minutes: that the benchmark "
+        "runs (make test does), not what it measures",
+    )
     args = parser.parse_args(argv)
     quick = QUICK if args.quick else {}
     if args.quick:
@@ -585,44 +633,70 @@ def main(argv: list[str] | None = None) -> dict:
         out.write_text(json.dumps(results, indent=2) + "\n")
 
     if "backward" in sections:
-        rows = [backward_vs_autograd(h, r, args.batch, args.repeats) for r in RECIPES for h in quick.get("sizes", SIZES)]
+        rows = [
+            backward_vs_autograd(h, r, args.batch, args.repeats) for r in RECIPES for h in quick.get("sizes", SIZES)
+        ]
         results["backward"] = rows
-        print(f"\nManual backward vs PyTorch autograd: one training step, batch {args.batch}, "
-              f"CPU threads {results['threads']}")
-        print("speed ratio = autograd time / manual time (>= 1: ours as fast or faster); "
-              "memory ratio = manual saved bytes / autograd saved bytes (<= 1: ours keeps no more)\n")
-        print(_table(rows, [
-            ("network", "network", "<18"), ("recipe", "recipe", "<8"),
-            ("manual ms", "step_ms_manual", ">9.3f"), ("autograd ms", "step_ms_autograd", ">11.3f"),
-            ("speed ratio", "speed_ratio", ">11.3f"), ("saved bytes manual", "saved_bytes_manual", ">18,"),
-            ("saved bytes autograd", "saved_bytes_autograd", ">20,"), ("memory ratio", "memory_ratio", ">12.3f"),
-        ]))
+        print(
+            f"\nManual backward vs PyTorch autograd: one training step, batch {args.batch}, "
+            f"CPU threads {results['threads']}"
+        )
+        print(
+            "speed ratio = autograd time / manual time (>= 1: ours as fast or faster); "
+            "memory ratio = manual saved bytes / autograd saved bytes (<= 1: ours keeps no more)\n"
+        )
+        print(
+            _table(
+                rows,
+                [
+                    ("network", "network", "<18"),
+                    ("recipe", "recipe", "<8"),
+                    ("manual ms", "step_ms_manual", ">9.3f"),
+                    ("autograd ms", "step_ms_autograd", ">11.3f"),
+                    ("speed ratio", "speed_ratio", ">11.3f"),
+                    ("saved bytes manual", "saved_bytes_manual", ">18,"),
+                    ("saved bytes autograd", "saved_bytes_autograd", ">20,"),
+                    ("memory ratio", "memory_ratio", ">12.3f"),
+                ],
+            )
+        )
         results["audit"] = audit = audit_overhead(repeats=args.repeats, **quick.get("audit", {}))
-        print(f"\nGradient audit every {audit['every_n_steps']} steps ({audit['network']}): one audit "
-              f"{audit['audit_ms']:.2f} ms, a step {audit['step_ms']:.2f} ms -> "
-              f"+{audit['overhead_pct']:.2f}% of training time")
+        print(
+            f"\nGradient audit every {audit['every_n_steps']} steps ({audit['network']}): one audit "
+            f"{audit['audit_ms']:.2f} ms, a step {audit['step_ms']:.2f} ms -> "
+            f"+{audit['overhead_pct']:.2f}% of training time"
+        )
         save()
     if "gemm" in sections:
         results["gemm"] = g = gemm_fraction(repeats=args.repeats, **quick.get("gemm", {}))
-        print(f"\nLarge-MLP step ({g['network']}, batch {g['batch']}, float32): {g['step_ms']:.1f} ms = "
-              f"{g['step_gflops']:.1f} GFLOP/s; a 2048x2048 matrix product runs at {g['gemm_gflops']:.1f} GFLOP/s "
-              f"-> {100 * g['fraction_of_gemm']:.0f}% of the machine's GEMM rate")
+        print(
+            f"\nLarge-MLP step ({g['network']}, batch {g['batch']}, float32): {g['step_ms']:.1f} ms = "
+            f"{g['step_gflops']:.1f} GFLOP/s; a 2048x2048 matrix product runs at {g['gemm_gflops']:.1f} GFLOP/s "
+            f"-> {100 * g['fraction_of_gemm']:.0f}% of the machine's GEMM rate"
+        )
         save()
     if "epoch" in sections:
         results["epoch"] = e = epoch_speed(device=args.device, **quick.get("epoch", {}))
-        print(f"\nOne epoch of the default recipe on {e['device']} (median of {e['epochs'] - 1}): handprop under "
-              f"Lightning {e['handprop_epoch_s']:.3f} s ({e['handprop_samples_per_s']:,.0f} samples/s), plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
-              f"(framework overhead {100 * e['overhead_vs_plain_loop']:+.1f}%), torchvision MNIST + DataLoader "
-              f"{e['torchvision_dataloader_epoch_s']:.3f} s ({e['speedup_vs_torchvision']:.1f}x slower than handprop)")
-        print(f"The data path alone, one epoch of ready batches (no augmentation, no training): handprop's "
-              f"loader {1e3 * e['handprop_loader_epoch_s']:.1f} ms, torchvision MNIST + DataLoader "
-              f"{1e3 * e['torchvision_loader_epoch_s']:.1f} ms ({e['loader_speedup_vs_torchvision']:.0f}x)")
+        print(
+            f"\nOne epoch of the default recipe on {e['device']} (median of {e['epochs'] - 1}): handprop under "
+            f"Lightning {e['handprop_epoch_s']:.3f} s ({e['handprop_samples_per_s']:,.0f} samples/s), "
+            f"plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
+            f"(framework overhead {100 * e['overhead_vs_plain_loop']:+.1f}%), torchvision MNIST + DataLoader "
+            f"{e['torchvision_dataloader_epoch_s']:.3f} s ({e['speedup_vs_torchvision']:.1f}x slower than handprop)"
+        )
+        print(
+            f"The data path alone, one epoch of ready batches (no augmentation, no training): handprop's "
+            f"loader {1e3 * e['handprop_loader_epoch_s']:.1f} ms, torchvision MNIST + DataLoader "
+            f"{1e3 * e['torchvision_loader_epoch_s']:.1f} ms ({e['loader_speedup_vs_torchvision']:.0f}x)"
+        )
         save()
     if "pictures" in sections:
         results["pictures"] = p = pictures_cost(**quick.get("pictures", {}))
-        print(f"\nTensorBoard pictures and scalars, a default python train.py: {p['with_s']:.1f} s with them, "
-              f"{p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); {p['inside_callbacks_s']:.2f} s "
-              f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run")
+        print(
+            f"\nTensorBoard pictures and scalars, a default python train.py: {p['with_s']:.1f} s with them, "
+            f"{p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); {p['inside_callbacks_s']:.2f} s "
+            f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run"
+        )
         save()
     if "fashion" in sections and args.quick:  # the same code on a few hundred digits written as Fashion-MNIST's files
         with tempfile.TemporaryDirectory() as fake:
@@ -634,24 +708,31 @@ def main(argv: list[str] | None = None) -> dict:
         print("\nFashion-MNIST: ran on 600 stand-in digits (--quick)")
         save()
     elif "fashion" in sections:
-        if not (Path(args.fashion_dir) / "t10k-images-idx3-ubyte.gz").exists() and not (
-            Path(args.fashion_dir) / "FashionMNIST" / "raw"
-        ).is_dir():
-            print(f"\nFashion-MNIST: skipped, not found in {args.fashion_dir} "
-                  "(apt-get install dataset-fashion-mnist, or --fashion-dir)")
+        if (
+            not (Path(args.fashion_dir) / "t10k-images-idx3-ubyte.gz").exists()
+            and not (Path(args.fashion_dir) / "FashionMNIST" / "raw").is_dir()
+        ):
+            print(
+                f"\nFashion-MNIST: skipped, not found in {args.fashion_dir} "
+                "(apt-get install dataset-fashion-mnist, or --fashion-dir)"
+            )
         else:
             results["fashion"] = {}
             for experiment in ("fashion_fast", "fashion_mlp"):
                 results["fashion"][experiment] = f = fashion_time_to_accuracy(
                     args.fashion_dir, experiment, device=args.device
                 )
-                print(f"\nFashion-MNIST ({f['recipe']}), seconds of training to {100 * f['target']:.0f}% test "
-                      f"accuracy / final accuracy / training time:")
+                print(
+                    f"\nFashion-MNIST ({f['recipe']}), seconds of training to {100 * f['target']:.0f}% test "
+                    f"accuracy / final accuracy / training time:"
+                )
                 for name in ("handprop", "plain_loop"):
                     r = f[name]
                     to = f"{r['seconds_to_target']:.1f} s" if r["seconds_to_target"] is not None else "not reached"
-                    print(f"  {name:<11} {to:>12}  {100 * r['final_test_acc']:.2f}%  {r['train_s']:.1f} s "
-                          f"({r['epochs']} epochs)")
+                    print(
+                        f"  {name:<11} {to:>12}  {100 * r['final_test_acc']:.2f}%  {r['train_s']:.1f} s "
+                        f"({r['epochs']} epochs)"
+                    )
                 save()
     print(f"\nwritten to {out}")
     return results

@@ -27,18 +27,27 @@ import inspect
 import math
 import os
 import pathlib
+import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
+from hydra.utils import get_object
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from . import functional as HF
 from .data import AUGMENTATIONS, DATASETS, LOADERS
+from .errors import HandpropError
 from .module import SCHEDULE_LENGTH_KEYS, decoupled_weight_decay
 from .nn import INITS
-from .errors import HandpropError
 
 
 class ConfigError(HandpropError):
@@ -80,8 +89,11 @@ _POSITIVE_INT_OR_NULL = (_or_null(_positive_int), "must be a positive integer") 
 # A value a rule lets through is still checked against its parameter's type, so a rule
 # that lets null through leaves it to the signature to say whether null is allowed.
 RANGES: list[tuple[str, Callable[[object], bool], str]] = [
-    ("seed", _or_null(lambda v: _is_int(v) and 0 <= v < 2**32), "must be an integer from 0 to 4294967295, "
-     "or null for an unseeded run"),
+    (
+        "seed",
+        _or_null(lambda v: _is_int(v) and 0 <= v < 2**32),
+        "must be an integer from 0 to 4294967295, or null for an unseeded run",
+    ),
     ("model.dropout", _probability, "must be a probability in [0, 1)"),
     ("model.label_smoothing", _probability, "must be a probability in [0, 1)"),
     ("model.l2", lambda v: _is_number(v) and v >= 0, "must be a number >= 0 (Nielsen's lambda, e.g. 5.0; 0: none)"),
@@ -104,19 +116,39 @@ RANGES: list[tuple[str, Callable[[object], bool], str]] = [
     ("data.augment.flip", lambda v: _is_number(v) and 0 <= v <= 1, "must be a probability in [0, 1] (0 turns it off)"),
     ("data.augment.*", lambda v: _is_number(v) and v >= 0, "must be a number >= 0 (0 turns it off)"),
     ("trainer.max_epochs", lambda v: v is None or (_is_int(v) and (v > 0 or v == -1)), "must be a positive integer"),
-    ("trainer.max_steps", lambda v: _is_int(v) and (v > 0 or v == -1), "must be a positive integer, or -1 for no limit"),
+    (
+        "trainer.max_steps",
+        lambda v: _is_int(v) and (v > 0 or v == -1),
+        "must be a positive integer, or -1 for no limit",
+    ),
     ("trainer.num_nodes", *_POSITIVE_INT),
-    ("trainer.devices", lambda v: (_is_int(v) and (v > 0 or v == -1)) or isinstance(v, str)
-     or (isinstance(v, list) and all(_is_int(i) and i >= 0 for i in v)),
-     "must be a positive integer, -1 (all), 'auto', or a list of device indices"),
+    (
+        "trainer.devices",
+        lambda v: (
+            (_is_int(v) and (v > 0 or v == -1))
+            or isinstance(v, str)
+            or (isinstance(v, list) and all(_is_int(i) and i >= 0 for i in v))
+        ),
+        "must be a positive integer, -1 (all), 'auto', or a list of device indices",
+    ),
     ("trainer.accumulate_grad_batches", *_POSITIVE_INT),
     ("trainer.log_every_n_steps", lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
     ("trainer.check_val_every_n_epoch", *_POSITIVE_INT_OR_NULL),
-    ("trainer.gradient_clip_val", lambda v: v is None or (_is_number(v) and v >= 0),
-     "must be a number >= 0 (e.g. 1.0), or null for no clipping"),
-    ("trainer.limit_train_batches", lambda v: v is None or (_limit_batches(v) and v > 0),
-     "must be null (all), a number of batches >= 1, or a fraction in (0, 1]: a run must train on something"),
-    ("trainer.limit_*_batches", _limit_batches, "must be null (all), a number of batches >= 0, or a fraction in [0, 1]"),
+    (
+        "trainer.gradient_clip_val",
+        lambda v: v is None or (_is_number(v) and v >= 0),
+        "must be a number >= 0 (e.g. 1.0), or null for no clipping",
+    ),
+    (
+        "trainer.limit_train_batches",
+        lambda v: v is None or (_limit_batches(v) and v > 0),
+        "must be null (all), a number of batches >= 1, or a fraction in (0, 1]: a run must train on something",
+    ),
+    (
+        "trainer.limit_*_batches",
+        _limit_batches,
+        "must be null (all), a number of batches >= 0, or a fraction in [0, 1]",
+    ),
     ("trainer.overfit_batches", _limit_batches, "must be 0 (off), a number of batches, or a fraction in [0, 1]"),
     ("callbacks.*.every_n_*", *_POSITIVE_INT_OR_NULL),
     ("callbacks.*.*_every_n_epochs", *_POSITIVE_INT_OR_NULL),
@@ -132,8 +164,6 @@ RANGES: list[tuple[str, Callable[[object], bool], str]] = [
 
 
 def _choices() -> dict[str, tuple]:
-    from lightning.pytorch.accelerators import AcceleratorRegistry
-    from lightning.pytorch.strategies import StrategyRegistry
 
     return {
         "model.activation": HF.ACTIVATIONS,
@@ -270,7 +300,6 @@ def _describe(tp) -> str:
 
 
 def _signature_of(target: str) -> tuple[inspect.Signature, dict, str]:
-    from hydra.utils import get_object
 
     obj = get_object(target)
     fn = obj.__init__ if inspect.isclass(obj) else obj
@@ -313,7 +342,11 @@ def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]
                 continue  # checked where it is set
             if key not in params:
                 if not takes_any:
-                    problems.append(unknown_key_message(where, key, [k for k in known if k in node] + [k for k in known if k not in node]))
+                    problems.append(
+                        unknown_key_message(
+                            where, key, [k for k in known if k in node] + [k for k in known if k not in node]
+                        )
+                    )
                 continue
             if key not in hints:
                 continue
@@ -349,8 +382,11 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if "model.hidden" in values:
         hidden = values["model.hidden"]
         if not (isinstance(hidden, list) and all(_positive_int(h) for h in hidden)):
-            report("model.hidden", f"model.hidden={hidden!r}: must be a list of positive layer sizes, "
-                   "e.g. model.hidden=[512,256] (or [] for none)")
+            report(
+                "model.hidden",
+                f"model.hidden={hidden!r}: must be a list of positive layer sizes, "
+                "e.g. model.hidden=[512,256] (or [] for none)",
+            )
     for key, value in values.items():
         if key in problems:
             continue
@@ -361,27 +397,38 @@ def config_problems(cfg: DictConfig) -> list[str]:
                 break
 
     if cfg.get("ckpt_path") and cfg.get("init_from"):
-        report("init_from", f"init_from={cfg.init_from} and ckpt_path={cfg.ckpt_path}: choose one -- ckpt_path resumes "
-               "a run (its optimiser, schedule and counters), init_from starts a new run from a checkpoint's weights")
+        report(
+            "init_from",
+            f"init_from={cfg.init_from} and ckpt_path={cfg.ckpt_path}: choose one -- ckpt_path resumes "
+            "a run (its optimiser, schedule and counters), init_from starts a new run from a checkpoint's weights",
+        )
     m = cfg.get("model")
     # functional.check_cost's rule: smoothing softens the softmax cost's target only
-    if (m is not None and m.get("loss") != "cross_entropy" and m.get("label_smoothing")
-            and not {"model.loss", "model.label_smoothing"} & set(problems)):
+    if (
+        m is not None
+        and m.get("loss") != "cross_entropy"
+        and m.get("label_smoothing")
+        and not {"model.loss", "model.label_smoothing"} & set(problems)
+    ):
         report("model.label_smoothing", "model.label_smoothing: applies to model.loss=cross_entropy only; set it to 0")
     if values.get("model.l2") and "model.l2" not in problems:
-        from hydra.utils import get_object
-
         o = cfg.get("optimizer") or {}
         try:
             decoupled = decoupled_weight_decay(get_object(o.get("_target_", "")), o)
         except Exception:
             decoupled = False
         if decoupled:
-            report("model.l2", f"model.l2={values['model.l2']}: is an L2 term of the cost, which {o._target_}'s decoupled "
-                   "weight decay is not: use optimizer=sgd, or model.l2=0 and optimizer.weight_decay")
+            report(
+                "model.l2",
+                f"model.l2={values['model.l2']}: is an L2 term of the cost, which {o._target_}'s decoupled "
+                "weight decay is not: use optimizer=sgd, or model.l2=0 and optimizer.weight_decay",
+            )
         elif values.get("optimizer.weight_decay"):
-            report("model.l2", f"model.l2={values['model.l2']} and optimizer.weight_decay={values['optimizer.weight_decay']}: "
-                   "both decay the weights; set one of them to 0")
+            report(
+                "model.l2",
+                f"model.l2={values['model.l2']} and optimizer.weight_decay={values['optimizer.weight_decay']}: "
+                "both decay the weights; set one of them to 0",
+            )
     d = cfg.get("data")
     if d is not None:
         augment = d.get("augment") or {}
@@ -391,19 +438,34 @@ def config_problems(cfg: DictConfig) -> list[str]:
         if d.get("dataset") in DATASETS[1:] and not d.get("download"):
             data_dir = d.get("data_dir")
             if data_dir is None or not Path(data_dir).is_dir():
-                report("data.data_dir", f"data.data_dir={data_dir!r}: directory does not exist; point it at the "
-                       "dataset or set data.download=true")
+                report(
+                    "data.data_dir",
+                    f"data.data_dir={data_dir!r}: directory does not exist; point it at the "
+                    "dataset or set data.download=true",
+                )
     t = cfg.get("trainer")
     if t is not None:
-        devices, nodes, batch = values.get("trainer.devices"), values.get("trainer.num_nodes", 1), values.get("data.batch_size")
+        devices, nodes, batch = (
+            values.get("trainer.devices"),
+            values.get("trainer.num_nodes", 1),
+            values.get("data.batch_size"),
+        )
         # data.batch_size is the global batch: every process takes an equal share. Checked
         # here, before any process is launched, when the number of processes is known.
-        if _positive_int(devices) and _positive_int(nodes) and _positive_int(batch) and "data.batch_size" not in problems:
+        if (
+            _positive_int(devices)
+            and _positive_int(nodes)
+            and _positive_int(batch)
+            and "data.batch_size" not in problems
+        ):
             world = devices * nodes
             if batch % world:
-                report("data.batch_size", f"data.batch_size={batch}: is the global batch and must divide evenly among the "
-                       f"{world} processes (trainer.devices={devices} x trainer.num_nodes={nodes}), "
-                       f"e.g. data.batch_size={max(world, batch // world * world)}")
+                report(
+                    "data.batch_size",
+                    f"data.batch_size={batch}: is the global batch and must divide evenly among the "
+                    f"{world} processes (trainer.devices={devices} x trainer.num_nodes={nodes}), "
+                    f"e.g. data.batch_size={max(world, batch // world * world)}",
+                )
     for line in setting_problems(cfg, skip=set(problems)):
         report(line.split("=")[0].split(":")[0], line)
     order = list(values)  # report in the config's own order
@@ -419,7 +481,6 @@ def check_config(cfg: DictConfig) -> None:
 def exit_on_unknown_override(config_dir: str | Path, config_name: str, argv: list[str]) -> None:
     """For the entry points, before Hydra starts: a key that is not in the config
     (``model.hiden=3``) ends the program with the message, exit status 2."""
-    import sys
 
     problem = unknown_override_message(config_dir, config_name, argv)
     if problem:
@@ -437,16 +498,10 @@ def unknown_override_message(config_dir: str | Path, config_name: str, argv: lis
     the key, the nearest real key and the keys that exist there. None when the overrides
     compose (or fail for any other reason, which Hydra reports well itself). ``argv``: the
     command line after the script; with flags other than ``-m`` it is left to Hydra."""
-    import re
 
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in overrides):
         return None  # --cfg, --help, -cn ...: another config or no run
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import ConfigCompositionException
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -247,8 +247,12 @@ COSTS: dict[str, Cost] = {
     for c in (
         Cost("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_reference),
         Cost("quadratic", quadratic_forward, quadratic_backward, _quadratic_reference),
-        Cost("binary_cross_entropy", binary_cross_entropy_forward, binary_cross_entropy_backward,
-             _binary_cross_entropy_reference),
+        Cost(
+            "binary_cross_entropy",
+            binary_cross_entropy_forward,
+            binary_cross_entropy_backward,
+            _binary_cross_entropy_reference,
+        ),
     )
 }
 
@@ -440,7 +444,9 @@ class MLPFunction(torch.autograd.Function):
     def backward(ctx, g, g_loss=None):
         saved, needs, n, first = ctx.saved_tensors, ctx.needs_input_grad, len(ctx.activations), _MLP_FIRST_PARAM
         if ctx.with_cost:  # the cost's gradient starts the sweep
-            from_cost = COSTS[ctx.cost].backward(g_loss, saved[4 * n :], ctx.label_smoothing) if g_loss is not None else None
+            from_cost = (
+                COSTS[ctx.cost].backward(g_loss, saved[4 * n :], ctx.label_smoothing) if g_loss is not None else None
+            )
             g = from_cost if g is None else g if from_cost is None else g + from_cost
         if g is None:
             return (None,) * (first + 2 * n)
@@ -448,8 +454,13 @@ class MLPFunction(torch.autograd.Function):
         grads = []
         for i in reversed(range(n)):
             g, dW, db = layer_backward(
-                g, saved[4 * i : 4 * i + 4], ACTIVATIONS[ctx.activations[i]], ctx.scale,
-                ctx.need_x[i], needs[first + 2 * i], needs[first + 1 + 2 * i],
+                g,
+                saved[4 * i : 4 * i + 4],
+                ACTIVATIONS[ctx.activations[i]],
+                ctx.scale,
+                ctx.need_x[i],
+                needs[first + 2 * i],
+                needs[first + 1 + 2 * i],
             )
             grads[:0] = [dW, db]
         return g, *([None] * (first - 1)), *grads
@@ -539,11 +550,15 @@ def _cost(cost: str, output: Tensor, target: Tensor, label_smoothing: float, bac
     return COSTS[cost].reference(output, target, label_smoothing)
 
 
-def binary_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
+def binary_cross_entropy(
+    logits: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual"
+) -> Tensor:
     """Nielsen's cross-entropy: a sigmoid yes/no per output neuron, summed over them, averaged over the batch."""
     return _cost("binary_cross_entropy", logits, target, label_smoothing, backward)
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {
-    "cross_entropy": cross_entropy, "quadratic": quadratic_cost, "binary_cross_entropy": binary_cross_entropy,
+    "cross_entropy": cross_entropy,
+    "quadratic": quadratic_cost,
+    "binary_cross_entropy": binary_cross_entropy,
 }

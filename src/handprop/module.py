@@ -12,8 +12,8 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from . import functional as HF
-from .nn import MLP
 from .errors import HandpropError
+from .nn import MLP
 
 
 class ScheduleError(HandpropError):
@@ -75,10 +75,15 @@ class DigitClassifier(L.LightningModule):
         self.register_buffer("pixel_std", torch.tensor(1.0))
         self.pixel_stats_loaded = False  # True once load_weights brought a checkpoint's statistics
         # nan_strategy="disable": a NaN loss shows in the epoch's mean instead of being dropped
-        self.metrics = torch.nn.ModuleDict({
-            f"{stage}_{kind}": MeanMetric(nan_strategy="disable") if kind == "loss" else MulticlassAccuracy(num_classes, average="micro")
-            for stage in ("train", "val", "test") for kind in ("loss", "acc")
-        })
+        self.metrics = torch.nn.ModuleDict(
+            {
+                f"{stage}_{kind}": MeanMetric(nan_strategy="disable")
+                if kind == "loss"
+                else MulticlassAccuracy(num_classes, average="micro")
+                for stage in ("train", "val", "test")
+                for kind in ("loss", "acc")
+            }
+        )
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning sets _current_fx_name around every hook it calls, some 40 times a training
@@ -99,7 +104,7 @@ class DigitClassifier(L.LightningModule):
             # fullgraph: our autograd.Functions must trace whole, never fall back to eager.
             # fallback_random: dropout masks drawn by PyTorch's own generator, as in eager
             # mode, so that seeded runs and the gradient audit's replay see the same masks.
-            import torch._inductor.config
+            import torch._inductor.config  # noqa: PLC0415 -- inductor loads only with model.compile=true
 
             torch._inductor.config.fallback_random = True
             self.net.compile(fullgraph=True)
@@ -114,12 +119,16 @@ class DigitClassifier(L.LightningModule):
         for config in self.trainer.lr_scheduler_configs:
             total = next((getattr(config.scheduler, k) for k in keys if hasattr(config.scheduler, k)), None)
             if total is not None and total < steps:
-                fix = ("Resume with the original trainer.max_epochs, or train on from these weights with a fresh "
-                       f"optimiser and schedule in a new run: init_from={self.trainer.ckpt_path} (instead of "
-                       "ckpt_path) trainer.max_epochs=N." if self.trainer.ckpt_path is not None else
-                       "Leave the schedule's length null (the run's own length), or set it to at least that.")
-                raise ScheduleError(f"the learning-rate schedule ends after {total} steps but this run asks for "
-                                    f"{steps}. {fix}")
+                fix = (
+                    "Resume with the original trainer.max_epochs, or train on from these weights with a fresh "
+                    f"optimiser and schedule in a new run: init_from={self.trainer.ckpt_path} (instead of "
+                    "ckpt_path) trainer.max_epochs=N."
+                    if self.trainer.ckpt_path is not None
+                    else "Leave the schedule's length null (the run's own length), or set it to at least that."
+                )
+                raise ScheduleError(
+                    f"the learning-rate schedule ends after {total} steps but this run asks for {steps}. {fix}"
+                )
 
     def load_weights(self, state_dict: dict) -> None:
         """A checkpoint's weights and pixel statistics (its state_dict), for a new run that
@@ -235,11 +244,16 @@ class DigitClassifier(L.LightningModule):
         try:
             scheduler = self.scheduler_factory(optimizer, **length)
         except ZeroDivisionError:  # OneCycleLR whose warm-up ends at its first step (pct_start x steps == 1)
-            raise ScheduleError(f"the learning-rate schedule cannot be built for this run's length ({length or 'as set'}): "
-                                "its warm-up would end on its first step. Train for more steps, change "
-                                "scheduler.pct_start, or use scheduler=cosine / scheduler=none") from None
+            raise ScheduleError(
+                f"the learning-rate schedule cannot be built for this run's length ({length or 'as set'}): "
+                "its warm-up would end on its first step. Train for more steps, change "
+                "scheduler.pct_start, or use scheduler=cosine / scheduler=none"
+            ) from None
         # "name" is the tag LearningRateMonitor logs the learning rate under.
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
 
     def _parameter_groups(self):
         l2 = self.hparams.l2
@@ -247,8 +261,10 @@ class DigitClassifier(L.LightningModule):
             return self.parameters()
         factory = getattr(self.optimizer_factory, "func", self.optimizer_factory)
         if decoupled_weight_decay(factory, getattr(self.optimizer_factory, "keywords", {})):
-            raise ValueError(f"model.l2 is an L2 term of the cost; {factory.__name__}'s weight decay is decoupled "
-                             "from the gradient, not that: use optimizer=sgd (or model.l2=0 and optimizer.weight_decay)")
+            raise ValueError(
+                f"model.l2 is an L2 term of the cost; {factory.__name__}'s weight decay is decoupled "
+                "from the gradient, not that: use optimizer=sgd (or model.l2=0 and optimizer.weight_decay)"
+            )
         n = getattr(self.trainer.datamodule, "train_size", None) if self._trainer is not None else None
         if not n:
             raise ValueError("model.l2 needs the number of training examples: train with handprop's DigitsDataModule")

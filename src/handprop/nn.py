@@ -111,9 +111,7 @@ class MLP(nn.Module):
         self.sizes = sizes
         self.dropout = dropout
         acts = [activation] * (len(sizes) - 2) + [output_activation]
-        self.layers = nn.ModuleList(
-            Linear(n_in, n_out, act, init) for n_in, n_out, act in zip(sizes, sizes[1:], acts)
-        )
+        self.layers = nn.ModuleList(Linear(n_in, n_out, act, init) for n_in, n_out, act in zip(sizes, sizes[1:], acts))
         self._activations = tuple(acts)
         self.backward = backward
 
@@ -129,7 +127,9 @@ class MLP(nn.Module):
         for layer in self.layers:
             layer.backward = mode
 
-    def forward(self, x: Tensor, target: Tensor | None = None, cost: str = "cross_entropy", label_smoothing: float = 0.0):
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, cost: str = "cross_entropy", label_smoothing: float = 0.0
+    ):
         """The output for a batch x; with ``target``, (output, cost) -- in manual mode the
         network and its cost are one autograd node."""
         return HF.mlp(

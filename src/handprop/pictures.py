@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-
 # --------------------------------------------------------------------------- neurons
 
 
@@ -27,7 +26,7 @@ def weight_grid(weight: Tensor, side: int = 28, max_neurons: int = 64, pad: int 
     neuron's incoming weights as a side x side picture, red for positive, blue for
     negative, white for zero, each scaled to its own largest weight -- "what each neuron
     looks for" in 3Blue1Brown's lesson."""
-    from torchvision.utils import make_grid
+    from torchvision.utils import make_grid  # noqa: PLC0415 -- torchvision loads only when a picture is drawn
 
     w = weight.detach()[:max_neurons].float().cpu()
     w = w / w.abs().amax(1, keepdim=True).clamp_min(1e-12)  # each neuron in [-1, 1]
@@ -42,7 +41,7 @@ def weight_grid(weight: Tensor, side: int = 28, max_neurons: int = 64, pad: int 
 
 def confusion_figure(matrix: Tensor, title: str = "validation confusion matrix"):
     """A (classes x classes) count matrix, rows = true digit, columns = predicted."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
 
     m = matrix.detach().cpu()
     n, shade = len(m), m.float().log1p()
@@ -63,8 +62,8 @@ def confusion_figure(matrix: Tensor, title: str = "validation confusion matrix")
 def mistakes_figure(images: Tensor, labels: Tensor, predicted: Tensor, probabilities: Tensor, columns: int = 8):
     """Misclassified digits (N, 1, 28, 28) in [0, 1], each captioned 'true→predicted (p)'.
     One grid image in one axes: 32 separate subplots take a second to draw."""
-    import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
+    from torchvision.utils import make_grid  # noqa: PLC0415 -- torchvision loads only when a picture is drawn
 
     n, side, pad = len(images), images.shape[-1], 10  # the caption sits in the padding above its digit
     rows = max(1, -(-n // columns))
@@ -73,8 +72,15 @@ def mistakes_figure(images: Tensor, labels: Tensor, predicted: Tensor, probabili
     ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
     for k in range(n):
         r, c = divmod(k, columns)
-        ax.text(pad + c * (side + pad) + side / 2, r * (side + pad) + pad - 1, f"{int(labels[k])}→{int(predicted[k])} "
-                f"({float(probabilities[k]):.2f})", ha="center", va="bottom", fontsize=7, color="crimson")
+        ax.text(
+            pad + c * (side + pad) + side / 2,
+            r * (side + pad) + pad - 1,
+            f"{int(labels[k])}→{int(predicted[k])} ({float(probabilities[k]):.2f})",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="crimson",
+        )
     ax.axis("off")
     ax.set_title("misclassified validation digits: true→predicted (its probability)", fontsize=9)
     fig.tight_layout()
@@ -134,7 +140,9 @@ class LandscapePlane:
         self.snapshots.append(self._row_dots(weights))
 
     def _scales(self, weights: Sequence[Tensor]) -> list[list[Tensor]]:
-        return [[w.float().norm(dim=1) / r.norm(dim=1).clamp_min(1e-12) for w, r in zip(weights, raw)] for raw in self.raw]
+        return [
+            [w.float().norm(dim=1) / r.norm(dim=1).clamp_min(1e-12) for w, r in zip(weights, raw)] for raw in self.raw
+        ]
 
     @torch.no_grad()
     def directions(self, weights: Sequence[Tensor]) -> list[list[Tensor]]:
@@ -148,16 +156,20 @@ class LandscapePlane:
         if not self.snapshots:
             return torch.zeros(0, 2)
         d = self.directions(weights)
-        gram = torch.tensor([[float(sum((a * b).sum() for a, b in zip(d[i], d[j]))) for j in range(2)] for i in range(2)])
+        gram = torch.tensor(
+            [[float(sum((a * b).sum() for a, b in zip(d[i], d[j]))) for j in range(2)] for i in range(2)]
+        )
         scales = [torch.cat(s) for s in self._scales(weights)]
         final = self._row_dots(weights)
-        dots = torch.tensor([[float((scales[k] * (snap[k] - final[k])).sum()) for k in range(2)] for snap in self.snapshots])
+        dots = torch.tensor(
+            [[float((scales[k] * (snap[k] - final[k])).sum()) for k in range(2)] for snap in self.snapshots]
+        )
         return torch.linalg.solve(gram, dots.T).T
 
 
 def landscape_figure(coords: Tensor, surface: Tensor, path: Tensor | None = None, title: str = "cost landscape"):
     """Contours of the cost over the plane, the trained weights at (0, 0), the path if given."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=100)
     grid = coords.numpy()
@@ -170,8 +182,15 @@ def landscape_figure(coords: Tensor, surface: Tensor, path: Tensor | None = None
         # (Li et al., section 7): its shadow on this plane is small; the legend gives its size.
         p = path.numpy()
         extent = float(path.abs().max())
-        ax.plot(p[:, 0], p[:, 1], "-o", color="red", markersize=2, linewidth=1,
-                label=f"optimiser's path, projected (within ±{extent:.2g})")
+        ax.plot(
+            p[:, 0],
+            p[:, 1],
+            "-o",
+            color="red",
+            markersize=2,
+            linewidth=1,
+            label=f"optimiser's path, projected (within ±{extent:.2g})",
+        )
         ax.legend(loc="upper right", fontsize=7)
     ax.plot([0], [0], "*", color="white", markersize=10)
     ax.set(xlabel="α (direction 1)", ylabel="β (direction 2)", title=title)

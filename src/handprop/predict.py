@@ -14,8 +14,10 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from .errors import HandpropError
@@ -38,8 +40,6 @@ def load_image(path: str | Path) -> Tensor:
     range, and a transparent image laid over a background that its ink stands out
     against. Bounded work per image (MAX_PIXELS, MAX_SIDE, MAX_BYTES): a larger one is
     refused, naming its size."""
-    import numpy as np
-    from PIL import Image, ImageOps
 
     path = Path(path)
     if not path.exists():
@@ -47,8 +47,10 @@ def load_image(path: str | Path) -> Tensor:
     if not path.is_file():
         raise ImageError(f"{path}: not a regular file (a directory, a pipe or a device); give a PNG or JPEG file")
     if path.stat().st_size > MAX_BYTES:
-        raise ImageError(f"{path}: {path.stat().st_size / 2**20:.0f} MB is too large for a picture of a digit "
-                         f"(at most {MAX_BYTES // 2**20} MB); scale it down first")
+        raise ImageError(
+            f"{path}: {path.stat().st_size / 2**20:.0f} MB is too large for a picture of a digit "
+            f"(at most {MAX_BYTES // 2**20} MB); scale it down first"
+        )
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our own bound below replaces Pillow's, after a JPEG's reduced decode
     try:
@@ -57,13 +59,16 @@ def load_image(path: str | Path) -> Tensor:
             if scale < 1:  # a JPEG decodes at 1/2, 1/4 or 1/8 of its size, down to no less than this
                 image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             if image.width * image.height > MAX_PIXELS:
-                raise ImageError(f"{path}: {image.width}x{image.height} pixels is too large to read (at most "
-                                 f"{MAX_PIXELS // 1_000_000} megapixels); scale it down first")
+                raise ImageError(
+                    f"{path}: {image.width}x{image.height} pixels is too large to read (at most "
+                    f"{MAX_PIXELS // 1_000_000} megapixels); scale it down first"
+                )
             image = ImageOps.exif_transpose(image)
             size = _reduced_size(image.size)
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16- or 32-bit grey
-                grey = np.asarray(image.resize(size, Image.Resampling.BOX) if size != image.size else image,
-                                  dtype=np.float32)
+                grey = np.asarray(
+                    image.resize(size, Image.Resampling.BOX) if size != image.size else image, dtype=np.float32
+                )
                 full = 65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0
                 return torch.from_numpy(grey / full)
             has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
@@ -135,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="PNG or JPEG files")
     args = parser.parse_args(argv)
 
-    from .callbacks.checkpoints import read_checkpoint
-    from .module import DigitClassifier
+    from .callbacks.checkpoints import read_checkpoint  # noqa: PLC0415 -- predict.py --help answers without loading Lightning
+    from .module import DigitClassifier  # noqa: PLC0415 -- predict.py --help answers without loading Lightning
 
     try:
         read_checkpoint(args.checkpoint, option=None)  # safe, ours, finite, consistent: before anything is built

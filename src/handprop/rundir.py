@@ -32,11 +32,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .errors import RunDirectoryError, HandpropError
+from .errors import HandpropError, RunDirectoryError
 
 LOCK_FILE = ".lock"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # what Lightning reads
@@ -53,10 +55,12 @@ def launch_problem(environ=os.environ) -> str | None:
     stray = [f"{v}={environ[v]}" for v in RANK_VARIABLES if v in environ and _int(environ[v]) != 0]
     if stray and world <= 1:
         names = " ".join(f"-u {s.split('=')[0]}" for s in stray)
-        return (f"{', '.join(stray)} is set in the environment, but no launcher started several processes "
-                "(WORLD_SIZE and SLURM_NTASKS are unset or 1): this single process would act as a non-zero rank "
-                f"and write no metrics.json, TensorBoard run or .hydra/. Unset it (env {names} python ...), "
-                "or launch with torchrun / srun / trainer=ddp.")
+        return (
+            f"{', '.join(stray)} is set in the environment, but no launcher started several processes "
+            "(WORLD_SIZE and SLURM_NTASKS are unset or 1): this single process would act as a non-zero rank "
+            f"and write no metrics.json, TensorBoard run or .hydra/. Unset it (env {names} python ...), "
+            "or launch with torchrun / srun / trainer=ddp."
+        )
     return None
 
 
@@ -115,8 +119,10 @@ def unique_dir(base: str) -> str:
         try:
             Path(base).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirectoryError(f"cannot create the run directory {base}: {e.strerror}. "
-                                    "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)") from None
+            raise RunDirectoryError(
+                f"cannot create the run directory {base}: {e.strerror}. "
+                "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)"
+            ) from None
         for n in range(10_000):
             candidate = base if n == 0 else f"{base}-{n}"
             try:
@@ -124,8 +130,10 @@ def unique_dir(base: str) -> str:
             except FileExistsError:
                 continue
             except OSError as e:
-                raise RunDirectoryError(f"cannot create the run directory {candidate}: {e.strerror}. "
-                                        "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)") from None
+                raise RunDirectoryError(
+                    f"cannot create the run directory {candidate}: {e.strerror}. "
+                    "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)"
+                ) from None
             _claimed[base] = candidate
             break
         else:
@@ -153,15 +161,18 @@ def lock_run_directory(directory: str | Path, owner: str, check: Callable[[], No
         created = not (directory / LOCK_FILE).exists()
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise RunDirectoryError(f"cannot write the run directory {directory}: {e.strerror}. "
-                                "Choose a writable one with hydra.run.dir=DIR") from None
+        raise RunDirectoryError(
+            f"cannot write the run directory {directory}: {e.strerror}. Choose a writable one with hydra.run.dir=DIR"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
-        raise RunDirectoryError(f"{directory} is in use by another run ({holder}). Wait for it to end, or give this "
-                                "run its own directory (leave hydra.run.dir out for a fresh one)") from None
+        raise RunDirectoryError(
+            f"{directory} is in use by another run ({holder}). Wait for it to end, or give this "
+            "run its own directory (leave hydra.run.dir out for a fresh one)"
+        ) from None
     try:
         check()
     except BaseException:
@@ -171,12 +182,18 @@ def lock_run_directory(directory: str | Path, owner: str, check: Callable[[], No
         raise
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                      f"{owner}\n".encode(), 0)
+        os.pwrite(
+            fd,
+            f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{owner}\n".encode(),
+            0,
+        )
     except OSError as e:
         os.close(fd)
-        raise RunDirectoryError(f"cannot write the run directory {directory}: {e.strerror}. "
-                                "Free some space or choose another directory with hydra.run.dir=DIR") from None
+        raise RunDirectoryError(
+            f"cannot write the run directory {directory}: {e.strerror}. "
+            "Free some space or choose another directory with hydra.run.dir=DIR"
+        ) from None
     _held[str(directory)] = fd
 
 
@@ -193,20 +210,27 @@ class RunDirectoryLock(HydraCallback):
 
     @staticmethod
     def _claim(config: DictConfig, mode: str, check_checkpoints: bool) -> None:
-        from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(config)  # (Hydra sets it next, for the job; the paths need it now)
         try:
-            if launched_world_size() > 1 and not any(o.startswith(f"hydra.{mode}.dir=") for o in config.hydra.overrides.hydra):
-                raise RunDirectoryError(f"a launcher started {launched_world_size()} processes: give them all the same "
-                                        f"(shared) directory with hydra.{mode}.dir=DIR, or each picks its own")
+            if launched_world_size() > 1 and not any(
+                o.startswith(f"hydra.{mode}.dir=") for o in config.hydra.overrides.hydra
+            ):
+                raise RunDirectoryError(
+                    f"a launcher started {launched_world_size()} processes: give them all the same "
+                    f"(shared) directory with hydra.{mode}.dir=DIR, or each picks its own"
+                )
             if launched_rank() != 0:
                 return  # rank 0 of this launch holds it
             directory = _resolved(config, f"hydra.{mode}.dir")
             lock_run_directory(
-                directory, command_line(sys.argv[0], sys.argv[1:]),
-                check=lambda: refuse_to_overwrite(checkpoint_dirs(config, directory), config.get("ckpt_path"))
-                if check_checkpoints else None,
+                directory,
+                command_line(sys.argv[0], sys.argv[1:]),
+                check=lambda: (
+                    refuse_to_overwrite(checkpoint_dirs(config, directory), config.get("ckpt_path"))
+                    if check_checkpoints
+                    else None
+                ),
             )
             keep_earlier_config(Path(directory) / str(config.hydra.output_subdir or ".hydra"))
         except HandpropError as e:
@@ -223,7 +247,9 @@ def _resolved(config: DictConfig, key: str) -> str:
         cause = e
         while cause is not None and not isinstance(cause, HandpropError):
             cause = cause.__cause__ or cause.__context__
-        raise cause if cause is not None else e
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def keep_earlier_config(subdir: Path) -> None:
@@ -242,8 +268,6 @@ def checkpoint_dirs(cfg: DictConfig, output_dir: str | Path | None = None) -> se
     """The directories this run's checkpoint callbacks write to. ``output_dir``: the run
     directory, for a config whose ``paths.output_dir`` Hydra has not filled in yet."""
     if output_dir is not None:
-        from hydra.core.hydra_config import HydraConfig
-
         hydra_cfg = HydraConfig.get()
         with read_write(hydra_cfg), open_dict(hydra_cfg):
             hydra_cfg.runtime.output_dir = str(Path(output_dir).absolute())  # what run_job sets next
@@ -300,7 +324,6 @@ def hydra_value(value: str) -> str:
 
 
 def _reads_back(value: str) -> bool:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create().parse_override(f"k={value}").value() == value
 

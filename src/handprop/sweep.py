@@ -36,8 +36,12 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc", direction: str | N
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         rows.append({"run": job.name, "overrides": [str(o) for o in OmegaConf.load(overrides)], "metrics": metrics})
     sign = -1 if direction == "maximize" else 1
-    rows.sort(key=lambda r: (r["metrics"] is None or metric not in r["metrics"],
-                             sign * r["metrics"][metric] if r["metrics"] and metric in r["metrics"] else 0))
+    rows.sort(
+        key=lambda r: (
+            r["metrics"] is None or metric not in r["metrics"],
+            sign * r["metrics"][metric] if r["metrics"] and metric in r["metrics"] else 0,
+        )
+    )
     return rows
 
 
@@ -45,12 +49,18 @@ def markdown(rows: list[dict], metric: str) -> str:
     """The table: the overrides every run shares above it, each run's own in its row."""
     columns = [metric, *(c for c in COLUMNS if c != metric)]
     shared = [o for o in rows[0]["overrides"] if all(o in r["overrides"] for r in rows)] if len(rows) > 1 else []
-    lines = [f"Every run: {' '.join(shared) or '(no shared overrides)'}", "",
-             f"| run | {' | '.join(columns)} | overrides |", "|---" * (len(columns) + 2) + "|"]
+    lines = [
+        f"Every run: {' '.join(shared) or '(no shared overrides)'}",
+        "",
+        f"| run | {' | '.join(columns)} | overrides |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
     for r in rows:
         m = r["metrics"] or {}
         values = [f"{m[c]:.4f}" if c in m else ("failed" if not m else "") for c in columns]
-        lines.append(f"| {r['run']} | {' | '.join(values)} | {' '.join(o for o in r['overrides'] if o not in shared)} |")
+        lines.append(
+            f"| {r['run']} | {' | '.join(values)} | {' '.join(o for o in r['overrides'] if o not in shared)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -69,10 +79,18 @@ class SweepSummary(Callback):
         rows = summarize(sweep_dir, metric, direction if isinstance(direction, str) else None)
         if not rows:
             return
-        (sweep_dir / "summary.md").write_text(f"# {sweep_dir}: runs by {metric}, best first\n\n" + markdown(rows, metric))
+        (sweep_dir / "summary.md").write_text(
+            f"# {sweep_dir}: runs by {metric}, best first\n\n" + markdown(rows, metric)
+        )
         (sweep_dir / "summary.json").write_text(json.dumps({"metric": metric, "runs": rows}, indent=2) + "\n")
         best = rows[0]
         if best["metrics"] and metric in best["metrics"]:
-            log.info("best run of %d: %s, %s=%.4f, %s", len(rows), sweep_dir / best["run"], metric,
-                     best["metrics"][metric], " ".join(best["overrides"]))
+            log.info(
+                "best run of %d: %s, %s=%.4f, %s",
+                len(rows),
+                sweep_dir / best["run"],
+                metric,
+                best["metrics"][metric],
+                " ".join(best["overrides"]),
+            )
         log.info("sweep summary: %s", sweep_dir / "summary.md")

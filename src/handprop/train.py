@@ -8,6 +8,7 @@ checkpoints/, tensorboard/ and metrics.json (one flat JSON object of final metri
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import sys
@@ -18,6 +19,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -45,7 +47,6 @@ def run_name(overrides: str, limit: int = 96) -> str:
     """A run's name from its command-line overrides (Hydra's ``override_dirname``), safe as
     one directory name: no '/', at most ``limit`` characters -- a longer one keeps its
     start and ends in a hash of the whole, so that different runs keep different names."""
-    import hashlib
 
     name = overrides.replace("/", "_")
     if len(name) <= limit:
@@ -198,26 +199,39 @@ def _recorded_overrides(cfg: DictConfig) -> list[str]:
 
 @rank_zero_only
 def _tell_how_to_resume(cfg: DictConfig, trainer: L.Trainer, signal_name: str) -> None:
-    saved = [c.ckpt_path for c in trainer.callbacks if isinstance(c, InterruptCheckpoint) and Path(c.ckpt_path).is_file()]
+    saved = [
+        c.ckpt_path for c in trainer.callbacks if isinstance(c, InterruptCheckpoint) and Path(c.ckpt_path).is_file()
+    ]
     where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
     if saved:
-        resume = command_line("train.py", _recorded_overrides(cfg), ckpt_path=saved[0],
-                              **{"hydra.run.dir": cfg.paths.output_dir})
+        resume = command_line(
+            "train.py", _recorded_overrides(cfg), ckpt_path=saved[0], **{"hydra.run.dir": cfg.paths.output_dir}
+        )
         message = f"{signal_name}: training stopped at {where}; checkpoint {saved[0]}.\nResume with:\n  {resume}"
     else:
-        message = f"{signal_name}: training stopped at {where}; no interrupt checkpoint (callbacks.interrupt_checkpoint is off)"
+        message = (
+            f"{signal_name}: training stopped at {where}; no interrupt checkpoint "
+            "(callbacks.interrupt_checkpoint is off)"
+        )
     print(message, file=sys.stderr, flush=True)
 
 
 @rank_zero_only
 def _tell_how_to_test(cfg: DictConfig, trainer: L.Trainer, best: str, signal_name: str) -> None:
     checkpoint = best or next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
-    data = {"data": cfg.data.dataset} if cfg.data.dataset == "sample" else {
-        "data": cfg.data.dataset, "data.data_dir": str(Path(cfg.data.data_dir).absolute())}
+    data = (
+        {"data": cfg.data.dataset}
+        if cfg.data.dataset == "sample"
+        else {"data": cfg.data.dataset, "data.data_dir": str(Path(cfg.data.data_dir).absolute())}
+    )
     test = command_line("eval.py", [], ckpt_path=checkpoint, **data) if checkpoint else "(no checkpoint was written)"
-    print(f"{signal_name}: the final test was interrupted; training had finished ({trainer.current_epoch} epochs, "
-          f"step {trainer.global_step}) and its checkpoints are kept; metrics.json holds its results without "
-          f"test/*.\nTest the {'best' if best else 'last'} checkpoint with:\n  {test}", file=sys.stderr, flush=True)
+    print(
+        f"{signal_name}: the final test was interrupted; training had finished ({trainer.current_epoch} epochs, "
+        f"step {trainer.global_step}) and its checkpoints are kept; metrics.json holds its results without "
+        f"test/*.\nTest the {'best' if best else 'last'} checkpoint with:\n  {test}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def flat_config(cfg: DictConfig, drop=("paths", "callbacks", "logger", "hydra")) -> dict[str, bool | int | float | str]:
@@ -243,7 +257,6 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float])
     """One HParams record per run: its config and final metrics, so that the runs of a
     sweep line up in TensorBoard's HParams tab. The metrics go under ``final/`` (Lightning
     also writes them as scalars at step 0, which must not join the val/acc curve)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     final = {f"final/{k}": v for k, v in metrics.items() if not k.startswith(("time/", "trainer/"))}
     for logger in trainer.loggers:

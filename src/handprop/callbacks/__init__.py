@@ -5,6 +5,14 @@ from .checks import GradientAudit, NumericsGuard, ReplicaCheck, parameters_diges
 from .visuals import TensorBoardPictures, TrainingScalars
 
 __all__ = [
-    "AtomicCheckpointIO", "BestCheckpoint", "GradientAudit", "InterruptCheckpoint", "LastCheckpoint", "NumericsGuard",
-    "ReplicaCheck", "TensorBoardPictures", "TrainingScalars", "parameters_digest",
+    "AtomicCheckpointIO",
+    "BestCheckpoint",
+    "GradientAudit",
+    "InterruptCheckpoint",
+    "LastCheckpoint",
+    "NumericsGuard",
+    "ReplicaCheck",
+    "TensorBoardPictures",
+    "TrainingScalars",
+    "parameters_digest",
 ]

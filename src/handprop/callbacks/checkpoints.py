@@ -45,8 +45,10 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..errors import CheckpointError, DiskFullError
+from ..module import DigitClassifier
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
 
 def no_space(directory: str | Path, what: str) -> DiskFullError:
     """The one message for a full disk: where, what was not written, and the fix."""
-    return DiskFullError(f"no space left on {directory}: {what}. Free some space (or put the run on another disk "
-                         "with hydra.run.dir=DIR) and resume from checkpoints/last.ckpt")
+    return DiskFullError(
+        f"no space left on {directory}: {what}. Free some space (or put the run on another disk "
+        "with hydra.run.dir=DIR) and resume from checkpoints/last.ckpt"
+    )
 
 
 def is_disk_full(error: BaseException | None) -> bool:
@@ -244,7 +248,6 @@ class InterruptCheckpoint(Callback):
         return str(Path(self.dirpath) / f"{self.filename}.ckpt")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == TrainerFn.FITTING:
             self._in_validation = trainer.validating and not trainer.sanity_checking
@@ -283,8 +286,9 @@ def _validate_again_on_resume(checkpoint: dict) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(path: str | Path, against=None, same: tuple[str, ...] = RESUME_SETTINGS,
-                    option: str | None = "ckpt_path") -> dict:
+def read_checkpoint(
+    path: str | Path, against=None, same: tuple[str, ...] = RESUME_SETTINGS, option: str | None = "ckpt_path"
+) -> dict:
     """Load a checkpoint safely and make sure it is a handprop checkpoint whose contents
     fit together (see the module's docstring). With ``against`` (this run's
     DigitClassifier), also that it holds the same network: every parameter's shape, and
@@ -301,16 +305,20 @@ def read_checkpoint(path: str | Path, against=None, same: tuple[str, ...] = RESU
     if not head:
         raise CheckpointError(f"{what} is not a handprop checkpoint (cannot be read: the file is empty)")
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a pickle
-        raise CheckpointError(f"{what} is not a handprop checkpoint (cannot be read: not a file torch.save writes; "
-                              f"it starts with the bytes {head.hex(' ')})")
+        raise CheckpointError(
+            f"{what} is not a handprop checkpoint (cannot be read: not a file torch.save writes; "
+            f"it starts with the bytes {head.hex(' ')})"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
         if not unsafe:  # not a pickle torch.save writes
             found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", str(e))
-            raise CheckpointError(f"{what} is not a handprop checkpoint (cannot be read: not a file torch.save "
-                                  f"writes{': ' + found.group(1) if found else ''})") from None
+            raise CheckpointError(
+                f"{what} is not a handprop checkpoint (cannot be read: not a file torch.save "
+                f"writes{': ' + found.group(1) if found else ''})"
+            ) from None
         names = re.findall(r"GLOBAL (\S+?)[.,]?(?:\s|$)", unsafe[0])
         raise CheckpointError(
             f"{what}: refused to load: the file holds Python objects other than tensors and plain "
@@ -318,8 +326,10 @@ def read_checkpoint(path: str | Path, against=None, same: tuple[str, ...] = RESU
             "handprop's own checkpoints never do; load only checkpoints you made or trust."
         ) from None
     except Exception as e:  # truncated, a damaged zip, ...
-        raise CheckpointError(f"{what} is not a handprop checkpoint (cannot be read: {_reason(e)}); "
-                              "it may be truncated or damaged: use another checkpoint of the run") from None
+        raise CheckpointError(
+            f"{what} is not a handprop checkpoint (cannot be read: {_reason(e)}); "
+            "it may be truncated or damaged: use another checkpoint of the run"
+        ) from None
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(checkpoint):
         raise CheckpointError(f"{what} is not a handprop checkpoint (no state_dict and hyper_parameters)")
     state, hp = checkpoint["state_dict"], checkpoint["hyper_parameters"]
@@ -329,14 +339,26 @@ def read_checkpoint(path: str | Path, against=None, same: tuple[str, ...] = RESU
         raise CheckpointError(f"{what} is not a handprop checkpoint (its hyper_parameters are not a mapping)")
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
-        raise CheckpointError(f"{what} holds weights that are NaN or infinite ({', '.join(broken)}): it was saved "
-                              "from a diverged run. Use an earlier checkpoint of that run.")
+        raise CheckpointError(
+            f"{what} holds weights that are NaN or infinite ({', '.join(broken)}): it was saved "
+            "from a diverged run. Use an earlier checkpoint of that run."
+        )
     model = _model_on_meta(what, hp)
-    _compare_shapes(what, "the network its hyper_parameters describe", model.state_dict(), state,
-                    "the file was edited or damaged; use an intact checkpoint")
+    _compare_shapes(
+        what,
+        "the network its hyper_parameters describe",
+        model.state_dict(),
+        state,
+        "the file was edited or damaged; use an intact checkpoint",
+    )
     if against is not None:
-        _compare_shapes(what, "this run's network", against.state_dict(), state,
-                        "use the checkpoint's own model settings: " + _settings_hint(hp))
+        _compare_shapes(
+            what,
+            "this run's network",
+            against.state_dict(),
+            state,
+            "use the checkpoint's own model settings: " + _settings_hint(hp),
+        )
         _compare_settings(what, against, hp, same)
     return checkpoint
 
@@ -350,29 +372,37 @@ def _reason(e: Exception) -> str:
 def _model_on_meta(what: str, hp: dict):
     """The network the hyper-parameters describe, built on the meta device: every rule of
     the model's constructor applies, and no memory is allocated whatever sizes it names."""
-    from ..module import DigitClassifier
 
     known = inspect.signature(DigitClassifier).parameters
     unknown = sorted(set(hp) - set(known))
     if unknown:
-        raise CheckpointError(f"{what}: its hyper_parameters have keys this version of handprop does not know "
-                              f"({', '.join(unknown)}); use a checkpoint handprop wrote")
+        raise CheckpointError(
+            f"{what}: its hyper_parameters have keys this version of handprop does not know "
+            f"({', '.join(unknown)}); use a checkpoint handprop wrote"
+        )
     try:
         with torch.device("meta"):
             return DigitClassifier(**hp)
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{what}: its hyper_parameters do not describe a handprop network ({e}); "
-                              "the file was edited or damaged") from None
+        raise CheckpointError(
+            f"{what}: its hyper_parameters do not describe a handprop network ({e}); the file was edited or damaged"
+        ) from None
 
 
 def _compare_shapes(what: str, whose: str, ours: dict, theirs: dict, fix: str) -> None:
-    problems = [f"{k}: checkpoint {tuple(theirs[k].shape)}, {whose} {tuple(v.shape)}"
-                for k, v in ours.items() if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)]
+    problems = [
+        f"{k}: checkpoint {tuple(theirs[k].shape)}, {whose} {tuple(v.shape)}"
+        for k, v in ours.items()
+        if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
     problems += [f"{k}: missing from the checkpoint" for k in ours if k not in theirs]
     problems += [f"{k}: in the checkpoint, not in {whose}" for k in theirs if k not in ours]
     if problems:
-        raise CheckpointError(f"{what} holds a different network than {whose}:\n  " + "\n  ".join(problems)
-                              + f"\n{fix[0].upper()}{fix[1:]}")
+        raise CheckpointError(
+            f"{what} holds a different network than {whose}:\n  "
+            + "\n  ".join(problems)
+            + f"\n{fix[0].upper()}{fix[1:]}"
+        )
 
 
 def _settings_hint(hp: dict) -> str:
@@ -395,8 +425,11 @@ def _compare_settings(what: str, model, hp: dict, keys: tuple[str, ...]) -> None
     if differ:
         lines = [f"model.{k}: checkpoint {_override_value(t)}, this run {_override_value(o)}" for k, t, o in differ]
         fix = " ".join(f"model.{k}={_override_value(t)}" for k, t, _ in differ)
-        raise CheckpointError(f"{what} was trained with other model settings than this run's:\n  " + "\n  ".join(lines)
-                              + f"\nRun with the checkpoint's settings ({fix}), or train a new network.")
+        raise CheckpointError(
+            f"{what} was trained with other model settings than this run's:\n  "
+            + "\n  ".join(lines)
+            + f"\nRun with the checkpoint's settings ({fix}), or train a new network."
+        )
 
 
 def check_same_recipe(path: str | Path, checkpoint: dict, model) -> None:
@@ -408,8 +441,11 @@ def check_same_recipe(path: str | Path, checkpoint: dict, model) -> None:
     if not isinstance(recorded, dict):
         return  # a checkpoint from before recipes were recorded
     ours = model.training_recipe()
-    differ = [f"{k}: checkpoint {recorded.get(k) or 'none'}, this run {ours[k] or 'none'}"
-              for k in ours if recorded.get(k) != ours[k]]
+    differ = [
+        f"{k}: checkpoint {recorded.get(k) or 'none'}, this run {ours[k] or 'none'}"
+        for k in ours
+        if recorded.get(k) != ours[k]
+    ]
     if differ:
         raise CheckpointError(
             f"ckpt_path={path} trained with another optimiser or schedule than this run's ({'; '.join(differ)}): "

@@ -9,6 +9,7 @@ import math
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ..errors import GradientAuditError, NumericalError, ReplicaError
@@ -166,7 +167,6 @@ class ReplicaCheck(Callback):
     def _check(self, trainer, pl_module, when: str) -> None:
         if trainer.world_size == 1:
             return
-        import torch.distributed as dist
 
         digests: list = [None] * trainer.world_size
         dist.all_gather_object(digests, parameters_digest(pl_module))
@@ -180,7 +180,9 @@ class ReplicaCheck(Callback):
                 "a parameter DDP does not see, or a per-process random draw that changes the model."
             )
         if trainer.is_global_zero:
-            log.info("replicas: %d processes, identical parameters, sha256 %s (%s)", trainer.world_size, digests[0], when)
+            log.info(
+                "replicas: %d processes, identical parameters, sha256 %s (%s)", trainer.world_size, digests[0], when
+            )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -240,10 +242,18 @@ class NumericsGuard(Callback):
         lrs = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
         lr = f"{lrs[0]:.3g}" if lrs else "?"
         # the latest checkpoint first (a ModelCheckpoint without a monitor), then the best
-        callbacks = sorted((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)),
-                           key=lambda c: c.monitor is not None)
+        callbacks = sorted(
+            (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)),
+            key=lambda c: c.monitor is not None,
+        )
         paths = list(dict.fromkeys(p for c in callbacks for p in (c.last_model_path, c.best_model_path) if p))
-        kept = f" The last good checkpoint is kept: {', '.join(paths)}." if paths else " No checkpoint had been written yet."
-        return (f"{what} became NaN or infinite at step {step} (epoch {trainer.current_epoch}). Likely cause: a "
-                f"learning rate too high for this network (the step's learning rate was {lr}): try optimizer.lr "
-                f"ten times smaller, or limit the steps with trainer.gradient_clip_val=1.0.{kept}")
+        kept = (
+            f" The last good checkpoint is kept: {', '.join(paths)}."
+            if paths
+            else " No checkpoint had been written yet."
+        )
+        return (
+            f"{what} became NaN or infinite at step {step} (epoch {trainer.current_epoch}). Likely cause: a "
+            f"learning rate too high for this network (the step's learning rate was {lr}): try optimizer.lr "
+            f"ten times smaller, or limit the steps with trainer.gradient_clip_val=1.0.{kept}"
+        )

@@ -8,8 +8,12 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics.classification import MulticlassConfusionMatrix
 
+from ..data import to_pixels
 from ..module import logs_this_step
+from ..pictures import LandscapePlane, confusion_figure, cost_surface, landscape_figure, mistakes_figure, weight_grid
 
 
 def _layers(pl_module) -> list:
@@ -78,7 +82,9 @@ class TrainingScalars(Callback):
             return
         samples = self._samples * trainer.world_size  # every process trains its own shard
         seconds = torch.tensor([time.perf_counter() - self._start, samples / (self._trained - self._start)])
-        _write_scalars(trainer, {"time/epoch_s": seconds[0], "throughput/samples_per_s": seconds[1]}, trainer.global_step - 1)
+        _write_scalars(
+            trainer, {"time/epoch_s": seconds[0], "throughput/samples_per_s": seconds[1]}, trainer.global_step - 1
+        )
 
 
 class TensorBoardPictures(Callback):
@@ -115,8 +121,12 @@ class TensorBoardPictures(Callback):
         save_dir: str | None = None,
         seed: int = 0,
     ):
-        for name, value in (("every_n_epochs", every_n_epochs), ("histograms_every_n_epochs", histograms_every_n_epochs),
-                            ("landscape_points", landscape_points), ("landscape_samples", landscape_samples)):
+        for name, value in (
+            ("every_n_epochs", every_n_epochs),
+            ("histograms_every_n_epochs", histograms_every_n_epochs),
+            ("landscape_points", landscape_points),
+            ("landscape_samples", landscape_samples),
+        ):
             if value < 1:
                 raise ValueError(f"{name}={value} must be a positive integer")
         self.every_n_epochs, self.histograms_every_n_epochs = every_n_epochs, histograms_every_n_epochs
@@ -130,21 +140,20 @@ class TensorBoardPictures(Callback):
 
     @staticmethod
     def _writer(trainer):
-        from lightning.pytorch.loggers import TensorBoardLogger
 
         return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
     def _publish(self, trainer, tag: str, picture, final: bool = True) -> None:
         """A figure or a (3, H, W) image tensor -> TensorBoard, and when ``final`` (the last
         epoch's, the landscape) to ``save_dir/<name>.png``."""
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
 
         name = tag.split("/")[-1]
         if self.save_dir is not None and final:
             Path(self.save_dir).mkdir(parents=True, exist_ok=True)
             path = Path(self.save_dir) / f"{name}.png"
             if isinstance(picture, torch.Tensor):
-                from torchvision.utils import save_image
+                from torchvision.utils import save_image  # noqa: PLC0415 -- torchvision loads only when a picture is drawn
 
                 save_image(picture, path)
             else:
@@ -161,14 +170,11 @@ class TensorBoardPictures(Callback):
     # -- hooks
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from torchmetrics.classification import MulticlassConfusionMatrix
 
         self._confusion = MulticlassConfusionMatrix(pl_module.hparams.num_classes)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.landscape:
-            from ..pictures import LandscapePlane
-
             generator = torch.Generator().manual_seed(self.seed)
             weights = [layer.weight for layer in _layers(pl_module)]
             self._plane = LandscapePlane(weights, generator)
@@ -226,7 +232,6 @@ class TensorBoardPictures(Callback):
         matrix = self._confusion.compute()  # on every process: sums their counts
         if not trainer.is_global_zero:
             return
-        from ..pictures import confusion_figure, mistakes_figure, weight_grid
 
         final = trainer.current_epoch + 1 == trainer.max_epochs
         grid = weight_grid(_layers(pl_module)[0].weight, max_neurons=self.max_neurons)
@@ -240,13 +245,13 @@ class TensorBoardPictures(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self._plane is None or not trainer.is_global_zero:
             return
-        from ..data import to_pixels
-        from ..pictures import cost_surface, landscape_figure
 
         train = getattr(trainer.datamodule, "splits", {}).get("train")
         if train is None:
             return
-        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))[: self.landscape_samples]
+        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))[
+            : self.landscape_samples
+        ]
         images = to_pixels(train.images[pick]).to(pl_module.device)
         labels = train.labels[pick].to(pl_module.device)
         weights = [layer.weight for layer in _layers(pl_module)]
@@ -254,8 +259,11 @@ class TensorBoardPictures(Callback):
         pl_module.eval()
         try:
             coords, surface = cost_surface(
-                weights, self._plane.directions(weights), lambda: pl_module.output_and_loss(images, labels, eager=True)[1],
-                span=self.landscape_span, points=self.landscape_points,
+                weights,
+                self._plane.directions(weights),
+                lambda: pl_module.output_and_loss(images, labels, eager=True)[1],
+                span=self.landscape_span,
+                points=self.landscape_points,
             )
         finally:
             pl_module.train(was_training)

@@ -19,12 +19,39 @@ Batches leave the DataLoader as uint8 images and are turned into floats in [0, 1
 from ..errors import DataError
 from .augment import AUGMENTATIONS, random_affine, to_pixels
 from .datamodule import DigitsDataModule
-from .datasets import DATASETS, FILES, RAW_FOLDER, SAMPLE_SPLIT, download, find_raw_files, load_split, sample_files, stratified_order
+from .datasets import (
+    DATASETS,
+    FILES,
+    RAW_FOLDER,
+    SAMPLE_SPLIT,
+    download,
+    find_raw_files,
+    load_split,
+    sample_files,
+    stratified_order,
+)
 from .idx import read_idx, read_images_labels, write_idx
 from .loader import LOADERS, DeviceBatches, TensorBatches
 
 __all__ = [
-    "AUGMENTATIONS", "DATASETS", "FILES", "LOADERS", "RAW_FOLDER", "SAMPLE_SPLIT", "DataError", "DeviceBatches",
-    "DigitsDataModule", "TensorBatches", "download", "find_raw_files", "load_split", "random_affine", "read_idx",
-    "read_images_labels", "sample_files", "stratified_order", "to_pixels", "write_idx",
+    "AUGMENTATIONS",
+    "DATASETS",
+    "FILES",
+    "LOADERS",
+    "RAW_FOLDER",
+    "SAMPLE_SPLIT",
+    "DataError",
+    "DeviceBatches",
+    "DigitsDataModule",
+    "TensorBatches",
+    "download",
+    "find_raw_files",
+    "load_split",
+    "random_affine",
+    "read_idx",
+    "read_images_labels",
+    "sample_files",
+    "stratified_order",
+    "to_pixels",
+    "write_idx",
 ]

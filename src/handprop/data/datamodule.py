@@ -82,14 +82,19 @@ class DigitsDataModule(L.LightningDataModule):
         if shuffle and self.batch_size % world:
             raise DataError(
                 f"data.batch_size={self.batch_size} is the global batch: it must divide evenly among the "
-                f"{world} processes (trainer.devices x trainer.num_nodes), e.g. data.batch_size={self.batch_size // world * world or world}"
+                f"{world} processes (trainer.devices x trainer.num_nodes), "
+                f"e.g. data.batch_size={self.batch_size // world * world or world}"
             )
         if shuffle:
             batch_size //= world  # each process takes its share of the global batch
         data = self.splits[split]
         if self.loader == "dataloader":  # Lightning adds a DistributedSampler under DDP
             return DataLoader(
-                data, batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=_as_batch,
+                data,
+                batch_size,
+                shuffle=shuffle,
+                num_workers=self.num_workers,
+                collate_fn=_as_batch,
                 persistent_workers=self.num_workers > 0,
             )
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")

@@ -56,7 +56,7 @@ def download(dataset: str, data_dir: str | Path) -> None:
     file renamed into ``<data_dir>/<Dataset>/raw/``, an atomic step. A failure (offline, a
     dropped connection, a full disk) removes the temporary folder, and data_dir too if this
     call made it."""
-    from torchvision import datasets
+    from torchvision import datasets  # noqa: PLC0415 -- torchvision loads only for a download
 
     data_dir = Path(data_dir)
     try:
