@@ -11,7 +11,7 @@ from handprop import functional as HF
 from handprop.nn import MLP
 
 ACTIVATIONS = list(HF.ACTIVATIONS)
-LOSSES = list(HF.LOSSES)
+LOSSES = list(HF.COSTS)
 
 
 def _mlp_loss(mlp, x, y, loss, backward, fused=False):
@@ -20,7 +20,7 @@ def _mlp_loss(mlp, x, y, loss, backward, fused=False):
     mlp.backward = backward
     if fused:
         return mlp(x, y, loss)[1]
-    return HF.LOSSES[loss](mlp(x), y, backward=backward)
+    return HF.cost(loss, mlp(x), y, backward=backward)
 
 
 def _batch(n=6, n_in=5, classes=4, dtype=torch.float64, seed=0):
@@ -46,7 +46,7 @@ def test_gradcheck_whole_mlp(activation, loss, fused):
         if fused:
             return torch.func.functional_call(mlp, dict(zip(names, params)), (x, y, loss))[1]
         out = torch.func.functional_call(mlp, dict(zip(names, params)), (x,))
-        return HF.LOSSES[loss](out, y)
+        return HF.cost(loss, out, y)
 
     ps = [p.detach().clone().requires_grad_(True) for p in mlp.parameters()]
     assert torch.autograd.gradcheck(loss_of, (x, *ps), eps=1e-6, atol=1e-5, rtol=1e-4)
@@ -251,7 +251,7 @@ def test_batch_of_one_and_empty_batch(activation, n):
 def test_costs_on_an_empty_batch_match_pytorch(loss):
     logits = torch.randn(0, 10, requires_grad=True)
     y = torch.zeros(0, dtype=torch.long)
-    manual, reference = HF.LOSSES[loss](logits, y), HF.LOSSES[loss](logits, y, backward="autograd")
+    manual, reference = HF.cost(loss, logits, y), HF.cost(loss, logits, y, backward="autograd")
     assert torch.isnan(manual) and torch.isnan(reference)  # mean over nothing
     assert torch.autograd.grad(manual, logits)[0].shape == (0, 10)
 

@@ -168,7 +168,7 @@ def _choices() -> dict[str, tuple]:
     return {
         "model.activation": HF.ACTIVATIONS,
         "model.output_activation": HF.ACTIVATIONS,
-        "model.loss": HF.LOSSES,
+        "model.loss": tuple(HF.COSTS),
         "model.init": INITS,
         "model.backward": HF.BACKWARDS,
         "data.dataset": DATASETS,

@@ -32,6 +32,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +228,26 @@ class Cost:
     forward: Callable
     backward: Callable
     reference: Callable  # PyTorch's own ops, differentiated by autograd
+    probabilities: Callable[[Tensor], Tensor]  # the outputs, read as class probabilities (for pictures, predict)
+
+
+def _normalised(scores: Tensor) -> Tensor:
+    return scores / scores.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+# How each cost's outputs read as class probabilities: the softmax that cross-entropy
+# scores; for the costs that score every output neuron on its own, each neuron's
+# activation (its sigmoid, for Nielsen's cross-entropy), normalised to sum to 1.
+def _softmax(out: Tensor) -> Tensor:
+    return out.float().softmax(1)
+
+
+def _each_activation(out: Tensor) -> Tensor:
+    return _normalised(out.float().clamp_min(0))
+
+
+def _each_sigmoid(out: Tensor) -> Tensor:
+    return _normalised(out.float().sigmoid())
 
 
 def _quadratic_reference(output: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -245,13 +266,14 @@ def _binary_cross_entropy_reference(logits: Tensor, target: Tensor, label_smooth
 COSTS: dict[str, Cost] = {
     c.name: c
     for c in (
-        Cost("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_reference),
-        Cost("quadratic", quadratic_forward, quadratic_backward, _quadratic_reference),
+        Cost("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_reference, _softmax),
+        Cost("quadratic", quadratic_forward, quadratic_backward, _quadratic_reference, _each_activation),
         Cost(
             "binary_cross_entropy",
             binary_cross_entropy_forward,
             binary_cross_entropy_backward,
             _binary_cross_entropy_reference,
+            _each_sigmoid,
         ),
     )
 }
@@ -324,6 +346,15 @@ class CostFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------- layers
 
 
+class LayerSaved(NamedTuple):
+    """What one layer's forward keeps for its backward (None where not needed)."""
+
+    x: Tensor | None  # its input, for dW
+    weight: Tensor | None  # for dx
+    kept: Tensor | None  # what f' is computed from: the output a or the input z (Activation.saves)
+    keep: Tensor | None  # the dropout keep-mask
+
+
 def layer_forward(x, weight, bias, act: Activation, keep, scale: float, need_x: bool, need_w: bool):
     """One layer's forward: y = f(x Wᵀ + b) ⊙ m / (1-p). Returns y and what its backward needs.
 
@@ -336,12 +367,14 @@ def layer_forward(x, weight, bias, act: Activation, keep, scale: float, need_x: 
     a = act.fn(z)
     if keep is not None:
         a = (a * keep if a is z else a.mul_(keep)).mul_(scale)  # never overwrite a saved z
-    return a, (x if need_w else None, weight if need_x else None, {"output": a, "input": z}.get(act.saves), keep)
+    return a, LayerSaved(
+        x if need_w else None, weight if need_x else None, {"output": a, "input": z}.get(act.saves), keep
+    )
 
 
 def layer_backward(g, saved, act: Activation, scale: float, need_x: bool, need_w: bool, need_b: bool):
     """One layer's backward: from g = ∂C/∂y to (dx, dW, db), each only if wanted."""
-    x, weight, kept, keep = saved
+    x, weight, kept, keep = saved  # a LayerSaved
     if keep is not None:
         g = (g * keep).mul_(scale)  # da = g ⊙ m / (1-p)
         if act.saves == "output":
@@ -391,9 +424,6 @@ class LinearActFunction(torch.autograd.Function):
         return *grads, None, None, None
 
 
-_MLP_FIRST_PARAM = 7  # index of the first weight among MLPFunction.forward's arguments
-
-
 class MLPFunction(torch.autograd.Function):
     """A whole multilayer perceptron, and optionally its cost, as one autograd node:
     backpropagation's loop itself.
@@ -408,62 +438,61 @@ class MLPFunction(torch.autograd.Function):
 
     Arguments: x, the target (None: no cost, return the output only), the cost's name
     and label smoothing, the activation names and dropout keep-masks (None: no dropout)
-    of each layer, the dropout scale 1/(1-p), then weight, bias, weight, bias, ... of
-    each layer. With a target it returns (output, C); the output stays differentiable.
+    of each layer, the dropout scale 1/(1-p), and last the layers' parameters, weight and
+    bias of each layer in turn (autograd hands out gradients to tensors passed on their
+    own). With a target it returns (output, C); the output stays differentiable.
     """
 
     @staticmethod
     def forward(ctx, x, target, cost, label_smoothing, activations: tuple, keeps: tuple, scale: float, *params):
         (x, *params), no_autocast = _cast_for_autocast((x, *params), x.device.type)
-        needs = ctx.needs_input_grad
-        first = _MLP_FIRST_PARAM
-        need_w = needs[first::2]
-        need_x, below = [], needs[0]  # dx of layer i is wanted if anything below it wants a gradient
-        for i in range(len(activations)):
-            need_x.append(below)
-            below = below or need_w[i] or needs[first + 2 * i + 1]
-        saved = []
+        layers = list(zip(params[0::2], params[1::2]))  # (weight, bias) of each layer
+        wants = _wanted_gradients(ctx.needs_input_grad, len(layers))
+        saved: list[LayerSaved] = []
         with no_autocast:
-            for i, name in enumerate(activations):
-                x, layer_saved = layer_forward(
-                    x, params[2 * i], params[2 * i + 1], ACTIVATIONS[name], keeps[i], scale, need_x[i], need_w[i]
-                )
-                saved += layer_saved
-        ctx.activations, ctx.scale, ctx.need_x, ctx.dtype = activations, scale, need_x, x.dtype
+            for (weight, bias), name, keep, (need_x, need_w, _) in zip(layers, activations, keeps, wants):
+                x, layer_saved = layer_forward(x, weight, bias, ACTIVATIONS[name], keep, scale, need_x, need_w)
+                saved.append(layer_saved)
+        ctx.activations, ctx.scale, ctx.wants, ctx.dtype = activations, scale, wants, x.dtype
         ctx.cost, ctx.label_smoothing, ctx.with_cost = cost, label_smoothing, target is not None
-        if target is None:
-            ctx.save_for_backward(*saved)
-            return x
-        loss, cost_saved = COSTS[cost].forward(x, target, label_smoothing)
-        ctx.save_for_backward(*saved, *cost_saved)
-        ctx.set_materialize_grads(False)  # the output's gradient is None unless something else used it
-        return x, loss
+        cost_saved = ()
+        if target is not None:
+            loss, cost_saved = COSTS[cost].forward(x, target, label_smoothing)
+            ctx.set_materialize_grads(False)  # the output's gradient is None unless something else used it
+        ctx.save_for_backward(*(t for layer in saved for t in layer), *cost_saved)
+        return x if target is None else (x, loss)
 
     @staticmethod
     @first_order
     def backward(ctx, g, g_loss=None):
-        saved, needs, n, first = ctx.saved_tensors, ctx.needs_input_grad, len(ctx.activations), _MLP_FIRST_PARAM
-        if ctx.with_cost:  # the cost's gradient starts the sweep
-            from_cost = (
-                COSTS[ctx.cost].backward(g_loss, saved[4 * n :], ctx.label_smoothing) if g_loss is not None else None
-            )
-            g = from_cost if g is None else g if from_cost is None else g + from_cost
+        n, per_layer = len(ctx.activations), len(LayerSaved._fields)
+        flat = ctx.saved_tensors
+        saved = [LayerSaved(*flat[i * per_layer : (i + 1) * per_layer]) for i in range(n)]
+        cost_saved = flat[n * per_layer :]
+        if ctx.with_cost and g_loss is not None:  # the cost's gradient starts the sweep
+            from_cost = COSTS[ctx.cost].backward(g_loss, cost_saved, ctx.label_smoothing)
+            g = from_cost if g is None else g + from_cost
+        others = (None,) * (len(ctx.needs_input_grad) - 2 * n - 1)  # target, cost, ..., scale
         if g is None:
-            return (None,) * (first + 2 * n)
+            return None, *others, *(None,) * (2 * n)
         g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
         grads = []
-        for i in reversed(range(n)):
-            g, dW, db = layer_backward(
-                g,
-                saved[4 * i : 4 * i + 4],
-                ACTIVATIONS[ctx.activations[i]],
-                ctx.scale,
-                ctx.need_x[i],
-                needs[first + 2 * i],
-                needs[first + 1 + 2 * i],
-            )
+        for layer_saved, name, (need_x, need_w, need_b) in zip(saved[::-1], ctx.activations[::-1], ctx.wants[::-1]):
+            g, dW, db = layer_backward(g, layer_saved, ACTIVATIONS[name], ctx.scale, need_x, need_w, need_b)
             grads[:0] = [dW, db]
-        return g, *([None] * (first - 1)), *grads
+        return g, *others, *grads
+
+
+def _wanted_gradients(needs_input_grad: tuple[bool, ...], n_layers: int) -> list[tuple[bool, bool, bool]]:
+    """(dx, dW, db) wanted for each layer, from autograd's flags: x's comes first, the
+    layers' weight and bias last. A layer's dx is wanted if anything below it wants a
+    gradient (the first layer's input, the image, usually does not)."""
+    param_flags = needs_input_grad[len(needs_input_grad) - 2 * n_layers :]
+    below, wants = needs_input_grad[0], []
+    for need_w, need_b in zip(param_flags[0::2], param_flags[1::2]):
+        wants.append((below, need_w, need_b))
+        below = below or need_w or need_b
+    return wants
 
 
 # --------------------------------------------------------------------------- the functions to call
@@ -514,12 +543,11 @@ def mlp(
 ):
     """A whole MLP: layer i is (weight, bias) = params[i] with activation activations[i];
     dropout (p > 0) follows every layer but the last. Returns the output, or with a
-    ``target`` (output, cost) -- computed in the same autograd node in manual mode."""
+    ``target`` (output, cost) -- computed in the same autograd node in manual mode. The
+    settings are checked once, where they are set (nn.MLP, module.DigitClassifier), not
+    on every call: this runs every training step."""
     if x.dim() != 2:
         raise ValueError(f"mlp expects a batch of vectors (N, n_in), got shape {tuple(x.shape)}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout probability p={dropout} is outside [0, 1)")
-    check_cost(cost, label_smoothing)
     if backward != "manual":
         check_choice("backward", backward, BACKWARDS)
         for i, ((w, b), act) in enumerate(zip(params, activations)):
@@ -532,33 +560,28 @@ def mlp(
     return MLPFunction.apply(x, target, cost, label_smoothing, tuple(activations), keeps, 1 / (1 - dropout), *flat)
 
 
+def cost(name: str, output: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
+    """The cost ``name`` (one of COSTS) of a batch's output against integer class labels,
+    differentiated by our backward ("manual") or by PyTorch's autograd."""
+    check_cost(name, label_smoothing)
+    if backward == "manual":
+        return CostFunction.apply(output, target, name, label_smoothing)
+    check_choice("backward", backward, BACKWARDS)
+    return COSTS[name].reference(output, target, label_smoothing)
+
+
 def cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
     """Mean cross-entropy of softmax(logits) against integer class labels."""
-    return _cost("cross_entropy", logits, target, label_smoothing, backward)
+    return cost("cross_entropy", logits, target, label_smoothing, backward)
 
 
 def quadratic_cost(output: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
     """Half the squared distance of the output from the one-hot label, averaged over the batch."""
-    return _cost("quadratic", output, target, label_smoothing, backward)
-
-
-def _cost(cost: str, output: Tensor, target: Tensor, label_smoothing: float, backward: str) -> Tensor:
-    check_cost(cost, label_smoothing)
-    if backward == "manual":
-        return CostFunction.apply(output, target, cost, label_smoothing)
-    check_choice("backward", backward, BACKWARDS)
-    return COSTS[cost].reference(output, target, label_smoothing)
+    return cost("quadratic", output, target, label_smoothing, backward)
 
 
 def binary_cross_entropy(
     logits: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual"
 ) -> Tensor:
     """Nielsen's cross-entropy: a sigmoid yes/no per output neuron, summed over them, averaged over the batch."""
-    return _cost("binary_cross_entropy", logits, target, label_smoothing, backward)
-
-
-LOSSES: dict[str, Callable[..., Tensor]] = {
-    "cross_entropy": cross_entropy,
-    "quadratic": quadratic_cost,
-    "binary_cross_entropy": binary_cross_entropy,
-}
+    return cost("binary_cross_entropy", logits, target, label_smoothing, backward)

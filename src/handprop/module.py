@@ -174,14 +174,9 @@ class DigitClassifier(L.LightningModule):
         return self.net(self.normalize(images))
 
     def probabilities(self, out: Tensor) -> Tensor:
-        """The network's outputs as class probabilities: softmax of the logits for the
-        cross-entropy cost; for costs that score each output neuron on its own (quadratic,
-        Nielsen's binary cross-entropy) each neuron's activation, normalised to sum to 1."""
-        out = out.float()
-        if self.hparams.loss == "cross_entropy":
-            return out.softmax(1)
-        scores = out.sigmoid() if self.hparams.loss == "binary_cross_entropy" else out.clamp_min(0)
-        return scores / scores.sum(1, keepdim=True).clamp_min(1e-12)
+        """The network's outputs as class probabilities, the way its cost reads them
+        (``functional.COSTS[loss].probabilities``)."""
+        return HF.COSTS[self.hparams.loss].probabilities(out)
 
     def output_and_loss(self, images: Tensor, labels: Tensor, eager: bool = False) -> tuple[Tensor, Tensor]:
         """The network's output and its cost for a batch, in one pass. ``eager``: bypass

@@ -112,7 +112,6 @@ class MLP(nn.Module):
         self.dropout = dropout
         acts = [activation] * (len(sizes) - 2) + [output_activation]
         self.layers = nn.ModuleList(Linear(n_in, n_out, act, init) for n_in, n_out, act in zip(sizes, sizes[1:], acts))
-        self._activations = tuple(acts)
         self.backward = backward
 
     @property
@@ -135,7 +134,7 @@ class MLP(nn.Module):
         return HF.mlp(
             x,
             [(layer.weight, layer.bias) for layer in self.layers],
-            self._activations,
+            tuple(layer.activation for layer in self.layers),
             self.dropout if self.training else 0.0,
             self._backward,
             target,
