@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 train: install  ## train the default MLP on the embedded MNIST sample (ARGS="key=value ...")
 	$(BIN)/python train.py $(ARGS)
 
-PY_FILES := src tests train.py eval.py predict.py
+PY_FILES := src tests benchmarks train.py eval.py predict.py
 
 test: install  ## lint and format checks (ruff), then the whole test suite, slow tests included, on CPU (two workers)
 	$(BIN)/ruff check $(PY_FILES)
@@ -32,7 +32,7 @@ format: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff format $(PY_FILES)
 
 bench: install  ## benchmarks -> outputs/bench/ (ARGS=--quick: every section at toy sizes, as make test runs it)
-	$(BIN)/python -m handprop.bench $(ARGS)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 tensorboard: install  ## serve every run under outputs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 --port 6006

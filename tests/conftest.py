@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from handprop.bench import compose_recipe
+from handprop.compose import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -31,7 +31,7 @@ FAST = [
 
 def compose_config(name: str, overrides: list[str], output_dir: Path):
     """Compose conf/<name>.yaml as Hydra's app would, with the run directory set to output_dir."""
-    return compose_recipe(overrides, output_dir, name)
+    return compose(overrides, output_dir, name)
 
 
 @pytest.fixture

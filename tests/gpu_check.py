@@ -1,6 +1,6 @@
 """GPU checks of the hand-written backward (run by hand on a machine with CUDA; not collected by pytest).
 
-    python tests/gpu_check.py --out DIR
+    PYTHONPATH=benchmarks python tests/gpu_check.py --out DIR
 
 Writes DIR/gpu_check.json: autocast fp16/bf16 on CUDA against the autograd reference,
 saved-tensor dtypes, torch.compile (inductor, fullgraph) against eager, and the
@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from handprop import functional as HF
-from handprop.bench import SIZES, backward_vs_autograd
 from handprop.nn import MLP
+
+from bench import SIZES, backward_vs_autograd
 
 
 def grads(mlp, x, y, backward, dtype=None):

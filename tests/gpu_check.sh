@@ -12,10 +12,10 @@ trainer=${TRAINER:-gpu}   # TRAINER=cpu EXTRA=debug=fast: a dry run of the train
 python3 -c "import matplotlib" 2>/dev/null || EXTRA="${EXTRA:-} callbacks.pictures=null"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/nvidia-smi.csv"
-  python3 tests/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log"
+  PYTHONPATH=benchmarks python3 tests/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log"
   # the data-path issue: an epoch three ways (samples/s) and Fashion-MNIST time to 89%, on the GPU
   # (Fashion-MNIST's four .gz files in FASHION_DIR; the GPU machine has no network: carry them)
-  python3 -m handprop.bench --device cuda --only epoch,fashion --fashion-dir "${FASHION_DIR:-.fashion}" \
+  python3 benchmarks/bench.py --device cuda --only epoch,fashion --fashion-dir "${FASHION_DIR:-.fashion}" \
       --out "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.log"
 fi
 summary="$out/runs.jsonl"; : > "$summary"

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from handprop import functional as HF
-from handprop.bench import (
+from handprop.compose import compose
+from handprop.nn import MLP
+
+from bench import (
     backward_vs_autograd,
-    compose_recipe,
     epoch_speed,
     gemm_fraction,
     interleaved_medians,
@@ -18,8 +20,6 @@ from handprop.bench import (
     saved_bytes,
     torchvision_epochs,
 )
-from handprop.nn import MLP
-
 from conftest import run_cli
 
 
@@ -56,7 +56,7 @@ def test_interleaved_medians_and_a_bench_row():
 
 def test_epoch_runners_train_the_recipe_three_ways():
 
-    cfg = compose_recipe(["model.hidden=[32]", "data.augment.rotation=0"])
+    cfg = compose(["model.hidden=[32]", "data.augment.rotation=0"])
     for runner in (lightning_epochs, plain_epochs):
         times, states, model = runner(cfg, 2, snapshots=True)
         assert len(times) == 2 == len(states) and all(t > 0 for t in times)
@@ -107,7 +107,7 @@ def test_the_benchmark_runs_every_section(tmp_path):
     """`make bench ARGS=--quick`: each section's own code at toy sizes, so that a broken
     section fails here instead of in a user's hands (it once died on its first section)."""
     out = tmp_path / "bench.json"
-    proc = run_cli("-m", "handprop.bench", "--quick", "--out", str(out))
+    proc = run_cli("benchmarks/bench.py", "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert {"backward", "audit", "gemm", "epoch", "pictures", "fashion"} <= set(results)

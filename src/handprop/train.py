@@ -75,6 +75,20 @@ def _build(key: str, node: DictConfig, **kwargs):
         raise
 
 
+def build_data_and_model(cfg: DictConfig):
+    """The run's data module and model (with its optimiser and schedule factories), from
+    the config's data, model, optimizer and scheduler groups."""
+    datamodule = _build("data", cfg.data, _convert_="all")
+    model = _build(
+        "model",
+        cfg.model,
+        optimizer=_build("optimizer", cfg.optimizer),
+        scheduler=_build("scheduler", cfg.scheduler) if cfg.get("scheduler") else None,
+        _convert_="all",
+    )
+    return datamodule, model
+
+
 def _instantiate_all(key: str, group: DictConfig | None) -> list:
     """Callbacks and loggers are named entries, so that ``callbacks.X=null`` drops one."""
     return [_build(f"{key}.{name}", c) for name, c in (group or {}).items() if c is not None]
@@ -115,14 +129,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     refuse_to_overwrite(checkpoint_dirs(cfg), ckpt_path)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule = _build("data", cfg.data, _convert_="all")
-    model = _build(
-        "model",
-        cfg.model,
-        optimizer=_build("optimizer", cfg.optimizer),
-        scheduler=_build("scheduler", cfg.scheduler) if cfg.get("scheduler") else None,
-        _convert_="all",
-    )
+    datamodule, model = build_data_and_model(cfg)
     _continue_tensorboard_run(cfg)
     trainer: L.Trainer = _build(
         "trainer",

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m handprop.bench`` (``make bench``) prints a table and writes JSON.
+"""Benchmarks: ``python benchmarks/bench.py`` (``make bench``) prints a table and writes JSON.
 
 Every figure is a ratio of two things measured in the same process, interleaved
 (A, B, B, A, ...) and summarised by the median of several repeats, so that the
@@ -32,19 +32,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import open_dict
 from torchvision import datasets, transforms
 
-from . import functional as HF
-from .callbacks import GradientAudit, TensorBoardPictures, TrainingScalars
-from .data import DeviceBatches, load_split, to_pixels, write_idx
-from .module import DigitClassifier, schedule_length
-from .nn import MLP
-from .train import train
+from handprop import functional as HF
+from handprop.callbacks import GradientAudit, TensorBoardPictures, TrainingScalars
+from handprop.compose import compose
+from handprop.data import DeviceBatches, load_split, to_pixels, write_idx
+from handprop.module import DigitClassifier, schedule_length
+from handprop.nn import MLP
+from handprop.train import build_data_and_model, train
 
 SIZES = ([16, 16], [128, 64], [512, 256], [1024, 1024])
 RECIPES = {  # what the network does besides its matrix products
@@ -210,27 +206,6 @@ def gemm_fraction(batch: int = 512, hidden=(1024, 1024), repeats: int = 9, squar
 # --------------------------------------------------------------------------- epochs
 
 
-def compose_recipe(overrides=(), output_dir: str | Path | None = None, name: str = "train"):
-    """The run's config as ``python train.py OVERRIDES`` composes it (conf/ of this checkout).
-
-    With ``output_dir``, complete as Hydra's app makes it -- its run directory set,
-    ``${hydra:...}`` resolvable -- so that ``handprop.train.train(cfg)`` can run it."""
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    if not conf.is_dir():
-        raise FileNotFoundError(f"{conf}: the benchmarks compose the project's configs; run them from a checkout")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(name, overrides=list(overrides), return_hydra_config=output_dir is not None)
-    if output_dir is not None:
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
-            cfg.paths.root_dir = str(conf.parent)
-            del cfg.hydra
-    return cfg
-
-
 def _sync(device) -> None:
     """Wait for the device's queued work, so that a clock read after it is honest."""
     if torch.device(device).type == "cuda":
@@ -238,16 +213,10 @@ def _sync(device) -> None:
 
 
 def _build(cfg, device="cpu"):
-    """Data module (set up) and model (on ``device``) of a composed config."""
-
-    dm = instantiate(cfg.data, _convert_="all")
+    """Data module (set up) and model (on ``device``) of a composed config, built by the
+    code ``python train.py`` builds them with."""
+    dm, model = build_data_and_model(cfg)
     dm.setup("fit")
-    model = instantiate(
-        cfg.model,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        _convert_="all",
-    )
     model.pixel_mean.fill_(dm.pixel_stats[0])
     model.pixel_std.fill_(dm.pixel_stats[1])
     return dm, model.to(device)
@@ -427,7 +396,7 @@ def epoch_speed(epochs: int = 9, overrides=(), device="cpu") -> dict:
     epoch, then (in alternating order) the plain loop's and the torchvision recipe's. The
     first epoch of each warms up; the medians of the rest are compared. Then the data path
     alone: handprop's loader vs torchvision's DataLoader, each drawing one epoch of batches."""
-    cfg = compose_recipe(overrides)
+    cfg = compose(overrides)
     plain, tv = PlainLoop(cfg, epochs, device), TorchvisionLoop(cfg, device)
     # the loader on its own: the plain loop's tensors (already on the device), its own order
     loader = DeviceBatches(
@@ -499,7 +468,7 @@ def fashion_time_to_accuracy(
     device="cpu",
     overrides=(),
 ) -> dict:
-    cfg = compose_recipe([f"experiment={experiment}", f"data.data_dir={data_dir}", *overrides])
+    cfg = compose([f"experiment={experiment}", f"data.data_dir={data_dir}", *overrides])
     test_x, test_y = load_split("fashion_mnist", "test", data_dir)
     out = {"recipe": f"experiment={experiment}", "device": str(device), "target": target, "budget_s": budget_s}
     for name, run in (("handprop", lightning_epochs), ("plain_loop", plain_epochs)):
@@ -559,7 +528,7 @@ def pictures_cost(overrides=()) -> dict:
             cls.__init__ = init
         try:
             with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
-                cfg = compose_recipe(
+                cfg = compose(
                     [*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir
                 )
                 inside["s"] = 0.0
@@ -603,7 +572,7 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m handprop.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/bench/bench.json", help="where to write the JSON results")
     parser.add_argument("--repeats", type=int, default=9, help="repeats per measurement (median taken)")
     parser.add_argument("--batch", type=int, default=128)
