@@ -200,6 +200,7 @@ def gemm_fraction(batch: int = 512, hidden=(1024, 1024), repeats: int = 9, squar
         "step_gflops": achieved / 1e9,
         "gemm_gflops": peak / 1e9,
         "fraction_of_gemm": achieved / peak,
+        "gemm_size": square,
     }
 
 
@@ -640,7 +641,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["gemm"] = g = gemm_fraction(repeats=args.repeats, **quick.get("gemm", {}))
         print(
             f"\nLarge-MLP step ({g['network']}, batch {g['batch']}, float32): {g['step_ms']:.1f} ms = "
-            f"{g['step_gflops']:.1f} GFLOP/s; a 2048x2048 matrix product runs at {g['gemm_gflops']:.1f} GFLOP/s "
+            f"{g['step_gflops']:.1f} GFLOP/s; a {g['gemm_size']}x{g['gemm_size']} matrix product runs at "
+            f"{g['gemm_gflops']:.1f} GFLOP/s "
             f"-> {100 * g['fraction_of_gemm']:.0f}% of the machine's GEMM rate"
         )
         save()

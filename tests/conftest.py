@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -143,3 +144,38 @@ class RaiseInTraining(Callback):
 
     def on_train_batch_start(self, *args) -> None:
         raise KeyError("a deliberate bug")
+
+
+def start_train(*args: str) -> subprocess.Popen:
+    """``python train.py ARGS`` in the background (stderr captured; tests/ on the path, so
+    that ``+callbacks.x._target_=conftest.SleepAt`` works), one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def signal_when(ready: Path, *args: str, sig: int = signal.SIGINT, settle: float = 0.0) -> tuple[int, str]:
+    """Run ``python train.py ARGS``; once ``ready`` exists (and ``settle`` seconds later),
+    send it ``sig``. Its exit status and stderr."""
+    proc = start_train(*args)
+    try:
+        wait_for(ready, proc)
+        time.sleep(settle)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
+
+
+def run_printed(command: str, *extra: str) -> subprocess.CompletedProcess:
+    """A command line the program printed for its user (``python train.py ...``), pasted
+    into a shell as printed, with ``extra`` arguments appended."""
+    line = " ".join([command.replace("python ", f"{sys.executable} ", 1), *extra])
+    return subprocess.run(line, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -18,7 +18,7 @@ from handprop.callbacks.checkpoints import remove_stale_temporaries
 from handprop.errors import HandpropError
 from handprop.train import train
 
-from conftest import FAST, ROOT, compose_config, tensorboard_run, wait_for
+from conftest import FAST, ROOT, compose_config, run_printed, signal_when, tensorboard_run
 
 LONG_RUN = [
     "model.hidden=[16]",
@@ -30,33 +30,15 @@ LONG_RUN = [
 ]
 
 
-def _wait_for(path, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path} never appeared")
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *LONG_RUN, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    # somewhere in a later epoch, with training under way
+    returncode, stderr = signal_when(
+        run_dir / "checkpoints" / "last.ckpt", *LONG_RUN, f"hydra.run.dir={run_dir}", sig=sig, settle=1.0
     )
-    try:
-        _wait_for(run_dir / "checkpoints" / "last.ckpt")  # training is under way
-        time.sleep(1.0)  # somewhere in a later epoch
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == code, stderr[-3000:]
+    assert returncode == code, stderr[-3000:]
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
     assert f"checkpoint {interrupted}" in stderr and "Resume with:" in stderr
     assert f"ckpt_path={interrupted} hydra.run.dir={run_dir}" in stderr
@@ -158,21 +140,8 @@ def test_ctrl_c_during_the_final_test_keeps_the_training_and_says_how_to_test(tm
         "trainer.enable_progress_bar=false",
         "trainer.accelerator=cpu",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
-    )
-    try:
-        wait_for(marker, proc)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr[-3000:]
+    returncode, stderr = signal_when(marker, *quick, *sleepy, f"hydra.run.dir={run_dir}")
+    assert returncode == 130, stderr[-3000:]
     assert "SIGINT: the final test was interrupted; training had finished (2 epochs, step 4)" in stderr
     assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -181,14 +150,7 @@ def test_ctrl_c_during_the_final_test_keeps_the_training_and_says_how_to_test(tm
     )
     command = stderr.split("Test the best checkpoint with:\n", 1)[1].strip().splitlines()[0]
     assert command.startswith("python eval.py ckpt_path=") and "data=sample" in command
-    evaluated = subprocess.run(
-        f"{command.replace('python ', sys.executable + ' ', 1)} hydra.run.dir={tmp_path}/eval",
-        shell=True,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    evaluated = run_printed(command, f"hydra.run.dir={tmp_path}/eval")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "test/acc" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
@@ -269,21 +231,8 @@ def test_ctrl_c_during_validation_validates_that_epoch_again_on_resume(tmp_path)
         f"+callbacks.sleep.marker={marker}",
         "+callbacks.sleep.batch=2",
     ]  # between batches, 2 of 5 done
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *quick, *sleepy, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
-    )
-    try:
-        wait_for(marker, proc)  # in epoch 0's validation, after the sanity check
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr[-3000:]
+    returncode, stderr = signal_when(marker, *quick, *sleepy, f"hydra.run.dir={run_dir}")
+    assert returncode == 130, stderr[-3000:]
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
     resumed = subprocess.run(
         [sys.executable, "train.py", *quick, f"hydra.run.dir={run_dir}", f"ckpt_path={interrupted}"],

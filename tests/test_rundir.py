@@ -1,10 +1,8 @@
 """One run per directory, the rank that owns it, and commands that paste: real processes."""
 
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -13,7 +11,7 @@ from omegaconf import OmegaConf
 from handprop import rundir
 from handprop.rundir import command_line, hydra_value, launch_problem, launched_rank, unique_dir
 
-from conftest import ROOT, run_cli, small_filesystem, wait_for
+from conftest import ROOT, run_cli, run_printed, signal_when, small_filesystem, start_train, wait_for
 
 QUICK = [
     "model.hidden=[16]",
@@ -62,13 +60,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path)
 
 def test_a_second_process_in_a_running_runs_directory_is_refused_at_once(tmp_path):
     run_dir = tmp_path / "run"
-    first = subprocess.Popen(
-        [sys.executable, "train.py", *LONG, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_train(*LONG, f"hydra.run.dir={run_dir}")
     try:
         wait_for(run_dir / "checkpoints" / "last.ckpt", first)  # under way, an epoch written
         config = (run_dir / ".hydra" / "config.yaml").read_bytes()
@@ -192,32 +184,15 @@ def test_a_run_directory_named_with_spaces_quotes_dollars_and_accents_resumes_as
     """The printed command pastes into a shell and resumes; every file of the run, the
     TensorBoard events included ($HOME is not expanded), stays inside its directory."""
     run_dir = tmp_path / "it's a $HOME run, ü"
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *LONG, f"hydra.run.dir={hydra_value(str(run_dir))}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    # some epochs on: the resume below trains two more steps of a schedule long enough
+    returncode, stderr = signal_when(
+        run_dir / "checkpoints" / "last.ckpt", *LONG, f"hydra.run.dir={hydra_value(str(run_dir))}", settle=1.0
     )
-    try:
-        wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
-        time.sleep(1.0)  # some epochs on: the resume below trains two more steps of a schedule long enough
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr[-3000:]
+    assert returncode == 130, stderr[-3000:]
     first_config = (run_dir / ".hydra" / "overrides.yaml").read_text()
     command = stderr.split("Resume with:\n", 1)[1].strip().splitlines()[0]
     step = int(re.search(r"training stopped at epoch \d+, step (\d+)", stderr).group(1))
-    resumed = subprocess.run(
-        f"{command.replace('python ', sys.executable + ' ', 1)} trainer.max_steps={step + 2}",
-        shell=True,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_printed(command, f"trainer.max_steps={step + 2}")
     assert resumed.returncode == 0, (command, resumed.stderr[-3000:])
     assert (run_dir / ".hydra" / "history" / "1" / "overrides.yaml").read_text() == first_config  # kept
     assert "ckpt_path=" in (run_dir / ".hydra" / "overrides.yaml").read_text()
