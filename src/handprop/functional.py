@@ -514,12 +514,11 @@ def linear(
     backward: str = "manual",
 ) -> Tensor:
     """One fully connected layer, its activation and (p = ``dropout`` > 0) inverted dropout:
-    y = f(x Wᵀ + b) ⊙ m / (1-p), with x of shape (N, n_in). Pass dropout=0 outside training."""
-    check_choice("activation", activation, ACTIVATIONS)
+    y = f(x Wᵀ + b) ⊙ m / (1-p), with x of shape (N, n_in). Pass dropout=0 outside training.
+    The activation's name and the dropout probability are checked once where they are set
+    (nn.Linear, nn.MLP), not here: this runs every training step."""
     if x.dim() != 2:
         raise ValueError(f"linear expects a batch of vectors (N, n_in), got shape {tuple(x.shape)}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout probability p={dropout} is outside [0, 1)")
     keep, scale = None, 1.0
     if dropout:
         # One mask for both backward modes: with the same seed they see the same units.

@@ -32,6 +32,7 @@ class Linear(nn.Module):
         super().__init__()
         HF.check_choice("activation", activation, HF.ACTIVATIONS)
         HF.check_choice("init", init, INITS)
+        HF.check_choice("backward", backward, HF.BACKWARDS)
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
         self.backward = backward
@@ -107,7 +108,7 @@ class MLP(nn.Module):
                 raise ValueError(f"sizes={sizes}: every layer size must be a positive integer")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout={dropout} is outside [0, 1)")
-        HF.check_choice("activation", activation, HF.ACTIVATIONS)
+        HF.check_choice("activation", activation, HF.ACTIVATIONS)  # (a network without hidden layers uses none)
         self.sizes = sizes
         self.dropout = dropout
         acts = [activation] * (len(sizes) - 2) + [output_activation]
