@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the engine, data-path and many-devices issues in one go, for a lent GPU machine (see README).
+# Every GPU check of the engine, data-path and many-devices issues in one go, on a machine with a GPU (see docs/devices.md and docs/benchmarks.md).
 # Usage: bash tests/gpu_check.sh OUT_DIR      (Hydra from .whl/ when it is not installed)
 set -uo pipefail
 out=${1:?out dir}

@@ -227,7 +227,7 @@ def test_resume_refuses_a_network_trained_with_other_settings(checkpoint, tmp_pa
 
 
 def test_resume_with_another_schedule_is_refused_and_init_from_trains_on_fresh(tmp_path):
-    """The README's advice for a one-cycle run that should train longer: a resume with
+    """The documented advice (docs/reliability.md) for a one-cycle run that should train longer: a resume with
     scheduler=cosine (OneCycle's state loaded into a cosine schedule) or scheduler=none (the
     rate frozen at its annealed end) is refused; init_from starts a new run from the weights."""
 
