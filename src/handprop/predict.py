@@ -140,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="PNG or JPEG files")
     args = parser.parse_args(argv)
 
-    from .callbacks.checkpoints import read_checkpoint  # noqa: PLC0415 -- predict.py --help answers without loading Lightning
-    from .module import DigitClassifier  # noqa: PLC0415 -- predict.py --help answers without loading Lightning
+    # predict.py --help answers without loading Lightning
+    from .callbacks.checkpoints import model_from_checkpoint, read_checkpoint  # noqa: PLC0415
 
     try:
-        read_checkpoint(args.checkpoint, option=None)  # safe, ours, finite, consistent: before anything is built
-        model = DigitClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
+        # safe, ours, finite, consistent -- checked before anything is built, and read once
+        model = model_from_checkpoint(read_checkpoint(args.checkpoint, option=None))
     except HandpropError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

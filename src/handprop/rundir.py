@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import shlex
@@ -116,28 +117,24 @@ def unique_dir(base: str) -> str:
     answer for the same ``base`` within a process (Hydra resolves its run dir more than
     once)."""
     if base not in _claimed:
+        candidate = base
         try:
             Path(base).parent.mkdir(parents=True, exist_ok=True)
+            for n in range(10_000):
+                candidate = base if n == 0 else f"{base}-{n}"
+                try:
+                    os.mkdir(candidate)
+                except FileExistsError:
+                    continue
+                _claimed[base] = candidate
+                break
+            else:
+                raise RunDirectoryError(f"{base}: ten thousand runs already started under this name")
         except OSError as e:
             raise RunDirectoryError(
-                f"cannot create the run directory {base}: {e.strerror}. "
+                f"cannot create the run directory {candidate}: {e.strerror}. "
                 "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)"
             ) from None
-        for n in range(10_000):
-            candidate = base if n == 0 else f"{base}-{n}"
-            try:
-                os.mkdir(candidate)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise RunDirectoryError(
-                    f"cannot create the run directory {candidate}: {e.strerror}. "
-                    "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)"
-                ) from None
-            _claimed[base] = candidate
-            break
-        else:
-            raise RunDirectoryError(f"{base}: ten thousand runs already started under this name")
     return _claimed[base]
 
 
@@ -223,13 +220,14 @@ class RunDirectoryLock(HydraCallback):
             if launched_rank() != 0:
                 return  # rank 0 of this launch holds it
             directory = _resolved(config, f"hydra.{mode}.dir")
+            hydra_cfg = HydraConfig.get()
+            with read_write(hydra_cfg), open_dict(hydra_cfg):  # what run_job sets next: paths.output_dir resolves
+                hydra_cfg.runtime.output_dir = str(Path(directory).absolute())
             lock_run_directory(
                 directory,
                 command_line(sys.argv[0], sys.argv[1:]),
                 check=lambda: (
-                    refuse_to_overwrite(checkpoint_dirs(config, directory), config.get("ckpt_path"))
-                    if check_checkpoints
-                    else None
+                    refuse_to_overwrite(checkpoint_dirs(config), config.get("ckpt_path")) if check_checkpoints else None
                 ),
             )
             keep_earlier_config(Path(directory) / str(config.hydra.output_subdir or ".hydra"))
@@ -264,13 +262,8 @@ def keep_earlier_config(subdir: Path) -> None:
             shutil.copy2(p, history / str(n) / p.name)
 
 
-def checkpoint_dirs(cfg: DictConfig, output_dir: str | Path | None = None) -> set[Path]:
-    """The directories this run's checkpoint callbacks write to. ``output_dir``: the run
-    directory, for a config whose ``paths.output_dir`` Hydra has not filled in yet."""
-    if output_dir is not None:
-        hydra_cfg = HydraConfig.get()
-        with read_write(hydra_cfg), open_dict(hydra_cfg):
-            hydra_cfg.runtime.output_dir = str(Path(output_dir).absolute())  # what run_job sets next
+def checkpoint_dirs(cfg: DictConfig) -> set[Path]:
+    """The directories this run's checkpoint callbacks write to."""
     callbacks = cfg.get("callbacks") or {}
     return {Path(c.dirpath).resolve() for c in callbacks.values() if c is not None and c.get("dirpath")}
 
@@ -324,8 +317,12 @@ def hydra_value(value: str) -> str:
 
 
 def _reads_back(value: str) -> bool:
+    return _override_parser().parse_override(f"k={value}").value() == value
 
-    return OverridesParser.create().parse_override(f"k={value}").value() == value
+
+@functools.cache
+def _override_parser() -> OverridesParser:
+    return OverridesParser.create()  # (builds Hydra's grammar: once)
 
 
 def command_line(program: str, args: list[str], **settings: str) -> str:

@@ -31,13 +31,13 @@ from .callbacks.checkpoints import (
     atomic_write_text,
     check_same_recipe,
     is_disk_full,
+    model_from_checkpoint,
     no_space,
     read_checkpoint,
     remove_stale_temporaries,
 )
 from .config import ConfigError, check_config, config_problems  # noqa: F401 (config_problems: part of the API)
 from .errors import HandpropError
-from .module import DigitClassifier
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt_path:
         raise HandpropError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
     check_config(cfg)
-    read_checkpoint(ckpt_path)  # safe, ours, consistent: loading it below cannot fail on its content
-    model = DigitClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    model = model_from_checkpoint(read_checkpoint(ckpt_path))  # safe, ours, consistent: read once
     datamodule = _build("data", cfg.data, _convert_="all")
     trainer: L.Trainer = _build("trainer", cfg.trainer, logger=_instantiate_all("logger", cfg.get("logger")))
     trainer.test(model, datamodule=datamodule)

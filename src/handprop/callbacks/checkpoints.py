@@ -242,6 +242,7 @@ class InterruptCheckpoint(Callback):
         if not filename:
             raise ValueError("filename cannot be empty")
         self.dirpath, self.filename = dirpath, filename
+        self._in_validation = False  # whether the interrupt being saved hit an epoch's validation
 
     @property
     def ckpt_path(self) -> str:
@@ -255,7 +256,7 @@ class InterruptCheckpoint(Callback):
             log.warning("interrupted: checkpoint written to %s", self.ckpt_path)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if getattr(self, "_in_validation", False):
+        if self._in_validation:
             self._in_validation = False
             _validate_again_on_resume(checkpoint)
 
@@ -367,6 +368,14 @@ def _reason(e: Exception) -> str:
     """An exception's first line, without torch's advice to load files unsafely."""
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return "damaged file" if "weights_only" in first else first.rstrip(".")
+
+
+def model_from_checkpoint(checkpoint: dict):
+    """The DigitClassifier a checkpoint that ``read_checkpoint`` returned holds: built from
+    its hyper-parameters and loaded with its weights (the file is not read again)."""
+    model = DigitClassifier(**checkpoint["hyper_parameters"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
 
 
 def _model_on_meta(what: str, hp: dict):
