@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from handprop.callbacks.checkpoints import AtomicCheckpointIO, BestCheckpoint, inside, read_checkpoint
+from handprop.callbacks.checkpoints import AtomicCheckpointIO, BestCheckpoint, atomic_write, inside, read_checkpoint
 from handprop.errors import DiskFullError, HandpropError
 from handprop.train import train
 
@@ -342,3 +342,30 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path):
         )
         assert target.read_bytes() == before
         assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_ctrl_c_in_the_middle_of_a_save_stays_an_interrupt(tmp_path):
+    """torch.save's zip writer turns an interrupted write into its own RuntimeError ('unexpected
+    pos'); a run interrupted during an epoch's checkpoint then crashed (exit 1) instead of
+    writing its interrupt checkpoint. The save hands the KeyboardInterrupt on, file intact."""
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.zeros(10)}, target)
+    before = target.read_bytes()
+
+    class Interrupted:
+        def __init__(self, file):
+            self.file, self.calls = file, 0
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return self.file.write(data)
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, lambda file: torch.save({"w": torch.ones(100_000)}, Interrupted(file)))
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -80,6 +80,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        # torch.save's zip writer raises its own RuntimeError on top of what stopped it:
+        # the cause that matters is underneath (Ctrl-C, which must stay an interrupt; a full disk)
+        interrupt = _underneath(e, lambda c: isinstance(c, KeyboardInterrupt))
+        if interrupt is not None:
+            raise interrupt from None
         if is_disk_full(e):
             kept = "the previous one is intact" if path.exists() else "nothing was written"
             raise no_space(path.parent, f"{path.name} was not written ({kept})") from None
@@ -96,13 +101,15 @@ def no_space(directory: str | Path, what: str) -> DiskFullError:
 
 
 def is_disk_full(error: BaseException | None) -> bool:
-    """Whether an error is, or was raised while handling, a write that found no space
-    (torch.save's zip writer reports its own RuntimeError on top of the OSError)."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+    """Whether an error is, or was raised while handling, a write that found no space."""
+    return _underneath(error, lambda c: isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT)) is not None
+
+
+def _underneath(error: BaseException | None, wanted: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in ``error``'s chain (itself, its cause, what it interrupted) that is ``wanted``."""
+    while error is not None and not wanted(error):
         error = error.__cause__ or error.__context__
-    return False
+    return error
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
