@@ -35,12 +35,13 @@ import torch
 from torchvision import datasets, transforms
 
 from handprop import functional as HF
+from handprop.build import build_data_and_model
 from handprop.callbacks import GradientAudit, TensorBoardPictures, TrainingScalars
 from handprop.compose import compose
 from handprop.data import DeviceBatches, load_split, to_pixels, write_idx
 from handprop.module import DigitClassifier, schedule_length
 from handprop.nn import MLP
-from handprop.train import build_data_and_model, train
+from handprop.train import train
 
 SIZES = ([16, 16], [128, 64], [512, 256], [1024, 1024])
 RECIPES = {  # what the network does besides its matrix products

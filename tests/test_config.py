@@ -1,25 +1,23 @@
 """Config validation before any work: every key named with its allowed values.
 
 The schema is the code: each ``_target_`` node is checked against the signature of what it
-calls (unknown keys, annotated types); ``RANGES`` adds the ranges; interpolated values are
-named once, where they are set."""
+calls (unknown keys, annotated types); handprop's own constructors check their values and
+are named by their config key; ``RANGES`` holds the ranges of other libraries' settings;
+interpolated values are named once, where they are set."""
 
 import fnmatch
 from typing import Literal, Optional
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
-from handprop.config import (
-    RANGES,
-    _describe,
-    _fits,
-    _leaves,
-    config_problems,
-    setting_problems,
-    unknown_override_message,
-)
+from handprop.build import build
+from handprop.config import RANGES, _leaves, config_problems, unknown_override_message
+from handprop.errors import ConfigError, HandpropError
+from handprop.rules import require
+from handprop.settings import describe, fits, setting_problems
 
 from conftest import CONF, compose_config
 
@@ -71,11 +69,12 @@ from conftest import CONF, compose_config
         ),
         (
             "model.l2=5.0",
-            "model.l2=5.0: is an L2 term of the cost, which torch.optim.AdamW's decoupled weight decay is not",
+            "model.l2=5.0: is an L2 term of the cost, which AdamW's decoupled weight decay is not: use optimizer=sgd, "
+            "or model.l2=0 and optimizer.weight_decay",
         ),
         (
             "optimizer=sgd model.l2=5.0 optimizer.weight_decay=0.01",
-            "model.l2=5.0 and optimizer.weight_decay=0.01: both decay",
+            "model.l2=5.0: adds to optimizer.weight_decay=0.01: both decay the weights; set one of them to 0",
         ),
         ("optimizer=sgd model.l2=-1", "model.l2=-1: must be a number >= 0"),
         # choices
@@ -176,19 +175,17 @@ def test_a_new_parameter_is_checked_the_day_it_is_added():
     assert setting_problems(bad)[0].startswith("toy._target_='no_such_module.Toy': cannot be imported")
 
 
-def test_fits_and_describe():
+def test_fits_anddescribe():
 
-    assert _fits(3, int) and _fits(3, float) and not _fits(3.0, int) and not _fits(True, int) and not _fits(1, bool)
-    assert _fits(None, Optional[int]) and not _fits("x", Optional[int])
-    assert (
-        _fits([1, 2], tuple[float, float]) and _fits([1, 2], tuple[float, ...]) and not _fits([1], tuple[float, float])
-    )
-    assert _fits(32, Literal[64, 32]) and not _fits("32", Literal[64, 32]) and not _fits(True, Literal[1])
-    assert _fits("x", torch.device) is None and _fits(0.1, float | torch.Tensor) is True
-    assert _fits("x", Optional[torch.device]) is None  # a class a YAML value cannot be checked against: not refused
-    assert _describe(Optional[int]) == "an integer or null"
-    assert _describe(Literal["a", "b"] | None) == "one of 'a', 'b' or null"
-    assert _describe(list[int]) == "a list of integers"
+    assert fits(3, int) and fits(3, float) and not fits(3.0, int) and not fits(True, int) and not fits(1, bool)
+    assert fits(None, Optional[int]) and not fits("x", Optional[int])
+    assert fits([1, 2], tuple[float, float]) and fits([1, 2], tuple[float, ...]) and not fits([1], tuple[float, float])
+    assert fits(32, Literal[64, 32]) and not fits("32", Literal[64, 32]) and not fits(True, Literal[1])
+    assert fits("x", torch.device) is None and fits(0.1, float | torch.Tensor) is True
+    assert fits("x", Optional[torch.device]) is None  # a class a YAML value cannot be checked against: not refused
+    assert describe(Optional[int]) == "an integer or null"
+    assert describe(Literal["a", "b"] | None) == "one of 'a', 'b' or null"
+    assert describe(list[int]) == "a list of integers"
 
 
 def test_every_range_rule_is_used_by_some_shipped_key(tmp_path):
@@ -224,3 +221,29 @@ def test_every_range_rule_is_used_by_some_shipped_key(tmp_path):
 def test_overrides_of_keys_not_in_the_config(argv, expected):
     message = unknown_override_message(CONF, "train", argv)
     assert message == expected if expected is None else message.startswith(expected), message
+
+
+class Refuses:
+    """A constructor that refuses its setting the handprop way, or fails the way a bug does."""
+
+    def __init__(self, size: int = 1, bug: bool = False):
+        if bug:
+            raise ValueError("an internal inconsistency")
+        require(size > 0, "size", size, "must be a positive integer, or {prefix}bug=true")
+
+
+def test_a_refused_setting_is_named_by_its_config_key_and_any_other_error_is_a_bug():
+    node = lambda **kw: OmegaConf.create({"_target_": f"{__name__}.Refuses", **kw})  # noqa: E731
+    with pytest.raises(ConfigError, match=r"^toy.size=0: must be a positive integer, or toy.bug=true$"):
+        build("toy", node(size=0))
+    with pytest.raises(InstantiationException) as bug:  # not a ConfigError: the entry points show its traceback
+        build("toy", node(bug=True))
+    assert not isinstance(bug.value, HandpropError) and isinstance(bug.value.__cause__, ValueError)
+    assert isinstance(build("toy", node(size=2)), Refuses)
+
+
+def test_the_constructors_check_runs_on_the_meta_device_before_any_work(train_cfg):
+    # 1e10 weights would take 40 GB: the check builds the model without memory for them
+    assert config_problems(train_cfg("model.hidden=[100000,100000]")) == []
+    (problem,) = config_problems(train_cfg("model.hidden=[100000,100000]", "model.init=he"))
+    assert problem.startswith("model.init='he': must be one of pytorch,")

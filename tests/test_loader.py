@@ -1,5 +1,7 @@
 """The device-resident batch loader: order, sharding, and exact mid-epoch resume."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -76,8 +78,10 @@ def test_state_from_other_data_is_refused():
 def test_global_batch_must_divide_among_processes():
     dm = DigitsDataModule("sample", batch_size=127)
     dm.setup("fit")
-    dm.trainer = type("T", (), {"global_rank": 0, "world_size": 2, "training": False})()
-    with pytest.raises(DataError, match="data.batch_size=127 is the global batch.*2 processes"):
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=2, training=False)  # process 0 of a two-process run
+    with pytest.raises(
+        DataError, match=r"^data.batch_size=127: is the global batch and must divide evenly among the 2 "
+    ):
         dm.train_dataloader()
 
 

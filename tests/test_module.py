@@ -81,17 +81,16 @@ def test_l2_is_nielsens_weight_decay_on_the_weights_only():
         torch.testing.assert_close(p.detach(), decay * before[name] - eta * grads[name])
 
 
-def test_l2_with_a_decoupled_weight_decay_is_refused():
-
-    dm, _ = _batch()
-    for factory in (
-        functools.partial(torch.optim.AdamW, lr=0.1),
-        functools.partial(torch.optim.Adam, lr=0.1, decoupled_weight_decay=True),
+def test_l2_with_a_decoupled_weight_decay_is_refused_when_the_model_is_built():
+    for factory, name in (
+        (functools.partial(torch.optim.AdamW, lr=0.1), "AdamW"),
+        (functools.partial(torch.optim.Adam, lr=0.1, decoupled_weight_decay=True), "Adam"),
     ):
-        model = DigitClassifier(hidden=[16], l2=5.0, optimizer=factory)
-        model._trainer = SimpleNamespace(datamodule=dm)
-        with pytest.raises(ValueError, match="model.l2 is an L2 term of the cost; .* is decoupled"):
-            model.configure_optimizers()
+        with pytest.raises(ValueError, match=f"^l2=5.0: is an L2 term of the cost, which {name}'s decoupled"):
+            DigitClassifier(hidden=[16], l2=5.0, optimizer=factory)
+    with pytest.raises(ValueError, match="^l2=5.0: adds to optimizer.weight_decay=0.1: both decay the weights"):
+        DigitClassifier(hidden=[16], l2=5.0, optimizer=functools.partial(torch.optim.SGD, lr=0.1, weight_decay=0.1))
+    DigitClassifier(hidden=[16], l2=5.0, optimizer=functools.partial(torch.optim.Adam, lr=0.1))  # coupled: an L2 term
 
 
 def test_hyperparameters_are_plain_types():
@@ -101,7 +100,7 @@ def test_hyperparameters_are_plain_types():
 
 
 def test_label_smoothing_with_quadratic_cost_is_refused():
-    with pytest.raises(ValueError, match="label_smoothing applies to the cross_entropy cost only"):
+    with pytest.raises(ValueError, match=r"^label_smoothing=0.1: applies to loss=cross_entropy only; set it to 0$"):
         DigitClassifier(loss="quadratic", label_smoothing=0.1)
     with pytest.raises(ValueError, match="loss='hinge'"):
         DigitClassifier(loss="hinge")

@@ -33,7 +33,7 @@ def test_no_hidden_layer_is_logistic_regression():
         ({"sizes": [784, -5, 10]}, "positive integer"),
         ({"sizes": [784, 2.5, 10]}, "positive integer"),
         ({"sizes": [784, 10], "activation": "swish"}, "activation='swish'"),
-        ({"sizes": [784, 10], "dropout": 1.0}, r"dropout=1.0 is outside \[0, 1\)"),
+        ({"sizes": [784, 10], "dropout": 1.0}, r"^dropout=1.0: must be a probability in \[0, 1\)$"),
         ({"sizes": [784, 10], "init": "zeros"}, "init='zeros'"),
         ({"sizes": [784, 10], "backward": "finite"}, "backward='finite'"),
     ],

@@ -38,3 +38,7 @@ class NumericalError(HandpropError):
 
 class ReplicaError(HandpropError):
     """The processes of a data-parallel run no longer hold the same weights."""
+
+
+class ConfigError(HandpropError):
+    """The configuration asks for something impossible; the message names the key."""

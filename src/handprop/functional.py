@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .rules import PROBABILITY, check_choice, probability, require
+
 BACKWARDS = ("manual", "autograd")
 
 
@@ -146,11 +148,6 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("gelu", _gelu, _gelu_chain, "input"),
     )
 }
-
-
-def check_choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of: {', '.join(choices)}")
 
 
 # --------------------------------------------------------------------------- costs
@@ -280,11 +277,15 @@ COSTS: dict[str, Cost] = {
 
 
 def check_cost(cost: str, label_smoothing: float) -> None:
+    """The cost's name and its label smoothing, which softens the softmax cost's target only."""
     check_choice("loss", cost, COSTS)
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing={label_smoothing} is outside [0, 1)")
-    if label_smoothing and cost != "cross_entropy":
-        raise ValueError("label_smoothing applies to the cross_entropy cost only")
+    require(probability(label_smoothing), "label_smoothing", label_smoothing, PROBABILITY)
+    require(
+        not label_smoothing or cost == "cross_entropy",
+        "label_smoothing",
+        label_smoothing,
+        "applies to {prefix}loss=cross_entropy only; set it to 0",
+    )
 
 
 # --------------------------------------------------------------------------- autograd plumbing
@@ -515,8 +516,9 @@ def linear(
 ) -> Tensor:
     """One fully connected layer, its activation and (p = ``dropout`` > 0) inverted dropout:
     y = f(x Wᵀ + b) ⊙ m / (1-p), with x of shape (N, n_in). Pass dropout=0 outside training.
-    The activation's name and the dropout probability are checked once where they are set
-    (nn.Linear, nn.MLP), not here: this runs every training step."""
+    ``backward``: "manual" (ours) or "autograd". The activation's name, the dropout
+    probability and the backward mode are checked once where they are set (nn.Linear,
+    nn.MLP), not here: this runs every training step."""
     if x.dim() != 2:
         raise ValueError(f"linear expects a batch of vectors (N, n_in), got shape {tuple(x.shape)}")
     keep, scale = None, 1.0
@@ -525,7 +527,6 @@ def linear(
         keep, scale = dropout_mask((x.shape[0], weight.shape[0]), dropout, x.device), 1 / (1 - dropout)
     if backward == "manual":
         return LinearActFunction.apply(x, weight, bias, activation, keep, scale)
-    check_choice("backward", backward, BACKWARDS)
     a = ACTIVATIONS[activation].fn(F.linear(x, weight, bias))
     return a if keep is None else a * keep * scale
 
@@ -548,7 +549,6 @@ def mlp(
     if x.dim() != 2:
         raise ValueError(f"mlp expects a batch of vectors (N, n_in), got shape {tuple(x.shape)}")
     if backward != "manual":
-        check_choice("backward", backward, BACKWARDS)
         for i, ((w, b), act) in enumerate(zip(params, activations)):
             x = linear(x, w, b, act, dropout if i < len(params) - 1 else 0.0, backward)
         return x if target is None else (x, COSTS[cost].reference(x, target, label_smoothing))
@@ -565,7 +565,6 @@ def cost(name: str, output: Tensor, target: Tensor, label_smoothing: float = 0.0
     check_cost(name, label_smoothing)
     if backward == "manual":
         return CostFunction.apply(output, target, name, label_smoothing)
-    check_choice("backward", backward, BACKWARDS)
     return COSTS[name].reference(output, target, label_smoothing)
 
 

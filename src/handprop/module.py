@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from . import functional as HF
 from .errors import HandpropError
 from .nn import MLP
+from .rules import POSITIVE_INT, SettingError, is_int, is_number, positive_int, require
 
 
 class ScheduleError(HandpropError):
@@ -65,11 +66,23 @@ class DigitClassifier(L.LightningModule):
     ):
         super().__init__()
         hidden = list(hidden)
+        require(positive_int(input_size), "input_size", input_size, POSITIVE_INT)
+        require(is_int(num_classes) and num_classes >= 2, "num_classes", num_classes, "must be an integer >= 2")
+        HF.check_cost(loss, label_smoothing)
+        _check_l2(l2, optimizer)
         # logger=False: train.py writes the whole run's config and final metrics to the
         # logger once (TensorBoard's HParams tab), not the model's arguments at the start
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        HF.check_cost(loss, label_smoothing)
-        self.net = MLP([input_size, *hidden, num_classes], activation, output_activation, dropout, init, backward)
+        try:
+            self.net = MLP([input_size, *hidden, num_classes], activation, output_activation, dropout, init, backward)
+        except SettingError as e:  # the network's sizes are the model's input_size, hidden and num_classes
+            if e.name != "sizes":
+                raise
+            raise SettingError(
+                "hidden",
+                "must be a list of positive layer sizes, e.g. {prefix}hidden=[512,256] (or [] for none)",
+                hidden,
+            ) from None
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.register_buffer("pixel_mean", torch.tensor(0.0))
         self.register_buffer("pixel_std", torch.tensor(1.0))
@@ -254,12 +267,6 @@ class DigitClassifier(L.LightningModule):
         l2 = self.hparams.l2
         if not l2:
             return self.parameters()
-        factory = getattr(self.optimizer_factory, "func", self.optimizer_factory)
-        if decoupled_weight_decay(factory, getattr(self.optimizer_factory, "keywords", {})):
-            raise ValueError(
-                f"model.l2 is an L2 term of the cost; {factory.__name__}'s weight decay is decoupled "
-                "from the gradient, not that: use optimizer=sgd (or model.l2=0 and optimizer.weight_decay)"
-            )
         n = getattr(self.trainer.datamodule, "train_size", None) if self._trainer is not None else None
         if not n:
             raise ValueError("model.l2 needs the number of training examples: train with handprop's DigitsDataModule")
@@ -279,11 +286,30 @@ def logs_this_step(trainer: L.Trainer, every_n_steps: int | None = None) -> bool
     return n > 0 and (trainer.global_step + 1) % n == 0
 
 
-def decoupled_weight_decay(optimizer_class, keywords: dict | None = None) -> bool:
-    """Whether an optimiser's weight decay is decoupled from the gradient (AdamW, or Adam
-    with decoupled_weight_decay=True): then it is not an L2 term of the cost."""
-    return isinstance(optimizer_class, type) and (
-        issubclass(optimizer_class, torch.optim.AdamW) or bool((keywords or {}).get("decoupled_weight_decay"))
+def _check_l2(l2: float, optimizer: Callable | None) -> None:
+    """Nielsen's L2 term needs an optimiser that adds weight decay to the gradient (SGD,
+    Adam), and only one of the two ways of decaying the weights."""
+    require(is_number(l2) and l2 >= 0, "l2", l2, "must be a number >= 0 (Nielsen's lambda, e.g. 5.0; 0: none)")
+    if not l2 or optimizer is None:
+        return
+    factory, keywords = getattr(optimizer, "func", optimizer), getattr(optimizer, "keywords", {})
+    decoupled = isinstance(factory, type) and (
+        issubclass(factory, torch.optim.AdamW) or bool(keywords.get("decoupled_weight_decay"))
+    )
+    name = getattr(factory, "__name__", "the optimizer")
+    require(
+        not decoupled,
+        "l2",
+        l2,
+        f"is an L2 term of the cost, which {name}'s decoupled weight decay is not: "
+        "use optimizer=sgd, or {prefix}l2=0 and optimizer.weight_decay",
+    )
+    decay = keywords.get("weight_decay")
+    require(
+        not decay,
+        "l2",
+        l2,
+        f"adds to optimizer.weight_decay={decay}: both decay the weights; set one of them to 0",
     )
 
 

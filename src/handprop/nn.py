@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as HF
+from .rules import PROBABILITY, check_choice, positive_int, probability, require
 
 INITS = ("pytorch", "normal", "normal_scaled", "lecun_uniform", "xavier", "kaiming")
 
@@ -30,9 +31,9 @@ class Linear(nn.Module):
         backward: str = "manual",
     ):
         super().__init__()
-        HF.check_choice("activation", activation, HF.ACTIVATIONS)
-        HF.check_choice("init", init, INITS)
-        HF.check_choice("backward", backward, HF.BACKWARDS)
+        check_choice("activation", activation, HF.ACTIVATIONS)
+        check_choice("init", init, INITS)
+        check_choice("backward", backward, HF.BACKWARDS)
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
         self.backward = backward
@@ -101,14 +102,12 @@ class MLP(nn.Module):
     ):
         super().__init__()
         sizes = list(sizes)
-        if len(sizes) < 2:
-            raise ValueError(f"sizes={sizes} needs at least an input and an output size")
-        for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
-                raise ValueError(f"sizes={sizes}: every layer size must be a positive integer")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout={dropout} is outside [0, 1)")
-        HF.check_choice("activation", activation, HF.ACTIVATIONS)  # (a network without hidden layers uses none)
+        require(len(sizes) >= 2, "sizes", sizes, "needs at least an input and an output size")
+        require(all(positive_int(s) for s in sizes), "sizes", sizes, "every layer size must be a positive integer")
+        require(probability(dropout), "dropout", dropout, PROBABILITY)
+        # each layer checks its own activation; these two are named as the caller named them
+        check_choice("activation", activation, HF.ACTIVATIONS)
+        check_choice("output_activation", output_activation, HF.ACTIVATIONS)
         self.sizes = sizes
         self.dropout = dropout
         acts = [activation] * (len(sizes) - 2) + [output_activation]
@@ -122,7 +121,7 @@ class MLP(nn.Module):
     @backward.setter
     def backward(self, mode: str) -> None:
         """Switch every layer between our backward pass and PyTorch's (same parameters)."""
-        HF.check_choice("backward", mode, HF.BACKWARDS)
+        check_choice("backward", mode, HF.BACKWARDS)
         self._backward = mode
         for layer in self.layers:
             layer.backward = mode

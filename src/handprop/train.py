@@ -17,13 +17,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .build import build, build_all, build_data_and_model
 from .callbacks.checkpoints import (
     FUNCTION_SETTINGS,
     AtomicCheckpointIO,
@@ -36,7 +35,7 @@ from .callbacks.checkpoints import (
     read_checkpoint,
     remove_stale_temporaries,
 )
-from .config import ConfigError, check_config, config_problems  # noqa: F401 (config_problems: part of the API)
+from .config import check_config
 from .errors import HandpropError
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 
@@ -59,39 +58,6 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 # --------------------------------------------------------------------------- building blocks
-
-
-def _build(key: str, node: DictConfig, **kwargs):
-    """``instantiate(node)``. A value the called code refuses (its ValueError) is a config
-    error naming the key; a HandpropError stays itself; anything else is a bug and keeps
-    its traceback."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, HandpropError):
-            raise e.__cause__ from None
-        if isinstance(e.__cause__, ValueError):
-            raise ConfigError(f"{key}: {e.__cause__}") from e
-        raise
-
-
-def build_data_and_model(cfg: DictConfig):
-    """The run's data module and model (with its optimiser and schedule factories), from
-    the config's data, model, optimizer and scheduler groups."""
-    datamodule = _build("data", cfg.data, _convert_="all")
-    model = _build(
-        "model",
-        cfg.model,
-        optimizer=_build("optimizer", cfg.optimizer),
-        scheduler=_build("scheduler", cfg.scheduler) if cfg.get("scheduler") else None,
-        _convert_="all",
-    )
-    return datamodule, model
-
-
-def _instantiate_all(key: str, group: DictConfig | None) -> list:
-    """Callbacks and loggers are named entries, so that ``callbacks.X=null`` drops one."""
-    return [_build(f"{key}.{name}", c) for name, c in (group or {}).items() if c is not None]
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -131,11 +97,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, model = build_data_and_model(cfg)
     _continue_tensorboard_run(cfg)
-    trainer: L.Trainer = _build(
+    trainer: L.Trainer = build(
         "trainer",
         cfg.trainer,
-        callbacks=_instantiate_all("callbacks", cfg.get("callbacks")),
-        logger=_instantiate_all("logger", cfg.get("logger")),
+        callbacks=build_all("callbacks", cfg.get("callbacks")),
+        logger=build_all("logger", cfg.get("logger")),
         plugins=[AtomicCheckpointIO()],
     )
 
@@ -279,8 +245,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise HandpropError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
     check_config(cfg)
     model = model_from_checkpoint(read_checkpoint(ckpt_path))  # safe, ours, consistent: read once
-    datamodule = _build("data", cfg.data, _convert_="all")
-    trainer: L.Trainer = _build("trainer", cfg.trainer, logger=_instantiate_all("logger", cfg.get("logger")))
+    datamodule = build("data", cfg.data, _convert_="all")
+    trainer: L.Trainer = build("trainer", cfg.trainer, logger=build_all("logger", cfg.get("logger")))
     trainer.test(model, datamodule=datamodule)
     metrics = _scalars(trainer.callback_metrics)
     _write_metrics(cfg.paths.output_dir, metrics)

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ..errors import GradientAuditError, NumericalError, ReplicaError
 from ..module import logs_this_step
+from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_number, positive_int, require
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ class GradientAudit(Callback):
     """
 
     def __init__(self, every_n_steps: int = 100, threshold: float = 1e-3, threshold_half_precision: float = 5e-2):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps} must be a positive integer")
+        require(positive_int(every_n_steps), "every_n_steps", every_n_steps, POSITIVE_INT)
+        for name, value in (("threshold", threshold), ("threshold_half_precision", threshold_half_precision)):
+            require(is_number(value) and value > 0, name, value, "must be a positive number")
         self.every_n_steps = every_n_steps
         self.threshold = threshold
         self.threshold_half_precision = threshold_half_precision
@@ -162,6 +164,12 @@ class ReplicaCheck(Callback):
     ``replicas: N processes, identical parameters, sha256 <digest>`` on process zero."""
 
     def __init__(self, every_n_epochs: int | None = None):
+        require(
+            every_n_epochs is None or positive_int(every_n_epochs),
+            "every_n_epochs",
+            every_n_epochs,
+            POSITIVE_INT_OR_NULL,
+        )
         self.every_n_epochs = every_n_epochs
 
     def _check(self, trainer, pl_module, when: str) -> None:
@@ -200,8 +208,7 @@ class NumericsGuard(Callback):
     that no checkpoint is written from broken weights: the last good one stays."""
 
     def __init__(self, every_n_steps: int = 10):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps} must be a positive integer")
+        require(positive_int(every_n_steps), "every_n_steps", every_n_steps, POSITIVE_INT)
         self.every_n_steps = every_n_steps
         self._flags: torch.Tensor | None = None  # on the device: was step _steps[i]'s loss not finite?
         self._steps: list[int] = []

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from ..data import to_pixels
 from ..module import logs_this_step
 from ..pictures import LandscapePlane, confusion_figure, cost_surface, landscape_figure, mistakes_figure, weight_grid
+from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, is_number, positive_int, require
 
 
 def _layers(pl_module) -> list:
@@ -46,8 +47,9 @@ class TrainingScalars(Callback):
     """
 
     def __init__(self, every_n_steps: int | None = None):
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps} must be a positive integer (or None)")
+        require(
+            every_n_steps is None or positive_int(every_n_steps), "every_n_steps", every_n_steps, POSITIVE_INT_OR_NULL
+        )
         self.every_n_steps = every_n_steps
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -124,11 +126,23 @@ class TensorBoardPictures(Callback):
         for name, value in (
             ("every_n_epochs", every_n_epochs),
             ("histograms_every_n_epochs", histograms_every_n_epochs),
-            ("landscape_points", landscape_points),
+            ("max_neurons", max_neurons),
             ("landscape_samples", landscape_samples),
         ):
-            if value < 1:
-                raise ValueError(f"{name}={value} must be a positive integer")
+            require(positive_int(value), name, value, POSITIVE_INT)
+        require(is_int(max_mistakes) and max_mistakes >= 0, "max_mistakes", max_mistakes, "must be an integer >= 0")
+        require(
+            is_int(landscape_points) and landscape_points >= 2,
+            "landscape_points",
+            landscape_points,
+            "must be an integer >= 2",
+        )
+        require(
+            is_number(landscape_span) and landscape_span > 0,
+            "landscape_span",
+            landscape_span,
+            "must be a positive number",
+        )
         self.every_n_epochs, self.histograms_every_n_epochs = every_n_epochs, histograms_every_n_epochs
         self.max_neurons, self.max_mistakes = max_neurons, max_mistakes
         self.landscape, self.landscape_points, self.landscape_span = landscape, landscape_points, landscape_span

@@ -18,7 +18,7 @@ Batches leave the DataLoader as uint8 images and are turned into floats in [0, 1
 
 from ..errors import DataError
 from .augment import AUGMENTATIONS, random_affine, to_pixels
-from .datamodule import DigitsDataModule
+from .datamodule import DigitsDataModule, per_process_batch
 from .datasets import (
     DATASETS,
     FILES,
@@ -38,6 +38,7 @@ __all__ = [
     "DATASETS",
     "FILES",
     "LOADERS",
+    "per_process_batch",
     "RAW_FOLDER",
     "SAMPLE_SPLIT",
     "DataError",

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..rules import is_number, require, unknown_key
+
 AUGMENTATIONS = ("rotation", "scale", "shift", "flip", "elastic", "elastic_sigma")  # random_affine's
 
 
@@ -90,6 +92,24 @@ def _blur_matrix(size: int, sigma: float, device) -> Tensor:
                 j = -j if j < 0 else 2 * (size - 1) - j
             matrix[i, j] += weight
     return matrix.to(device=device, dtype=torch.float32)
+
+
+def augment_settings(augment: dict | None) -> dict[str, float]:
+    """The ``augment`` mapping checked once (names and amounts), its non-zero entries as floats."""
+    augment = dict(augment or {})
+    for key, value in augment.items():
+        if key not in AUGMENTATIONS:
+            raise unknown_key("augment", key, AUGMENTATIONS)
+        if key == "flip":
+            require(
+                is_number(value) and 0 <= value <= 1,
+                "augment.flip",
+                value,
+                "must be a probability in [0, 1] (0 turns it off)",
+            )
+        else:
+            require(is_number(value) and value >= 0, f"augment.{key}", value, "must be a number >= 0 (0 turns it off)")
+    return {k: float(v) for k, v in augment.items() if v}
 
 
 def to_pixels(images: Tensor, augment: dict | None = None) -> Tensor:

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
-from .augment import AUGMENTATIONS, to_pixels
+from ..rules import POSITIVE_INT, SettingError, check_choice, is_int, positive_int, require
+from .augment import augment_settings, to_pixels
 from .datasets import DATASETS, download, load_split
 from .loader import LOADERS, DeviceBatches, TensorBatches, _as_batch
+
+
+def per_process_batch(batch_size: int, world: int, processes: str = "trainer.devices x trainer.num_nodes") -> int:
+    """``batch_size`` is the global batch: each of the ``world`` processes takes an equal share.
+    Checked by the config layer before any process starts, and here again once the real
+    number of processes is known (``trainer.devices=auto``, a torchrun launch)."""
+    require(
+        batch_size % world == 0,
+        "batch_size",
+        batch_size,
+        f"is the global batch and must divide evenly among the {world} processes ({processes}), "
+        f"e.g. {{prefix}}batch_size={max(world, batch_size // world * world)}",
+    )
+    return batch_size // world
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -36,23 +53,26 @@ class DigitsDataModule(L.LightningDataModule):
         seed: int | None = 0,
     ):
         super().__init__()
-        if loader not in LOADERS:
-            raise ValueError(f"loader={loader!r} is not one of: {', '.join(LOADERS)}")
+        check_choice("dataset", dataset, DATASETS)
+        check_choice("loader", loader, LOADERS)
+        require(
+            dataset == "sample" or download or (data_dir is not None and Path(data_dir).is_dir()),
+            "data_dir",
+            data_dir,
+            "directory does not exist; point it at the dataset or set {prefix}download=true",
+        )
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("val_size", val_size)):
+            require(positive_int(value), name, value, POSITIVE_INT)
+        require(is_int(split_seed), "split_seed", split_seed, "must be an integer")
+        require(is_int(num_workers) and num_workers >= 0, "num_workers", num_workers, "must be an integer >= 0")
+        self.dataset, self.data_dir, self.download = dataset, data_dir, download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.num_workers = val_size, split_seed, num_workers
+        self.augment = augment_settings(augment)
         self.loader, self.seed = loader, seed
         self._on_device: dict = {}
         self._train_loader = None  # the latest training loader, whose position is checkpointed
         self._train_loader_state: dict | None = None
-        if dataset not in DATASETS:
-            raise ValueError(f"dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
-        if dataset != "sample" and data_dir is None:
-            raise ValueError(f"dataset={dataset!r} needs a data_dir")
-        self.dataset, self.data_dir, self.download = dataset, data_dir, download
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_size, self.split_seed, self.num_workers = val_size, split_seed, num_workers
-        unknown = set(augment or {}) - set(AUGMENTATIONS)
-        if unknown:
-            raise ValueError(f"augment: unknown keys {sorted(unknown)}; known: {', '.join(AUGMENTATIONS)}")
-        self.augment = {k: float(v) for k, v in (augment or {}).items() if v}
         self.splits: dict[str, TensorBatches] = {}
         self.pixel_stats: tuple[float, float] | None = None
 
@@ -79,14 +99,11 @@ class DigitsDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         batch_size = self.batch_size if shuffle else self.eval_batch_size
-        if shuffle and self.batch_size % world:
-            raise DataError(
-                f"data.batch_size={self.batch_size} is the global batch: it must divide evenly among the "
-                f"{world} processes (trainer.devices x trainer.num_nodes), "
-                f"e.g. data.batch_size={self.batch_size // world * world or world}"
-            )
         if shuffle:
-            batch_size //= world  # each process takes its share of the global batch
+            try:
+                batch_size = per_process_batch(self.batch_size, world)
+            except SettingError as e:  # a world size the config could not know (devices=auto, torchrun)
+                raise DataError(e.message("data.")) from None
         data = self.splits[split]
         if self.loader == "dataloader":  # Lightning adds a DistributedSampler under DDP
             return DataLoader(
