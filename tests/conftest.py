@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from handprop.compose import compose
+from handprop.data import FILES, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -179,3 +180,26 @@ def run_printed(command: str, *extra: str) -> subprocess.CompletedProcess:
     into a shell as printed, with ``extra`` arguments appended."""
     line = " ".join([command.replace("python ", f"{sys.executable} ", 1), *extra])
     return subprocess.run(line, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+# --------------------------------------------------------------------------- datasets on disk
+
+
+def digits(n, seed=0):
+    """n random 28x28 uint8 images with labels 0, 1, ..., 9, 0, 1, ..."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % 10
+    return images, labels
+
+
+def write_raw_dataset(root, folder="MNIST", n_train=200, n_test=50, splits=("train", "test")):
+    """Files laid out as torchvision leaves them: <root>/<folder>/raw/*-ubyte.gz."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        if split in splits:
+            images, labels = digits(n, seed=len(split))
+            write_idx(raw / f"{FILES[split][0]}.gz", images)
+            write_idx(raw / f"{FILES[split][1]}.gz", labels)
+    return raw

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from handprop.callbacks.checkpoints import AtomicCheckpointIO, BestCheckpoint, atomic_write, inside, read_checkpoint
+from handprop.callbacks.checkpoints import BestCheckpoint, inside
+from handprop.checkpoint import read_checkpoint
 from handprop.errors import DiskFullError, HandpropError
+from handprop.files import AtomicCheckpointIO, atomic_write
 from handprop.train import train
 
 from conftest import FAST, ROOT, compose_config, run_cli, small_filesystem

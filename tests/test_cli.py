@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 import yaml
-from test_data import write_raw_dataset
 
-from conftest import FAST, ROOT, run_cli
+from conftest import FAST, ROOT, run_cli, write_raw_dataset
 
 
 def run(script, *overrides):

@@ -9,29 +9,12 @@ import torch.nn.functional as F
 from handprop import data as D
 from handprop.data import augment
 
-
-def _digits(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
-    labels = torch.arange(n) % 10
-    return images, labels
-
-
-def write_raw_dataset(root, folder="MNIST", n_train=200, n_test=50, splits=("train", "test")):
-    """Files laid out as torchvision leaves them: <root>/<folder>/raw/*-ubyte.gz."""
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        if split in splits:
-            images, labels = _digits(n, seed=len(split))
-            D.write_idx(raw / f"{D.FILES[split][0]}.gz", images)
-            D.write_idx(raw / f"{D.FILES[split][1]}.gz", labels)
-    return raw
+from conftest import digits, write_raw_dataset
 
 
 @pytest.mark.parametrize("name", ["x-ubyte", "x-ubyte.gz"])
 def test_idx_roundtrip(tmp_path, name):
-    images, _ = _digits(7)
+    images, _ = digits(7)
     D.write_idx(tmp_path / name, images)
     assert torch.equal(D.read_idx(tmp_path / name), images)
 
@@ -43,7 +26,7 @@ def test_idx_bad_magic(tmp_path):
 
 
 def test_idx_truncated(tmp_path):
-    images, _ = _digits(3)
+    images, _ = digits(3)
     D.write_idx(tmp_path / "imgs", images)
     data = (tmp_path / "imgs").read_bytes()
     (tmp_path / "imgs").write_bytes(data[:-100])
@@ -59,7 +42,7 @@ def test_idx_corrupt_gzip(tmp_path):
 
 
 def test_images_and_labels_must_agree(tmp_path):
-    images, labels = _digits(10)
+    images, labels = digits(10)
     D.write_idx(tmp_path / "i", images)
     D.write_idx(tmp_path / "l", labels[:9])
     with pytest.raises(D.DataError, match="10 images but .* 9 labels"):

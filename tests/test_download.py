@@ -12,14 +12,13 @@ import threading
 
 import pytest
 import torch
-from test_data import write_raw_dataset
 from torchvision import datasets
 
 from handprop import data as D
 from handprop.errors import HandpropError
 from handprop.train import train
 
-from conftest import ROOT
+from conftest import ROOT, write_raw_dataset
 
 NAMES = [f"{stem}.gz" for split in D.FILES.values() for stem in split]
 

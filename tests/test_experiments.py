@@ -2,79 +2,22 @@
 one of them guards the quality of the whole pipeline."""
 
 import pytest
-from test_data import write_raw_dataset
 
 from handprop.train import train
 
-from conftest import CONF, FAST, compose_config
+from conftest import CONF, FAST, compose_config, write_raw_dataset
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
-# What each source prescribes (see the citation at the top of each file).
-RECIPES = {
-    "3b1b": dict(
-        hidden=[16, 16],
-        activation="sigmoid",
-        output_activation="sigmoid",
-        loss="quadratic",
-        init="normal",
-        normalize=False,
-        optimizer="SGD",
-        lr=3.0,
-        batch_size=10,
-        max_epochs=30,
-    ),
-    "nielsen_ch1": dict(
-        hidden=[30],
-        activation="sigmoid",
-        output_activation="sigmoid",
-        loss="quadratic",
-        init="normal",
-        normalize=False,
-        optimizer="SGD",
-        lr=3.0,
-        batch_size=10,
-        max_epochs=30,
-        l2=0.0,
-    ),
-    "nielsen_ch1_100": dict(
-        hidden=[100], activation="sigmoid", loss="quadratic", init="normal", lr=3.0, batch_size=10, max_epochs=30
-    ),
-    "nielsen_ch3": dict(
-        hidden=[100],
-        activation="sigmoid",
-        output_activation="identity",
-        loss="binary_cross_entropy",
-        init="normal_scaled",
-        normalize=False,
-        optimizer="SGD",
-        lr=0.5,
-        batch_size=10,
-        max_epochs=30,
-        l2=5.0,
-        weight_decay=0.0,
-    ),
-    "lecun_300": dict(hidden=[300], activation="scaled_tanh", loss="quadratic", init="lecun_uniform", max_epochs=20),
-    "lecun_1000": dict(hidden=[1000], activation="scaled_tanh", loss="quadratic", init="lecun_uniform", max_epochs=20),
-    "lecun_500_150": dict(
-        hidden=[500, 150], activation="scaled_tanh", loss="quadratic", init="lecun_uniform", max_epochs=20
-    ),
-}
+CLASSICS = [e for e in EXPERIMENTS if not e.startswith("fashion")]
 
 
-@pytest.mark.parametrize("experiment", sorted(RECIPES))
-def test_each_experiment_is_its_sources_recipe(tmp_path, experiment):
+@pytest.mark.parametrize("experiment", CLASSICS)
+def test_each_classic_cites_its_source_and_adds_nothing_to_it(tmp_path, experiment):
+    """The recipe itself is the experiment file, with its source cited at the top; what a
+    file must not do is inherit the default recipe's regularisation, which none of the
+    classics had."""
     cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
-    got = {
-        **cfg.model,
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[1],
-        "lr": cfg.optimizer.lr,
-        "weight_decay": cfg.optimizer.get("weight_decay", 0.0),
-        "batch_size": cfg.data.batch_size,
-        "max_epochs": cfg.trainer.max_epochs,
-    }
-    assert {k: got[k] for k in RECIPES[experiment]} == RECIPES[experiment]
-    # no regularisation the source does not have, no augmentation
     assert cfg.model.dropout == 0 and cfg.model.label_smoothing == 0 and not cfg.data.augment
     source = (CONF / "experiment" / f"{experiment}.yaml").read_text()
     assert source.startswith("# @package _global_\n#") and (

@@ -14,8 +14,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from handprop.callbacks.checkpoints import remove_stale_temporaries
 from handprop.errors import HandpropError
+from handprop.files import remove_stale_temporaries
 from handprop.train import train
 
 from conftest import FAST, ROOT, compose_config, run_printed, signal_when, tensorboard_run
@@ -70,7 +70,7 @@ def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
 
 SAVER = r"""
 import sys, torch
-from handprop.callbacks.checkpoints import AtomicCheckpointIO  # what a handprop run's Trainer saves with
+from handprop.files import AtomicCheckpointIO  # what a handprop run's Trainer saves with
 path = sys.argv[1]
 big = torch.arange(25_000_000, dtype=torch.float32)  # 100 MB: a save takes a while
 for i in range(1, 10_000):

@@ -153,7 +153,7 @@ class DigitClassifier(L.LightningModule):
     def training_recipe(self) -> dict[str, str | None]:
         """The optimiser and learning-rate schedule this module trains with, by name. A
         checkpoint records them: a resume restores their states, which fit only their own
-        kind (checkpoints.check_same_recipe)."""
+        kind (checkpoint.check_same_recipe)."""
 
         def name(factory):
             return None if factory is None else getattr(getattr(factory, "func", factory), "__name__", str(factory))

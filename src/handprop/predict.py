@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # predict.py --help answers without loading Lightning
-    from .callbacks.checkpoints import model_from_checkpoint, read_checkpoint  # noqa: PLC0415
+    from .checkpoint import model_from_checkpoint, read_checkpoint  # noqa: PLC0415
 
     try:
         # safe, ours, finite, consistent -- checked before anything is built, and read once

@@ -23,20 +23,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import build, build_all, build_data_and_model
-from .callbacks.checkpoints import (
-    FUNCTION_SETTINGS,
-    AtomicCheckpointIO,
-    InterruptCheckpoint,
-    atomic_write_text,
-    check_same_recipe,
-    is_disk_full,
-    model_from_checkpoint,
-    no_space,
-    read_checkpoint,
-    remove_stale_temporaries,
-)
+from .callbacks import InterruptCheckpoint
+from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
 from .config import check_config
 from .errors import HandpropError
+from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,10 @@
 """Lightning callbacks: handprop's checks, its checkpoints, and the pictures of a run."""
 
-from .checkpoints import AtomicCheckpointIO, BestCheckpoint, InterruptCheckpoint, LastCheckpoint
+from .checkpoints import BestCheckpoint, InterruptCheckpoint, LastCheckpoint
 from .checks import GradientAudit, NumericsGuard, ReplicaCheck, parameters_digest
 from .visuals import TensorBoardPictures, TrainingScalars
 
 __all__ = [
-    "AtomicCheckpointIO",
     "BestCheckpoint",
     "GradientAudit",
     "InterruptCheckpoint",

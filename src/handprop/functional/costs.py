@@ -1,0 +1,148 @@
+"""The costs: each with its gradient with respect to the network's output.
+
+Each cost is a forward/backward pair: forward returns C and what its gradient needs,
+backward turns g = ∂(whatever comes after)/∂C into ∂C/∂output. Both are computed in
+float32 (or float64) whatever the output's dtype: under autocast it arrives in
+bf16/fp16, and autocast does the same for PyTorch's own costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..rules import PROBABILITY, check_choice, probability, require
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def cross_entropy_forward(logits: Tensor, target: Tensor, label_smoothing: float = 0.0):
+    """C = -(1/N) Σ_n Σ_k q_nk log p_nk, with p = softmax(logits) and q the one-hot label,
+    softened by label smoothing ε to q = (1-ε)·onehot + ε/K."""
+    logp = torch.log_softmax(_at_least_float32(logits), dim=1)
+    nll = F.nll_loss(logp, target)  # -(1/N) Σ_n log p_n,label in one kernel
+    # with smoothing, q also puts ε/K on every class: -(ε/K)(1/N) Σ_nk log p_nk
+    loss = torch.lerp(nll, -logp.mean(), label_smoothing) if label_smoothing else nll
+    return loss, (logp, target)
+
+
+def cross_entropy_backward(g: Tensor, saved, label_smoothing: float = 0.0) -> Tensor:
+    """Softmax and log fused: ∂C/∂logits = (p - q) / N. No division by a small p, no
+    overflow for large logits."""
+    logp, target = saved
+    n, k = logp.shape
+    grad = logp.exp()  # p
+    if label_smoothing:
+        grad.sub_(label_smoothing / k)
+    grad.scatter_add_(1, target[:, None], grad.new_full((1, 1), label_smoothing - 1).expand(n, 1))  # -(1-ε)·onehot
+    return grad.mul_(g / n)
+
+
+def quadratic_forward(output: Tensor, target: Tensor, label_smoothing: float = 0.0):
+    """The cost of 3Blue1Brown's lesson: C = (1/N) Σ_n ½‖a_n - y_n‖², y_n the one-hot label.
+
+    The lesson adds up the squared differences of every output neuron from what it
+    should be and averages that over the examples; the ½ (Nielsen's convention in
+    network.py) only rescales the learning rate and makes the gradient clean."""
+    diff = _at_least_float32(output) - F.one_hot(target, output.shape[1])
+    return 0.5 * (diff * diff).sum() / output.shape[0], (diff,)
+
+
+def quadratic_backward(g: Tensor, saved, label_smoothing: float = 0.0) -> Tensor:
+    """∂C/∂a = (a - y) / N."""
+    (diff,) = saved
+    return diff * (g / diff.shape[0])
+
+
+def binary_cross_entropy_forward(logits: Tensor, target: Tensor, label_smoothing: float = 0.0):
+    """Nielsen's cross-entropy cost (chapter 3, network2.py's CrossEntropyCost): every
+    output neuron is its own sigmoid yes/no, a = σ(z), and
+    C = -(1/N) Σ_n Σ_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)], y the one-hot label.
+    Taken on the logits z, per neuron softplus(z) - y z: the same number, without the
+    log of a saturated sigmoid."""
+    z = _at_least_float32(logits)
+    y = F.one_hot(target, z.shape[1]).to(z.dtype)
+    loss = (F.softplus(z) - y * z).sum() / z.shape[0]
+    return loss, (torch.sigmoid(z).sub_(y),)
+
+
+def binary_cross_entropy_backward(g: Tensor, saved, label_smoothing: float = 0.0) -> Tensor:
+    """∂C/∂z = (σ(z) - y) / N: the output neuron's σ'(z) cancels, which is why Nielsen
+    brings this cost in -- no learning slowdown for a saturated, wrong output."""
+    (delta,) = saved
+    return delta * (g / delta.shape[0])
+
+
+@dataclass(frozen=True)
+class Cost:
+    name: str
+    forward: Callable
+    backward: Callable
+    reference: Callable  # PyTorch's own ops, differentiated by autograd
+    probabilities: Callable[[Tensor], Tensor]  # the outputs, read as class probabilities (for pictures, predict)
+
+
+def _normalised(scores: Tensor) -> Tensor:
+    return scores / scores.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+# How each cost's outputs read as class probabilities: the softmax that cross-entropy
+# scores; for the costs that score every output neuron on its own, each neuron's
+# activation (its sigmoid, for Nielsen's cross-entropy), normalised to sum to 1.
+def _softmax(out: Tensor) -> Tensor:
+    return out.float().softmax(1)
+
+
+def _each_activation(out: Tensor) -> Tensor:
+    return _normalised(out.float().clamp_min(0))
+
+
+def _each_sigmoid(out: Tensor) -> Tensor:
+    return _normalised(out.float().sigmoid())
+
+
+def _quadratic_reference(output: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    return quadratic_forward(output, target)[0]  # plain torch ops: autograd differentiates them
+
+
+def _cross_entropy_reference(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+
+def _binary_cross_entropy_reference(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    y = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / logits.shape[0]
+
+
+COSTS: dict[str, Cost] = {
+    c.name: c
+    for c in (
+        Cost("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_reference, _softmax),
+        Cost("quadratic", quadratic_forward, quadratic_backward, _quadratic_reference, _each_activation),
+        Cost(
+            "binary_cross_entropy",
+            binary_cross_entropy_forward,
+            binary_cross_entropy_backward,
+            _binary_cross_entropy_reference,
+            _each_sigmoid,
+        ),
+    )
+}
+
+
+def check_cost(cost: str, label_smoothing: float) -> None:
+    """The cost's name and its label smoothing, which softens the softmax cost's target only."""
+    check_choice("loss", cost, COSTS)
+    require(probability(label_smoothing), "label_smoothing", label_smoothing, PROBABILITY)
+    require(
+        not label_smoothing or cost == "cross_entropy",
+        "label_smoothing",
+        label_smoothing,
+        "applies to {prefix}loss=cross_entropy only; set it to 0",
+    )
