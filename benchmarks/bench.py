@@ -492,58 +492,55 @@ def fashion_time_to_accuracy(
 
 # --------------------------------------------------------------------------- pictures
 
-PICTURE_CALLBACKS = ("training_scalars", "pictures")
+PICTURE_CALLBACKS = {"training_scalars": TrainingScalars, "pictures": TensorBoardPictures}
+_INSIDE = {"s": 0.0}  # seconds spent inside the timed callbacks' hooks
+
+
+def _timed(callback_class: type) -> type:
+    """A subclass of a callback whose every hook (those the class defines: Lightning calls
+    hooks by name) adds the seconds it takes to ``_INSIDE``."""
+
+    def timed(name: str):
+        def hook(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return getattr(super(timed_class, self), name)(*args, **kwargs)
+            finally:
+                _INSIDE["s"] += time.perf_counter() - start
+
+        return hook
+
+    hooks = [n for n, v in vars(callback_class).items() if n.startswith(("on_", "setup")) and callable(v)]
+    timed_class = type(f"Timed{callback_class.__name__}", (callback_class,), {n: timed(n) for n in hooks})
+    return timed_class
+
+
+TIMED = {key: _timed(cls) for key, cls in PICTURE_CALLBACKS.items()}
+for _cls in TIMED.values():
+    globals()[_cls.__name__] = _cls  # where Hydra's _target_ finds them
 
 
 def pictures_cost(overrides=()) -> dict:
     """What the TensorBoard pictures and scalars cost a default ``python train.py``: the
     run's wall time (fit and test) with and without the two callbacks, and the seconds
-    spent inside their hooks, timed in the run that has them."""
-
-    inside = {"s": 0.0}
-
-    def timed(hook):
-        def run(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return hook(*args, **kwargs)
-            finally:
-                inside["s"] += time.perf_counter() - start
-
-        return run
-
-    def instrument(cls):  # time every hook the class defines (Lightning looks hooks up by name)
-        original = cls.__init__
-
-        def init(self, *args, **kwargs):
-            original(self, *args, **kwargs)
-            for name, value in vars(cls).items():
-                if name.startswith(("on_", "setup")) and callable(value):
-                    setattr(self, name, timed(getattr(self, name)))
-
-        return original, init
-
+    spent inside their hooks, timed in the run that has them (the same callbacks,
+    subclassed to time their hooks)."""
+    with_timed = [f"callbacks.{key}._target_={__name__}.{cls.__name__}" for key, cls in TIMED.items()]
+    without = [f"callbacks.{key}=null" for key in PICTURE_CALLBACKS]
     out = {"recipe": "default python train.py" + (" " + " ".join(overrides) if overrides else "")}
-    for name, extra in (("without", [f"callbacks.{c}=null" for c in PICTURE_CALLBACKS]), ("with", [])):
-        saved = {cls: instrument(cls) for cls in (TrainingScalars, TensorBoardPictures)}
-        for cls, (_, init) in saved.items():
-            cls.__init__ = init
-        try:
-            with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
-                cfg = compose(
-                    [*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir
-                )
-                inside["s"] = 0.0
-                start = time.perf_counter()
-                metrics = train(cfg)
-                out[f"{name}_s"] = time.perf_counter() - start
-                out[f"{name}_fit_s"] = metrics["time/fit_s"]
-        finally:
-            for cls, (original, _) in saved.items():
-                cls.__init__ = original
-    out["inside_callbacks_s"] = inside["s"]
+    for name, extra in (("without", without), ("with", with_timed)):
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
+            cfg = compose(
+                [*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir
+            )
+            _INSIDE["s"] = 0.0
+            start = time.perf_counter()
+            metrics = train(cfg)
+            out[f"{name}_s"] = time.perf_counter() - start
+            out[f"{name}_fit_s"] = metrics["time/fit_s"]
+    out["inside_callbacks_s"] = _INSIDE["s"]
     out["wall_overhead"] = out["with_s"] / out["without_s"] - 1
-    out["inside_share"] = inside["s"] / (out["with_s"] - inside["s"])
+    out["inside_share"] = _INSIDE["s"] / (out["with_s"] - _INSIDE["s"])
     return out
 
 
@@ -573,6 +570,96 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _report_backward(rows: list[dict], batch: int, threads: int) -> str:
+    return (
+        f"\nManual backward vs PyTorch autograd: one training step, batch {batch}, CPU threads {threads}\n"
+        "speed ratio = autograd time / manual time (>= 1: ours as fast or faster); "
+        "memory ratio = manual saved bytes / autograd saved bytes (<= 1: ours keeps no more)\n\n"
+        + _table(
+            rows,
+            [
+                ("network", "network", "<18"),
+                ("recipe", "recipe", "<8"),
+                ("manual ms", "step_ms_manual", ">9.3f"),
+                ("autograd ms", "step_ms_autograd", ">11.3f"),
+                ("speed ratio", "speed_ratio", ">11.3f"),
+                ("saved bytes manual", "saved_bytes_manual", ">18,"),
+                ("saved bytes autograd", "saved_bytes_autograd", ">20,"),
+                ("memory ratio", "memory_ratio", ">12.3f"),
+            ],
+        )
+    )
+
+
+def _report_audit(a: dict) -> str:
+    return (
+        f"\nGradient audit every {a['every_n_steps']} steps ({a['network']}): one audit {a['audit_ms']:.2f} ms, "
+        f"a step {a['step_ms']:.2f} ms -> +{a['overhead_pct']:.2f}% of training time"
+    )
+
+
+def _report_gemm(g: dict) -> str:
+    return (
+        f"\nLarge-MLP step ({g['network']}, batch {g['batch']}, float32): {g['step_ms']:.1f} ms = "
+        f"{g['step_gflops']:.1f} GFLOP/s; a {g['gemm_size']}x{g['gemm_size']} matrix product runs at "
+        f"{g['gemm_gflops']:.1f} GFLOP/s -> {100 * g['fraction_of_gemm']:.0f}% of the machine's GEMM rate"
+    )
+
+
+def _report_epoch(e: dict) -> str:
+    return (
+        f"\nOne epoch of the default recipe on {e['device']} (median of {e['epochs'] - 1}): handprop under "
+        f"Lightning {e['handprop_epoch_s']:.3f} s ({e['handprop_samples_per_s']:,.0f} samples/s), "
+        f"plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
+        f"(framework overhead {100 * e['overhead_vs_plain_loop']:+.1f}%), torchvision MNIST + DataLoader "
+        f"{e['torchvision_dataloader_epoch_s']:.3f} s ({e['speedup_vs_torchvision']:.1f}x slower than handprop)\n"
+        f"The data path alone, one epoch of ready batches (no augmentation, no training): handprop's "
+        f"loader {1e3 * e['handprop_loader_epoch_s']:.1f} ms, torchvision MNIST + DataLoader "
+        f"{1e3 * e['torchvision_loader_epoch_s']:.1f} ms ({e['loader_speedup_vs_torchvision']:.0f}x)"
+    )
+
+
+def _report_pictures(p: dict) -> str:
+    return (
+        f"\nTensorBoard pictures and scalars, a default python train.py: {p['with_s']:.1f} s with them, "
+        f"{p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); {p['inside_callbacks_s']:.2f} s "
+        f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run"
+    )
+
+
+def _fashion(args, quick: dict) -> dict | None:
+    """Both Fashion-MNIST recipes to their target accuracy; --quick: one, on 600 sample
+    digits written as Fashion-MNIST's files; None when the dataset is not installed."""
+    if args.quick:
+        with tempfile.TemporaryDirectory() as fake:
+            for split, stem in (("train", "train"), ("test", "t10k")):
+                x, y = load_split("sample", split)
+                write_idx(Path(fake) / f"{stem}-images-idx3-ubyte.gz", x[:600])
+                write_idx(Path(fake) / f"{stem}-labels-idx1-ubyte.gz", y[:600])
+            return {"fashion_fast": fashion_time_to_accuracy(fake, "fashion_fast", **quick["fashion"])}
+    root = Path(args.fashion_dir)
+    if not (root / "t10k-images-idx3-ubyte.gz").exists() and not (root / "FashionMNIST" / "raw").is_dir():
+        print(f"\nFashion-MNIST: not found in {root} (apt-get install dataset-fashion-mnist, or --fashion-dir)")
+        return None
+    return {e: fashion_time_to_accuracy(root, e, device=args.device) for e in ("fashion_fast", "fashion_mlp")}
+
+
+def _report_fashion(results: dict | None) -> str:
+    lines = []
+    for f in (results or {}).values():
+        lines.append(
+            f"\nFashion-MNIST ({f['recipe']}), seconds of training to {100 * f['target']:.0f}% test accuracy / "
+            "final accuracy / training time:"
+        )
+        for name in ("handprop", "plain_loop"):
+            r = f[name]
+            to = f"{r['seconds_to_target']:.1f} s" if r["seconds_to_target"] is not None else "not reached"
+            lines.append(
+                f"  {name:<11} {to:>12}  {100 * r['final_test_acc']:.2f}%  {r['train_s']:.1f} s ({r['epochs']} epochs)"
+            )
+    return "\n".join(lines) if lines else "\nFashion-MNIST: skipped"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/bench/bench.json", help="where to write the JSON results")
@@ -595,117 +682,35 @@ def main(argv: list[str] | None = None) -> dict:
     quick = QUICK if args.quick else {}
     if args.quick:
         args.repeats, args.batch = 1, 16
-    sections = set(args.only.split(","))
+    sections = args.only.split(",")
     results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save():
-        out.write_text(json.dumps(results, indent=2) + "\n")
-
-    if "backward" in sections:
-        rows = [
-            backward_vs_autograd(h, r, args.batch, args.repeats) for r in RECIPES for h in quick.get("sizes", SIZES)
-        ]
-        results["backward"] = rows
-        print(
-            f"\nManual backward vs PyTorch autograd: one training step, batch {args.batch}, "
-            f"CPU threads {results['threads']}"
-        )
-        print(
-            "speed ratio = autograd time / manual time (>= 1: ours as fast or faster); "
-            "memory ratio = manual saved bytes / autograd saved bytes (<= 1: ours keeps no more)\n"
-        )
-        print(
-            _table(
-                rows,
-                [
-                    ("network", "network", "<18"),
-                    ("recipe", "recipe", "<8"),
-                    ("manual ms", "step_ms_manual", ">9.3f"),
-                    ("autograd ms", "step_ms_autograd", ">11.3f"),
-                    ("speed ratio", "speed_ratio", ">11.3f"),
-                    ("saved bytes manual", "saved_bytes_manual", ">18,"),
-                    ("saved bytes autograd", "saved_bytes_autograd", ">20,"),
-                    ("memory ratio", "memory_ratio", ">12.3f"),
+    # (result key, what measures it, what reports it), in the order asked for
+    steps = {
+        "backward": [
+            (
+                "backward",
+                lambda: [
+                    backward_vs_autograd(h, r, args.batch, args.repeats)
+                    for r in RECIPES
+                    for h in quick.get("sizes", SIZES)
                 ],
-            )
-        )
-        results["audit"] = audit = audit_overhead(repeats=args.repeats, **quick.get("audit", {}))
-        print(
-            f"\nGradient audit every {audit['every_n_steps']} steps ({audit['network']}): one audit "
-            f"{audit['audit_ms']:.2f} ms, a step {audit['step_ms']:.2f} ms -> "
-            f"+{audit['overhead_pct']:.2f}% of training time"
-        )
-        save()
-    if "gemm" in sections:
-        results["gemm"] = g = gemm_fraction(repeats=args.repeats, **quick.get("gemm", {}))
-        print(
-            f"\nLarge-MLP step ({g['network']}, batch {g['batch']}, float32): {g['step_ms']:.1f} ms = "
-            f"{g['step_gflops']:.1f} GFLOP/s; a {g['gemm_size']}x{g['gemm_size']} matrix product runs at "
-            f"{g['gemm_gflops']:.1f} GFLOP/s "
-            f"-> {100 * g['fraction_of_gemm']:.0f}% of the machine's GEMM rate"
-        )
-        save()
-    if "epoch" in sections:
-        results["epoch"] = e = epoch_speed(device=args.device, **quick.get("epoch", {}))
-        print(
-            f"\nOne epoch of the default recipe on {e['device']} (median of {e['epochs'] - 1}): handprop under "
-            f"Lightning {e['handprop_epoch_s']:.3f} s ({e['handprop_samples_per_s']:,.0f} samples/s), "
-            f"plain PyTorch loop on the same tensors {e['plain_loop_epoch_s']:.3f} s "
-            f"(framework overhead {100 * e['overhead_vs_plain_loop']:+.1f}%), torchvision MNIST + DataLoader "
-            f"{e['torchvision_dataloader_epoch_s']:.3f} s ({e['speedup_vs_torchvision']:.1f}x slower than handprop)"
-        )
-        print(
-            f"The data path alone, one epoch of ready batches (no augmentation, no training): handprop's "
-            f"loader {1e3 * e['handprop_loader_epoch_s']:.1f} ms, torchvision MNIST + DataLoader "
-            f"{1e3 * e['torchvision_loader_epoch_s']:.1f} ms ({e['loader_speedup_vs_torchvision']:.0f}x)"
-        )
-        save()
-    if "pictures" in sections:
-        results["pictures"] = p = pictures_cost(**quick.get("pictures", {}))
-        print(
-            f"\nTensorBoard pictures and scalars, a default python train.py: {p['with_s']:.1f} s with them, "
-            f"{p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); {p['inside_callbacks_s']:.2f} s "
-            f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run"
-        )
-        save()
-    if "fashion" in sections and args.quick:  # the same code on a few hundred digits written as Fashion-MNIST's files
-        with tempfile.TemporaryDirectory() as fake:
-            for split, stem in (("train", "train"), ("test", "t10k")):
-                x, y = load_split("sample", "test" if split == "test" else "train")
-                write_idx(Path(fake) / f"{stem}-images-idx3-ubyte.gz", x[:600])
-                write_idx(Path(fake) / f"{stem}-labels-idx1-ubyte.gz", y[:600])
-            results["fashion"] = {"fashion_fast": fashion_time_to_accuracy(fake, "fashion_fast", **quick["fashion"])}
-        print("\nFashion-MNIST: ran on 600 stand-in digits (--quick)")
-        save()
-    elif "fashion" in sections:
-        if (
-            not (Path(args.fashion_dir) / "t10k-images-idx3-ubyte.gz").exists()
-            and not (Path(args.fashion_dir) / "FashionMNIST" / "raw").is_dir()
-        ):
-            print(
-                f"\nFashion-MNIST: skipped, not found in {args.fashion_dir} "
-                "(apt-get install dataset-fashion-mnist, or --fashion-dir)"
-            )
-        else:
-            results["fashion"] = {}
-            for experiment in ("fashion_fast", "fashion_mlp"):
-                results["fashion"][experiment] = f = fashion_time_to_accuracy(
-                    args.fashion_dir, experiment, device=args.device
-                )
-                print(
-                    f"\nFashion-MNIST ({f['recipe']}), seconds of training to {100 * f['target']:.0f}% test "
-                    f"accuracy / final accuracy / training time:"
-                )
-                for name in ("handprop", "plain_loop"):
-                    r = f[name]
-                    to = f"{r['seconds_to_target']:.1f} s" if r["seconds_to_target"] is not None else "not reached"
-                    print(
-                        f"  {name:<11} {to:>12}  {100 * r['final_test_acc']:.2f}%  {r['train_s']:.1f} s "
-                        f"({r['epochs']} epochs)"
-                    )
-                save()
+                lambda rows: _report_backward(rows, args.batch, results["threads"]),
+            ),
+            ("audit", lambda: audit_overhead(repeats=args.repeats, **quick.get("audit", {})), _report_audit),
+        ],
+        "gemm": [("gemm", lambda: gemm_fraction(repeats=args.repeats, **quick.get("gemm", {})), _report_gemm)],
+        "epoch": [("epoch", lambda: epoch_speed(device=args.device, **quick.get("epoch", {})), _report_epoch)],
+        "pictures": [("pictures", lambda: pictures_cost(**quick.get("pictures", {})), _report_pictures)],
+        "fashion": [("fashion", lambda: _fashion(args, quick), _report_fashion)],
+    }
+    for section in sections:
+        for key, measure, report in steps[section]:
+            results[key] = measure()
+            print(report(results[key]))
+            out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {out}")
     return results
 
