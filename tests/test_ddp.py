@@ -148,18 +148,12 @@ def test_the_cli_says_so_and_launches_nothing(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+# two jobs of a small run, each on two CPU processes
+SWEEP = ("-m", "optimizer.lr=0.01,0.02", "trainer.accelerator=cpu", "trainer.devices=2", "debug=fast")
+
+
 def test_a_sweep_with_trainer_ddp_is_refused_not_hung(tmp_path):
-    proc = _train(
-        "train.py",
-        "-m",
-        "optimizer.lr=0.01,0.02",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "debug=fast",
-        f"hydra.sweep.dir={tmp_path}/sweep",
-        timeout=120,
-    )
+    proc = _train("train.py", *SWEEP, "trainer=ddp", f"hydra.sweep.dir={tmp_path}/sweep", timeout=120)
     assert proc.returncode == 2
     assert "cannot run inside a -m sweep" in proc.stderr and "trainer=ddp_spawn" in proc.stderr
 
@@ -167,17 +161,7 @@ def test_a_sweep_with_trainer_ddp_is_refused_not_hung(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_with_trainer_ddp_spawn_runs_every_job(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = _train(
-        "train.py",
-        "-m",
-        "optimizer.lr=0.01,0.02",
-        "trainer=ddp_spawn",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "debug=fast",
-        "callbacks.pictures=null",
-        f"hydra.sweep.dir={sweep}",
-    )
+    proc = _train("train.py", *SWEEP, "trainer=ddp_spawn", "callbacks.pictures=null", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, lr in (("0", 0.01), ("1", 0.02)):
         assert json.loads((sweep / job / "metrics.json").read_text())["trainer/global_step"] == 8

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as HF
-from .rules import PROBABILITY, check_choice, positive_int, probability, require
+from .rules import PROBABILITY, SettingError, check_choice, positive_int, probability, require
 
 INITS = ("pytorch", "normal", "normal_scaled", "lecun_uniform", "xavier", "kaiming")
 
@@ -105,13 +105,15 @@ class MLP(nn.Module):
         require(len(sizes) >= 2, "sizes", sizes, "needs at least an input and an output size")
         require(all(positive_int(s) for s in sizes), "sizes", sizes, "every layer size must be a positive integer")
         require(probability(dropout), "dropout", dropout, PROBABILITY)
-        # each layer checks its own activation; these two are named as the caller named them
-        check_choice("activation", activation, HF.ACTIVATIONS)
-        check_choice("output_activation", output_activation, HF.ACTIVATIONS)
         self.sizes = sizes
         self.dropout = dropout
-        acts = [activation] * (len(sizes) - 2) + [output_activation]
-        self.layers = nn.ModuleList(Linear(n_in, n_out, act, init) for n_in, n_out, act in zip(sizes, sizes[1:], acts))
+        self.layers = nn.ModuleList(Linear(n_in, n_out, activation, init) for n_in, n_out in zip(sizes, sizes[1:-1]))
+        if not self.layers:  # no hidden layer takes the activation: a misspelt one is still an error
+            check_choice("activation", activation, HF.ACTIVATIONS)
+        try:  # each layer checks its own activation and init; the output layer's is our output_activation
+            self.layers.append(Linear(sizes[-2], sizes[-1], output_activation, init))
+        except SettingError as e:
+            raise SettingError("output_activation", e.allowed, e.value) if e.name == "activation" else e from None
         self.backward = backward
 
     @property
