@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import textbook
 import torch
 from torchvision import datasets, transforms
 
@@ -644,6 +645,13 @@ def _fashion(args, quick: dict) -> dict | None:
     return {e: fashion_time_to_accuracy(root, e, device=args.device) for e in ("fashion_fast", "fashion_mlp")}
 
 
+def _batch10(args) -> dict:
+    """Nielsen's chapter-1 epoch four ways: on full MNIST when it is there, else on the sample."""
+    full = not args.quick and (Path(args.mnist_dir) / "MNIST" / "raw").is_dir()
+    overrides = ("data=mnist", f"data.data_dir={Path(args.mnist_dir).resolve()}") if full else ()
+    return textbook.batch10_speed(overrides, repeats=1 if args.quick else 3)
+
+
 def _report_fashion(results: dict | None) -> str:
     lines = []
     for f in (results or {}).values():
@@ -665,12 +673,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="outputs/bench/bench.json", help="where to write the JSON results")
     parser.add_argument("--repeats", type=int, default=9, help="repeats per measurement (median taken)")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--only", default="backward,gemm,epoch,pictures,fashion", help="comma-separated sections")
+    parser.add_argument(
+        "--only", default="batch10,backward,gemm,epoch,pictures,fashion", help="comma-separated sections"
+    )
     parser.add_argument("--device", default="cpu", help="where the epoch and fashion sections train (cpu, cuda)")
     parser.add_argument(
         "--fashion-dir",
         default="/usr/share/datasets/fashion-mnist",
         help="Fashion-MNIST's four IDX files (apt-get install dataset-fashion-mnist)",
+    )
+    parser.add_argument(
+        "--mnist-dir",
+        default="../shared/data/mnist",
+        help="full MNIST in torchvision's layout, for the batch-10 section (else the embedded sample)",
     )
     parser.add_argument(
         "--quick",
@@ -705,6 +720,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch": [("epoch", lambda: epoch_speed(device=args.device, **quick.get("epoch", {})), _report_epoch)],
         "pictures": [("pictures", lambda: pictures_cost(**quick.get("pictures", {})), _report_pictures)],
         "fashion": [("fashion", lambda: _fashion(args, quick), _report_fashion)],
+        "batch10": [("batch10", lambda: _batch10(args), textbook.report)],
     }
     for section in sections:
         for key, measure, report in steps[section]:

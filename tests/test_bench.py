@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from textbook import NetworkPy, PlainLoop, RawMath
 
 from handprop import functional as HF
 from handprop.compose import compose
@@ -108,13 +109,15 @@ def test_the_benchmark_runs_every_section(tmp_path):
     proc = run_cli("benchmarks/bench.py", "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert {"backward", "audit", "gemm", "epoch", "pictures", "fashion"} <= set(results)
+    assert {"batch10", "backward", "audit", "gemm", "epoch", "pictures", "fashion"} <= set(results)
+    assert set(results["batch10"]["epoch_s"]) == {"handprop", "network.py", "plain_loop", "raw_math"}
     assert {row["recipe"] for row in results["backward"]} == {"default", "plain"}
     assert results["audit"]["audit_ms"] > 0 and results["gemm"]["step_gflops"] > 0
     assert results["epoch"]["handprop_epoch_s"] > 0 and results["pictures"]["with_s"] > 0
     fashion = results["fashion"]["fashion_fast"]
     assert fashion["handprop"]["epochs"] == fashion["plain_loop"]["epochs"] == 1
     for line in (
+        "Batch 10, one epoch of experiment=nielsen_ch1",
         "Manual backward vs PyTorch autograd",
         "Gradient audit every 100 steps",
         "Large-MLP step",
@@ -123,3 +126,28 @@ def test_the_benchmark_runs_every_section(tmp_path):
         "Fashion-MNIST",
     ):
         assert line in proc.stdout
+
+
+def test_the_textbook_loops_compute_the_same_descent():
+    """network.py's per-digit loop, the plain PyTorch loop and the raw math are one
+    algorithm: from the same weights, over the same batches, they end at the same weights."""
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(60, 784, generator=g), torch.arange(60) % 10
+    order = torch.randperm(60, generator=g)
+    raw, numpy_net, plain = (cls(images, labels, seed=0) for cls in (RawMath, NetworkPy, PlainLoop))
+    start = [raw.w1.clone(), raw.b1.clone(), raw.w2.clone(), raw.b2.clone()]
+    numpy_net.weights = [start[0].double().numpy(), start[2].double().numpy()]
+    numpy_net.biases = [start[1].double().numpy()[:, None], start[3].double().numpy()[:, None]]
+    with torch.no_grad():
+        for p, value in zip(plain.net.parameters(), start):
+            p.copy_(value)
+    for loop in (raw, numpy_net, plain):
+        loop.epoch(order)
+    assert not torch.equal(raw.w1, start[0])
+    ends = {
+        "network.py": [torch.from_numpy(numpy_net.weights[0]).float(), torch.from_numpy(numpy_net.weights[1]).float()],
+        "plain_loop": [plain.net[0].weight.detach(), plain.net[2].weight.detach()],
+    }
+    for name, (w1, w2) in ends.items():
+        torch.testing.assert_close(w1, raw.w1, atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(w2, raw.w2, atol=1e-5, rtol=1e-4, msg=name)
