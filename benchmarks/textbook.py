@@ -97,6 +97,9 @@ class PlainLoop:
         self.net = torch.nn.Sequential(
             torch.nn.Linear(784, 30), torch.nn.Sigmoid(), torch.nn.Linear(30, 10), torch.nn.Sigmoid()
         )
+        with torch.no_grad():  # N(0, 1), as network.py draws them
+            for p in self.net.parameters():
+                p.normal_()
         self.opt = torch.optim.SGD(self.net.parameters(), lr=ETA)
         self.x, self.y = images, torch.nn.functional.one_hot(labels, 10).float()
 
@@ -184,15 +187,15 @@ def batch10_speed(overrides=(), repeats: int = 3, threads: int = 1) -> dict:
 def _batch10_speed(overrides, repeats: int) -> dict:
     images, labels, seed = _digits(overrides)
     loops = {"network.py": NetworkPy, "plain_loop": PlainLoop, "raw_math": RawMath}
-    built = {name: cls(images, labels, seed) for name, cls in loops.items()}
     seconds: dict[str, list[float]] = {"handprop": [], **{name: [] for name in loops}}
     fit_s = []
-    for epoch in range(repeats):
+    order = _order(len(labels), seed, 0)  # handprop's first epoch: every round, every loop, from fresh weights
+    for _ in range(repeats):
         train_s, whole = _handprop_epoch(overrides)
         seconds["handprop"].append(train_s)
         fit_s.append(whole)
-        order = _order(len(labels), seed, epoch)
-        for name, loop in built.items():
+        for name, cls in loops.items():
+            loop = cls(images, labels, seed)
             start = time.perf_counter()
             loop.epoch(order)
             seconds[name].append(time.perf_counter() - start)

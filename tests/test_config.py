@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from handprop.build import build
+from handprop.callbacks import NumericsGuard
 from handprop.config import RANGES, _leaves, config_problems, unknown_override_message
 from handprop.errors import ConfigError, HandpropError
 from handprop.rules import require
@@ -49,6 +50,13 @@ from conftest import CONF, compose_config
         ("data.val_size=-5", "data.val_size=-5: must be a positive integer"),
         ("data.augment.flip=1.5", "data.augment.flip=1.5: must be a probability in [0, 1]"),
         ("data.augment.rotation=-3", "data.augment.rotation=-3: must be a number >= 0"),
+        ("callbacks.last_checkpoint.every_n_epochs=0", "callbacks.last_checkpoint.every_n_epochs=0: must be a"),
+        ("data.augment=abc", "data.augment='abc': must be a mapping"),
+        ("data=mnist data.download=true data.data_dir=null", "data.data_dir=None: is needed for dataset=mnist"),
+        (
+            "callbacks.interrupt_checkpoint.filename=''",
+            "callbacks.interrupt_checkpoint.filename='': must be a file name",
+        ),
         ("model.label_smoothing=1", "model.label_smoothing=1: must be a probability in [0, 1)"),
         ("optimizer=sgd optimizer.momentum=1.2", "optimizer.momentum=1.2: must be in [0, 1)"),
         (
@@ -207,6 +215,9 @@ def test_every_range_rule_is_used_by_some_shipped_key(tmp_path):
         (["model.hidden=[3"], None),  # a syntax error: Hydra shows where
         (["model=cnn"], None),  # a missing option: Hydra lists the options itself
         (["model.hiden=3"], "model.hiden: unknown key. Did you mean model.hidden?"),
+        (["seed.x=1"], "seed.x: seed holds no settings to override (it is a single value, or an empty group)"),
+        (["model.hidden.x=3"], None),  # a list, not a mapping: Hydra's own message
+        (["hydra.job.chdir=abc"], None),  # a wrong type, not a missing key: Hydra's own message
         (
             ["-m", "optimizer.lr=0.1,0.2", "modle.hidden=[3]"],
             "modle: unknown key. Did you mean model? The config has: seed,",
@@ -232,14 +243,23 @@ class Refuses:
         require(size > 0, "size", size, "must be a positive integer, or {prefix}bug=true")
 
 
-def test_a_refused_setting_is_named_by_its_config_key_and_any_other_error_is_a_bug():
+def test_a_refused_setting_is_named_by_its_config_key_and_any_other_error_is_a_bug(monkeypatch):
     node = lambda **kw: OmegaConf.create({"_target_": f"{__name__}.Refuses", **kw})  # noqa: E731
     with pytest.raises(ConfigError, match=r"^toy.size=0: must be a positive integer, or toy.bug=true$"):
         build("toy", node(size=0))
-    with pytest.raises(InstantiationException) as bug:  # not a ConfigError: the entry points show its traceback
-        build("toy", node(bug=True))
-    assert not isinstance(bug.value, HandpropError) and isinstance(bug.value.__cause__, ValueError)
     assert isinstance(build("toy", node(size=2)), Refuses)
+    # other libraries refuse a setting with a ValueError: named by the key, as Lightning's are
+    with pytest.raises(ConfigError, match="^toy: an internal inconsistency$"):
+        build("toy", node(bug=True))
+
+    # in handprop's own code a plain ValueError is a bug: it keeps its traceback
+    def broken(self, every_n_steps=10):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(NumericsGuard, "__init__", broken)
+    with pytest.raises(InstantiationException) as bug:
+        build("callbacks.numerics_guard", OmegaConf.create({"_target_": "handprop.callbacks.NumericsGuard"}))
+    assert not isinstance(bug.value, HandpropError) and isinstance(bug.value.__cause__, ValueError)
 
 
 def test_the_constructors_check_runs_on_the_meta_device_before_any_work(train_cfg):

@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
+from omegaconf.errors import InterpolationResolutionError
 
 from .errors import ConfigError, HandpropError
 from .rules import SettingError
@@ -26,7 +27,9 @@ def build(key: str, node: DictConfig, **kwargs):
         cause = e.__cause__
         if isinstance(cause, SettingError):
             raise ConfigError(cause.message(f"{key}.")) from None
-        if isinstance(cause, MisconfigurationException):
+        if isinstance(cause, MisconfigurationException) or (
+            isinstance(cause, ValueError) and not str(node.get("_target_", "")).startswith("handprop.")
+        ):  # how Lightning and PyTorch refuse a setting; handprop's own code refuses with SettingError
             raise ConfigError(f"{key}: {cause}") from None
         if isinstance(cause, HandpropError):
             raise cause from None
@@ -75,4 +78,8 @@ def construction_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list
                 build(key, node, **kwargs)
         except HandpropError as e:
             problems.append(str(e))
+        except InstantiationException as e:
+            if not isinstance(e.__cause__, InterpolationResolutionError):
+                raise
+            # a value only a Hydra run fills in (${hydra:runtime.output_dir}): checked when it runs
     return problems

@@ -32,7 +32,7 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
 
 from .build import construction_problems
 from .data import per_process_batch
@@ -111,6 +111,7 @@ RANGES: list[tuple[str, Callable[[object], bool], str]] = [
         "must be null (all), a number of batches >= 0, or a fraction in [0, 1]",
     ),
     ("trainer.overfit_batches", _limit_batches, "must be 0 (off), a number of batches, or a fraction in [0, 1]"),
+    ("callbacks.*_checkpoint.every_n_epochs", *_POSITIVE_INT),  # Lightning reads 0 as "never save"
     ("callbacks.*.save_top_k", lambda v: is_int(v) and v >= -1, "must be an integer >= -1 (-1: keep all)"),
     ("callbacks.*.refresh_rate", lambda v: is_int(v) and v >= 0, "must be an integer >= 0 (0: no bar)"),
 ]
@@ -181,7 +182,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     # data.batch_size is the global batch: checked here, before any process is launched,
     # when the number of processes is known
     devices, nodes, batch = (values.get(k) for k in ("trainer.devices", "trainer.num_nodes", "data.batch_size"))
-    if positive_int(devices) and positive_int(nodes or 1) and "data.batch_size" not in problems:
+    if positive_int(devices) and positive_int(nodes or 1) and positive_int(batch) and "data.batch_size" not in problems:
         try:
             per_process_batch(batch, devices * (nodes or 1), f"trainer.devices={devices} x trainer.num_nodes={nodes}")
         except SettingError as e:
@@ -237,14 +238,23 @@ def unknown_override_message(config_dir: str | Path, config_name: str, argv: lis
             compose(config_name, list(plain.values()))
         return None
     except ConfigCompositionException as e:
-        missing = e.__cause__
-        if not isinstance(missing, OmegaConfBaseException) or not isinstance(missing.parent_node, DictConfig):
-            return None
+        missing = e.__cause__  # OmegaConf's own error, naming the missing key and where it was looked for
+        if not isinstance(missing, (ConfigKeyError, ConfigAttributeError)) or not isinstance(
+            missing.parent_node, DictConfig
+        ):
+            return None  # a wrong type, a missing option: Hydra's message says it well
+    except Exception:  # noqa: BLE001 -- any other failure is Hydra's to report, as it will when it runs
+        return None
     finally:
         GlobalHydra.instance().clear()
-    key = next(k for k in plain if k == missing.full_key or k.startswith(f"{missing.full_key}."))
-    node, where, last = missing.parent_node, missing.full_key.rpartition(".")[0], missing.key
+    key = next((k for k in plain if k == missing.full_key or k.startswith(f"{missing.full_key}.")), None)
+    node, last = missing.parent_node, missing.key
+    where = missing.full_key.rpartition(".")[0]
+    if key is None or last in node:
+        return None
     known = [k for k in node if not (k.startswith("_") and k.endswith("_")) and k != "hydra"]
+    if not known:  # seed.x: OmegaConf stands an empty group in for the value it went through
+        return f"{key}: {where} holds no settings to override (it is a single value, or an empty group)"
     if "_target_" in node and key == missing.full_key:
         signature, _, name = signature_of(node._target_)
         if last in signature.parameters and last not in WIRED:

@@ -1,4 +1,4 @@
-"""The network: fully connected layers built on the hand-written math of functional.py."""
+"""The network: fully connected layers built on the hand-written math of functional/."""
 
 from __future__ import annotations
 

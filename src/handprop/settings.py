@@ -131,7 +131,7 @@ def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]
     for where, node in targets(cfg):
         try:
             signature, hints, name = signature_of(node._target_)
-        except ImportError as e:  # hydra's get_object: no such module, or no such name in it
+        except (ImportError, ValueError, TypeError) as e:  # no such module or name; not a callable
             problems.append(f"{where}._target_={node._target_!r}: cannot be imported ({e})")
             continue
         params = signature.parameters

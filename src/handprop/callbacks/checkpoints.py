@@ -18,6 +18,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ..rules import require
+
 log = logging.getLogger(__name__)
 
 
@@ -107,8 +109,7 @@ class InterruptCheckpoint(Callback):
     directory would continue the old one. Here a run resumes only when asked to."""
 
     def __init__(self, dirpath: str, filename: str = "interrupted"):
-        if not filename:
-            raise ValueError("filename cannot be empty")
+        require(bool(filename), "filename", filename, "must be a file name, e.g. interrupted")
         self.dirpath, self.filename = dirpath, filename
         self._in_validation = False  # whether the interrupt being saved hit an epoch's validation
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,9 @@ def _blur_matrix(size: int, sigma: float, device) -> Tensor:
 
 def augment_settings(augment: dict | None) -> dict[str, float]:
     """The ``augment`` mapping checked once (names and amounts), its non-zero entries as floats."""
+    require(
+        augment is None or isinstance(augment, Mapping), "augment", augment, "must be a mapping, e.g. {rotation: 10}"
+    )
     augment = dict(augment or {})
     for key, value in augment.items():
         if key not in AUGMENTATIONS:

@@ -55,8 +55,9 @@ class DigitsDataModule(L.LightningDataModule):
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
         check_choice("loader", loader, LOADERS)
+        require(dataset == "sample" or data_dir is not None, "data_dir", data_dir, f"is needed for dataset={dataset}")
         require(
-            dataset == "sample" or download or (data_dir is not None and Path(data_dir).is_dir()),
+            dataset == "sample" or download or Path(data_dir).is_dir(),
             "data_dir",
             data_dir,
             "directory does not exist; point it at the dataset or set {prefix}download=true",
