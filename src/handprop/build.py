@@ -28,12 +28,17 @@ def build(key: str, node: DictConfig, **kwargs):
         if isinstance(cause, SettingError):
             raise ConfigError(cause.message(f"{key}.")) from None
         if isinstance(cause, MisconfigurationException) or (
-            isinstance(cause, ValueError) and not str(node.get("_target_", "")).startswith("handprop.")
+            isinstance(cause, ValueError) and not _ours(node)
         ):  # how Lightning and PyTorch refuse a setting; handprop's own code refuses with SettingError
             raise ConfigError(f"{key}: {cause}") from None
         if isinstance(cause, HandpropError):
             raise cause from None
         raise
+
+
+def _ours(node: DictConfig) -> bool:
+    """Whether a node calls handprop's own code (which refuses a setting with SettingError)."""
+    return str(node.get("_target_", "")).startswith("handprop.")
 
 
 def build_all(key: str, group: DictConfig | None) -> list:
@@ -68,7 +73,7 @@ def construction_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list
     nodes += [(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items()]
     problems = []
     for key, node in nodes:
-        if node is None or not str(node.get("_target_", "")).startswith("handprop.") or reported(key):
+        if node is None or not _ours(node) or reported(key):
             continue
         kwargs = {"_convert_": "all"}
         if key == "model" and cfg.get("optimizer") is not None and not reported("optimizer"):

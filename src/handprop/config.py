@@ -27,7 +27,6 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.strategies import StrategyRegistry
@@ -37,7 +36,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, Interpolation
 from .build import construction_problems
 from .data import per_process_batch
 from .errors import ConfigError
-from .rules import SettingError, is_int, is_number, positive_int, probability, unknown_key
+from .rules import POSITIVE_INT, SettingError, is_int, is_number, positive_int, probability, unknown_key
+from .rundir import override_parser
 from .settings import WIRED, setting_problems, signature_of
 
 __all__ = ["ConfigError", "check_config", "config_problems", "exit_on_unknown_override", "unknown_override_message"]
@@ -54,8 +54,8 @@ def _limit_batches(v) -> bool:  # Lightning's limit_*_batches: a count, or a fra
     return v is None or (is_int(v) and v >= 0) or (is_number(v) and 0 <= v <= 1)
 
 
-_POSITIVE_INT = (positive_int, "must be a positive integer")
-_POSITIVE_INT_OR_NULL = (_or_null(positive_int), "must be a positive integer")  # null: if the signature takes it
+_POSITIVE_INT = (positive_int, POSITIVE_INT)
+_POSITIVE_INT_OR_NULL = (_or_null(positive_int), POSITIVE_INT)  # null: if the signature takes it
 
 # (key pattern, rule, allowed values). Patterns are fnmatch-style over dotted keys; a key
 # a config does not have is skipped. The first matching rule that fails names the key.
@@ -144,11 +144,6 @@ def _leaves(node, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield path, value
 
 
-def unknown_key_message(where: str, key: str, known) -> str:
-    """``where.key`` is not one of ``known``: the message, with the nearest known key."""
-    return unknown_key(where, key, known).message()
-
-
 # --------------------------------------------------------------------------- the whole check
 
 
@@ -222,7 +217,7 @@ def unknown_override_message(config_dir: str | Path, config_name: str, argv: lis
     if any(a.startswith("-") for a in overrides):
         return None  # --cfg, --help, -cn ...: another config or no run
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = override_parser().parse_overrides(overrides)
     except OverrideParseException:
         return None  # a syntax error: Hydra's message shows where
     plain = {}  # key -> the override as typed; -m a=1,2: one value is enough to know the key
@@ -259,4 +254,4 @@ def unknown_override_message(config_dir: str | Path, config_name: str, argv: lis
         signature, _, name = signature_of(node._target_)
         if last in signature.parameters and last not in WIRED:
             return f"{key}: not in the config, but {name} takes it: add it with a '+', +{plain[key]}"
-    return unknown_key_message(where, last, known)
+    return unknown_key(where, last, known).message()

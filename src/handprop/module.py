@@ -156,7 +156,7 @@ class DigitClassifier(L.LightningModule):
         kind (checkpoint.check_same_recipe)."""
 
         def name(factory):
-            return None if factory is None else getattr(getattr(factory, "func", factory), "__name__", str(factory))
+            return None if factory is None else getattr(called(factory)[0], "__name__", str(factory))
 
         return {"optimizer": name(self.optimizer_factory), "scheduler": name(self.scheduler_factory)}
 
@@ -286,13 +286,19 @@ def logs_this_step(trainer: L.Trainer, every_n_steps: int | None = None) -> bool
     return n > 0 and (trainer.global_step + 1) % n == 0
 
 
+def called(factory: Callable) -> tuple[Callable, dict]:
+    """What a factory (Hydra's ``_partial_``: a functools.partial) calls, and the keywords it
+    fixes; a plain callable fixes none."""
+    return getattr(factory, "func", factory), getattr(factory, "keywords", {})
+
+
 def _check_l2(l2: float, optimizer: Callable | None) -> None:
     """Nielsen's L2 term needs an optimiser that adds weight decay to the gradient (SGD,
     Adam), and only one of the two ways of decaying the weights."""
     require(is_number(l2) and l2 >= 0, "l2", l2, "must be a number >= 0 (Nielsen's lambda, e.g. 5.0; 0: none)")
     if not l2 or optimizer is None:
         return
-    factory, keywords = getattr(optimizer, "func", optimizer), getattr(optimizer, "keywords", {})
+    factory, keywords = called(optimizer)
     decoupled = isinstance(factory, type) and (
         issubclass(factory, torch.optim.AdamW) or bool(keywords.get("decoupled_weight_decay"))
     )
@@ -320,8 +326,9 @@ SCHEDULE_LENGTH_KEYS = ("total_steps", "T_max")
 def schedule_length(factory, steps: Callable[[], int]) -> dict:
     """The schedule's length in optimiser steps where its config leaves it unset:
     OneCycleLR's total_steps, CosineAnnealingLR's T_max (``steps()`` is asked only then)."""
-    given = {k: v for k, v in getattr(factory, "keywords", {}).items() if v is not None}
-    params = inspect.signature(getattr(factory, "func", factory)).parameters
+    target, keywords = called(factory)
+    given = {k: v for k, v in keywords.items() if v is not None}
+    params = inspect.signature(target).parameters
     if "total_steps" in params and "total_steps" not in given and "epochs" not in given:
         return {"total_steps": steps()}
     if "T_max" in params and "T_max" not in given:

@@ -317,12 +317,13 @@ def hydra_value(value: str) -> str:
 
 
 def _reads_back(value: str) -> bool:
-    return _override_parser().parse_override(f"k={value}").value() == value
+    return override_parser().parse_override(f"k={value}").value() == value
 
 
 @functools.cache
-def _override_parser() -> OverridesParser:
-    return OverridesParser.create()  # (builds Hydra's grammar: once)
+def override_parser() -> OverridesParser:
+    """Hydra's override parser (building its grammar takes a while: once per process)."""
+    return OverridesParser.create()
 
 
 def command_line(program: str, args: list[str], **settings: str) -> str:

@@ -111,9 +111,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit as e:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit)
             if trainer.interrupted:
-                sigterm = isinstance(e, SIGTERMException)
-                _tell_how_to_resume(cfg, trainer, signal_name="SIGTERM" if sigterm else "SIGINT")
-                raise SystemExit(143 if sigterm else 130) from None
+                signal_name, status = _stopped_by(e)
+                _tell_how_to_resume(cfg, trainer, signal_name)
+                raise SystemExit(status) from None
             raise
         metrics = _scalars(trainer.callback_metrics)
         metrics["time/fit_s"] = time.perf_counter() - start
@@ -133,12 +133,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 if not trainer.interrupted:
                     raise
                 _write_metrics(cfg.paths.output_dir, metrics)
-                _tell_how_to_test(cfg, trainer, best, "SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT")
-                raise SystemExit(143 if isinstance(e, SIGTERMException) else 130) from None
+                signal_name, status = _stopped_by(e)
+                _tell_how_to_test(cfg, trainer, best, signal_name)
+                raise SystemExit(status) from None
             metrics.update(_scalars(trainer.callback_metrics))
         _log_hparams(trainer, cfg, metrics)
         _write_metrics(cfg.paths.output_dir, metrics)
     return metrics
+
+
+def _stopped_by(e: SystemExit) -> tuple[str, int]:
+    """The signal that interrupted the trainer, and the exit status a shell expects for it
+    (128 + the signal's number): Lightning raises SIGTERMException on SIGTERM, SystemExit on Ctrl-C."""
+    return ("SIGTERM", 143) if isinstance(e, SIGTERMException) else ("SIGINT", 130)
 
 
 @contextlib.contextmanager
