@@ -23,7 +23,8 @@ PyTorch's autograd never differentiates these operations; it only calls
 our `backward` in the right order. Every public function also takes
 ``backward="autograd"``: the same forward math in plain torch ops, differentiated by
 PyTorch itself -- the reference the tests, the gradient audit and the benchmarks
-compare against.
+compare against. ``gradients`` runs the same forward and backward sweeps back to back
+without the engine, for a training loop that applies the gradient itself.
 """
 
 from .activations import ACTIVATIONS, LEAKY_SLOPE, Activation
@@ -36,6 +37,8 @@ from .backprop import (
     cost,
     cross_entropy,
     dropout_mask,
+    dropout_masks,
+    gradients,
     linear,
     mlp,
     quadratic_cost,
@@ -57,6 +60,8 @@ __all__ = [
     "cost",
     "cross_entropy",
     "dropout_mask",
+    "dropout_masks",
+    "gradients",
     "linear",
     "mlp",
     "quadratic_cost",

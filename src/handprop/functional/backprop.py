@@ -97,9 +97,8 @@ def layer_forward(x, weight, bias, act: Activation, keep, scale: float, need_x: 
     a = act.fn(z)
     if keep is not None:
         a = (a * keep if a is z else a.mul_(keep)).mul_(scale)  # never overwrite a saved z
-    return a, LayerSaved(
-        x if need_w else None, weight if need_x else None, {"output": a, "input": z}.get(act.saves), keep
-    )
+    kept = a if act.saves == "output" else z if act.saves == "input" else None
+    return a, LayerSaved(x if need_w else None, weight if need_x else None, kept, keep)
 
 
 def layer_backward(g, saved, act: Activation, scale: float, need_x: bool, need_w: bool, need_b: bool):
@@ -176,13 +175,9 @@ class MLPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, target, cost, label_smoothing, activations: tuple, keeps: tuple, scale: float, *params):
         (x, *params), no_autocast = _cast_for_autocast((x, *params), x.device.type)
-        layers = list(zip(params[0::2], params[1::2]))  # (weight, bias) of each layer
-        wants = _wanted_gradients(ctx.needs_input_grad, len(layers))
-        saved: list[LayerSaved] = []
+        wants = _wanted_gradients(ctx.needs_input_grad, len(activations))
         with no_autocast:
-            for (weight, bias), name, keep, (need_x, need_w, _) in zip(layers, activations, keeps, wants):
-                x, layer_saved = layer_forward(x, weight, bias, ACTIVATIONS[name], keep, scale, need_x, need_w)
-                saved.append(layer_saved)
+            x, saved = forward_layers(x, params, activations, keeps, scale, wants)
         ctx.activations, ctx.scale, ctx.wants, ctx.dtype = activations, scale, wants, x.dtype
         ctx.cost, ctx.label_smoothing, ctx.with_cost = cost, label_smoothing, target is not None
         cost_saved = ()
@@ -197,7 +192,7 @@ class MLPFunction(torch.autograd.Function):
     def backward(ctx, g, g_loss=None):
         n, per_layer = len(ctx.activations), len(LayerSaved._fields)
         flat = ctx.saved_tensors
-        saved = [LayerSaved(*flat[i * per_layer : (i + 1) * per_layer]) for i in range(n)]
+        saved = [flat[i * per_layer : (i + 1) * per_layer] for i in range(n)]  # (LayerSaved's fields)
         cost_saved = flat[n * per_layer :]
         if ctx.with_cost and g_loss is not None:  # the cost's gradient starts the sweep
             from_cost = COSTS[ctx.cost].backward(g_loss, cost_saved, ctx.label_smoothing)
@@ -206,14 +201,52 @@ class MLPFunction(torch.autograd.Function):
         if g is None:
             return None, *others, *(None,) * (2 * n)
         g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
-        grads = []
-        for layer_saved, name, (need_x, need_w, need_b) in zip(saved[::-1], ctx.activations[::-1], ctx.wants[::-1]):
-            g, dW, db = layer_backward(g, layer_saved, ACTIVATIONS[name], ctx.scale, need_x, need_w, need_b)
-            grads[:0] = [dW, db]
+        g, grads = backward_layers(g, saved, ctx.activations, ctx.scale, ctx.wants)
         return g, *others, *grads
 
 
-def _wanted_gradients(needs_input_grad: tuple[bool, ...], n_layers: int) -> list[tuple[bool, bool, bool]]:
+def forward_layers(x, params, activations, keeps, scale: float, wants):
+    """Backpropagation's forward sweep: x through every layer, bottom to top. ``params``
+    holds weight and bias of each layer in turn, ``wants`` each layer's (dx, dW, db) flags.
+    Returns the output and, per layer, what its backward needs (LayerSaved)."""
+    saved = []
+    for i, (name, keep, (need_x, need_w, _)) in enumerate(zip(activations, keeps, wants)):
+        x, layer_saved = layer_forward(
+            x, params[2 * i], params[2 * i + 1], ACTIVATIONS[name], keep, scale, need_x, need_w
+        )
+        saved.append(layer_saved)
+    return x, saved
+
+
+def backward_layers(g, saved, activations, scale: float, wants):
+    """Backpropagation's backward sweep: from g = ∂C/∂output, top to bottom, every layer's
+    (dW, db) -- returned bottom to top, weight and bias of each layer in turn, as
+    ``forward_layers`` takes them -- and ∂C/∂x of the input (None unless wanted)."""
+    grads = [None] * (2 * len(saved))
+    for i in range(len(saved) - 1, -1, -1):
+        need_x, need_w, need_b = wants[i]
+        g, grads[2 * i], grads[2 * i + 1] = layer_backward(
+            g, saved[i], ACTIVATIONS[activations[i]], scale, need_x, need_w, need_b
+        )
+    return g, grads
+
+
+def gradients(x, target, cost: str, label_smoothing: float, activations: tuple, keeps: tuple, scale: float, params):
+    """One mini-batch's backpropagation, the autograd engine left out: the output, the cost
+    and ∂C/∂(every weight and bias) -- MLPFunction's forward and backward run back to back,
+    the same functions in the same order, so the numbers are bitwise those a
+    ``loss.backward()`` through MLPFunction leaves in ``.grad``. For a training loop that
+    applies the gradient itself (module.DigitClassifier's chunked steps): at a batch of ten
+    digits, the engine's bookkeeping costs more than the arithmetic."""
+    wants = [(i > 0, True, True) for i in range(len(activations))]  # every dW and db; no dx for the image
+    out, saved = forward_layers(x, params, activations, keeps, scale, wants)
+    loss, cost_saved = COSTS[cost].forward(out, target, label_smoothing)
+    g = COSTS[cost].backward(torch.ones((), dtype=loss.dtype, device=loss.device), cost_saved, label_smoothing)
+    return out, loss, backward_layers(g.to(out.dtype), saved, activations, scale, wants)[1]
+
+
+@functools.lru_cache(maxsize=64)  # the same few flag patterns, every training step
+def _wanted_gradients(needs_input_grad: tuple[bool, ...], n_layers: int) -> tuple[tuple[bool, bool, bool], ...]:
     """(dx, dW, db) wanted for each layer, from autograd's flags: x's comes first, the
     layers' weight and bias last. A layer's dx is wanted if anything below it wants a
     gradient (the first layer's input, the image, usually does not)."""
@@ -222,7 +255,7 @@ def _wanted_gradients(needs_input_grad: tuple[bool, ...], n_layers: int) -> list
     for need_w, need_b in zip(param_flags[0::2], param_flags[1::2]):
         wants.append((below, need_w, need_b))
         below = below or need_w or need_b
-    return wants
+    return tuple(wants)
 
 
 # --------------------------------------------------------------------------- the functions to call
@@ -281,11 +314,19 @@ def mlp(
         for i, ((w, b), act) in enumerate(zip(params, activations)):
             x = linear(x, w, b, act, dropout if i < len(params) - 1 else 0.0, backward)
         return x if target is None else (x, COSTS[cost].reference(x, target, label_smoothing))
-    keeps = (None,) * len(params)
-    if dropout:  # drawn layer by layer, as the reference path draws them: same seed, same masks
-        keeps = tuple(dropout_mask((x.shape[0], w.shape[0]), dropout, x.device) for w, _ in params[:-1]) + (None,)
     flat = [t for pair in params for t in pair]
+    keeps = dropout_masks(x.shape[0], flat, dropout)
     return MLPFunction.apply(x, target, cost, label_smoothing, tuple(activations), keeps, 1 / (1 - dropout), *flat)
+
+
+def dropout_masks(n: int, params, dropout: float) -> tuple:
+    """The keep-masks of a batch of ``n`` for every layer but the last (None: no dropout),
+    drawn layer by layer, as the reference path draws them: same seed, same masks.
+    ``params``: weight and bias of each layer in turn."""
+    weights = params[0::2]
+    if not dropout:
+        return (None,) * len(weights)
+    return tuple(dropout_mask((n, w.shape[0]), dropout, w.device) for w in weights[:-1]) + (None,)
 
 
 def cost(name: str, output: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
