@@ -71,8 +71,10 @@ def test_audit_with_gradient_accumulation(train_cfg, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["trainer/global_step"] == 4
 
 
-def test_training_scalars_are_the_steps_gradient_norms_and_update_ratios():
-    """grad_norm and update_ratio as logged equal a recount from the gradients and weights."""
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_training_scalars_are_the_steps_gradient_norms_and_update_ratios(chunk):
+    """grad_norm and update_ratio as logged equal a recount from the gradients and weights,
+    one mini-batch per Lightning step or four."""
 
     class Capture(Logger):
         name, version = "capture", 0
@@ -94,12 +96,16 @@ def test_training_scalars_are_the_steps_gradient_norms_and_update_ratios():
             self.norms[trainer.global_step] = torch.cat([layer.weight.grad.flatten(), layer.bias.grad]).norm().item()
             self.before = layer.weight.detach().clone()
 
-        def on_train_batch_end(self, trainer, module, *args):
+        def on_optimizer_step_end(self, trainer, module, loss=None):  # called per step inside a chunk
             w = module.net.layers[0].weight.detach()
             self.ratios[trainer.global_step - 1] = ((w - self.before).norm() / self.before.norm()).item()
 
+        def on_train_batch_end(self, trainer, module, *args):
+            if module.automatic_optimization:
+                self.on_optimizer_step_end(trainer, module)
+
     torch.manual_seed(0)
-    model = DigitClassifier(hidden=[16], optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    model = DigitClassifier(hidden=[16], chunk=chunk, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     logger, witness = Capture(), Witness()
     trainer = L.Trainer(
         max_steps=6,

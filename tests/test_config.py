@@ -101,8 +101,8 @@ from conftest import CONF, compose_config
             "data.augment has: rotation, scale, shift, flip, elastic, elastic_sigma",
         ),
         (
-            "+callbacks.lr_monitor.foo=1",
-            "callbacks.lr_monitor.foo: unknown key. callbacks.lr_monitor has: logging_interval,",
+            "+callbacks.training_scalars.foo=1",
+            "callbacks.training_scalars.foo: unknown key. callbacks.training_scalars has: every_n_steps",
         ),
     ],
 )

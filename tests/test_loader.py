@@ -98,7 +98,9 @@ def test_a_run_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends(tmp_path)
     second epoch, then resume from that step's checkpoint: the same final parameters,
     bitwise. The default one-cycle schedule asks for the run's length while the
     optimiser is built, which is what made Lightning build the loader before restoring
-    its state; the data module's own state hooks cover that."""
+    its state; the data module's own state hooks cover that. The interrupted run trains one
+    mini-batch per Lightning step (its checkpoint every step needs that), the resumed ones
+    in chunks (model.chunk chosen): the rest of the epoch comes in chunks all the same."""
 
     common = [o for o in FAST if "limit_train_batches" not in o] + [
         "trainer.max_epochs=2",
@@ -123,6 +125,8 @@ def test_a_run_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends(tmp_path)
         "consumed": 6,
         "seed": 42,
         "size": 4000,
+        "chunk": 1,  # (a checkpoint every training step: one mini-batch per Lightning step)
+        "chunks_done": 6,
     }
     train(compose_config("train", common + [f"ckpt_path='{ckpt}'"], tmp_path / "resumed"))
     # and from the end of the first epoch (step 32): "k epochs, then resume to N"

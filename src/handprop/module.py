@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor
+from torch.optim.sgd import sgd
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from . import functional as HF
-from .errors import HandpropError
+from .errors import ConfigError, HandpropError
 from .nn import MLP
-from .rules import POSITIVE_INT, SettingError, is_int, is_number, positive_int, require
+from .rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, SettingError, is_int, is_number, positive_int, require
+
+log = logging.getLogger(__name__)
 
 
 class ScheduleError(HandpropError):
@@ -40,6 +45,16 @@ class DigitClassifier(L.LightningModule):
     ``compile=True`` compiles the network with torch.compile, the hand-written backward
     passes inside the graph.
 
+    ``chunk``: optimiser steps per Lightning step. Lightning's loop and callbacks cost about
+    a millisecond a step, more than the whole arithmetic of a textbook network at batch 10;
+    with ``chunk`` = K > 1 the loader hands over K mini-batches at once and
+    ``training_step`` takes one optimiser step for each (Lightning's manual optimisation,
+    ``global_step`` counting optimiser steps), running the hand-written forward and backward
+    sweeps directly (``functional.gradients``: the same functions MLPFunction runs, the
+    autograd engine left out) -- bitwise the training of K = 1. None chooses K from the
+    arithmetic a step does (``CHUNK_WORK``), and 1 wherever chunks cannot keep every
+    promise of a run (see ``chunk_blockers``).
+
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``):
     ``optimizer(params)`` and ``scheduler(optimizer)``. Schedulers step once per
     optimiser step; a OneCycleLR ``total_steps`` or a CosineAnnealingLR ``T_max``
@@ -61,6 +76,7 @@ class DigitClassifier(L.LightningModule):
         compile: bool = False,
         normalize: bool = True,
         l2: float = 0.0,
+        chunk: int | None = None,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
     ):
@@ -70,6 +86,7 @@ class DigitClassifier(L.LightningModule):
         require(is_int(num_classes) and num_classes >= 2, "num_classes", num_classes, "must be an integer >= 2")
         HF.check_cost(loss, label_smoothing)
         _check_l2(l2, optimizer)
+        require(chunk is None or positive_int(chunk), "chunk", chunk, POSITIVE_INT_OR_NULL)
         # logger=False: train.py writes the whole run's config and final metrics to the
         # logger once (TensorBoard's HParams tab), not the model's arguments at the start
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
@@ -87,6 +104,8 @@ class DigitClassifier(L.LightningModule):
         self.register_buffer("pixel_mean", torch.tensor(0.0))
         self.register_buffer("pixel_std", torch.tensor(1.0))
         self.pixel_stats_loaded = False  # True once load_weights brought a checkpoint's statistics
+        self.chunk = 1  # optimiser steps per training_step, decided when fitting starts (setup)
+        self._step_hooks: dict[str, list] = {}
         # nan_strategy="disable": a NaN loss shows in the epoch's mean instead of being dropped
         self.metrics = torch.nn.ModuleDict(
             {
@@ -112,6 +131,9 @@ class DigitClassifier(L.LightningModule):
         if stage == "fit" and stats is not None and not self.pixel_stats_loaded:
             self.pixel_mean.fill_(stats[0])
             self.pixel_std.fill_(stats[1])
+        if stage == "fit":
+            self.chunk = self._choose_chunk()
+            self.automatic_optimization = self.chunk == 1
         if self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
             # In place: parameter names and checkpoints stay those of the eager network.
             # fullgraph: our autograd.Functions must trace whole, never fall back to eager.
@@ -127,7 +149,15 @@ class DigitClassifier(L.LightningModule):
         # larger trainer.max_epochs would crash mid-run ("Tried to step N times"). Say so now.
         # A cosine schedule's T_max restored from a checkpoint does not crash: past its end the
         # rate climbs back up, which is no more what was asked for. The same check, on resume.
-        steps = self.trainer.estimated_stepping_batches
+        _carry_step_count(self.trainer)
+        steps = self.optimizer_steps()
+        hooks = {name: [] for name in ("on_optimizer_step_start", "on_before_optimizer_step", "on_optimizer_step_end")}
+        for callback in self.trainer.callbacks:  # what a chunk calls at every optimiser step
+            for name, found in hooks.items():
+                hook = getattr(type(callback), name, None)
+                if hook is not None and hook is not getattr(L.Callback, name, None):
+                    found.append(getattr(callback, name))
+        self._step_hooks = hooks
         keys = SCHEDULE_LENGTH_KEYS if self.trainer.ckpt_path is not None else ("total_steps",)
         for config in self.trainer.lr_scheduler_configs:
             total = next((getattr(config.scheduler, k) for k in keys if hasattr(config.scheduler, k)), None)
@@ -199,10 +229,10 @@ class DigitClassifier(L.LightningModule):
 
     # Metrics. Each batch's loss and hits are counted on the device (torchmetrics' update:
     # no per-batch value, no host sync); each epoch's mean loss and accuracy are logged once,
-    # at its end, where compute() also sums the counts of all DDP processes. The training
-    # loss of a single step goes to the logger only on the steps the logger writes
-    # (trainer.log_every_n_steps): Lightning's self.log costs ~1 ms a call on a CPU, more than
-    # a whole step of the default network's matrix products.
+    # at its end, where compute() also sums the counts of all DDP processes. The loss and
+    # learning rate of single optimiser steps go to the logger only on the steps it writes
+    # (trainer.log_every_n_steps), straight to the loggers: Lightning's self.log costs ~1 ms
+    # a call on a CPU, more than a whole step of the default network's matrix products.
 
     def _step(self, batch, stage: str) -> tuple[Tensor, Tensor]:
         images, labels = batch
@@ -210,8 +240,20 @@ class DigitClassifier(L.LightningModule):
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(labels))
         self.metrics[f"{stage}_acc"].update(out.detach(), labels)
         if stage == "train" and logs_this_step(self.trainer):
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self._log_steps([(self.global_step, loss.detach(), self._learning_rate())])
         return out, loss
+
+    def _learning_rate(self) -> float:
+        return self.trainer.optimizers[0].param_groups[0]["lr"]
+
+    def _log_steps(self, steps: list[tuple[int, Tensor, float]]) -> None:
+        """train/loss_step and train/lr of optimiser steps (step, loss, learning rate), each
+        at its own step; the last loss also in the progress bar."""
+        for step, loss, lr in steps:
+            for logger in self.trainer.loggers:
+                logger.log_metrics({"train/loss_step": loss.item(), "train/lr": lr}, step=step)
+        if steps:
+            self.log("train/loss_step", steps[-1][1], on_step=True, on_epoch=False, prog_bar=True, logger=False)
 
     def _log_epoch(self, stage: str) -> None:
         loss, accuracy = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_acc"]
@@ -225,7 +267,74 @@ class DigitClassifier(L.LightningModule):
         accuracy.reset()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")[1]
+        if self.automatic_optimization:
+            return self._step(batch, "train")[1]
+        return self._train_chunk(batch)
+
+    @torch.no_grad()
+    def _train_chunk(self, chunk) -> Tensor:
+        """A chunk of mini-batches (data.Chunk), one optimiser step each, exactly as K = 1
+        trains them: same pixels, dropout masks and augmentation draws in the same order,
+        the same gradients (functional.gradients), the optimiser's and the schedule's own
+        step(). Per step the callbacks' on_optimizer_step_start(trainer, module, batch),
+        Lightning's on_before_optimizer_step (gradients in .grad) and
+        on_optimizer_step_end(trainer, module, loss) are called;
+        under DDP every step's gradient is averaged over the processes. Stops at
+        trainer.max_steps, inside the chunk if need be. Returns the steps' losses."""
+        trainer, net = self.trainer, self.net
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        optimizer_step = sgd_step if type(optimizer) is torch.optim.SGD else lambda o: o.step()
+        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
+        progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        hooks = self._step_hooks
+        params = [t for layer in net.layers for t in (layer.weight, layer.bias)]
+        activations = tuple(layer.activation for layer in net.layers)
+        dropout = net.dropout if net.training else 0.0
+        cost, smoothing = self.hparams.loss, self.hparams.label_smoothing
+        pixels, labels, size = chunk.images, chunk.labels, chunk.batch_size
+        inputs = pixels if chunk.prepare else self.normalize(pixels)  # the whole chunk at once
+        every, world, last = trainer.log_every_n_steps, trainer.world_size, trainer.max_steps
+        losses, outputs, logged = [], [], []
+        for start in range(0, len(labels), size):
+            step = progress.total.completed  # trainer.global_step
+            if 0 <= last <= step:
+                break
+            x, y = pixels[start : start + size], labels[start : start + size]
+            if chunk.prepare:
+                x = chunk.prepare(x)
+            for hook in hooks["on_optimizer_step_start"]:
+                hook(trainer, self, (x, y))
+            x = self.normalize(x) if chunk.prepare else inputs[start : start + size]
+            keeps = HF.dropout_masks(len(y), params, dropout)
+            out, loss, grads = HF.gradients(x, y, cost, smoothing, activations, keeps, 1 / (1 - dropout), params)
+            if world > 1:  # what DDP does for K = 1: every process steps with the mean gradient
+                grads = _mean_over_processes(trainer, grads)
+            for p, g in zip(params, grads):
+                p.grad = g
+            for hook in hooks["on_before_optimizer_step"]:
+                hook(trainer, self, optimizer)
+            if every > 0 and (step + 1) % every == 0:
+                logged.append((step, loss, self._learning_rate()))
+            optimizer_step(optimizer)
+            for scheduler in schedulers:
+                scheduler.step()
+            progress.increment_ready()
+            progress.increment_completed()
+            chunk.loader.mark_consumed()
+            for hook in hooks["on_optimizer_step_end"]:
+                hook(trainer, self, loss)
+            losses.append(loss)
+            outputs.append(out)
+        chunk.loader.mark_chunk_done()
+        # Lightning counts logging steps in training_steps and adds one after this one: so
+        # that epoch-level scalars are written at the optimiser step, as with K = 1
+        trainer.fit_loop.epoch_loop._batches_that_stepped = progress.total.completed - 1
+        losses = torch.stack(losses)
+        trained = len(losses) * size
+        self.metrics["train_loss"].update(losses, weight=torch.tensor([len(o) for o in outputs], device=losses.device))
+        self.metrics["train_acc"].update(torch.cat(outputs), labels[:trained])
+        self._log_steps(logged)
+        return losses
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._step(batch, "val")[0].detach()  # the outputs, for callbacks (TensorBoardPictures)
@@ -275,7 +384,132 @@ class DigitClassifier(L.LightningModule):
         return [{"params": weights, "weight_decay": l2 / n}, {"params": biases, "weight_decay": 0.0}]
 
     def _schedule_length(self) -> dict:
-        return schedule_length(self.scheduler_factory, lambda: int(self.trainer.estimated_stepping_batches))
+        return schedule_length(self.scheduler_factory, self.optimizer_steps)
+
+    def optimizer_steps(self) -> int:
+        """How many optimiser steps this run takes (Lightning's estimate counts training
+        batches, which are chunks of them with chunk > 1)."""
+        trainer = self.trainer
+        batches = trainer.estimated_stepping_batches  # (sets the training loader up)
+        if self.automatic_optimization:
+            return int(batches)
+        per_epoch = trainer.train_dataloader.steps_per_epoch
+        total = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
+        return int(min(total, trainer.max_steps if trainer.max_steps >= 0 else math.inf))
+
+    def _choose_chunk(self) -> int:
+        asked, blockers = self.hparams.get("chunk"), chunk_blockers(self, self.trainer)
+        if asked is not None and asked > 1 and blockers:
+            raise ConfigError(
+                SettingError(
+                    "chunk",
+                    f"needs one mini-batch per step with {', '.join(blockers)}: set {{prefix}}chunk=1 "
+                    "(or null, which chooses)",
+                    asked,
+                ).message("model.")
+            )
+        if asked is None and blockers:
+            chunk, why = 1, f"one per Lightning step with {', '.join(blockers)}"
+        elif asked is None:
+            work = (
+                self.trainer.datamodule.batch_size
+                // self.trainer.world_size
+                * sum(layer.in_features * layer.out_features for layer in self.net.layers)
+            )
+            chunk = max(1, min(MAX_CHUNK, round(CHUNK_WORK / work)))
+            why = "chosen for the network's size (model.chunk=null)"
+        else:
+            chunk, why = asked, f"model.chunk={asked}"
+        if self.trainer.is_global_zero:
+            log.info("training: %d optimiser step%s per Lightning step, %s", chunk, "s"[: chunk - 1], why)
+        return chunk
+
+
+# Chunked training (DigitClassifier's chunk=None): enough multiply-adds per Lightning step
+# that its ~1-2 ms of loop and callbacks stay a few percent of the step -- about 50 ms of
+# arithmetic on one CPU core -- and at most MAX_CHUNK mini-batches.
+CHUNK_WORK = 500_000_000
+MAX_CHUNK = 256
+
+
+def chunk_blockers(module: DigitClassifier, trainer: L.Trainer) -> list[str]:
+    """Why this run must train one mini-batch per Lightning step, if it must: chunks run
+    the hand-written passes in float32 on handprop's device loader, and the settings below
+    count in Lightning steps or need Lightning's own optimiser step."""
+    from .data import DigitsDataModule  # noqa: PLC0415 -- data imports nothing of the model
+
+    datamodule = trainer.datamodule
+    checks = {
+        "model.backward=autograd": module.hparams.backward != "manual",
+        "model.compile=true": module.hparams.compile,
+        f"trainer.precision={trainer.precision}": trainer.precision not in ("32-true", "32", 32),
+        "trainer.gradient_clip_val": bool(trainer.gradient_clip_val),
+        "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches != 1,
+        "trainer.limit_train_batches": not _whole(trainer.limit_train_batches),
+        "trainer.val_check_interval": not _whole(trainer.val_check_interval),
+        "a checkpoint every n training steps": any(
+            getattr(c, "_every_n_train_steps", 0) for c in trainer.checkpoint_callbacks
+        ),
+        "data.loader=dataloader": not isinstance(datamodule, DigitsDataModule) or datamodule.loader != "tensor",
+    }
+    return [reason for reason, applies in checks.items() if applies]
+
+
+def sgd_step(optimizer: torch.optim.SGD) -> None:
+    """``optimizer.step()`` of torch.optim.SGD without its wrappers (profiler record, step
+    hooks, grad-mode switch), which cost a textbook network's step more than its update:
+    the plain rule w <- w - lr * g as one foreach call, anything else (momentum, weight
+    decay, maximize) through the same per-group call of torch's own ``sgd`` as SGD.step
+    makes, momentum buffers kept in the optimiser's state. Bitwise SGD.step's update."""
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        momentum, lr = group["momentum"], group["lr"]
+        if not (momentum or group["weight_decay"] or group["maximize"] or isinstance(lr, Tensor)):
+            torch._foreach_add_(params, grads, alpha=-lr)
+            continue
+        buffers = [optimizer.state[p].get("momentum_buffer") for p in params] if momentum else []
+        sgd(
+            params,
+            grads,
+            buffers,
+            weight_decay=group["weight_decay"],
+            momentum=momentum,
+            lr=lr,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+            has_sparse_grad=False,
+            foreach=group["foreach"],
+            fused=group["fused"],
+        )
+        for p, buffer in zip(params, buffers):
+            optimizer.state[p]["momentum_buffer"] = buffer
+    optimizer._opt_called = True  # what step()'s wrapper records for the LR schedulers' order check
+
+
+def _carry_step_count(trainer: L.Trainer) -> None:
+    """Lightning counts optimiser steps in one place for automatic optimisation (chunk 1)
+    and another for manual (chunks): a run resumed with the other kind than its checkpoint
+    starts the count where the checkpoint left it."""
+    loop = trainer.fit_loop.epoch_loop
+    counters = (
+        loop.manual_optimization.optim_step_progress.total,
+        loop.automatic_optimization.optim_progress.optimizer.step.total,
+    )
+    steps = max(c.completed for c in counters)
+    for counter in counters:
+        counter.ready = counter.completed = steps
+
+
+def _whole(fraction) -> bool:
+    """A Lightning limit or interval of 1.0: the whole epoch (an int counts batches)."""
+    return isinstance(fraction, float) and fraction == 1.0
+
+
+def _mean_over_processes(trainer: L.Trainer, grads: list[Tensor]) -> list[Tensor]:
+    flat = trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
+    return [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)]
 
 
 def logs_this_step(trainer: L.Trainer, every_n_steps: int | None = None) -> bool:

@@ -2,6 +2,7 @@
 
 from .checkpoints import BestCheckpoint, InterruptCheckpoint, LastCheckpoint
 from .checks import GradientAudit, NumericsGuard, ReplicaCheck, parameters_digest
+from .progress import ProgressBar
 from .visuals import TensorBoardPictures, TrainingScalars
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "InterruptCheckpoint",
     "LastCheckpoint",
     "NumericsGuard",
+    "ProgressBar",
     "ReplicaCheck",
     "TensorBoardPictures",
     "TrainingScalars",

@@ -52,6 +52,10 @@ class GradientAudit(Callback):
         self._pending = None  # (batch, RNG states) of the batch being audited
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if pl_module.automatic_optimization:  # (a chunk of mini-batches calls the hook below per step)
+            self.on_optimizer_step_start(trainer, pl_module, batch)
+
+    def on_optimizer_step_start(self, trainer: L.Trainer, pl_module, batch) -> None:
         if trainer.global_step % self.every_n_steps == 0 and trainer.accumulate_grad_batches == 1:
             self._pending = (batch, _rng_states(pl_module.device))
 
@@ -200,37 +204,45 @@ class ReplicaCheck(Callback):
         self._check(trainer, pl_module, "end of training")
 
 
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element is finite (one host sync). A NaN or an infinity makes its
+    tensor's sum non-finite; only a sum that overflowed from finite elements needs the
+    element-wise look, which allocates a mask as large as the tensor."""
+    if bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 class NumericsGuard(Callback):
     """Stops a run whose loss or gradients turn NaN or infinite, naming the first bad step.
 
-    Every step writes a flag on the device (no host sync); they are read every
+    Every optimiser step keeps its loss on the device (no host sync); they are read every
     ``every_n_steps`` steps, with that step's gradients, and before each validation -- so
     that no checkpoint is written from broken weights: the last good one stays."""
 
     def __init__(self, every_n_steps: int = 10):
         require(positive_int(every_n_steps), "every_n_steps", every_n_steps, POSITIVE_INT)
         self.every_n_steps = every_n_steps
-        self._flags: torch.Tensor | None = None  # on the device: was step _steps[i]'s loss not finite?
+        self._losses: list[torch.Tensor] = []  # on the device, the loss of each step in _steps
         self._steps: list[int] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        if self._flags is None:
-            self._flags = torch.zeros(self.every_n_steps, dtype=torch.bool, device=loss.device)
-        # a device-side write into a slot: no host sync; the steps' numbers stay on the host
-        self._flags[len(self._steps) % self.every_n_steps] = ~torch.isfinite(loss.detach())
-        self._steps.append(trainer.global_step - 1)  # the step this batch's loss belongs to
-        if len(self._steps) == self.every_n_steps:
+        if loss is not None and pl_module.automatic_optimization:  # (a chunk reports each step below)
+            self.on_optimizer_step_end(trainer, pl_module, loss)
+
+    def on_optimizer_step_end(self, trainer, pl_module, loss) -> None:
+        self._losses.append(loss.detach())
+        self._steps.append(trainer.global_step - 1)  # the step this loss belongs to
+        if len(self._steps) >= self.every_n_steps:
             self._check(trainer, pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not logs_this_step(trainer, self.every_n_steps):
             return
         self._check(trainer, pl_module)  # an earlier step's loss first: the first sign names the step
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not _all_finite(grads):
             raise NumericalError(self._message(trainer, pl_module, trainer.global_step, "a gradient"))
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -239,8 +251,8 @@ class NumericsGuard(Callback):
 
     def _check(self, trainer, pl_module) -> None:
         if self._steps:
-            bad = self._flags[: len(self._steps)].nonzero().flatten().tolist()  # the one host sync
-            steps, self._steps = self._steps, []
+            bad = (~torch.isfinite(torch.stack(self._losses))).nonzero().flatten().tolist()  # the one host sync
+            steps, self._steps, self._losses = self._steps, [], []
             if bad:
                 raise NumericalError(self._message(trainer, pl_module, steps[bad[0]], "the training loss"))
 

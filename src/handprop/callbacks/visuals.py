@@ -51,33 +51,52 @@ class TrainingScalars(Callback):
             every_n_steps is None or positive_int(every_n_steps), "every_n_steps", every_n_steps, POSITIVE_INT_OR_NULL
         )
         self.every_n_steps = every_n_steps
+        self._before: list[torch.Tensor] | None = None  # the weights before a logged step
+        self._grad_norms: torch.Tensor | None = None
+        self._pending_step: int | None = None  # the logged step, until it has been taken
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start, self._samples, self._before = time.perf_counter(), 0, None
+        self._start, self._samples, self._pending_step = time.perf_counter(), 0, None
 
     on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts without an epoch start
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not logs_this_step(trainer, self.every_n_steps):
             return
-        norms = {}
-        for i, layer in enumerate(_layers(pl_module), 1):
-            grads = [p.grad for p in (layer.weight, layer.bias) if p is not None and p.grad is not None]
-            if grads:
-                norms[f"grad_norm/layer{i}"] = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))
-        _write_scalars(trainer, norms, trainer.global_step)
-        self._before = [layer.weight.detach().clone() for layer in _layers(pl_module)]
+        layers = _layers(pl_module)
+        grads = [
+            p.grad if p.grad is not None else torch.zeros_like(p)
+            for layer in layers
+            for p in (layer.weight, layer.bias)
+        ]
+        norms = torch.stack(torch._foreach_norm(grads)).float().view(len(layers), 2).norm(dim=1)  # |dW, db|
+        self._grad_norms = norms
+        # the weights before the step, copied into buffers kept from step to step
+        if self._before is None or [w.shape for w in self._before] != [layer.weight.shape for layer in layers]:
+            self._before = [layer.weight.detach().clone() for layer in layers]
+        else:
+            torch._foreach_copy_(self._before, [layer.weight.detach() for layer in layers])
+        self._pending_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._samples += len(batch[1])
         self._trained = time.perf_counter()  # the epoch's training ends here, before validation
-        if self._before is not None and trainer.global_step > 0:  # the step has been taken
-            ratios = {
-                f"update_ratio/layer{i}": (layer.weight.detach() - w0).norm() / w0.norm().clamp_min(1e-12)
-                for i, (layer, w0) in enumerate(zip(_layers(pl_module), self._before), 1)
-            }
-            _write_scalars(trainer, ratios, trainer.global_step - 1)
-            self._before = None
+        if pl_module.automatic_optimization:  # (a chunk of mini-batches calls it per step)
+            self.on_optimizer_step_end(trainer, pl_module)
+
+    def on_optimizer_step_end(self, trainer, pl_module, loss=None) -> None:
+        if self._pending_step is None or trainer.global_step <= self._pending_step:  # (not taken yet)
+            return
+        layers = _layers(pl_module)
+        after = [layer.weight.detach() for layer in layers]
+        change = torch._foreach_norm(torch._foreach_sub(after, self._before))
+        ratios = torch.stack(change) / torch.stack(torch._foreach_norm(self._before)).clamp_min(1e-12)
+        values = torch.cat([self._grad_norms, ratios.float()]).tolist()  # one host sync for both
+        names = [f"{kind}/layer{i}" for kind in ("grad_norm", "update_ratio") for i in range(1, len(layers) + 1)]
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(dict(zip(names, values)), step=self._pending_step)
+        self._pending_step = None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._samples:  # (a resumed run at an epoch's very end)

@@ -31,7 +31,7 @@ from .datasets import (
     stratified_order,
 )
 from .idx import read_idx, read_images_labels, write_idx
-from .loader import LOADERS, DeviceBatches, TensorBatches
+from .loader import LOADERS, Chunk, DeviceBatches, TensorBatches
 
 __all__ = [
     "AUGMENTATIONS",
@@ -41,6 +41,7 @@ __all__ = [
     "per_process_batch",
     "RAW_FOLDER",
     "SAMPLE_SPLIT",
+    "Chunk",
     "DataError",
     "DeviceBatches",
     "DigitsDataModule",

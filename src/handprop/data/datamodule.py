@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +13,7 @@ from ..errors import DataError
 from ..rules import POSITIVE_INT, SettingError, check_choice, is_int, positive_int, require
 from .augment import augment_settings, to_pixels
 from .datasets import DATASETS, download, load_split
-from .loader import LOADERS, DeviceBatches, TensorBatches, _as_batch
+from .loader import LOADERS, Chunk, DeviceBatches, TensorBatches, _as_batch
 
 
 def per_process_batch(batch_size: int, world: int, processes: str = "trainer.devices x trainer.num_nodes") -> int:
@@ -123,7 +124,8 @@ class DigitsDataModule(L.LightningDataModule):
         seed = self.seed if self.seed is not None else torch.initial_seed()
         # training shards are cut to one length (same number of batches on every rank);
         # evaluation shards are not, so that every sample is evaluated exactly once
-        return DeviceBatches(images, labels, batch_size, shuffle, seed, rank, world, even_shards=shuffle)
+        chunk = getattr(trainer.lightning_module, "chunk", 1) if shuffle and trainer is not None else 1
+        return DeviceBatches(images, labels, batch_size, shuffle, seed, rank, world, even_shards=shuffle, chunk=chunk)
 
     def train_dataloader(self):
         self._train_loader = self._loader("train", shuffle=True)
@@ -150,6 +152,10 @@ class DigitsDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, Chunk):  # the model counts the mini-batches it trains
+            if self.augment:  # drawn per mini-batch, as unchunked training draws them
+                return batch._replace(prepare=functools.partial(to_pixels, augment=self.augment))
+            return batch._replace(images=to_pixels(batch.images))
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         if training and isinstance(self._train_loader, DeviceBatches):

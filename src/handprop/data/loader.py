@@ -4,6 +4,8 @@ the training device and sliced there (DeviceBatches)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -40,6 +42,21 @@ def _as_batch(batch):
     return batch  # __getitems__ already returns a stacked (images, labels) pair
 
 
+class Chunk(NamedTuple):
+    """Several consecutive training mini-batches, handed to the model in one Lightning step
+    (DigitClassifier trains them one optimiser step each): their images and labels end to
+    end, mini-batch i being rows [i * batch_size, (i + 1) * batch_size). ``prepare``: what
+    turns a mini-batch's uint8 images into pixels (augmentation draws per mini-batch,
+    exactly as unchunked training draws them); None when the images already are pixels.
+    ``loader``: the DeviceBatches it came from, told of every mini-batch trained."""
+
+    images: Tensor
+    labels: Tensor
+    batch_size: int
+    prepare: Callable[[Tensor], Tensor] | None = None
+    loader: Any = None
+
+
 class DeviceBatches:
     """Mini-batches cut from a split that lives whole on the training device.
 
@@ -63,6 +80,14 @@ class DeviceBatches:
     travels in Lightning's checkpoints (see DigitsDataModule.state_dict), and Lightning
     calls ``set_epoch`` (through ``.sampler``, its protocol for samplers) at the start of
     every epoch.
+
+    With ``chunk`` = K > 1 it hands out Chunks of K mini-batches (the last of an epoch
+    may hold fewer): Lightning sees one batch per chunk, ``len()`` counts chunks, and
+    the model trains each mini-batch as its own optimiser step, calling
+    ``mark_consumed`` for every one and ``mark_chunk_done`` at the chunk's end. A run
+    resumed inside an epoch (stopped by max_steps or an interrupt, inside a chunk or not,
+    with the same K or another) gets the rest of the epoch in chunks of K, the last ones
+    joined if Lightning, which counts the epoch's batches, has fewer left for it.
     """
 
     def __init__(
@@ -75,23 +100,32 @@ class DeviceBatches:
         rank: int = 0,
         world_size: int = 1,
         even_shards: bool = True,
+        chunk: int = 1,
     ):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.even_shards = rank, world_size, even_shards
+        self.chunk = chunk
         self.epoch, self.consumed, self._skip = 0, 0, 0
+        self.chunks_done, self._skip_chunks = 0, 0  # chunks the model finished this epoch
         self.sampler, self.batch_sampler = self, None  # where Lightning looks for set_epoch
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch, self.consumed, self._skip = epoch, 0, 0
+            self.chunks_done, self._skip_chunks = 0, 0
 
     def _shard_size(self) -> int:
         n = len(self.labels)
         return n // self.world_size if self.even_shards else len(range(self.rank, n, self.world_size))
 
-    def __len__(self) -> int:
+    @property
+    def steps_per_epoch(self) -> int:
+        """Mini-batches (optimiser steps) per epoch."""
         return math.ceil(self._shard_size() / self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.steps_per_epoch / self.chunk)
 
     def indices(self) -> Tensor:
         """This rank's sample indices for the current epoch, in order, on the device."""
@@ -104,18 +138,41 @@ class DeviceBatches:
         return order[self.rank :: self.world_size][: self._shard_size()]
 
     def __iter__(self):
-        idx = self.indices()
+        idx, size = self.indices(), self.batch_size
         start, self._skip = self._skip, 0
         self.consumed = start
-        for b in range(start, len(self)):
-            batch = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.images[batch], self.labels[batch]
+        if self.chunk == 1:
+            for b in range(start, len(self)):
+                batch = idx[b * size : (b + 1) * size]
+                yield self.images[batch], self.labels[batch]
+            return
+        self.chunks_done, self._skip_chunks = self._skip_chunks, 0
+        n, k = self.steps_per_epoch, self.chunk
+        ends = list(range(start + k, n, k)) + [n] if start < n else []
+        # Lightning ends the epoch after len(self) batches: a resumed epoch's rest must come in
+        # no more chunks than it has left of them (fewer end it early, at the loader's end)
+        left = len(self) - self.chunks_done
+        while 0 < left < len(ends):
+            del ends[-2]  # the last two chunks become one
+        for b, e in zip([start, *ends[:-1]], ends):
+            batch = idx[b * size : e * size]
+            yield Chunk(self.images[batch], self.labels[batch], size, loader=self)
 
     def mark_consumed(self) -> None:
         self.consumed += 1
 
+    def mark_chunk_done(self) -> None:
+        self.chunks_done += 1
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "size": len(self.labels)}
+        return {
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "seed": self.seed,
+            "size": len(self.labels),
+            "chunk": self.chunk,
+            "chunks_done": self.chunks_done if self.chunk > 1 else self.consumed,  # Lightning's batches so far
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["size"] != len(self.labels) or state["seed"] != self.seed:
@@ -123,4 +180,12 @@ class DeviceBatches:
                 f"the checkpoint's data loader state is for {state['size']} samples with seed {state['seed']}, "
                 f"this run has {len(self.labels)} samples with seed {self.seed}: resume with the same data and seed"
             )
+        done = state.get("chunks_done", state["consumed"])  # Lightning's batches of the epoch
+        if done == len(self) and state["consumed"] < self.steps_per_epoch:
+            # Lightning would call the epoch finished with mini-batches left in it
+            raise DataError(
+                f"the checkpoint stopped inside an epoch trained in chunks of {state.get('chunk', 1)} mini-batches; "
+                f"in chunks of {self.chunk} its rest cannot be counted: resume with model.chunk={state.get('chunk', 1)}"
+            )
         self.epoch, self.consumed, self._skip = state["epoch"], state["consumed"], state["consumed"]
+        self._skip_chunks = done
