@@ -1,4 +1,5 @@
-"""Batch 10, where the textbooks train: one epoch of ``experiment=nielsen_ch1`` four ways.
+"""Where the time of a step goes: one epoch of ``experiment=nielsen_ch1`` (batch 10, where
+the textbooks train) and of the default recipe, each four ways.
 
 Nielsen's chapter-1 network (784-30-10, sigmoid, quadratic cost, SGD with eta 3.0 on
 mini-batches of 10) for one epoch over the same training digits, in the same batch order:
@@ -9,12 +10,21 @@ mini-batches of 10) for one epoch over the same training digits, in the same bat
 - plain loop: ``nn.Linear`` + autograd + ``torch.optim.SGD``
 - raw math:   the same backpropagation in bare tensor ops: no autograd, no optimiser object
 
+The default recipe (``python train.py``: 784-512-256-10 relu, dropout 0.25, cross-entropy
+with label smoothing 0.1, AdamW on a one-cycle schedule, batch 128, device augmentation,
+normalised pixels) the same four ways, each loop augmenting its batches with handprop's
+own ``to_pixels`` and stepping through the same learning rates and momenta: the numpy loop
+backpropagates one digit at a time as network.py does, the plain loop is nn.Sequential +
+F.cross_entropy + torch.optim.AdamW + OneCycleLR, the raw math writes out the passes and
+AdamW's update in tensor ops.
+
 The loops take turns (one epoch each, ``repeats`` rounds) and the medians are compared:
 ratios, not seconds, are what carries over between machines.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -22,10 +32,12 @@ import time
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from handprop.build import build_data_and_model
 from handprop.compose import compose
-from handprop.data import DeviceBatches
+from handprop.data import DeviceBatches, to_pixels
+from handprop.module import schedule_length
 from handprop.train import train
 
 ETA, BATCH = 3.0, 10
@@ -40,9 +52,9 @@ def _digits(overrides) -> tuple[torch.Tensor, torch.Tensor, int]:
     return split.images.reshape(len(split.labels), -1).float() / 255, split.labels, cfg.seed
 
 
-def _order(n: int, seed: int, epoch: int) -> torch.Tensor:
+def _order(n: int, seed: int, epoch: int, batch: int) -> torch.Tensor:
     """The batch order handprop's loader uses for this epoch (so every loop sees the same batches)."""
-    loader = DeviceBatches(torch.zeros(n, 1, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), BATCH, True, seed)
+    loader = DeviceBatches(torch.zeros(n, 1, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), batch, True, seed)
     loader.set_epoch(epoch)
     return loader.indices()
 
@@ -137,6 +149,179 @@ class RawMath:
             b1.sub_(d1.sum(0), alpha=step)
 
 
+# --------------------------------------------------------------------------- the default recipe
+
+
+class DefaultRecipe:
+    """Everything the default recipe's loops share: the sample's training digits (uint8),
+    the batch order of handprop's first epoch, the augmentation, the pixel statistics, the
+    network's initial weights, and the learning rate and AdamW beta1 of every step (the
+    configured one-cycle schedule, stepped on a stand-in optimiser)."""
+
+    def __init__(self, overrides=()):
+        cfg = compose(list(overrides))
+        L.seed_everything(cfg.seed, verbose=False)
+        dm, model = build_data_and_model(cfg)
+        dm.setup("fit")
+        split = dm.splits["train"]
+        self.images, self.labels, self.augment = split.images, split.labels, dm.augment
+        self.mean, self.std = dm.pixel_stats
+        self.batch = dm.batch_size
+        self.order = _order(len(self.labels), cfg.data.seed, 0, self.batch)
+        self.batches = self.order.split(self.batch)
+        self.dropout, self.smoothing = model.hparams.dropout, model.hparams.label_smoothing
+        self.weights = [(layer.weight.detach().clone(), layer.bias.detach().clone()) for layer in model.net.layers]
+        stand_in = torch.nn.Parameter(torch.zeros(1))
+        opt = model.optimizer_factory(params=[stand_in])
+        group = opt.param_groups[0]
+        self.beta2, self.eps, self.weight_decay = group["betas"][1], group["eps"], group["weight_decay"]
+        sched = model.scheduler_factory(opt, **schedule_length(model.scheduler_factory, lambda: len(self.batches)))
+        self.schedule = []
+        for _ in self.batches:
+            self.schedule.append((group["lr"], group["betas"][0]))
+            stand_in.grad = torch.zeros(1)
+            opt.step()
+            sched.step()
+
+    def pixels(self, i: torch.Tensor) -> torch.Tensor:
+        """Mini-batch i's digits, augmented as handprop's loader does it, normalised, flat."""
+        return ((to_pixels(self.images[i], self.augment) - self.mean) / self.std).flatten(1)
+
+
+class DefaultNumpy:
+    """The default recipe written the way network.py is: numpy, column vectors, float64,
+    backpropagation one digit at a time inside each mini-batch (dropout masks per digit),
+    then AdamW's update."""
+
+    def __init__(self, recipe: DefaultRecipe):
+        self.r = recipe
+        self.weights = [w.double().numpy().copy() for w, _ in recipe.weights]
+        self.biases = [b.double().numpy()[:, None].copy() for _, b in recipe.weights]
+        self.moments = [[np.zeros_like(p), np.zeros_like(p)] for p in self.weights + self.biases]
+        self.rng = np.random.default_rng(0)
+        self.t = 0
+
+    def epoch(self, order: torch.Tensor) -> None:
+        for i, (lr, beta1) in zip(self.r.batches, self.r.schedule):
+            x = self.r.pixels(i).double().numpy()[:, :, None]
+            self.update_mini_batch(x, self.r.labels[i].numpy(), lr, beta1)
+
+    def update_mini_batch(self, xs, labels, lr: float, beta1: float) -> None:
+        nabla_w = [np.zeros(w.shape) for w in self.weights]
+        nabla_b = [np.zeros(b.shape) for b in self.biases]
+        for x, label in zip(xs, labels):
+            delta_w, delta_b = self.backprop(x, label)
+            nabla_w = [nw + d for nw, d in zip(nabla_w, delta_w)]
+            nabla_b = [nb + d for nb, d in zip(nabla_b, delta_b)]
+        self.t += 1
+        grads = [g / len(labels) for g in nabla_w + nabla_b]
+        params = self.weights + self.biases
+        for p, g, (m, v) in zip(params, grads, self.moments):  # AdamW (decoupled weight decay)
+            p *= 1 - lr * self.r.weight_decay
+            m[:] = beta1 * m + (1 - beta1) * g
+            v[:] = self.r.beta2 * v + (1 - self.r.beta2) * g * g
+            m_hat, v_hat = m / (1 - beta1**self.t), v / (1 - self.r.beta2**self.t)
+            p -= lr * m_hat / (np.sqrt(v_hat) + self.r.eps)
+
+    def backprop(self, x, label: int):
+        keep = 1 - self.r.dropout
+        activation, activations, masks = x, [x], []
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            mask = (self.rng.random((w.shape[0], 1)) < keep) / keep
+            activation = np.maximum(w @ activation + b, 0) * mask
+            activations.append(activation)
+            masks.append(mask)
+        z = self.weights[-1] @ activation + self.biases[-1]
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        k = len(p)
+        target = np.full((k, 1), self.r.smoothing / k)
+        target[label] += 1 - self.r.smoothing
+        delta = p - target  # d(cross-entropy of softmax)/dz
+        nabla_w, nabla_b = [None] * len(self.weights), [None] * len(self.weights)
+        nabla_w[-1], nabla_b[-1] = delta @ activations[-1].T, delta
+        for layer in range(len(self.weights) - 2, -1, -1):
+            a = activations[layer + 1]
+            delta = (self.weights[layer + 1].T @ delta) * (a > 0) * masks[layer]
+            nabla_w[layer], nabla_b[layer] = delta @ activations[layer].T, delta
+        return nabla_w, nabla_b
+
+
+class DefaultPlain:
+    """The default recipe in everyday PyTorch: nn.Sequential, F.cross_entropy, autograd,
+    torch.optim.AdamW and OneCycleLR."""
+
+    def __init__(self, recipe: DefaultRecipe):
+        self.r = recipe
+        layers = []
+        for w, b in recipe.weights:
+            linear = torch.nn.Linear(w.shape[1], w.shape[0])
+            with torch.no_grad():
+                linear.weight.copy_(w)
+                linear.bias.copy_(b)
+            layers += [linear, torch.nn.ReLU(), torch.nn.Dropout(recipe.dropout)]
+        self.net = torch.nn.Sequential(*layers[:-2])
+        lr, beta1 = recipe.schedule[0]
+        self.opt = torch.optim.AdamW(
+            self.net.parameters(), lr=lr, betas=(beta1, recipe.beta2), eps=recipe.eps, weight_decay=recipe.weight_decay
+        )
+
+    def epoch(self, order: torch.Tensor) -> None:
+        self.net.train()
+        for i, (lr, beta1) in zip(self.r.batches, self.r.schedule):
+            for group in self.opt.param_groups:  # the schedule's values (OneCycleLR's, replayed)
+                group["lr"], group["betas"] = lr, (beta1, self.r.beta2)
+            loss = F.cross_entropy(self.net(self.r.pixels(i)), self.r.labels[i], label_smoothing=self.r.smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+
+class DefaultRaw:
+    """The default recipe's backpropagation and AdamW update in bare tensor ops: no
+    autograd, no optimiser object."""
+
+    def __init__(self, recipe: DefaultRecipe):
+        self.r = recipe
+        self.params = [t.clone() for pair in recipe.weights for t in pair]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    @torch.no_grad()
+    def epoch(self, order: torch.Tensor) -> None:
+        keep = 1 - self.r.dropout
+        n_layers = len(self.params) // 2
+        for i, (lr, beta1) in zip(self.r.batches, self.r.schedule):
+            x, y = self.r.pixels(i), self.r.labels[i]
+            acts, masks = [x], []
+            for layer in range(n_layers):
+                w, b = self.params[2 * layer], self.params[2 * layer + 1]
+                z = torch.addmm(b, acts[-1], w.t())
+                if layer < n_layers - 1:
+                    mask = (torch.rand_like(z) < keep).float().div_(keep)
+                    masks.append(mask)
+                    z = z.relu_().mul_(mask)
+                acts.append(z)
+            k = acts[-1].shape[1]
+            delta = torch.softmax(acts[-1], 1).sub_(self.r.smoothing / k)
+            delta[torch.arange(len(y)), y] -= 1 - self.r.smoothing
+            delta /= len(y)
+            grads = [None] * len(self.params)
+            for layer in range(n_layers - 1, -1, -1):
+                grads[2 * layer], grads[2 * layer + 1] = delta.t() @ acts[layer], delta.sum(0)
+                if layer:
+                    delta = (delta @ self.params[2 * layer]).mul_(acts[layer] > 0).mul_(masks[layer - 1])
+            self.t += 1
+            torch._foreach_mul_(self.params, 1 - lr * self.r.weight_decay)
+            torch._foreach_lerp_(self.m, grads, 1 - beta1)
+            torch._foreach_mul_(self.v, self.r.beta2)
+            torch._foreach_addcmul_(self.v, grads, grads, 1 - self.r.beta2)
+            denom = torch._foreach_div(torch._foreach_sqrt(self.v), math.sqrt(1 - self.r.beta2**self.t))
+            torch._foreach_add_(denom, self.r.eps)
+            torch._foreach_addcdiv_(self.params, self.m, denom, -lr / (1 - beta1**self.t))
+
+
 class TrainingClock(L.Callback):
     """The seconds of each training epoch (its steps and every per-step callback), without
     the validation, checkpoints and pictures that follow it: what the other loops do."""
@@ -153,13 +338,13 @@ class TrainingClock(L.Callback):
         TrainingClock.seconds.append(self.end - self.start)
 
 
-def _handprop_epoch(overrides) -> tuple[float, float]:
-    """One epoch of the experiment as ``python train.py`` runs it (no test, no console bar):
+def _handprop_epoch(experiment: list[str], overrides) -> tuple[float, float]:
+    """One epoch of the recipe as ``python train.py`` runs it (no test, no console bar):
     the training epoch's seconds, and the whole fit's (validation, checkpoints, pictures)."""
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
         cfg = compose(
             [
-                "experiment=nielsen_ch1",
+                *experiment,
                 *overrides,
                 "trainer.max_epochs=1",
                 "test=false",
@@ -176,56 +361,66 @@ def _handprop_epoch(overrides) -> tuple[float, float]:
 def batch10_speed(overrides=(), repeats: int = 3, threads: int = 1) -> dict:
     """One epoch of nielsen_ch1 by each loop, taking turns, on ``threads`` CPU threads (at
     batch 10 a second thread only adds synchronisation); median seconds and the ratios."""
+    images, labels, seed = _digits(overrides)
+    loops = {"network.py": NetworkPy, "plain_loop": PlainLoop, "raw_math": RawMath}
+    order = _order(len(labels), seed, 0, BATCH)  # handprop's first epoch: every round, every loop
+    make = {name: (lambda cls=cls: cls(images, labels, seed)) for name, cls in loops.items()}
+    r = _four_loops(["experiment=nielsen_ch1"], overrides, make, order, len(labels) // BATCH, repeats, threads)
+    return {"recipe": "experiment=nielsen_ch1 " + " ".join(overrides), "digits": len(labels), **r}
+
+
+def default_recipe_speed(overrides=(), repeats: int = 5, threads: int = 1) -> dict:
+    """One epoch of the default recipe by each loop, taking turns (see the module docstring)."""
+    recipe = DefaultRecipe(overrides)
+    loops = {"network.py": DefaultNumpy, "plain_loop": DefaultPlain, "raw_math": DefaultRaw}
+    make = {name: (lambda cls=cls: cls(recipe)) for name, cls in loops.items()}
+    r = _four_loops([], overrides, make, recipe.order, len(recipe.batches), repeats, threads)
+    return {"recipe": "the default recipe " + " ".join(overrides), "digits": len(recipe.labels), **r}
+
+
+def _four_loops(experiment, overrides, make: dict, order, steps: int, repeats: int, threads: int) -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _batch10_speed(overrides, repeats)
+        seconds: dict[str, list[float]] = {"handprop": [], **{name: [] for name in make}}
+        fit_s = []
+        for _ in range(repeats):
+            train_s, whole = _handprop_epoch(experiment, overrides)
+            seconds["handprop"].append(train_s)
+            fit_s.append(whole)
+            for name, new in make.items():
+                loop = new()  # fresh weights every round
+                start = time.perf_counter()
+                loop.epoch(order)
+                seconds[name].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
-
-
-def _batch10_speed(overrides, repeats: int) -> dict:
-    images, labels, seed = _digits(overrides)
-    loops = {"network.py": NetworkPy, "plain_loop": PlainLoop, "raw_math": RawMath}
-    seconds: dict[str, list[float]] = {"handprop": [], **{name: [] for name in loops}}
-    fit_s = []
-    order = _order(len(labels), seed, 0)  # handprop's first epoch: every round, every loop, from fresh weights
-    for _ in range(repeats):
-        train_s, whole = _handprop_epoch(overrides)
-        seconds["handprop"].append(train_s)
-        fit_s.append(whole)
-        for name, cls in loops.items():
-            loop = cls(images, labels, seed)
-            start = time.perf_counter()
-            loop.epoch(order)
-            seconds[name].append(time.perf_counter() - start)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     return {
-        "recipe": "experiment=nielsen_ch1 " + " ".join(overrides),
-        "digits": len(labels),
-        "steps": len(labels) // BATCH,
-        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "threads": threads,
         "repeats": repeats,
         "epoch_s": median,
         "handprop_fit_s": statistics.median(fit_s),
-        "steps_per_s": {name: (len(labels) // BATCH) / s for name, s in median.items()},
+        "steps_per_s": {name: steps / s for name, s in median.items()},
         "handprop_vs_raw_math": median["handprop"] / median["raw_math"],
         "network_py_vs_handprop": median["network.py"] / median["handprop"],
+        "handprop_vs_plain_loop": median["handprop"] / median["plain_loop"],
     }
 
 
 def report(r: dict) -> str:
     lines = [
-        f"\nBatch 10, one epoch of {r['recipe']} ({r['digits']:,} digits, {r['steps']:,} steps; "
-        f"median of {r['repeats']}, taking turns, {r['threads']} CPU threads)",
+        f"\nFour loops, one epoch of {r['recipe'].strip()} ({r['digits']:,} digits, {r['steps']:,} steps; "
+        f"median of {r['repeats']}, taking turns, {r['threads']} CPU thread{'s'[: r['threads'] - 1]})",
         "loop | seconds per epoch | steps/s",
         "--- | --- | ---",
     ]
     for name in ("handprop", "network.py", "plain_loop", "raw_math"):
-        lines.append(f"{name:<11} | {r['epoch_s'][name]:>8.2f} | {r['steps_per_s'][name]:>8,.0f}")
+        lines.append(f"{name:<11} | {r['epoch_s'][name]:>8.3f} | {r['steps_per_s'][name]:>8,.0f}")
     lines.append(
-        f"handprop is {r['handprop_vs_raw_math']:.1f}x the raw math's time; network.py takes "
-        f"{r['network_py_vs_handprop']:.2f}x handprop's (goals: <= 2.5x, >= 2.5x). handprop's whole "
-        f"one-epoch fit, with validation, checkpoints and pictures: {r['handprop_fit_s']:.2f} s"
+        f"handprop takes {r['handprop_vs_raw_math']:.2f}x the raw math's time and {r['handprop_vs_plain_loop']:.2f}x "
+        f"the plain loop's; the network.py-style loop takes {r['network_py_vs_handprop']:.2f}x handprop's. "
+        f"handprop's whole one-epoch fit, with validation, checkpoints and pictures: {r['handprop_fit_s']:.2f} s"
     )
     return "\n".join(lines)
