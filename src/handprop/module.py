@@ -249,11 +249,13 @@ class DigitClassifier(L.LightningModule):
     def _log_steps(self, steps: list[tuple[int, Tensor, float]]) -> None:
         """train/loss_step and train/lr of optimiser steps (step, loss, learning rate), each
         at its own step; the last loss also in the progress bar."""
-        for step, loss, lr in steps:
+        if not steps or not self.trainer.is_global_zero:
+            return
+        losses = torch.stack([loss for _, loss, _ in steps]).tolist()  # one host sync
+        for (step, _, lr), loss in zip(steps, losses):
             for logger in self.trainer.loggers:
-                logger.log_metrics({"train/loss_step": loss.item(), "train/lr": lr}, step=step)
-        if steps:
-            self.log("train/loss_step", steps[-1][1], on_step=True, on_epoch=False, prog_bar=True, logger=False)
+                logger.log_metrics({"train/loss_step": loss, "train/lr": lr}, step=step)
+        self.log("train/loss_step", steps[-1][1], on_step=True, on_epoch=False, prog_bar=True, logger=False)
 
     def _log_epoch(self, stage: str) -> None:
         loss, accuracy = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_acc"]
@@ -291,21 +293,25 @@ class DigitClassifier(L.LightningModule):
         activations = tuple(layer.activation for layer in net.layers)
         dropout = net.dropout if net.training else 0.0
         cost, smoothing = self.hparams.loss, self.hparams.label_smoothing
-        pixels, labels, size = chunk.images, chunk.labels, chunk.batch_size
-        inputs = pixels if chunk.prepare else self.normalize(pixels)  # the whole chunk at once
+        size, labels = chunk.batch_size, chunk.labels
+        # pixels (in [0, 1]) and inputs (normalised) of the whole chunk at once, unless
+        # augmentation draws per mini-batch
+        pixels = chunk.images.split(size)
+        inputs = pixels if chunk.prepare else self.normalize(chunk.images).split(size)
+        no_dropout = HF.dropout_masks(0, params, 0.0)
         every, world, last = trainer.log_every_n_steps, trainer.world_size, trainer.max_steps
         losses, outputs, logged = [], [], []
-        for start in range(0, len(labels), size):
+        for pixels_i, x, y in zip(pixels, inputs, labels.split(size)):
             step = progress.total.completed  # trainer.global_step
             if 0 <= last <= step:
                 break
-            x, y = pixels[start : start + size], labels[start : start + size]
             if chunk.prepare:
-                x = chunk.prepare(x)
+                pixels_i = chunk.prepare(pixels_i)
             for hook in hooks["on_optimizer_step_start"]:
-                hook(trainer, self, (x, y))
-            x = self.normalize(x) if chunk.prepare else inputs[start : start + size]
-            keeps = HF.dropout_masks(len(y), params, dropout)
+                hook(trainer, self, (pixels_i, y))
+            if chunk.prepare:
+                x = self.normalize(pixels_i)
+            keeps = HF.dropout_masks(len(y), params, dropout) if dropout else no_dropout
             out, loss, grads = HF.gradients(x, y, cost, smoothing, activations, keeps, 1 / (1 - dropout), params)
             if world > 1:  # what DDP does for K = 1: every process steps with the mean gradient
                 grads = _mean_over_processes(trainer, grads)
@@ -517,7 +523,19 @@ def logs_this_step(trainer: L.Trainer, every_n_steps: int | None = None) -> bool
     one to log, (k + 1) % n == 0 -- Lightning's own rule for writing step scalars with
     n = trainer.log_every_n_steps (the default); never when n == 0."""
     n = trainer.log_every_n_steps if every_n_steps is None else every_n_steps
-    return n > 0 and (trainer.global_step + 1) % n == 0
+    return n > 0 and (steps_taken(trainer) + 1) % n == 0
+
+
+def steps_taken(trainer: L.Trainer) -> int:
+    """trainer.global_step, read from the fit loop's two counters (automatic optimisation
+    counts in one, manual in the other; _carry_step_count keeps the idle one level): the
+    property first asks the strategy which one counts, a few microseconds that the
+    per-step checks of a chunk pay several times a step."""
+    loop = trainer.fit_loop.epoch_loop
+    return max(
+        loop.manual_optimization.optim_step_progress.total.completed,
+        loop.automatic_optimization.optim_progress.optimizer.step.total.completed,
+    )
 
 
 def called(factory: Callable) -> tuple[Callable, dict]:

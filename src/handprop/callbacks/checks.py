@@ -13,7 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ..errors import GradientAuditError, NumericalError, ReplicaError
-from ..module import logs_this_step
+from ..module import logs_this_step, steps_taken
 from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_number, positive_int, require
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class GradientAudit(Callback):
             self.on_optimizer_step_start(trainer, pl_module, batch)
 
     def on_optimizer_step_start(self, trainer: L.Trainer, pl_module, batch) -> None:
-        if trainer.global_step % self.every_n_steps == 0 and trainer.accumulate_grad_batches == 1:
+        if steps_taken(trainer) % self.every_n_steps == 0 and trainer.accumulate_grad_batches == 1:
             self._pending = (batch, _rng_states(pl_module.device))
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
@@ -204,15 +204,6 @@ class ReplicaCheck(Callback):
         self._check(trainer, pl_module, "end of training")
 
 
-def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every element is finite (one host sync). A NaN or an infinity makes its
-    tensor's sum non-finite; only a sum that overflowed from finite elements needs the
-    element-wise look, which allocates a mask as large as the tensor."""
-    if bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all()):
-        return True
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
 class NumericsGuard(Callback):
     """Stops a run whose loss or gradients turn NaN or infinite, naming the first bad step.
 
@@ -229,32 +220,40 @@ class NumericsGuard(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and pl_module.automatic_optimization:  # (a chunk reports each step below)
-            self.on_optimizer_step_end(trainer, pl_module, loss)
+            self.on_optimizer_step_end(trainer, pl_module, loss.detach())
 
     def on_optimizer_step_end(self, trainer, pl_module, loss) -> None:
-        self._losses.append(loss.detach())
-        self._steps.append(trainer.global_step - 1)  # the step this loss belongs to
-        if len(self._steps) >= self.every_n_steps:
+        self._losses.append(loss)  # (a chunk's losses carry no graph)
+        self._steps.append(steps_taken(trainer) - 1)  # the step this loss belongs to
+        if len(self._steps) >= 2 * self.every_n_steps:  # (read below, unless no step reaches it)
             self._check(trainer, pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not logs_this_step(trainer, self.every_n_steps):
             return
-        self._check(trainer, pl_module)  # an earlier step's loss first: the first sign names the step
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not _all_finite(grads):
-            raise NumericalError(self._message(trainer, pl_module, trainer.global_step, "a gradient"))
+        self._check(trainer, pl_module, grads)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.training or trainer.state.fn == "fit":
             self._check(trainer, pl_module)
 
-    def _check(self, trainer, pl_module) -> None:
-        if self._steps:
-            bad = (~torch.isfinite(torch.stack(self._losses))).nonzero().flatten().tolist()  # the one host sync
-            steps, self._steps, self._losses = self._steps, [], []
-            if bad:
-                raise NumericalError(self._message(trainer, pl_module, steps[bad[0]], "the training loss"))
+    def _check(self, trainer, pl_module, grads=()) -> None:
+        """The losses kept so far and ``grads`` (this step's gradients), in one host sync;
+        an earlier step's loss is named first: the first sign names the step."""
+        if not self._steps and not grads:
+            return
+        # a NaN or an infinity makes its tensor's sum non-finite
+        sums = torch.stack([*self._losses, *(g.sum() for g in grads)])
+        steps, self._steps, self._losses = self._steps, [], []
+        finite = torch.isfinite(sums)
+        if bool(finite.all()):
+            return
+        bad = (~finite).nonzero().flatten().tolist()
+        if bad[0] < len(steps):
+            raise NumericalError(self._message(trainer, pl_module, steps[bad[0]], "the training loss"))
+        if not all(bool(torch.isfinite(g).all()) for g in grads):  # (not a finite sum that overflowed)
+            raise NumericalError(self._message(trainer, pl_module, steps_taken(trainer), "a gradient"))
 
     @staticmethod
     def _message(trainer, pl_module, step: int, what: str) -> str:

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..data import to_pixels
-from ..module import logs_this_step
+from ..module import logs_this_step, steps_taken
 from ..pictures import LandscapePlane, confusion_figure, cost_surface, landscape_figure, mistakes_figure, weight_grid
 from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, is_number, positive_int, require
 
@@ -76,7 +76,7 @@ class TrainingScalars(Callback):
             self._before = [layer.weight.detach().clone() for layer in layers]
         else:
             torch._foreach_copy_(self._before, [layer.weight.detach() for layer in layers])
-        self._pending_step = trainer.global_step
+        self._pending_step = steps_taken(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._samples += len(batch[1])
@@ -85,7 +85,7 @@ class TrainingScalars(Callback):
             self.on_optimizer_step_end(trainer, pl_module)
 
     def on_optimizer_step_end(self, trainer, pl_module, loss=None) -> None:
-        if self._pending_step is None or trainer.global_step <= self._pending_step:  # (not taken yet)
+        if self._pending_step is None or steps_taken(trainer) <= self._pending_step:  # (not taken yet)
             return
         layers = _layers(pl_module)
         after = [layer.weight.detach() for layer in layers]

@@ -35,24 +35,28 @@ def _identity_chain(g: Tensor, _: None) -> Tensor:  # f'(z) = 1
     return g
 
 
-# The chain rules below write into the one fresh tensor they allocate (the trailing-
-# underscore ops): a backward pass is mostly memory traffic, and each extra temporary
-# the size of a layer's activations costs as much time as the arithmetic.
+# The chain rules below compute dz = g ⊙ f'(z) from what the forward pass kept, writing
+# into the one fresh tensor they allocate (the trailing-underscore ops): a backward pass
+# is mostly memory traffic, and each extra temporary the size of a layer's activations
+# costs as much time as the arithmetic. Where the formula is a product of elementwise
+# terms of the output, one fused ATen kernel computes exactly it (sigmoid_backward is
+# g·a·(1 - a), tanh_backward g·(1 - a²), threshold_backward g where a > 0): one pass
+# instead of three. The formula stands beside each; the tests check every one against
+# autograd and finite differences.
 
 
 def _sigmoid_chain(g: Tensor, a: Tensor) -> Tensor:  # σ'(z) = σ(z)(1 - σ(z)) = a(1 - a)
-    return (1 - a).mul_(a).mul_(g)
+    return torch.ops.aten.sigmoid_backward(g, a)  # g ⊙ a ⊙ (1 - a)
 
 
 def _tanh_chain(g: Tensor, a: Tensor) -> Tensor:  # tanh'(z) = 1 - tanh²(z) = 1 - a²
-    return (a * a).neg_().add_(1).mul_(g)
+    return torch.ops.aten.tanh_backward(g, a)  # g ⊙ (1 - a²)
 
 
 def _relu_chain(g: Tensor, a: Tensor) -> Tensor:
     # relu'(z) = 1 if z > 0 else 0 (0 at z = 0 too, PyTorch's convention); a > 0 exactly
-    # when z > 0. So dz = g where a > 0, else 0: one fused elementwise kernel (ATen's
-    # threshold_backward computes exactly that) instead of a mask and a product.
-    return torch.ops.aten.threshold_backward(g, a, 0)
+    # when z > 0. So dz = g where a > 0, else 0.
+    return torch.ops.aten.threshold_backward(g, a, 0)  # g ⊙ [a > 0]
 
 
 # LeCun et al. 1998 (Gradient-based learning applied to document recognition), Appendix A:

@@ -8,6 +8,7 @@ bf16/fp16, and autocast does the same for PyTorch's own costs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,7 +59,8 @@ def quadratic_forward(output: Tensor, target: Tensor, label_smoothing: float = 0
     network.py) only rescales the learning rate and makes the gradient clean."""
     output = _at_least_float32(output)
     diff = output - _one_hot(target, output)
-    return torch.dot(diff.view(-1), diff.view(-1)) * 0.5 / output.shape[0], (diff,)
+    n = output.shape[0]
+    return diff.pow(2).sum().mul(0.5 / n if n else math.nan), (diff,)
 
 
 def quadratic_backward(g: Tensor, saved, label_smoothing: float = 0.0) -> Tensor:
