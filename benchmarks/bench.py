@@ -666,7 +666,7 @@ def _batch10(args) -> dict:
     """Nielsen's chapter-1 epoch four ways: on full MNIST when it is there, else on the sample."""
     full = not args.quick and (Path(args.mnist_dir) / "MNIST" / "raw").is_dir()
     overrides = ("data=mnist", f"data.data_dir={Path(args.mnist_dir).resolve()}") if full else ()
-    return textbook.batch10_speed(overrides, repeats=1 if args.quick else 3)
+    return textbook.batch10_speed(overrides, repeats=1 if args.quick else 5)
 
 
 def _report_fashion(results: dict | None) -> str:
