@@ -20,7 +20,11 @@ if command -v nvidia-smi >/dev/null; then
 fi
 summary="$out/runs.jsonl"; : > "$summary"
 for run in "bf16 trainer.precision=bf16-mixed" "fp16 trainer.precision=16-mixed" "compile model.compile=true" \
-           "fp32 trainer.precision=32-true" "ddp1 trainer.strategy=ddp trainer.devices=1"; do
+           "fp32 trainer.precision=32-true" "ddp1 trainer.strategy=ddp trainer.devices=1" \
+           "nielsen_chunked experiment=nielsen_ch1 trainer.max_epochs=3" \
+           "nielsen_unchunked experiment=nielsen_ch1 trainer.max_epochs=3 model.chunk=1"; do
+  # (the nielsen pair: batch 10 on the GPU in chunks of optimiser steps and one step per
+  #  Lightning step -- fit time apart, the same metrics)
   set -- $run; name=$1; shift
   start=$(date +%s.%N)
   python3 train.py trainer=$trainer ${EXTRA:-} "$@" callbacks.gradient_audit.every_n_steps=10 callbacks.progress_bar=null \

@@ -74,6 +74,10 @@ def test_ddp_run_from_the_cli_is_one_run_with_identical_replicas(tmp_path, singl
     assert len({p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}) == 1  # one TensorBoard run
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert _replica_line(run_dir)[0] == 2  # both processes ended with bitwise the same parameters
+    # ... trained in chunks: many optimiser steps per Lightning step, each step's gradient
+    # averaged over both processes (model.chunk chosen for the small network)
+    chunk = re.search(r"training: (\d+) optimiser steps per Lightning step", (run_dir / "train.log").read_text())
+    assert chunk and int(chunk.group(1)) > 1
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == single_process_run["trainer/global_step"] == 64  # the same global batch
     # the same recipe on the same global batch: the same accuracy, up to dropout masks and
