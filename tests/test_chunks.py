@@ -126,7 +126,7 @@ class InterruptAfterStep(Callback):
 def test_a_run_interrupted_inside_a_chunk_resumes_bitwise(tmp_path):
     """Step 53 lies inside the second epoch's second chunk (steps 48-55): the resumed run
     trains the rest of that chunk, then whole chunks again, and ends where the run that
-    was never interrupted ends; so does a run resumed from there one step at a time."""
+    was never interrupted ends. The resumed run validates where the straight one does."""
     _, straight = _run(tmp_path, "straight", "model.chunk=8")
     stop = {"stop": {"_target_": "test_chunks.InterruptAfterStep", "step": 53}}
     with pytest.raises(SystemExit):
@@ -134,9 +134,14 @@ def test_a_run_interrupted_inside_a_chunk_resumes_bitwise(tmp_path):
     ckpt = tmp_path / "interrupted" / "checkpoints" / "interrupted.ckpt"
     loader = torch.load(ckpt, map_location="cpu", weights_only=True)["DigitsDataModule"]["train_loader"]
     assert (loader["epoch"], loader["consumed"], loader["chunks_done"]) == (1, 13, 1)
-    for chunk in (8, 1):  # resumed in chunks, or one mini-batch per Lightning step
+    for chunk in ("8", "null"):  # null: the rest of the epoch in the checkpoint's chunks
         _run(tmp_path, f"resumed{chunk}", f"model.chunk={chunk}", f"ckpt_path='{ckpt}'")
         _assert_same_training(_checkpoint(straight), _checkpoint(tmp_path / f"resumed{chunk}"))
+        assert [s for s, _ in _scalars(tmp_path / f"resumed{chunk}")["val/acc"]] == [79]
+    # Lightning counts an epoch's batches (and validates when the count is full): the unit
+    # cannot change inside one
+    with pytest.raises(HandpropError, match=r"inside an epoch trained 8 optimiser step\(s\).*model.chunk=8"):
+        _run(tmp_path, "unchunked", "model.chunk=1", f"ckpt_path='{ckpt}'")
 
 
 class SaveAtEnd(Callback):
@@ -228,3 +233,13 @@ def test_the_progress_bar_counts_optimiser_steps(tmp_path):
         cfg.callbacks.update(seen)
     train(cfg)
     assert BarReading.read == (40, 40)
+
+
+@pytest.mark.parametrize("chunk", [1, 8])
+def test_a_run_without_an_epoch_limit_counts_its_steps(tmp_path, chunk):
+    """max_epochs=-1: the run's length is max_steps (a one-cycle schedule fills it in), or
+    unknown until a callback stops it."""
+    metrics, _ = _run(tmp_path, "steps", f"model.chunk={chunk}", "trainer.max_epochs=-1", "trainer.max_steps=20")
+    assert metrics["trainer/global_step"] == 20
+    stop = {"stop": {"_target_": "conftest.StopAtStep", "step": 10}}
+    _run(tmp_path, "open", *RECIPES["textbook"], f"model.chunk={chunk}", "trainer.max_epochs=-1", callbacks=stop)

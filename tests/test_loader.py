@@ -99,8 +99,9 @@ def test_a_run_resumed_mid_epoch_ends_where_the_uninterrupted_run_ends(tmp_path)
     bitwise. The default one-cycle schedule asks for the run's length while the
     optimiser is built, which is what made Lightning build the loader before restoring
     its state; the data module's own state hooks cover that. The interrupted run trains one
-    mini-batch per Lightning step (its checkpoint every step needs that), the resumed ones
-    in chunks (model.chunk chosen): the rest of the epoch comes in chunks all the same."""
+    mini-batch per Lightning step (its checkpoint every step needs that); the resumed run,
+    whose model.chunk=null would choose chunks, goes on one step at a time, as the
+    checkpoint's epoch was trained."""
 
     common = [o for o in FAST if "limit_train_batches" not in o] + [
         "trainer.max_epochs=2",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from torch import Tensor
 from torch.optim.sgd import sgd
 from torchmetrics.aggregation import MeanMetric
@@ -201,10 +202,39 @@ class DigitClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
-        if states is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if states is not None and fitting:
             torch.set_rng_state(states["torch"])
             if states["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(states["cuda"])
+        if fitting:
+            self._resume_with_the_checkpoints_chunk(checkpoint)
+
+    def _resume_with_the_checkpoints_chunk(self, checkpoint: dict) -> None:
+        """A run resumed inside an epoch trains in the checkpoint's chunk size: Lightning
+        counts the epoch's batches, validates when the count reaches the epoch's length and
+        logs by it, so the unit cannot change inside an epoch. (From a checkpoint taken at
+        an epoch's end it can: the next epoch starts afresh.)"""
+        datamodule, world = self.trainer.datamodule, self.trainer.world_size
+        state = checkpoint.get(type(datamodule).__qualname__, {}).get("train_loader") if datamodule else None
+        if not state:  # (not handprop's device loader: it keeps no position)
+            return
+        steps = math.ceil(state["size"] // world / (datamodule.batch_size // world))  # the epoch's mini-batches
+        theirs = state.get("chunk", 1)
+        if not 0 < state["consumed"] < steps or theirs == self.chunk:
+            return
+        asked, blockers = self.hparams.get("chunk"), chunk_blockers(self, self.trainer)
+        if asked is not None or (theirs > 1 and blockers):
+            why = f"model.chunk={asked}" if asked is not None else ", ".join(blockers)
+            raise ConfigError(
+                f"the checkpoint stopped inside an epoch trained {theirs} optimiser step(s) per Lightning step; "
+                f"this run ({why}) would train {self.chunk}. Resume with model.chunk={theirs} (or null), or "
+                "from a checkpoint taken at an epoch's end (checkpoints/last.ckpt)"
+            )
+        self.chunk = theirs
+        self.automatic_optimization = theirs == 1
+        if self.trainer.is_global_zero:
+            log.info("training: %d optimiser step(s) per Lightning step, as the checkpoint's epoch was", theirs)
 
     def normalize(self, images: Tensor) -> Tensor:
         """Pixels in [0, 1] -> flat vectors with the training set's mean 0 and std 1
@@ -249,12 +279,13 @@ class DigitClassifier(L.LightningModule):
     def _log_steps(self, steps: list[tuple[int, Tensor, float]]) -> None:
         """train/loss_step and train/lr of optimiser steps (step, loss, learning rate), each
         at its own step; the last loss also in the progress bar."""
-        if not steps or not self.trainer.is_global_zero:
+        if not steps:
             return
-        losses = torch.stack([loss for _, loss, _ in steps]).tolist()  # one host sync
-        for (step, _, lr), loss in zip(steps, losses):
-            for logger in self.trainer.loggers:
-                logger.log_metrics({"train/loss_step": loss, "train/lr": lr}, step=step)
+        if self.trainer.is_global_zero and self.trainer.loggers:
+            losses = torch.stack([loss for _, loss, _ in steps]).tolist()  # one host sync
+            for (step, _, lr), loss in zip(steps, losses):
+                for logger in self.trainer.loggers:
+                    logger.log_metrics({"train/loss_step": loss, "train/lr": lr}, step=step)
         self.log("train/loss_step", steps[-1][1], on_step=True, on_epoch=False, prog_bar=True, logger=False)
 
     def _log_epoch(self, stage: str) -> None:
@@ -390,18 +421,19 @@ class DigitClassifier(L.LightningModule):
         return [{"params": weights, "weight_decay": l2 / n}, {"params": biases, "weight_decay": 0.0}]
 
     def _schedule_length(self) -> dict:
-        return schedule_length(self.scheduler_factory, self.optimizer_steps)
+        return schedule_length(self.scheduler_factory, lambda: int(self.optimizer_steps()))
 
-    def optimizer_steps(self) -> int:
-        """How many optimiser steps this run takes (Lightning's estimate counts training
-        batches, which are chunks of them with chunk > 1)."""
+    def optimizer_steps(self) -> int | float:
+        """How many optimiser steps this run takes, infinite for an unlimited run
+        (Lightning's estimate counts training batches: chunks of steps with chunk > 1)."""
         trainer = self.trainer
-        batches = trainer.estimated_stepping_batches  # (sets the training loader up)
         if self.automatic_optimization:
-            return int(batches)
-        per_epoch = trainer.train_dataloader.steps_per_epoch
-        total = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
-        return int(min(total, trainer.max_steps if trainer.max_steps >= 0 else math.inf))
+            return trainer.estimated_stepping_batches
+        limit = trainer.max_steps if trainer.max_steps >= 0 else math.inf
+        if trainer.max_epochs in (None, -1):
+            return limit
+        trainer.estimated_stepping_batches  # noqa: B018 -- (sets the training loader up)
+        return min(trainer.train_dataloader.steps_per_epoch * trainer.max_epochs, limit)
 
     def _choose_chunk(self) -> int:
         asked, blockers = self.hparams.get("chunk"), chunk_blockers(self, self.trainer)
@@ -450,7 +482,8 @@ def chunk_blockers(module: DigitClassifier, trainer: L.Trainer) -> list[str]:
         "model.compile=true": module.hparams.compile,
         f"trainer.precision={trainer.precision}": trainer.precision not in ("32-true", "32", 32),
         "trainer.gradient_clip_val": bool(trainer.gradient_clip_val),
-        "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches != 1,
+        "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches != 1
+        or any(isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks),
         "trainer.limit_train_batches": not _whole(trainer.limit_train_batches),
         "trainer.val_check_interval": not _whole(trainer.val_check_interval),
         "a checkpoint every n training steps": any(
@@ -514,7 +547,11 @@ def _whole(fraction) -> bool:
 
 
 def _mean_over_processes(trainer: L.Trainer, grads: list[Tensor]) -> list[Tensor]:
-    flat = trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
+    """The gradient averaged over the processes as DDP's reducer averages it: each divided
+    by their number, then summed (bitwise DDP's for two processes; for more, the sum's
+    order may differ from its buckets' in the last bit)."""
+    flat = torch.cat([g.flatten() for g in grads]).div_(trainer.world_size)
+    torch.distributed.all_reduce(flat)
     return [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)]
 
 

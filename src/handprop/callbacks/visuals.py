@@ -80,6 +80,8 @@ class TrainingScalars(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._samples += len(batch[1])
+        if not pl_module.automatic_optimization:  # a chunk cut short by max_steps trained fewer
+            self._samples -= len(batch[1]) - min(len(batch[1]), len(outputs["loss"]) * batch.batch_size)
         self._trained = time.perf_counter()  # the epoch's training ends here, before validation
         if pl_module.automatic_optimization:  # (a chunk of mini-batches calls it per step)
             self.on_optimizer_step_end(trainer, pl_module)

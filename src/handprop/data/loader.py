@@ -85,9 +85,9 @@ class DeviceBatches:
     may hold fewer): Lightning sees one batch per chunk, ``len()`` counts chunks, and
     the model trains each mini-batch as its own optimiser step, calling
     ``mark_consumed`` for every one and ``mark_chunk_done`` at the chunk's end. A run
-    resumed inside an epoch (stopped by max_steps or an interrupt, inside a chunk or not,
-    with the same K or another) gets the rest of the epoch in chunks of K, the last ones
-    joined if Lightning, which counts the epoch's batches, has fewer left for it.
+    resumed inside an epoch (stopped by max_steps or an interrupt, inside a chunk or not)
+    gets the rest of the epoch in chunks of K, the last ones joined if Lightning, which
+    counts the epoch's batches, has fewer left for it.
     """
 
     def __init__(
