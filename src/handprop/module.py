@@ -464,9 +464,10 @@ class DigitClassifier(L.LightningModule):
 
 
 # Chunked training (DigitClassifier's chunk=None): enough multiply-adds per Lightning step
-# that its ~1-2 ms of loop and callbacks stay a few percent of the step -- about 50 ms of
-# arithmetic on one CPU core -- and at most MAX_CHUNK mini-batches.
-CHUNK_WORK = 500_000_000
+# that its loop and callbacks (several milliseconds a step on a CPU, measured) stay a few
+# percent of it -- about 200 ms of arithmetic on one CPU core -- and at most MAX_CHUNK
+# mini-batches.
+CHUNK_WORK = 2_000_000_000
 MAX_CHUNK = 256
 
 
