@@ -111,8 +111,8 @@ def test_resume_past_the_end_of_a_one_cycle_schedule_says_why(tmp_path):
 
 
 def test_step_losses_are_logged_on_the_loggers_steps_only(train_cfg, tmp_path):
-    # The module calls self.log for a step's loss only on the steps Lightning writes: the
-    # same steps as the learning rate that LearningRateMonitor logs by Lightning's own rule.
+    # The module writes a step's loss and learning rate together, only on the steps
+    # Lightning's own rule writes (trainer.log_every_n_steps).
     train(train_cfg("trainer.log_every_n_steps=3", "test=false"))  # 2 epochs x 4 batches
     events = EventAccumulator(str(tensorboard_run(tmp_path)))
     events.Reload()

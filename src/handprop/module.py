@@ -403,7 +403,8 @@ class DigitClassifier(L.LightningModule):
                 "its warm-up would end on its first step. Train for more steps, change "
                 "scheduler.pct_start, or use scheduler=cosine / scheduler=none"
             ) from None
-        # "name" is the tag LearningRateMonitor logs the learning rate under.
+        # The module logs train/lr itself, per optimiser step; "name" is the tag a
+        # LearningRateMonitor added to the callbacks would use.
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
@@ -532,14 +533,19 @@ def _carry_step_count(trainer: L.Trainer) -> None:
     """Lightning counts optimiser steps in one place for automatic optimisation (chunk 1)
     and another for manual (chunks): a run resumed with the other kind than its checkpoint
     starts the count where the checkpoint left it."""
-    loop = trainer.fit_loop.epoch_loop
-    counters = (
-        loop.manual_optimization.optim_step_progress.total,
-        loop.automatic_optimization.optim_progress.optimizer.step.total,
-    )
+    counters = _step_counters(trainer)
     steps = max(c.completed for c in counters)
     for counter in counters:
         counter.ready = counter.completed = steps
+
+
+def _step_counters(trainer: L.Trainer) -> tuple:
+    """The fit loop's counts of optimiser steps: manual optimisation's, automatic's."""
+    loop = trainer.fit_loop.epoch_loop
+    return (
+        loop.manual_optimization.optim_step_progress.total,
+        loop.automatic_optimization.optim_progress.optimizer.step.total,
+    )
 
 
 def _whole(fraction) -> bool:
@@ -569,11 +575,7 @@ def steps_taken(trainer: L.Trainer) -> int:
     counts in one, manual in the other; _carry_step_count keeps the idle one level): the
     property first asks the strategy which one counts, a few microseconds that the
     per-step checks of a chunk pay several times a step."""
-    loop = trainer.fit_loop.epoch_loop
-    return max(
-        loop.manual_optimization.optim_step_progress.total.completed,
-        loop.automatic_optimization.optim_progress.optimizer.step.total.completed,
-    )
+    return max(counter.completed for counter in _step_counters(trainer))
 
 
 def called(factory: Callable) -> tuple[Callable, dict]:

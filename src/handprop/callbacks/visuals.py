@@ -79,9 +79,10 @@ class TrainingScalars(Callback):
         self._pending_step = steps_taken(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._samples += len(batch[1])
-        if not pl_module.automatic_optimization:  # a chunk cut short by max_steps trained fewer
-            self._samples -= len(batch[1]) - min(len(batch[1]), len(outputs["loss"]) * batch.batch_size)
+        if pl_module.automatic_optimization:
+            self._samples += len(batch[1])
+        else:  # a chunk: the digits of the steps it took (max_steps may cut it short)
+            self._samples += min(len(batch.labels), len(outputs["loss"]) * batch.batch_size)
         self._trained = time.perf_counter()  # the epoch's training ends here, before validation
         if pl_module.automatic_optimization:  # (a chunk of mini-batches calls it per step)
             self.on_optimizer_step_end(trainer, pl_module)
@@ -93,11 +94,8 @@ class TrainingScalars(Callback):
         after = [layer.weight.detach() for layer in layers]
         change = torch._foreach_norm(torch._foreach_sub(after, self._before))
         ratios = torch.stack(change) / torch.stack(torch._foreach_norm(self._before)).clamp_min(1e-12)
-        values = torch.cat([self._grad_norms, ratios.float()]).tolist()  # one host sync for both
         names = [f"{kind}/layer{i}" for kind in ("grad_norm", "update_ratio") for i in range(1, len(layers) + 1)]
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(dict(zip(names, values)), step=self._pending_step)
+        _write_scalars(trainer, dict(zip(names, torch.cat([self._grad_norms, ratios.float()]))), self._pending_step)
         self._pending_step = None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

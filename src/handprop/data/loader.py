@@ -138,16 +138,9 @@ class DeviceBatches:
         return order[self.rank :: self.world_size][: self._shard_size()]
 
     def __iter__(self):
-        idx, size = self.indices(), self.batch_size
+        idx, size, n, k = self.indices(), self.batch_size, self.steps_per_epoch, self.chunk
         start, self._skip = self._skip, 0
-        self.consumed = start
-        if self.chunk == 1:
-            for b in range(start, len(self)):
-                batch = idx[b * size : (b + 1) * size]
-                yield self.images[batch], self.labels[batch]
-            return
-        self.chunks_done, self._skip_chunks = self._skip_chunks, 0
-        n, k = self.steps_per_epoch, self.chunk
+        self.consumed, self.chunks_done, self._skip_chunks = start, self._skip_chunks, 0
         ends = list(range(start + k, n, k)) + [n] if start < n else []
         # Lightning ends the epoch after len(self) batches: a resumed epoch's rest must come in
         # no more chunks than it has left of them (fewer end it early, at the loader's end)
@@ -156,7 +149,10 @@ class DeviceBatches:
             del ends[-2]  # the last two chunks become one
         for b, e in zip([start, *ends[:-1]], ends):
             batch = idx[b * size : e * size]
-            yield Chunk(self.images[batch], self.labels[batch], size, loader=self)
+            if k == 1:
+                yield self.images[batch], self.labels[batch]
+            else:
+                yield Chunk(self.images[batch], self.labels[batch], size, loader=self)
 
     def mark_consumed(self) -> None:
         self.consumed += 1
@@ -180,12 +176,7 @@ class DeviceBatches:
                 f"the checkpoint's data loader state is for {state['size']} samples with seed {state['seed']}, "
                 f"this run has {len(self.labels)} samples with seed {self.seed}: resume with the same data and seed"
             )
-        done = state.get("chunks_done", state["consumed"])  # Lightning's batches of the epoch
-        if done == len(self) and state["consumed"] < self.steps_per_epoch:
-            # Lightning would call the epoch finished with mini-batches left in it
-            raise DataError(
-                f"the checkpoint stopped inside an epoch trained in chunks of {state.get('chunk', 1)} mini-batches; "
-                f"in chunks of {self.chunk} its rest cannot be counted: resume with model.chunk={state.get('chunk', 1)}"
-            )
         self.epoch, self.consumed, self._skip = state["epoch"], state["consumed"], state["consumed"]
-        self._skip_chunks = done
+        # Lightning's batches of the epoch so far (a run resumed inside an epoch keeps its
+        # chunk size: DigitClassifier._resume_with_the_checkpoints_chunk)
+        self._skip_chunks = state.get("chunks_done", state["consumed"])

@@ -238,17 +238,12 @@ def gradients(x, target, cost: str, label_smoothing: float, activations: tuple, 
     ``loss.backward()`` through MLPFunction leaves in ``.grad``. For a training loop that
     applies the gradient itself (module.DigitClassifier's chunked steps): at a batch of ten
     digits, the engine's bookkeeping costs more than the arithmetic."""
-    wants = _parameters_only(len(activations))
+    n = len(activations)
+    wants = _wanted_gradients((False, *(True,) * (2 * n)), n)  # every dW and db; no dx for the image
     out, saved = forward_layers(x, params, activations, keeps, scale, wants)
     loss, cost_saved = COSTS[cost].forward(out, target, label_smoothing)
     g = COSTS[cost].backward(_one(loss.dtype, loss.device), cost_saved, label_smoothing)  # ∂C/∂C = 1
     return out, loss, backward_layers(g.to(out.dtype), saved, activations, scale, wants)[1]
-
-
-@functools.lru_cache(maxsize=16)
-def _parameters_only(n_layers: int) -> tuple[tuple[bool, bool, bool], ...]:
-    """Every layer's dW and db; dx for all but the first (the image needs none)."""
-    return tuple((i > 0, True, True) for i in range(n_layers))
 
 
 @functools.lru_cache(maxsize=16)
