@@ -575,7 +575,8 @@ def steps_taken(trainer: L.Trainer) -> int:
     counts in one, manual in the other; _carry_step_count keeps the idle one level): the
     property first asks the strategy which one counts, a few microseconds that the
     per-step checks of a chunk pay several times a step."""
-    return max(counter.completed for counter in _step_counters(trainer))
+    manual, automatic = _step_counters(trainer)
+    return max(manual.completed, automatic.completed)
 
 
 def called(factory: Callable) -> tuple[Callable, dict]:
