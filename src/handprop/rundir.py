@@ -36,7 +36,6 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
-from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .errors import HandpropError, RunDirectoryError
@@ -280,21 +279,6 @@ def refuse_to_overwrite(dirs: set[Path], ckpt_path: str | None) -> None:
         f"this run would overwrite them. Resume that run with ckpt_path={last} (and the same "
         "hydra.run.dir), or start this one in a fresh directory (the default hydra.run.dir makes one per run)."
     )
-
-
-# --------------------------------------------------------------------------- files stay inside the run
-
-
-class TensorBoardLogger(LightningTensorBoardLogger):
-    """Lightning's TensorBoard logger, writing exactly where it is told: Lightning's
-    expands ``$VARS`` and ``~`` in its directory, which Hydra and the checkpoints do not,
-    so a run directory named with a ``$`` would have its event files written elsewhere."""
-
-    @property
-    def log_dir(self) -> str:
-        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
-        log_dir = os.path.join(self.root_dir, version)
-        return os.path.join(log_dir, self.sub_dir) if isinstance(self.sub_dir, str) else log_dir
 
 
 # --------------------------------------------------------------------------- commands that paste
