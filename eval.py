@@ -2,6 +2,7 @@
 
     python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt
     python eval.py ckpt_path=... data=mnist data.data_dir=data   # only the t10k files needed
+    python eval.py --help   # its settings and examples (hydra.help in conf/eval.yaml)
 
 Writes metrics.json in its own run directory. Config: conf/eval.yaml.
 """
@@ -15,11 +16,12 @@ from omegaconf import DictConfig
 from handprop.config import exit_on_unknown_override
 from handprop.errors import HandpropError
 from handprop.rundir import exit_on_launch_problem
-from handprop.train import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from handprop.train import evaluate  # noqa: PLC0415 -- torch and Lightning load only when a run starts, not for --help
+
     try:
         evaluate(cfg)
     except HandpropError as e:

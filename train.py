@@ -3,8 +3,10 @@
     python train.py model.hidden=[512,256] optimizer.lr=0.01 trainer.max_epochs=30
     python train.py data=fashion_mnist data.data_dir=/usr/share/datasets/fashion-mnist
     python train.py ckpt_path=outputs/<run>/checkpoints/last.ckpt   # resume
+    python train.py --help   # the config groups, examples, where runs go (conf/hydra/default.yaml)
 
-The composed config lives in conf/train.yaml; the work in handprop.train.train.
+The composed config lives in conf/train.yaml; the work in handprop.train.train, imported
+when a run starts: torch and Lightning take seconds to import, and --help needs neither.
 """
 
 import sys
@@ -18,7 +20,6 @@ from omegaconf import DictConfig
 from handprop.config import exit_on_unknown_override
 from handprop.errors import HandpropError
 from handprop.rundir import exit_on_launch_problem
-from handprop.train import train
 
 
 def _sweep_problem(cfg: DictConfig) -> str | None:
@@ -36,6 +37,8 @@ def _sweep_problem(cfg: DictConfig) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from handprop.train import train  # noqa: PLC0415 -- torch and Lightning load only when a run starts, not for --help
+
     try:
         problem = _sweep_problem(cfg)
         if problem:

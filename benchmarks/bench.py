@@ -18,6 +18,8 @@ pictures  what the TensorBoard pictures and scalars add to a default run's wall 
 fashion   time to accuracy on full Fashion-MNIST (experiment=fashion_fast and
           fashion_mlp): seconds to 89% test accuracy and the accuracy at the end, handprop
           vs the same network, recipe and data in a plain PyTorch loop.
+cli       how long ``python train.py --help`` takes as a user runs it, a fresh process each
+          time (a time, not a ratio: the budget is 2 s), and whether it imported torch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -557,6 +561,47 @@ def pictures_cost(overrides=()) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- cli
+
+ROOT = Path(__file__).resolve().parents[1]
+HELP_BUDGET_S = 2.0  # `python train.py --help` answers within this (torch and Lightning load only for a run)
+HEAVY = ("torch", "lightning", "torchvision", "matplotlib")  # what --help should not import
+
+
+def help_speed(repeats: int = 9, script: str = "train.py") -> dict:
+    """Wall seconds of ``python <script> --help``, each a fresh subprocess as a user starts
+    it (interpreter start, imports, Hydra composing the config, the text printed): the
+    median of ``repeats`` after one unmeasured run (the OS's file cache, .pyc files).
+    One more run under ``-X importtime`` names the heavy packages it imported, if any."""
+    command = [sys.executable, script, "--help"]
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if i:
+            times.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            raise RuntimeError(f"python {script} --help failed (exit status {proc.returncode}):\n{proc.stderr[-2000:]}")
+    traced = subprocess.run(
+        [sys.executable, "-X", "importtime", script, "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines() if line.startswith("import time")
+    }
+    median = statistics.median(times)
+    return {
+        "command": f"python {script} --help",
+        "repeats": repeats,
+        "median_s": median,
+        "min_s": min(times),
+        "max_s": max(times),
+        "budget_s": HELP_BUDGET_S,
+        "under_budget": median < HELP_BUDGET_S,
+        "heavy_imports": [name for name in HEAVY if name in imported],
+        "help_lines": len(proc.stdout.splitlines()),
+    }
+
+
 # --quick: each section's own code at toy sizes (make test runs it, so that a broken section fails CI)
 _SHORT_RUN = (
     "trainer.max_epochs=2",
@@ -685,13 +730,22 @@ def _report_fashion(results: dict | None) -> str:
     return "\n".join(lines) if lines else "\nFashion-MNIST: skipped"
 
 
+def _report_cli(c: dict) -> str:
+    verdict = "under" if c["under_budget"] else "OVER"
+    heavy = ", ".join(c["heavy_imports"]) or "none of " + ", ".join(HEAVY)
+    return (
+        f"\n{c['command']}: {c['median_s']:.2f} s (median of {c['repeats']}, {c['min_s']:.2f}-{c['max_s']:.2f} s), "
+        f"{verdict} the {c['budget_s']:.0f} s budget; {c['help_lines']} lines; imported {heavy}"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/bench/bench.json", help="where to write the JSON results")
     parser.add_argument("--repeats", type=int, default=9, help="repeats per measurement (median taken)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument(
-        "--only", default="batch10,backward,gemm,epoch,pictures,fashion", help="comma-separated sections"
+        "--only", default="batch10,backward,gemm,epoch,pictures,fashion,cli", help="comma-separated sections"
     )
     parser.add_argument("--device", default="cpu", help="where the epoch and fashion sections train (cpu, cuda)")
     parser.add_argument(
@@ -737,6 +791,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch": [("epoch", lambda: epoch_speed(device=args.device, **quick.get("epoch", {})), _report_epoch)],
         "pictures": [("pictures", lambda: pictures_cost(**quick.get("pictures", {})), _report_pictures)],
         "fashion": [("fashion", lambda: _fashion(args, quick), _report_fashion)],
+        "cli": [("cli", lambda: help_speed(repeats=args.repeats), _report_cli)],
         "batch10": [
             ("batch10", lambda: _batch10(args), textbook.report),
             (

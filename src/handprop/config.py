@@ -28,13 +28,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, OverrideParseException
-from lightning.pytorch.accelerators import AcceleratorRegistry
-from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
 
-from .build import construction_problems
-from .data import per_process_batch
 from .errors import ConfigError
 from .rules import POSITIVE_INT, SettingError, is_int, is_number, positive_int, probability, unknown_key
 from .rundir import override_parser
@@ -118,6 +114,9 @@ RANGES: list[tuple[str, Callable[[object], bool], str]] = [
 
 
 def _choices() -> dict[str, tuple]:
+    from lightning.pytorch.accelerators import AcceleratorRegistry  # noqa: PLC0415 -- Lightning loads only for a check
+    from lightning.pytorch.strategies import StrategyRegistry  # noqa: PLC0415 -- Lightning loads only for a check
+
     return {
         "trainer.accelerator": ("auto", "cpu", "gpu", *sorted(AcceleratorRegistry.available_accelerators() - {"cpu"})),
         "trainer.strategy": ("auto", *(s for s in StrategyRegistry.available_strategies() if "find_unused" not in s)),
@@ -149,6 +148,10 @@ def _leaves(node, prefix: str = "") -> Iterator[tuple[str, object]]:
 
 def config_problems(cfg: DictConfig) -> list[str]:
     """Every user-facing value that cannot work, one line each, naming the key and the fix."""
+    # torch and Lightning load here, not when the entry points import this module (--help needs neither)
+    from .build import construction_problems  # noqa: PLC0415 -- torch and Lightning load only for a check
+    from .data import per_process_batch  # noqa: PLC0415 -- torch and Lightning load only for a check
+
     problems: dict[str, str] = {}  # key -> its first problem
 
     def report(line: str) -> None:

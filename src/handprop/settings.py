@@ -20,7 +20,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from .module import SCHEDULE_LENGTH_KEYS
 from .rules import is_int, unknown_key
 
 
@@ -119,14 +118,16 @@ def signature_of(target: str) -> tuple[inspect.Signature, dict, str]:
 
 
 WIRED = ("optimizer", "scheduler", "callbacks", "logger")  # arguments train.py builds from their own groups
-# null in the config, a number when called: the schedule's length in optimiser steps
-# (handprop.module.schedule_length fills it in from the run)
-FILLED_BY_THE_RUN = tuple(f"scheduler.{key}" for key in SCHEDULE_LENGTH_KEYS)
 
 
 def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]:
     """Keys the called code does not take, and values of the wrong type, for every node
     with a ``_target_``. ``skip``: keys already reported by a more specific rule."""
+    from .module import SCHEDULE_LENGTH_KEYS  # noqa: PLC0415 -- Lightning loads only when a config is checked
+
+    # null in the config, a number when called: the schedule's length in optimiser steps
+    # (handprop.module.schedule_length fills it in from the run)
+    filled_by_the_run = {f"scheduler.{key}" for key in SCHEDULE_LENGTH_KEYS}
     problems = []
     for where, node in targets(cfg):
         try:
@@ -162,7 +163,7 @@ def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]
             value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
             if isinstance(value, dict) and "_target_" in value:
                 continue  # instantiated into an object, checked as its own node
-            if value is None and full in FILLED_BY_THE_RUN:
+            if value is None and full in filled_by_the_run:
                 continue
             if fits(value, hints[key]) is False:
                 problems.append(f"{full}={value!r}: must be {describe(hints[key])} (a setting of {name})")
