@@ -54,8 +54,9 @@ class StopAtStep(Callback):
 
 
 def tensorboard_run(run_dir: Path) -> Path:
-    """A run's TensorBoard directory, <run dir>/tensorboard/<its overrides> (one per run)."""
-    dirs = {p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
+    """A run's TensorBoard directory, <run dir>/<its overrides> (the run directory itself
+    for a run without overrides): one per run."""
+    dirs = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
     assert len(dirs) == 1, dirs
     return dirs.pop()
 

@@ -23,13 +23,13 @@ from conftest import tensorboard_run
 def _audit_values(run_dir):
     events = EventAccumulator(str(tensorboard_run(run_dir)))
     events.Reload()
-    return {t: [e.value for e in events.Scalars(t)] for t in events.Tags()["scalars"] if t.startswith("audit/")}
+    return {t: [e.value for e in events.Scalars(t)] for t in events.Tags()["scalars"] if t.startswith("vs_autograd/")}
 
 
 def test_audit_logs_tiny_errors_for_the_real_backward(train_cfg, tmp_path):
     train(train_cfg("callbacks.gradient_audit.every_n_steps=2"))
     values = _audit_values(tmp_path)
-    assert set(values) == {f"audit/max_rel_err/layer{i}" for i in (1, 2, 3)}
+    assert set(values) == {f"vs_autograd/max_rel_err/layer{i}" for i in (1, 2, 3)}
     assert all(len(v) == 4 for v in values.values())  # 8 steps, every 2nd audited
     assert max(max(v) for v in values.values()) < 1e-5
 
@@ -67,7 +67,7 @@ def test_audit_with_gradient_accumulation(train_cfg, tmp_path):
     metrics = train(train_cfg("callbacks.gradient_audit.every_n_steps=1", "trainer.accumulate_grad_batches=2"))
     assert metrics["trainer/global_step"] == 4
     values = _audit_values(tmp_path)
-    assert len(values["audit/max_rel_err/layer1"]) == 4 and max(max(v) for v in values.values()) < 1e-5
+    assert len(values["vs_autograd/max_rel_err/layer1"]) == 4 and max(max(v) for v in values.values()) < 1e-5
     assert json.loads((tmp_path / "metrics.json").read_text())["trainer/global_step"] == 4
 
 
@@ -123,9 +123,9 @@ def test_training_scalars_are_the_steps_gradient_norms_and_update_ratios(chunk):
     for step, metrics in logger.rows:
         for key, value in metrics.items():
             logged.setdefault(key, {})[step] = value
-    assert sorted(logged["grad_norm/layer1"]) == [1, 3, 5]  # the steps the logger writes: (k + 1) % 2 == 0
-    for step, value in logged["grad_norm/layer1"].items():
+    assert sorted(logged["weights/grad_norm/layer1"]) == [1, 3, 5]  # the steps the logger writes: (k + 1) % 2 == 0
+    for step, value in logged["weights/grad_norm/layer1"].items():
         assert value == pytest.approx(witness.norms[step], rel=1e-5)
-    for step, value in logged["update_ratio/layer1"].items():
+    for step, value in logged["weights/update_ratio/layer1"].items():
         assert value == pytest.approx(witness.ratios[step], rel=1e-4)
-    assert set(logged) >= {"grad_norm/layer2", "update_ratio/layer2"}
+    assert set(logged) >= {"weights/grad_norm/layer2", "weights/update_ratio/layer2"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import FAST, ROOT, run_cli, write_raw_dataset
+from conftest import CONF, FAST, ROOT, run_cli, write_raw_dataset
 
 
 def run(script, *overrides):
@@ -28,9 +28,10 @@ def test_train_cli_leaves_the_run_directory(trained_run):
     assert config["model"]["hidden"] == [64, 32] and config["optimizer"]["lr"] == 0.01
     ckpts = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and any(n.startswith("epoch") for n in ckpts), ckpts
-    # the TensorBoard run is named after the command line's overrides
-    (run,) = {p.parent for p in (trained_run / "tensorboard").rglob("events.out.tfevents.*")}
-    assert run.parent.name == "tensorboard" and "model.hidden=[64,32]" in run.name and "optimizer.lr=0.01" in run.name
+    # the TensorBoard run is named after the command line's overrides, inside the run directory:
+    # TensorBoard shows it as <date>/<time>/<overrides>
+    (run,) = {p.parent for p in trained_run.rglob("events.out.tfevents.*")}
+    assert run.parent == trained_run and "model.hidden=[64,32]" in run.name and "optimizer.lr=0.01" in run.name
     metrics = json.loads((trained_run / "metrics.json").read_text())
     for key in ("train/loss_epoch", "train/acc", "val/acc", "val/acc_best", "test/acc", "test/loss", "time/fit_s"):
         assert isinstance(metrics[key], float), key
@@ -159,3 +160,72 @@ def test_a_bug_keeps_its_traceback_and_a_users_mistake_is_one_line(tmp_path):
     mistake = run_cli("train.py", *quick, "model.dropout=1.5", f"hydra.run.dir={tmp_path}/b")
     assert mistake.returncode == 2 and "Traceback" not in mistake.stderr
     assert "error: bad config:\n  model.dropout=1.5: must be a probability in [0, 1)" in mistake.stderr
+
+
+# --------------------------------------------------------------------------- --help
+
+
+def options(group: str) -> list[str]:
+    """A config group's options, as Hydra lists them: conf/<group>/*.yaml, sorted."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_train_help_is_handprops_own_text(tmp_path, flag):
+    """Hydra's help mechanism with handprop's words (conf/hydra/default.yaml, hydra.help):
+    what it does, every config group with its options, examples, where runs go -- and not
+    the 140-line config dump of Hydra's stock help. Nothing is run, no directory made."""
+    proc = run("train.py", flag, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("handprop: trains a multilayer perceptron on handwritten digits"), out[:500]
+    assert "backward pass written by hand" in out and "PyTorch Lightning" in out and "Hydra" in out
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+    assert {"data", "experiment", "model", "optimizer", "trainer"} <= set(groups)
+    for group in groups:
+        assert f"\n{group}: {', '.join(options(group))}\n" in out, group
+    assert "3b1b" in options("experiment")
+    for example in (
+        "python train.py model.hidden=[512,256] optimizer.lr=0.01 trainer.max_epochs=30",
+        "python train.py experiment=3b1b",
+        "python train.py -m optimizer.lr=0.001,0.003,0.01",
+        "python train.py ckpt_path=outputs/<run>/checkpoints/last.ckpt",
+    ):
+        assert f"\n  {example}" in out, example
+    for where in ("outputs/<date>/<time>/", "train.log", "metrics.json", "checkpoints/", "pictures/"):
+        assert where in out, where
+    assert "python train.py --cfg job" in out and "--hydra-help" in out
+    assert "_target_" not in out and "seed: 42" not in out and "== Config ==" not in out  # no config dump
+    assert len(out.splitlines()) <= 45
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_train_help_loads_neither_torch_nor_lightning():
+    """--help answers in well under a second because torch and Lightning load only when a
+    run starts (handprop.train is imported inside main(), handprop.config imports them
+    inside its checks): the import trace of a --help names neither."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "train.py", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert "handprop.config" in imported and "hydra" in imported  # the trace is read right
+    assert not {"torch", "lightning"} & imported, "--help imports torch or Lightning: a module-level import crept in"
+
+
+def test_eval_help_is_about_evaluation(tmp_path):
+    """eval.py shares conf/hydra/default.yaml; conf/eval.yaml gives it its own text: its
+    settings (ckpt_path, data), its examples, its directory -- not train.py's groups."""
+    proc = run("eval.py", "--help", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("handprop's evaluation: tests a trained checkpoint"), out[:500]
+    assert "Usage: python eval.py ckpt_path=PATH" in out
+    assert "\n  python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt\n" in out
+    data_line = next(line for line in out.splitlines() if line.strip().startswith("data=NAME"))
+    assert all(option in data_line for option in options("data")), data_line  # every dataset named
+    assert "outputs/eval/<date>/<time>/" in out and "metrics.json" in out and "python eval.py --cfg job" in out
+    assert "experiment" not in out and "python train.py experiment" not in out  # not train.py's text
+    assert "_target_" not in out and "== Config ==" not in out
+    assert len(out.splitlines()) <= 45
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

@@ -14,7 +14,7 @@ import pytest
 
 from handprop.config import config_problems
 
-from conftest import ROOT, compose_config
+from conftest import ROOT, compose_config, tensorboard_run
 
 SMALL = [
     "model.hidden=[32]",
@@ -61,17 +61,17 @@ def test_ddp_run_from_the_cli_is_one_run_with_identical_replicas(tmp_path, singl
     proc = _train("train.py", *SMALL, "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # one run directory, nothing beside it
-    names = sorted(p.name for p in run_dir.iterdir())
+    events = tensorboard_run(run_dir)  # one TensorBoard run, named after the overrides
+    names = sorted(p.name for p in run_dir.iterdir() if p != events)
     assert names == [
         ".hydra",
         ".lock",
         "checkpoints",
+        "metrics.csv",
         "metrics.json",
-        "tensorboard",
         "train.log",
         "train_ddp_process_1.log",
     ], names
-    assert len({p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}) == 1  # one TensorBoard run
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
     assert _replica_line(run_dir)[0] == 2  # both processes ended with bitwise the same parameters
     # ... trained in chunks: many optimiser steps per Lightning step, each step's gradient
@@ -120,8 +120,9 @@ def test_torchrun_two_nodes_over_loopback_train_to_the_same_weights(tmp_path, si
         for node in nodes:
             node.kill()
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    names = sorted(p.name for p in run_dir.iterdir())
-    assert names == [".hydra", ".lock", "checkpoints", "metrics.json", "tensorboard", "train.log", "train_rank1.log"], (
+    events = tensorboard_run(run_dir)
+    names = sorted(p.name for p in run_dir.iterdir() if p != events)
+    assert names == [".hydra", ".lock", "checkpoints", "metrics.csv", "metrics.json", "train.log", "train_rank1.log"], (
         names
     )
     assert _replica_line(run_dir)[0] == 2

@@ -95,7 +95,7 @@ def _audit_max(run_dir):
 
     events = EventAccumulator(str(tensorboard_run(run_dir)))
     events.Reload()
-    tags = [t for t in events.Tags()["scalars"] if t.startswith("audit/")]
+    tags = [t for t in events.Tags()["scalars"] if t.startswith("vs_autograd/")]
     assert len(tags) == 3
     return max(e.value for t in tags for e in events.Scalars(t))
 

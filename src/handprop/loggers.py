@@ -1,19 +1,184 @@
-"""Where a run's scalars go: TensorBoard's event files and a CSV file beside them."""
+"""Where a run's scalars go: TensorBoard's event files, and metrics.csv beside them.
+
+TensorBoard's landing page (Time Series) sorts its sections by the first part of each
+tag and opens only the first two, so the tags are named to put the curves a run is read
+by first and the diagnostics after them:
+
+    train/      loss_step, loss_epoch, acc, lr          (open)
+    val/        loss, acc, acc_best                      (open)
+    vs_autograd/max_rel_err/layer<i>                     the live gradient audit
+    visuals/    the pictures (handprop.callbacks.TensorBoardPictures)
+    wall/       epoch_s, samples_per_s
+    weights/    grad_norm/layer<i>, update_ratio/layer<i>, histograms layer<i>/...
+
+The Custom Scalars tab lays the same curves out by topic (``LAYOUT``). The test result is
+not a chart (one point at the end): it is in the run's summary text, metrics.json,
+metrics.csv and train.log. HParams compares runs on what defines them (``HPARAMS``) and
+on validation metrics, which is where a recipe is chosen.
+"""
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Mapping
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+# Custom Scalars: category -> chart -> ["Multiline", [tag regexes]]; categories in this order.
+LAYOUT = {
+    "learning": {
+        "loss: training (epoch mean) and validation": ["Multiline", ["train/loss_epoch", "val/loss"]],
+        "accuracy: training and validation": ["Multiline", ["train/acc", "val/acc"]],
+        "learning rate": ["Multiline", ["train/lr"]],
+        "loss of single steps": ["Multiline", ["train/loss_step"]],
+    },
+    "gradients": {
+        "gradient norm |dC/dW, dC/db| per layer": ["Multiline", [r"weights/grad_norm/.*"]],
+        "update ratio |dW| / |W| per step, per layer": ["Multiline", [r"weights/update_ratio/.*"]],
+        "hand-written backward vs autograd: max relative error": ["Multiline", [r"vs_autograd/.*"]],
+    },
+    "speed": {
+        "training digits per second": ["Multiline", ["wall/samples_per_s"]],
+        "seconds per epoch (training and validation)": ["Multiline", ["wall/epoch_s"]],
+    },
+}
+
+# HParams: the settings that define a run (name -> dotted config key), and the metrics it is compared on
+HPARAMS = {
+    "hidden": "model.hidden",
+    "activation": "model.activation",
+    "loss": "model.loss",
+    "label_smoothing": "model.label_smoothing",
+    "dropout": "model.dropout",
+    "backward": "model.backward",
+    "optimizer": "optimizer._target_",
+    "lr": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay",
+    "scheduler": "scheduler._target_",
+    "data": "data.dataset",
+    "batch_size": "data.batch_size",
+    "augment": "data.augment",
+    "epochs": "trainer.max_epochs",
+    "precision": "trainer.precision",
+    "seed": "seed",
+}
+HPARAMS_METRICS = ("val/acc_best", "val/acc", "val/loss", "train/acc", "train/loss_epoch")
+NOT_CHARTED = ("epoch", "trainer/", "test/")  # Lightning's epoch counter, the step counter, the one-point test result
+
+
+def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
+    """The settings that define a run, as TensorBoard's HParams tab takes them: short names,
+    scalar values (a class as its name, a list or a group as text, none as "none")."""
+    values = {}
+    for name, key in HPARAMS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig | Mapping):
+            value = _augment_text(OmegaConf.to_container(value, resolve=True)) if name == "augment" else str(value)
+        elif OmegaConf.is_list(value) or isinstance(value, list):
+            value = str(list(value))
+        elif key.endswith("_target_") and isinstance(value, str):
+            value = value.rsplit(".", 1)[-1]
+        values[name] = "none" if value is None else value
+    return values
+
+
+def _augment_text(augment: dict | None) -> str:
+    """data.augment as one readable value: the distortions that are on."""
+    on = [f"{k}={v}" for k, v in (augment or {}).items() if v and not k.endswith("_sigma")]
+    return " ".join(on) or "none"
 
 
 class TensorBoardLogger(LightningTensorBoardLogger):
-    """Lightning's TensorBoard logger, writing exactly where it is told: Lightning's
-    expands ``$VARS`` and ``~`` in its directory, which Hydra and the checkpoints do not,
-    so a run directory named with a ``$`` would have its event files written elsewhere."""
+    """Lightning's TensorBoard logger, with handprop's layout (the module docstring).
+
+    It writes exactly where it is told: Lightning's expands ``$VARS`` and ``~`` in its
+    directory, which Hydra and the checkpoints do not, so a run directory named with a
+    ``$`` would have its event files written elsewhere."""
 
     @property
     def log_dir(self) -> str:
         version = self.version if isinstance(self.version, str) else f"version_{self.version}"
         log_dir = os.path.join(self.root_dir, version)
         return os.path.join(log_dir, self.sub_dir) if isinstance(self.sub_dir, str) else log_dir
+
+    @property
+    def experiment(self):
+        new = self._experiment is None
+        writer = super().experiment
+        if new and writer is not None:
+            writer.add_custom_scalars(LAYOUT)
+        return writer
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        charted = {k: v for k, v in metrics.items() if not k.startswith(NOT_CHARTED)}
+        if charted:
+            super().log_metrics(charted, step)
+
+    @rank_zero_only
+    def log_hyperparams(self, params, metrics=None, step=None) -> None:
+        """Lightning offers the module's arguments when fitting starts; the run's record is
+        written once, at its end, by ``record_run``."""
+
+    @rank_zero_only
+    def record_run(self, hparams: dict, summary: str) -> None:
+        """The run's HParams entry (``hparams`` against ``HPARAMS_METRICS``, whose values
+        TensorBoard reads from their curves) and its summary, as text."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary  # noqa: PLC0415
+
+        writer = self.experiment
+        for record in hparams_summary(hparams, dict.fromkeys(HPARAMS_METRICS, 0.0)):
+            writer._get_file_writer().add_summary(record)
+        writer.add_text("summary", "    " + summary.replace("\n", "\n    "))  # a code block: kept as printed
+        writer.flush()
+
+    @rank_zero_only
+    def save(self) -> None:
+        """The events flushed; no hparams.yaml (Lightning's holds the module's arguments,
+        which .hydra/config.yaml has in full)."""
+        if self._experiment is not None:
+            self._experiment.flush()
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing metrics.csv is continued (a resumed
+    run's history is kept; Lightning's deletes it) and no hparams.yaml is written
+    (.hydra/config.yaml is the run's config)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+    def log_hparams(self, params) -> None:
+        pass
+
+
+class CSVLogger(LightningCSVLogger):
+    """Every logged scalar in ``<save_dir>/metrics.csv``, one row per logging call (a step),
+    one column per scalar: the run's history without TensorBoard."""
+
+    def __init__(self, save_dir: str, flush_logs_every_n_steps: int = 100):
+        super().__init__(save_dir, name="", version="", flush_logs_every_n_steps=flush_logs_every_n_steps)
+
+    @property
+    def log_dir(self) -> str:
+        return self.save_dir
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.log_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -16,6 +17,7 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from . import functional as HF
+from .console import FILE_ONLY
 from .errors import ConfigError, HandpropError
 from .nn import MLP
 from .rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, SettingError, is_int, is_number, positive_int, require
@@ -460,7 +462,10 @@ class DigitClassifier(L.LightningModule):
         else:
             chunk, why = asked, f"model.chunk={asked}"
         if self.trainer.is_global_zero:
-            log.info("training: %d optimiser step%s per Lightning step, %s", chunk, "s"[: chunk - 1], why)
+            steps = f"{chunk} optimiser step{'s'[: chunk - 1]}"
+            log.info("training: %s per Lightning step, %s", steps, why, extra=FILE_ONLY)
+        if chunk > 1:  # Lightning counts its own steps (chunks) against log_every_n_steps; the steps log themselves
+            warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
         return chunk
 
 

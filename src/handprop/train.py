@@ -11,23 +11,25 @@ import contextlib
 import hashlib
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .build import build, build_all, build_data_and_model
-from .callbacks import InterruptCheckpoint
+from .callbacks import InterruptCheckpoint, ProgressBar
 from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
 from .config import check_config
+from .console import percent, quiet_lightning
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
+from .loggers import TensorBoardLogger, run_hparams
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def run_name(overrides: str, limit: int = 96) -> str:
     return f"{name[: limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-# conf/logger/tensorboard.yaml: version: ${run_name:${hydra:job.override_dirname}}
+# conf/logger/default.yaml: version: ${run_name:${hydra:job.override_dirname}}
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
@@ -59,7 +61,6 @@ def _scalars(metrics: dict) -> dict[str, float]:
 def _write_metrics(output_dir: str, metrics: dict[str, float]) -> Path:
     path = Path(output_dir) / "metrics.json"
     atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    log.info("metrics written to %s", path)
     return path
 
 
@@ -81,6 +82,9 @@ def _continue_tensorboard_run(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test with the best checkpoint, then write metrics.json. Returns the metrics."""
+    began = time.perf_counter()
+    quiet_lightning()
+    _announce(cfg, "train")
     check_config(cfg)
     ckpt_path, init_from = cfg.get("ckpt_path"), cfg.get("init_from")
     refuse_to_overwrite(checkpoint_dirs(cfg), ckpt_path)
@@ -128,7 +132,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if not best:
                 log.warning("no best checkpoint: testing the weights at the end of training")
             try:
-                trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+                trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
             except SystemExit as e:  # Ctrl-C (or SIGTERM) during the test: training itself is complete
                 if not trainer.interrupted:
                     raise
@@ -137,8 +141,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 _tell_how_to_test(cfg, trainer, best, signal_name)
                 raise SystemExit(status) from None
             metrics.update(_scalars(trainer.callback_metrics))
-        _log_hparams(trainer, cfg, metrics)
-        _write_metrics(cfg.paths.output_dir, metrics)
+        path = _write_metrics(cfg.paths.output_dir, metrics)
+        _finish(trainer, cfg, metrics, best, path, time.perf_counter() - began)
     return metrics
 
 
@@ -205,47 +209,79 @@ def _tell_how_to_test(cfg: DictConfig, trainer: L.Trainer, best: str, signal_nam
     )
 
 
-def flat_config(cfg: DictConfig, drop=("paths", "callbacks", "logger", "hydra")) -> dict[str, bool | int | float | str]:
-    """The run's config as TensorBoard's HParams tab takes it: dotted keys, scalar values
-    (lists as text, None as "null"); where files go and what gets logged left out."""
-    tree = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in drop}
-    flat: dict = {}
-
-    def walk(prefix: str, node) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(node, (bool, int, float, str)):
-            flat[prefix] = node
-        else:
-            flat[prefix] = "null" if node is None else str(node)
-
-    walk("", tree)
-    return flat
+@rank_zero_only
+def _announce(cfg: DictConfig, command: str) -> None:
+    """The run's first lines: where it writes, and what was asked for."""
+    log.info("run directory: %s", Path(cfg.paths.output_dir).absolute())
+    asked = _recorded_overrides(cfg)
+    log.info("%s.py %s", command, " ".join(asked) if asked else "(the defaults, no overrides)")
 
 
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """One HParams record per run: its config and final metrics, so that the runs of a
-    sweep line up in TensorBoard's HParams tab. The metrics go under ``final/`` (Lightning
-    also writes them as scalars at step 0, which must not join the val/acc curve)."""
+def _best_epoch(best: str) -> int | None:
+    """The (1-based) epoch of a checkpoint written at an epoch's end."""
+    try:
+        return int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+    except Exception:  # noqa: BLE001 -- a summary line, not a check: the checkpoint was read to test it
+        return None
 
-    final = {f"final/{k}": v for k, v in metrics.items() if not k.startswith(("time/", "trainer/"))}
+
+def summary(metrics: dict[str, float], best: str, best_epoch: int | None, wall_s: float, output_dir: str) -> str:
+    """The block a run ends with: its result, where its best weights are, and how to look at it."""
+    lines = []
+    if "test/acc" in metrics:
+        lines.append(f"test accuracy    {percent(metrics['test/acc'])}   (loss {metrics['test/loss']:.4f})")
+    if "val/acc_best" in metrics:
+        at = f" at epoch {best_epoch}" if best_epoch else ""
+        lines.append(f"best val acc     {percent(metrics['val/acc_best'])}{at}")
+    if best:
+        lines.append(f"best checkpoint  {best}")
+    fit = f", {metrics['time/fit_s']:.1f} s of it fitting" if "time/fit_s" in metrics else ""
+    lines.append(f"time             {wall_s:.1f} s{fit}")
+    lines.append(f"metrics          {Path(output_dir).absolute() / 'metrics.json'} (and metrics.csv)")
+    lines.append(f"look at it       tensorboard --logdir {shlex.quote(str(Path(output_dir).absolute()))}")
+    return "\n".join(lines)
+
+
+@rank_zero_only
+def _finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict, best: str, path: Path, wall_s: float) -> None:
+    """The summary in the log and on the console; the run's HParams entry and summary in TensorBoard."""
+    text = summary(metrics, best, _best_epoch(best) if best else None, wall_s, cfg.paths.output_dir)
+    log.info("done.\n%s", text)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(flat_config(cfg), metrics=final)
+            logger.record_run(run_hparams(cfg), text)
             logger.finalize("success")  # flushed and closed: the event files are complete when train() returns
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on a dataset's test split and write metrics.json."""
+    quiet_lightning()
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path:
         raise HandpropError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
+    _announce(cfg, "eval")
     check_config(cfg)
-    model = model_from_checkpoint(read_checkpoint(ckpt_path))  # safe, ours, consistent: read once
+    checkpoint = read_checkpoint(ckpt_path)  # safe, ours, consistent: read once
+    model = model_from_checkpoint(checkpoint)
     datamodule = build("data", cfg.data, _convert_="all")
-    trainer: L.Trainer = build("trainer", cfg.trainer, logger=build_all("logger", cfg.get("logger")))
-    trainer.test(model, datamodule=datamodule)
+    trainer: L.Trainer = build(
+        "trainer", cfg.trainer, logger=build_all("logger", cfg.get("logger")), callbacks=[ProgressBar()]
+    )
+    datamodule.setup("test")
+    where = f" in {Path(cfg.data.data_dir).absolute()}" if cfg.data.get("data_dir") else ""
+    log.info(
+        "evaluating %s (epoch %s, step %s) on the test split of %s%s: %s digits",
+        Path(ckpt_path).absolute(),
+        checkpoint.get("epoch", -1) + 1,
+        checkpoint.get("global_step", "?"),
+        cfg.data.dataset,
+        where,
+        f"{len(datamodule.splits['test'].labels):,}",
+    )
+    trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = _scalars(trainer.callback_metrics)
-    _write_metrics(cfg.paths.output_dir, metrics)
+    path = _write_metrics(cfg.paths.output_dir, metrics)
+    if trainer.is_global_zero:
+        accuracy, loss = percent(metrics["test/acc"]), metrics["test/loss"]
+        log.info("test accuracy %s (loss %.4f); metrics in %s", accuracy, loss, path)
     return metrics

@@ -3,6 +3,7 @@
 from .checkpoints import BestCheckpoint, InterruptCheckpoint, LastCheckpoint
 from .checks import GradientAudit, NumericsGuard, ReplicaCheck, parameters_digest
 from .progress import ProgressBar
+from .runlog import RunLog
 from .visuals import TensorBoardPictures, TrainingScalars
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "NumericsGuard",
     "ProgressBar",
     "ReplicaCheck",
+    "RunLog",
     "TensorBoardPictures",
     "TrainingScalars",
     "parameters_digest",

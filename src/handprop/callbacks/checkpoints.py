@@ -55,6 +55,13 @@ class RunCheckpoint(ModelCheckpoint):
                 "never touched; this run keeps its best checkpoints afresh"
             )
 
+    def format_checkpoint_name(self, metrics: dict, filename: str | None = None, ver: int | None = None, **kw) -> str:
+        """The file's name, with ``{epoch}`` counted from 1 as everywhere in handprop
+        (Lightning counts from 0): ``epoch120-...`` is the 120th epoch's checkpoint."""
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": int(metrics["epoch"]) + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, **kw)
+
     def _forget(self) -> None:
         self.best_model_path = self.kth_best_model_path = self.last_model_path = ""
         self.best_k_models, self.best_model_score = {}, None

@@ -29,7 +29,7 @@ class GradientAudit(Callback):
     state is replayed), same precision. It logs, for every layer, the largest difference
     relative to the size of the reference gradient:
 
-        audit/max_rel_err/layer<i> = max over W, b of  max|g_manual - g_autograd| / max|g_autograd|
+        vs_autograd/max_rel_err/layer<i> = max over W, b of  max|g_manual - g_autograd| / max|g_autograd|
 
     In float32 this is about 1e-7; a wrong derivative makes it of order 1. Above
     ``threshold`` (``threshold_half_precision`` when training in bf16/fp16, where both
@@ -82,7 +82,7 @@ class GradientAudit(Callback):
             return
         step = trainer.global_step
         for logger in trainer.loggers:
-            logger.log_metrics({f"audit/max_rel_err/{name}": err for name, err in errors.items()}, step=step)
+            logger.log_metrics({f"vs_autograd/max_rel_err/{name}": err for name, err in errors.items()}, step=step)
         half = "16" in str(trainer.precision)
         limit = self.threshold_half_precision if half else self.threshold
         failed = [

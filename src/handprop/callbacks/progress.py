@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 
+def on_a_terminal() -> bool:
+    """Whether the console is a terminal (not a file, a pipe or a batch system's log)."""
+    return sys.stdout.isatty()
+
+
 class ProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar, counting an epoch's optimiser steps (mini-batches). With
-    chunked training (``model.chunk`` > 1) a Lightning batch holds many of them: the bar
-    then moves by a chunk at a time, but its numbers stay the steps of the epoch."""
+    """Lightning's tqdm bar, for training and evaluation alike, drawn only on a terminal
+    (in a batch job or a pipe the log's per-epoch lines say the same, once per epoch:
+    ``RunLog``). It counts an epoch's optimiser steps (mini-batches): with chunked
+    training (``model.chunk`` > 1) a Lightning batch holds many of them, and the bar then
+    moves by a chunk at a time. It shows the last step's loss and the validation
+    accuracy, rounded, and not Lightning's ``v_num`` (the logger's version: here the
+    run's overrides, already in the run's name)."""
+
+    @property
+    def is_enabled(self) -> bool:
+        return super().is_enabled and on_a_terminal()
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return {k: f"{v:.3f}" if isinstance(v, float) else v for k, v in metrics.items()}
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if self.train_progress_bar is not None:  # epochs counted from 1, as in the log
+            last = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+            self.train_progress_bar.set_description(f"epoch {trainer.current_epoch + 1}{last}")
 
     @property
     def total_train_batches(self) -> int | float:

@@ -1,0 +1,56 @@
+"""What a run prints: its console quiet but for handprop's own lines, and the same lines in its log.
+
+Hydra's job logging (conf/hydra/default.yaml) sends every log record to the run's log
+file and to the console; ``ConsoleFilter`` keeps the lines marked ``FILE_ONLY`` off the
+console. This module imports nothing heavy: logging is configured before training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+FILE_ONLY = {"file_only": True}  # logging's `extra=`: a line for the log file only
+
+
+class ConsoleFilter(logging.Filter):
+    """For the console handler: drops the lines marked ``FILE_ONLY``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
+def quiet_lightning() -> None:
+    """Lightning's chatter off the console, its warnings kept (in the log file too).
+
+    Lightning logs at INFO what a user of handprop does not act on: "GPU available: False",
+    "Seed set to 42", tips to install its cloud products, "Loading `train_dataloader` ...".
+    Its warnings (Python warnings) go through logging, so that the log file has them; a
+    deprecation raised inside Lightning about its own use of PyTorch is not the user's to fix.
+    """
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        if logging.getLogger().handlers:  # (a configured root: Hydra's console and log file)
+            for handler in list(logger.handlers):  # Lightning's own, added when it was imported first
+                logger.removeHandler(handler)
+            logger.propagate = True
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+    logging.captureWarnings(True)
+    captured = logging.getLogger("py.warnings")
+    if not any(isinstance(f, _OneLine) for f in captured.filters):
+        captured.addFilter(_OneLine())
+
+
+class _OneLine(logging.Filter):
+    """A captured warning as one line (warnings' own format ends it with a newline)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = record.getMessage().rstrip()
+        record.args = ()
+        return True
+
+
+def percent(value: float) -> str:
+    """An accuracy as people read it: 0.982 -> '98.20%'."""
+    return f"{100 * value:.2f}%"
