@@ -1,6 +1,7 @@
 """What a run shows in TensorBoard: read back with TensorBoard's own reader and server."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -10,9 +11,9 @@ import urllib.request
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2
 
-from handprop.train import flat_config, train
+from handprop.train import train
 
 from conftest import FAST, compose_config, tensorboard_run
 
@@ -52,22 +53,21 @@ def test_every_scalar_is_logged(run):
         "train/lr",
         "val/loss",
         "val/acc",
-        "test/loss",
-        "test/acc",
-        "time/epoch_s",
-        "throughput/samples_per_s",
-        *(f"grad_norm/{layer}" for layer in layers),
-        *(f"update_ratio/{layer}" for layer in layers),
+        "val/acc_best",
+        "wall/epoch_s",
+        "wall/samples_per_s",
+        *(f"weights/grad_norm/{layer}" for layer in layers),
+        *(f"weights/update_ratio/{layer}" for layer in layers),
     }
     tags = set(events.Tags()["scalars"])
     assert expected <= tags, expected - tags
     # logged on every step here (log_every_n_steps=1): 8 optimiser steps, steps 0..7
-    assert [e.step for e in events.Scalars("grad_norm/layer1")] == list(range(8))
-    assert [e.step for e in events.Scalars("update_ratio/layer1")] == list(range(8))
-    ratios = [e.value for e in events.Scalars("update_ratio/layer3")]
+    assert [e.step for e in events.Scalars("weights/grad_norm/layer1")] == list(range(8))
+    assert [e.step for e in events.Scalars("weights/update_ratio/layer1")] == list(range(8))
+    ratios = [e.value for e in events.Scalars("weights/update_ratio/layer3")]
     assert all(0 < r < 1 for r in ratios)  # weights move, by a fraction of their size
-    speed = [e.value for e in events.Scalars("throughput/samples_per_s")]
-    epochs = [e.value for e in events.Scalars("time/epoch_s")]
+    speed = [e.value for e in events.Scalars("wall/samples_per_s")]
+    epochs = [e.value for e in events.Scalars("wall/epoch_s")]
     assert len(speed) == 2 == len(epochs) and all(v > 0 for v in speed + epochs)
     assert all(256 / s < e for s, e in zip(speed, epochs))  # 4 batches of 64 train in less than the whole epoch
 
@@ -77,41 +77,36 @@ def test_histograms_and_pictures_are_logged(run):
     tags = events.Tags()
     for i in (1, 2, 3):
         for kind in ("weight", "bias", "weight_grad", "bias_grad"):
-            assert f"layer{i}/{kind}" in tags["histograms"], (i, kind)
-            assert len(events.Histograms(f"layer{i}/{kind}")) == 2  # every epoch here
+            assert f"weights/layer{i}/{kind}" in tags["histograms"], (i, kind)
+            assert len(events.Histograms(f"weights/layer{i}/{kind}")) == 2  # every epoch here
+    assert not [tag for tag in tags["histograms"] if not tag.startswith("weights/")]
     for name in PICTURES:
-        assert f"pictures/{name}" in tags["images"], name
-        image = events.Images(f"pictures/{name}")[-1]
+        assert f"visuals/{name}" in tags["images"], name
+        image = events.Images(f"visuals/{name}")[-1]
         assert image.width > 100 and image.height > 100
         assert image.encoded_image_string[:4] == b"\x89PNG"
         assert (out / "pictures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(events.Images("pictures/confusion_matrix")) == 2  # after each epoch's validation
-    assert len(events.Images("pictures/cost_landscape")) == 1  # when training ends
+    assert sorted(tags["images"]) == sorted(f"visuals/{name}" for name in PICTURES)  # after train/ and val/
+    assert len(events.Images("visuals/confusion_matrix")) == 2  # after each epoch's validation
+    assert len(events.Images("visuals/cost_landscape")) == 1  # when training ends
 
 
-def test_hparams_hold_the_flat_config_and_final_metrics(run):
-    _, cfg, metrics, events = run
-
-    content = events.PluginTagToContent("hparams")
-    start = next(
-        plugin_data_pb2.HParamsPluginData.FromString(c)
-        for c in content.values()
-        if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info")
-    )
-    hparams = start.session_start_info.hparams
-    flat = flat_config(cfg)
-    assert hparams["optimizer.lr"].number_value == pytest.approx(flat["optimizer.lr"])
-    assert hparams["model.hidden"].string_value == "[32, 16]"
-    assert hparams["model.activation"].string_value == "relu"
-    assert not any(k.startswith(("paths.", "callbacks.", "logger.")) for k in hparams)
-    experiment = next(
-        plugin_data_pb2.HParamsPluginData.FromString(c)
-        for c in content.values()
-        if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("experiment")
-    )
-    metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
-    assert {"final/val/acc", "final/test/acc"} <= metric_tags
-    assert events.Scalars("final/test/acc")[0].value == pytest.approx(metrics["test/acc"])
+def test_the_custom_scalars_layout_names_every_chart_s_tags(run):
+    """The Custom Scalars tab: every chart's tag patterns match curves the run wrote."""
+    _, _, _, events = run
+    (layout,) = [
+        layout_pb2.Layout.FromString(events.Tensors(tag)[0].tensor_proto.string_val[0])
+        for tag in events.Tags()["tensors"]
+        if tag == "custom_scalars__config__"
+    ]
+    tags = events.Tags()["scalars"]
+    assert [c.title for c in layout.category] == ["learning", "gradients", "speed"]
+    for category in layout.category:
+        for chart in category.chart:
+            for pattern in chart.multiline.tag:
+                assert any(re.search(pattern, t) for t in tags), (chart.title, pattern)
+    charts = {chart.title: list(chart.multiline.tag) for chart in layout.category[0].chart}
+    assert charts["accuracy: training and validation"] == ["^train/acc$", "^val/acc$"]
 
 
 def test_pictures_are_off_with_the_callback(tmp_path):
@@ -141,7 +136,7 @@ def _get(url: str, timeout: float = 5.0):
 def test_the_tensorboard_server_serves_the_run(run):
     """The real `tensorboard` on a loopback port, asked through its HTTP API."""
     out = run[0]
-    name = tensorboard_run(out).relative_to(out).as_posix()  # tensorboard/<the run's overrides>
+    name = tensorboard_run(out).relative_to(out).as_posix()  # <the run's overrides>
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1", "--port", str(port)],
@@ -161,9 +156,9 @@ def test_the_tensorboard_server_serves_the_run(run):
             time.sleep(0.5)
         assert runs == [name], runs
         scalars = _get(f"{base}/plugin/scalars/tags")[name]
-        assert {"val/acc", "train/loss_step", "grad_norm/layer1"} <= set(scalars)
+        assert {"val/acc", "train/loss_step", "weights/grad_norm/layer1"} <= set(scalars)
         images = _get(f"{base}/plugin/images/tags")[name]
-        assert {f"pictures/{name}" for name in PICTURES} <= set(images)
+        assert {f"visuals/{name}" for name in PICTURES} <= set(images)
         query = urllib.parse.urlencode({"run": name, "tag": "val/acc"})
         points = _get(f"{base}/plugin/scalars/scalars?{query}")
         assert len(points) == 2 and all(0 <= p[2] <= 1 for p in points)  # [wall time, step, value] per epoch

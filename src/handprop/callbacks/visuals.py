@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +12,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..data import to_pixels
 from ..module import logs_this_step, steps_taken
-from ..pictures import LandscapePlane, confusion_figure, cost_surface, landscape_figure, mistakes_figure, weight_grid
+from ..pictures import LandscapePlane, confusion_figure, cost_surface, landscape_figure, mistakes_figure, weights_figure
 from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, is_number, positive_int, require
 
 
@@ -33,17 +32,16 @@ def _write_scalars(trainer: L.Trainer, values: dict[str, torch.Tensor], step: in
 
 
 class TrainingScalars(Callback):
-    """The scalars of the vanishing-gradient story and of speed, for TensorBoard.
+    """The scalars of the vanishing-gradient story, for TensorBoard.
 
     Every ``every_n_steps`` optimiser steps (None: ``trainer.log_every_n_steps``), for every layer:
 
-        grad_norm/layer<i>     |∂C/∂W|, |∂C/∂b| together: the size of the gradient the
-                               layer receives (sigmoid networks starve their first layers)
-        update_ratio/layer<i>  |ΔW| / |W| of that step: how fast the weights move
-                               (about 1e-3 is healthy; 1e-1 is a learning rate too high)
+        weights/grad_norm/layer<i>     |∂C/∂W|, |∂C/∂b| together: the size of the gradient
+                                       the layer receives (sigmoid networks starve their first layers)
+        weights/update_ratio/layer<i>  |ΔW| / |W| of that step: how fast the weights move
+                                       (about 1e-3 is healthy; 1e-1 is a learning rate too high)
 
-    and every epoch ``time/epoch_s`` (training and validation) and
-    ``throughput/samples_per_s`` (training digits per second of training, all processes).
+    (The epoch's time and speed: ``RunLog``.)
     """
 
     def __init__(self, every_n_steps: int | None = None):
@@ -56,7 +54,7 @@ class TrainingScalars(Callback):
         self._pending_step: int | None = None  # the logged step, until it has been taken
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start, self._samples, self._pending_step = time.perf_counter(), 0, None
+        self._pending_step = None
 
     on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts without an epoch start
 
@@ -79,11 +77,6 @@ class TrainingScalars(Callback):
         self._pending_step = steps_taken(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.automatic_optimization:
-            self._samples += len(batch[1])
-        else:  # a chunk: the digits of the steps it took (max_steps may cut it short)
-            self._samples += min(len(batch.labels), len(outputs["loss"]) * batch.batch_size)
-        self._trained = time.perf_counter()  # the epoch's training ends here, before validation
         if pl_module.automatic_optimization:  # (a chunk of mini-batches calls it per step)
             self.on_optimizer_step_end(trainer, pl_module)
 
@@ -94,34 +87,34 @@ class TrainingScalars(Callback):
         after = [layer.weight.detach() for layer in layers]
         change = torch._foreach_norm(torch._foreach_sub(after, self._before))
         ratios = torch.stack(change) / torch.stack(torch._foreach_norm(self._before)).clamp_min(1e-12)
-        names = [f"{kind}/layer{i}" for kind in ("grad_norm", "update_ratio") for i in range(1, len(layers) + 1)]
+        numbers = range(1, len(layers) + 1)
+        names = [f"weights/{kind}/layer{i}" for kind in ("grad_norm", "update_ratio") for i in numbers]
         _write_scalars(trainer, dict(zip(names, torch.cat([self._grad_norms, ratios.float()]))), self._pending_step)
         self._pending_step = None
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not self._samples:  # (a resumed run at an epoch's very end)
-            return
-        samples = self._samples * trainer.world_size  # every process trains its own shard
-        seconds = torch.tensor([time.perf_counter() - self._start, samples / (self._trained - self._start)])
-        _write_scalars(
-            trainer, {"time/epoch_s": seconds[0], "throughput/samples_per_s": seconds[1]}, trainer.global_step - 1
-        )
 
 
 class TensorBoardPictures(Callback):
     """3Blue1Brown's pictures of a run, in TensorBoard (and as PNG files in ``save_dir``).
 
     Every ``every_n_epochs`` epochs and after the last one, from the validation pass:
-      pictures/first_layer_weights  each hidden neuron's 784 incoming weights as a 28x28
-                                    picture (red +, blue -): what each neuron looks for
-      pictures/confusion_matrix     true vs predicted digit over the validation set
-      pictures/mistakes             misclassified validation digits, true→predicted
+      visuals/first_layer_weights  up to ``max_neurons`` hidden neurons' 784 incoming
+                                   weights, each as a 28x28 picture on one shared colour
+                                   scale (red +, blue -): what each neuron looks for
+      visuals/confusion_matrix     true vs predicted digit over the validation set,
+                                   counts on a log colour scale, "k mistakes of N"
+      visuals/mistakes             up to ``max_mistakes`` misread validation digits, each
+                                   "true 3 → predicted 5" with p(5) -- or output(5) where
+                                   the outputs are no probabilities (the quadratic cost)
     every ``histograms_every_n_epochs`` epochs, per layer: histograms of weights, biases
-    and their gradients (``layer<i>/weight``, ``layer<i>/weight_grad``, ...); and when
-    training ends:
-      pictures/cost_landscape       the cost on a plane around the trained weights, two
-                                    random filter-normalised directions (Li et al. 2018),
-                                    the optimiser's path projected on it (``pictures.py``)
+    and their gradients (``weights/layer<i>/weight``, ``weights/layer<i>/weight_grad``,
+    ``.../bias``, ``.../bias_grad``); and when training ends:
+      visuals/cost_landscape       the cost on a plane around the trained weights, two
+                                   random filter-normalised directions (Li et al. 2018),
+                                   the optimiser's path projected on it where it shows
+                                   (``pictures.py``)
+    (``visuals/`` sorts after ``train/`` and ``val/``: TensorBoard's first screen opens on
+    the curves.) Titles give 1-based epochs, as the progress bar and train.log do. The PNG
+    files are named for the pictures: ``first_layer_weights.png``, ...
 
     The landscape is the training cost (no dropout, no augmentation) on
     ``landscape_samples`` training digits over a ``landscape_points``² grid spanning
@@ -176,29 +169,21 @@ class TensorBoardPictures(Callback):
 
         return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
-    def _publish(self, trainer, tag: str, picture, final: bool = True) -> None:
-        """A figure or a (3, H, W) image tensor -> TensorBoard, and when ``final`` (the last
+    def _publish(self, trainer, name: str, figure, final: bool = True) -> None:
+        """A figure -> TensorBoard as ``visuals/<name>``, and when ``final`` (the last
         epoch's, the landscape) to ``save_dir/<name>.png``."""
         import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
+        import numpy as np  # noqa: PLC0415
 
-        name = tag.split("/")[-1]
+        figure.canvas.draw()  # drawn once, for both (a drawing takes ~0.1 s)
+        pixels = np.array(figure.canvas.buffer_rgba())[..., :3]  # (a copy: the figure goes)
+        plt.close(figure)
         if self.save_dir is not None and final:
             Path(self.save_dir).mkdir(parents=True, exist_ok=True)
-            path = Path(self.save_dir) / f"{name}.png"
-            if isinstance(picture, torch.Tensor):
-                from torchvision.utils import save_image  # noqa: PLC0415 -- torchvision loads only when a picture is drawn
-
-                save_image(picture, path)
-            else:
-                picture.savefig(path)
+            plt.imsave(Path(self.save_dir) / f"{name}.png", pixels)
         writer = self._writer(trainer)
         if writer is not None:
-            if isinstance(picture, torch.Tensor):
-                writer.add_image(tag, picture, trainer.global_step)
-            else:
-                writer.add_figure(tag, picture, trainer.global_step, close=False)
-        if not isinstance(picture, torch.Tensor):
-            plt.close(picture)
+            writer.add_image(f"visuals/{name}", pixels, trainer.global_step, dataformats="HWC")
 
     # -- hooks
 
@@ -233,9 +218,10 @@ class TensorBoardPictures(Callback):
                 if p is None:
                     continue
                 # 64 even bins: TensorBoard's default ("tensorflow", ~1,500 buckets) takes 3x as long
-                writer.add_histogram(f"layer{i}/{kind}", p.detach().float(), trainer.global_step, bins=64)
+                tag = f"weights/layer{i}/{kind}"
+                writer.add_histogram(tag, p.detach().float(), trainer.global_step, bins=64)
                 if p.grad is not None:
-                    writer.add_histogram(f"layer{i}/{kind}_grad", p.grad.float(), trainer.global_step, bins=64)
+                    writer.add_histogram(f"{tag}_grad", p.grad.float(), trainer.global_step, bins=64)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._plane is not None:
@@ -257,7 +243,16 @@ class TensorBoardPictures(Callback):
         wanted = self.max_mistakes - sum(len(m[0]) for m in self._mistakes)
         if wanted > 0 and trainer.is_global_zero:
             wrong = (predicted != labels).nonzero().flatten()[:wanted]
+            if not self._outputs_are_probabilities(pl_module):  # the output neuron's own activation
+                confidence = outputs.float().gather(1, predicted[:, None])[:, 0]
             self._mistakes.append(tuple(t[wrong].cpu() for t in (images, labels, predicted, confidence)))
+
+    @staticmethod
+    def _outputs_are_probabilities(pl_module) -> bool:
+        """Whether the outputs read as class probabilities: a softmax or sigmoids scored by
+        cross-entropy do; the quadratic cost's activations only rank the classes (its
+        ``probabilities`` normalise them to sum to 1, which makes no probability of them)."""
+        return pl_module.hparams.loss != "quadratic"
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._collect:
@@ -266,14 +261,29 @@ class TensorBoardPictures(Callback):
         if not trainer.is_global_zero:
             return
 
-        final = trainer.current_epoch + 1 == trainer.max_epochs
-        grid = weight_grid(_layers(pl_module)[0].weight, max_neurons=self.max_neurons)
-        self._publish(trainer, "pictures/first_layer_weights", grid, final)
-        figure = confusion_figure(matrix, f"validation, epoch {trainer.current_epoch}")
-        self._publish(trainer, "pictures/confusion_matrix", figure, final)
-        if self._mistakes:
-            images, labels, predicted, confidence = (torch.cat(t) for t in zip(*self._mistakes))
-            self._publish(trainer, "pictures/mistakes", mistakes_figure(images, labels, predicted, confidence), final)
+        epoch = trainer.current_epoch + 1  # 1-based, as the progress bar counts
+        final = epoch == trainer.max_epochs
+        layers = _layers(pl_module)
+        neurons = "hidden neurons" if len(layers) > 1 else "output neurons"
+        figure = weights_figure(layers[0].weight, epoch, max_neurons=self.max_neurons, neurons=neurons)
+        self._publish(trainer, "first_layer_weights", figure, final)
+        self._publish(trainer, "confusion_matrix", confusion_figure(matrix, epoch), final)
+        if self.max_mistakes:
+            matrix = matrix.cpu()
+            total, mistakes = int(matrix.sum()), int(matrix.sum() - matrix.trace())
+            shown = [torch.cat(t) for t in zip(*self._mistakes)] if self._mistakes else [torch.zeros(0)] * 4
+            images, labels, predicted, scores = shown
+            figure = mistakes_figure(
+                images,
+                labels,
+                predicted,
+                scores,
+                epoch,
+                mistakes=mistakes,
+                total=total,
+                as_probabilities=self._outputs_are_probabilities(pl_module),
+            )
+            self._publish(trainer, "mistakes", figure, final)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._plane is None or not trainer.is_global_zero:
@@ -301,5 +311,5 @@ class TensorBoardPictures(Callback):
         finally:
             pl_module.train(was_training)
         path = self._plane.path(weights)
-        title = f"training cost around the trained weights ({self.landscape_samples} digits)"
-        self._publish(trainer, "pictures/cost_landscape", landscape_figure(coords, surface, path, title))
+        title = f"training cost around the trained weights ({len(labels)} training digits)"
+        self._publish(trainer, "cost_landscape", landscape_figure(coords, surface, path, title))
