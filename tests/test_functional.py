@@ -314,3 +314,25 @@ def test_shared_parameters_accumulate(activation):
         grads[backward] = (w.grad.clone(), b.grad.clone())
     for gm, ga in zip(grads["manual"], grads["autograd"]):
         torch.testing.assert_close(gm, ga)
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+def test_the_least_cost_is_reached_where_the_outputs_match_the_smoothed_target(smoothing):
+    """Cross-entropy with label smoothing never reaches 0: its floor is the smoothed target's
+    entropy, reached where the softmax equals that target (what train.log says of the cost)."""
+    classes = 10
+    labels = torch.arange(classes)
+    target = torch.full((classes, classes), smoothing / classes, dtype=torch.float64)
+    target[labels, labels] += 1 - smoothing
+    floor = HF.least_cost("cross_entropy", smoothing, classes)
+    at_target = F.cross_entropy(target.log(), labels, label_smoothing=smoothing).item()
+    assert floor == pytest.approx(at_target, abs=1e-12)
+    nearby = F.cross_entropy(
+        target.log()
+        + 0.01 * torch.randn(classes, classes, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+        labels,
+        label_smoothing=smoothing,
+    ).item()
+    assert nearby > floor
+    assert HF.least_cost("quadratic", 0.0, classes) == HF.least_cost("cross_entropy", 0.0, classes) == 0.0
+    assert HF.least_cost("cross_entropy", 0.1, 10) == pytest.approx(0.5003, abs=1e-4)

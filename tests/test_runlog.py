@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from handprop.loggers import HPARAMS, HPARAMS_METRICS
+from handprop.loggers import HPARAMS, HPARAMS_METRICS, trial_name
 from handprop.train import train
 
 from conftest import FAST, compose_config, run_cli, tensorboard_run
@@ -147,10 +147,18 @@ def test_hparams_hold_the_settings_that_define_a_run(tmp_path):
     assert values["hidden"] == "[16]" and values["lr"] == pytest.approx(0.002) and values["optimizer"] == "AdamW"
     assert values["scheduler"] == "OneCycleLR" and values["seed"] == 42 and values["data"] == "sample"
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAMS_METRICS)
+    assert session.group_name == tmp_path.name  # (a run directory <date>/<time> reads "MM-DD HH:MM:SS")
     # the metrics' values are their curves' last points
     assert events.Scalars("val/acc_best")[-1].value == pytest.approx(metrics["val/acc_best"])
     summary = events.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "test accuracy" in summary and "best checkpoint" in summary
+
+
+def test_trial_names_are_short_enough_for_the_hparams_table():
+    assert trial_name("/home/you/handprop/outputs/2026-11-30/01-41-07") == "11-30 01:41:07"
+    assert trial_name("outputs/2026-11-30/01-41-07-2") == "11-30 01:41:07-2"  # a second run in the same second
+    assert trial_name("outputs/multirun/2026-11-30/01-41-07/3") == "11-30 01:41:07 #3"
+    assert trial_name("/scratch/my-run") == "my-run"
 
 
 def test_a_resumed_run_continues_its_metrics_csv(tmp_path):

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
@@ -29,23 +31,24 @@ from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardL
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard.summary import scalar as scalar_summary
 
 # Custom Scalars: category -> chart -> ["Multiline", [tag regexes]]; categories in this order.
 LAYOUT = {
     "learning": {
-        "loss: training (epoch mean) and validation": ["Multiline", ["train/loss_epoch", "val/loss"]],
-        "accuracy: training and validation": ["Multiline", ["train/acc", "val/acc"]],
-        "learning rate": ["Multiline", ["train/lr"]],
-        "loss of single steps": ["Multiline", ["train/loss_step"]],
+        "loss: training (epoch mean) and validation": ["Multiline", ["^train/loss_epoch$", "^val/loss$"]],
+        "accuracy: training and validation": ["Multiline", ["^train/acc$", "^val/acc$"]],
+        "learning rate": ["Multiline", ["^train/lr$"]],
+        "loss of single steps": ["Multiline", ["^train/loss_step$"]],
     },
     "gradients": {
-        "gradient norm |dC/dW, dC/db| per layer": ["Multiline", [r"weights/grad_norm/.*"]],
-        "update ratio |dW| / |W| per step, per layer": ["Multiline", [r"weights/update_ratio/.*"]],
-        "hand-written backward vs autograd: max relative error": ["Multiline", [r"vs_autograd/.*"]],
+        "gradient norm |dC/dW, dC/db| per layer": ["Multiline", ["^weights/grad_norm/"]],
+        "update ratio |dW| / |W| per step, per layer": ["Multiline", ["^weights/update_ratio/"]],
+        "hand-written backward vs autograd: max relative error": ["Multiline", ["^vs_autograd/"]],
     },
     "speed": {
-        "training digits per second": ["Multiline", ["wall/samples_per_s"]],
-        "seconds per epoch (training and validation)": ["Multiline", ["wall/epoch_s"]],
+        "training digits per second": ["Multiline", ["^wall/samples_per_s$"]],
+        "seconds per epoch (training and validation)": ["Multiline", ["^wall/epoch_s$"]],
     },
 }
 
@@ -88,6 +91,18 @@ def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
     return values
 
 
+def trial_name(run_dir: str | Path) -> str:
+    """A run's name in the HParams table, which shows about 15 characters: "MM-DD HH:MM:SS"
+    of a run directory ``.../<date>/<time>``, with "#<job>" for a sweep's job; else the
+    directory's own name."""
+    parts = Path(run_dir).parts
+    for i in range(len(parts) - 1):
+        if re.fullmatch(r"\d{4}-\d\d-\d\d", parts[i]) and re.fullmatch(r"\d\d-\d\d-\d\d(-\d+)?", parts[i + 1]):
+            name = f"{parts[i][5:]} {parts[i + 1].replace('-', ':', 2)}"
+            return f"{name} #{'/'.join(parts[i + 2 :])}" if parts[i + 2 :] else name
+    return Path(run_dir).name
+
+
 def _augment_text(augment: dict | None) -> str:
     """data.augment as one readable value: the distortions that are on."""
     on = [f"{k}={v}" for k, v in (augment or {}).items() if v and not k.endswith("_sigma")]
@@ -115,9 +130,19 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             writer.add_custom_scalars(LAYOUT)
         return writer
 
+    def describe(self, descriptions: dict[str, str]) -> None:
+        """Words for tags (e.g. which cost a loss is), written with each tag's first point:
+        TensorBoard shows them with the chart."""
+        self._descriptions = dict(descriptions)
+
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         charted = {k: v for k, v in metrics.items() if not k.startswith(NOT_CHARTED)}
+        for tag in [t for t in charted if t in getattr(self, "_descriptions", {})]:
+            summary = scalar_summary(tag, float(charted.pop(tag)))
+            summary.value[0].metadata.summary_description = self._descriptions.pop(tag)
+            summary.value[0].metadata.plugin_data.plugin_name = "scalars"
+            self.experiment._get_file_writer().add_summary(summary, step)
         if charted:
             super().log_metrics(charted, step)
 
@@ -127,13 +152,19 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         written once, at its end, by ``record_run``."""
 
     @rank_zero_only
-    def record_run(self, hparams: dict, summary: str) -> None:
-        """The run's HParams entry (``hparams`` against ``HPARAMS_METRICS``, whose values
-        TensorBoard reads from their curves) and its summary, as text."""
+    def record_run(self, hparams: dict, summary: str, trial: str) -> None:
+        """The run's HParams entry, named ``trial`` (``hparams`` against ``HPARAMS_METRICS``,
+        whose values TensorBoard reads from their curves), and its summary, as text."""
+        from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: PLC0415
         from torch.utils.tensorboard.summary import hparams as hparams_summary  # noqa: PLC0415
 
         writer = self.experiment
-        for record in hparams_summary(hparams, dict.fromkeys(HPARAMS_METRICS, 0.0)):
+        experiment, start, end = hparams_summary(hparams, dict.fromkeys(HPARAMS_METRICS, 0.0))
+        plugin = start.value[0].metadata.plugin_data
+        data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+        data.session_start_info.group_name = trial  # the "Trial ID" (else the run's whole path)
+        plugin.content = data.SerializeToString()
+        for record in (experiment, start, end):
             writer._get_file_writer().add_summary(record)
         writer.add_text("summary", "    " + summary.replace("\n", "\n    "))  # a code block: kept as printed
         writer.flush()

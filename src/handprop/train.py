@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from . import functional as HF
 from .build import build, build_all, build_data_and_model
 from .callbacks import InterruptCheckpoint, ProgressBar
 from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
@@ -29,7 +30,7 @@ from .config import check_config
 from .console import percent, quiet_lightning
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
-from .loggers import TensorBoardLogger, run_hparams
+from .loggers import TensorBoardLogger, run_hparams, trial_name
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         plugins=[AtomicCheckpointIO()],
     )
 
+    cost = HF.describe_cost(model.hparams.loss, model.hparams.label_smoothing, model.hparams.num_classes)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.describe({tag: f"the cost: {cost}" for tag in ("train/loss_step", "train/loss_epoch", "val/loss")})
     if ckpt_path is not None:  # safe, ours, the same network and training: or a clear error now
         check_same_recipe(ckpt_path, read_checkpoint(ckpt_path, against=model), model)
     if init_from is not None:  # a new run from a checkpoint's weights: fresh optimiser, schedule, counters
@@ -249,7 +254,7 @@ def _finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict, best: str, path:
     log.info("done.\n%s", text)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.record_run(run_hparams(cfg), text)
+            logger.record_run(run_hparams(cfg), text, trial_name(cfg.paths.output_dir))
             logger.finalize("success")  # flushed and closed: the event files are complete when train() returns
 
 

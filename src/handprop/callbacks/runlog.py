@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..console import FILE_ONLY, percent
+from ..functional import describe_cost
 from .progress import on_a_terminal
 from .visuals import _write_scalars
 
@@ -118,8 +119,7 @@ def describe(trainer: L.Trainer, module) -> list[str]:
             f"  layer {i}: Linear({layer.in_features} -> {layer.out_features}, {layer.activation}){dropout}"
             f"  [{weights:,}]"
         )
-    smoothing = f", label smoothing {hp.label_smoothing:g}" if hp.loss == "cross_entropy" and hp.label_smoothing else ""
-    lines.append(f"  cost: {hp.loss.replace('_', '-')}{smoothing}")
+    lines.append(f"  cost: {describe_cost(hp.loss, hp.label_smoothing, hp.num_classes)}")
     splits = getattr(trainer.datamodule, "splits", None) or {}
     if splits:
         sizes = " / ".join(f"{len(s.labels):,} {name}" for name, s in splits.items())

@@ -43,7 +43,7 @@ from .backprop import (
     mlp,
     quadratic_cost,
 )
-from .costs import COSTS, Cost, check_cost
+from .costs import COSTS, Cost, check_cost, describe_cost, least_cost
 
 __all__ = [
     "ACTIVATIONS",
@@ -58,6 +58,8 @@ __all__ = [
     "binary_cross_entropy",
     "check_cost",
     "cost",
+    "describe_cost",
+    "least_cost",
     "cross_entropy",
     "dropout_mask",
     "dropout_masks",

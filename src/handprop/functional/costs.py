@@ -145,6 +145,27 @@ COSTS: dict[str, Cost] = {
 }
 
 
+def least_cost(cost: str, label_smoothing: float, classes: int) -> float:
+    """The smallest value a cost can take, where the outputs match the target exactly: 0,
+    except for cross-entropy with label smoothing ε, whose target q = (1-ε)·onehot + ε/K is
+    never one-hot. Its floor is q's entropy, -Σ_k q_k ln q_k: 0.500 for ε = 0.1, K = 10."""
+    if cost != "cross_entropy" or not label_smoothing:
+        return 0.0
+    right, wrong = 1 - label_smoothing + label_smoothing / classes, label_smoothing / classes
+    return -(right * math.log(right) + (classes - 1) * wrong * math.log(wrong))
+
+
+def describe_cost(cost: str, label_smoothing: float, classes: int) -> str:
+    """The cost in words, with its floor when that is not 0 (the loss curves level off there)."""
+    text = {"cross_entropy": "cross-entropy of the softmax", "quadratic": "quadratic, (1/N) Σ ½‖a - y‖²"}.get(
+        cost, cost.replace("_", " ")
+    )
+    floor = least_cost(cost, label_smoothing, classes)
+    if floor:
+        text += f", label smoothing {label_smoothing:g}: never below {floor:.3f} (the smoothed target is not one-hot)"
+    return text
+
+
 def check_cost(cost: str, label_smoothing: float) -> None:
     """The cost's name and its label smoothing, which softens the softmax cost's target only."""
     check_choice("loss", cost, COSTS)
