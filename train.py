@@ -10,6 +10,7 @@ when a run starts: torch and Lightning take seconds to import, and --help needs 
 """
 
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -20,6 +21,8 @@ from omegaconf import DictConfig
 from handprop.config import exit_on_unknown_override
 from handprop.errors import HandpropError
 from handprop.rundir import exit_on_launch_problem
+
+STARTED = time.perf_counter()  # the summary's wall time: torch, Lightning and the data load after this
 
 
 def _sweep_problem(cfg: DictConfig) -> str | None:
@@ -43,7 +46,8 @@ def main(cfg: DictConfig) -> float | None:
         problem = _sweep_problem(cfg)
         if problem:
             raise HandpropError(problem)
-        metrics = train(cfg)
+        single = HydraConfig.get().mode == RunMode.RUN  # (a sweep's job: timed from its own start)
+        metrics = train(cfg, began=STARTED if single else None)
     except HandpropError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

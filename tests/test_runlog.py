@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from handprop.loggers import HPARAMS, HPARAMS_METRICS, trial_name
+from handprop.loggers import HPARAMS, HPARAMS_METRICS, asked_hparams, trial_name
 from handprop.train import train
 
 from conftest import FAST, compose_config, run_cli, tensorboard_run
@@ -152,6 +152,22 @@ def test_hparams_hold_the_settings_that_define_a_run(tmp_path):
     assert events.Scalars("val/acc_best")[-1].value == pytest.approx(metrics["val/acc_best"])
     summary = events.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "test accuracy" in summary and "best checkpoint" in summary
+
+
+def test_hparams_show_the_settings_given_on_the_command_line_first(cli_run):
+    out = cli_run[0]
+    events = EventAccumulator(str(tensorboard_run(out)))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    assert {i.name for i in experiment.hparam_infos if i.differs} == {"hidden", "epochs"}
+    assert asked_hparams(["model.hidden=[64]", "optimizer=sgd", "+trainer.foo=1", "seed=3"]) == {
+        "hidden",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "seed",
+    }
 
 
 def test_trial_names_are_short_enough_for_the_hparams_table():

@@ -162,6 +162,12 @@ def test_the_tensorboard_server_serves_the_run(run):
         query = urllib.parse.urlencode({"run": name, "tag": "val/acc"})
         points = _get(f"{base}/plugin/scalars/scalars?{query}")
         assert len(points) == 2 and all(0 <= p[2] <= 1 for p in points)  # [wall time, step, value] per epoch
+        # the loss curves carry the cost's description with their first point, and are served whole
+        query = urllib.parse.urlencode({"run": name, "tag": "train/loss_epoch"})
+        losses = _get(f"{base}/plugin/scalars/scalars?{query}")
+        assert [p[1] for p in losses] == [3, 7] and all(p[2] > 0 for p in losses)
+        description = _get(f"{base}/plugin/scalars/tags")[name]["train/loss_epoch"]["description"]
+        assert "cross-entropy" in description and "0.500" in description
     finally:
         server.terminate()
         server.wait(timeout=30)

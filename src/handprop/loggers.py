@@ -75,6 +75,13 @@ HPARAMS_METRICS = ("val/acc_best", "val/acc", "val/loss", "train/acc", "train/lo
 NOT_CHARTED = ("epoch", "trainer/", "test/")  # Lightning's epoch counter, the step counter, the one-point test result
 
 
+def asked_hparams(overrides: list[str]) -> set[str]:
+    """The HParams names of the settings that command-line overrides set: a key, or a group
+    (``optimizer=sgd`` sets optimizer, lr and weight_decay)."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    return {name for name, key in HPARAMS.items() for k in keys if key == k or key.startswith(f"{k}.")}
+
+
 def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
     """The settings that define a run, as TensorBoard's HParams tab takes them: short names,
     scalar values (a class as its name, a list or a group as text, none as "none")."""
@@ -139,9 +146,8 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         charted = {k: v for k, v in metrics.items() if not k.startswith(NOT_CHARTED)}
         for tag in [t for t in charted if t in getattr(self, "_descriptions", {})]:
-            summary = scalar_summary(tag, float(charted.pop(tag)))
+            summary = scalar_summary(tag, float(charted.pop(tag)), new_style=True)  # (a scalar with metadata)
             summary.value[0].metadata.summary_description = self._descriptions.pop(tag)
-            summary.value[0].metadata.plugin_data.plugin_name = "scalars"
             self.experiment._get_file_writer().add_summary(summary, step)
         if charted:
             super().log_metrics(charted, step)
@@ -152,18 +158,29 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         written once, at its end, by ``record_run``."""
 
     @rank_zero_only
-    def record_run(self, hparams: dict, summary: str, trial: str) -> None:
+    def record_run(self, hparams: dict, summary: str, trial: str, asked: set[str] = frozenset()) -> None:
         """The run's HParams entry, named ``trial`` (``hparams`` against ``HPARAMS_METRICS``,
-        whose values TensorBoard reads from their curves), and its summary, as text."""
+        whose values TensorBoard reads from their curves), and its summary, as text.
+        ``asked``: the names of the settings given on the command line, which the table
+        shows first (TensorBoard shows five at first: those that differ between runs,
+        then by name)."""
         from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: PLC0415
         from torch.utils.tensorboard.summary import hparams as hparams_summary  # noqa: PLC0415
 
+        def edit(record, change) -> None:
+            plugin = record.value[0].metadata.plugin_data
+            data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+            change(data)
+            plugin.content = data.SerializeToString()
+
+        def mark_asked(data) -> None:
+            for info in data.experiment.hparam_infos:
+                info.differs = info.name in asked
+
         writer = self.experiment
         experiment, start, end = hparams_summary(hparams, dict.fromkeys(HPARAMS_METRICS, 0.0))
-        plugin = start.value[0].metadata.plugin_data
-        data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
-        data.session_start_info.group_name = trial  # the "Trial ID" (else the run's whole path)
-        plugin.content = data.SerializeToString()
+        edit(experiment, mark_asked)
+        edit(start, lambda data: setattr(data.session_start_info, "group_name", trial))  # its "Trial ID"
         for record in (experiment, start, end):
             writer._get_file_writer().add_summary(record)
         writer.add_text("summary", "    " + summary.replace("\n", "\n    "))  # a code block: kept as printed

@@ -30,7 +30,7 @@ from .config import check_config
 from .console import percent, quiet_lightning
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
-from .loggers import TensorBoardLogger, run_hparams, trial_name
+from .loggers import TensorBoardLogger, asked_hparams, run_hparams, trial_name
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,10 @@ def _continue_tensorboard_run(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------------- entry points
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test with the best checkpoint, then write metrics.json. Returns the metrics."""
-    began = time.perf_counter()
+def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
+    """Fit, then test with the best checkpoint, then write metrics.json. Returns the metrics.
+    ``began``: when the program started (``time.perf_counter()``), for the summary's wall time."""
+    began = time.perf_counter() if began is None else began
     quiet_lightning()
     _announce(cfg, "train")
     check_config(cfg)
@@ -254,7 +255,8 @@ def _finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict, best: str, path:
     log.info("done.\n%s", text)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.record_run(run_hparams(cfg), text, trial_name(cfg.paths.output_dir))
+            asked = asked_hparams(_recorded_overrides(cfg))
+            logger.record_run(run_hparams(cfg), text, trial_name(cfg.paths.output_dir), asked)
             logger.finalize("success")  # flushed and closed: the event files are complete when train() returns
 
 
