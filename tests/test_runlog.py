@@ -144,8 +144,10 @@ def test_hparams_hold_the_settings_that_define_a_run(tmp_path):
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert set(session.hparams) == set(HPARAMS) and 10 <= len(session.hparams) <= 20
     values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in session.hparams.items()}
-    assert values["hidden"] == "[16]" and values["lr"] == pytest.approx(0.002) and values["optimizer"] == "AdamW"
+    assert values["architecture"] == "784-16-10" and values["cost"] == "cross_entropy"
+    assert values["lr"] == pytest.approx(0.002) and values["optimizer"] == "AdamW"
     assert values["scheduler"] == "OneCycleLR" and values["seed"] == 42 and values["data"] == "sample"
+    assert values["distortion"] == "rotation=10 scale=0.1 shift=2 elastic=2" and values["gradients"] == "manual"
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAMS_METRICS)
     assert session.group_name == tmp_path.name  # (a run directory <date>/<time> reads "MM-DD HH:MM:SS")
     # the metrics' values are their curves' last points
@@ -160,9 +162,9 @@ def test_hparams_show_the_settings_given_on_the_command_line_first(cli_run):
     events.Reload()
     content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
-    assert {i.name for i in experiment.hparam_infos if i.differs} == {"hidden", "epochs"}
+    assert {i.name for i in experiment.hparam_infos if i.differs} == {"architecture", "epochs"}
     assert asked_hparams(["model.hidden=[64]", "optimizer=sgd", "+trainer.foo=1", "seed=3"]) == {
-        "hidden",
+        "architecture",
         "optimizer",
         "lr",
         "weight_decay",

@@ -53,23 +53,23 @@ LAYOUT = {
 }
 
 # HParams: the settings that define a run (name -> dotted config key), and the metrics it is compared on
-HPARAMS = {
-    "hidden": "model.hidden",
+HPARAMS = {  # (TensorBoard lists them by name and shows the first five: the network, its cost, its data)
     "activation": "model.activation",
-    "loss": "model.loss",
-    "label_smoothing": "model.label_smoothing",
-    "dropout": "model.dropout",
-    "backward": "model.backward",
-    "optimizer": "optimizer._target_",
-    "lr": "optimizer.lr",
-    "weight_decay": "optimizer.weight_decay",
-    "scheduler": "scheduler._target_",
-    "data": "data.dataset",
+    "architecture": "model.hidden",
     "batch_size": "data.batch_size",
-    "augment": "data.augment",
+    "cost": "model.loss",
+    "data": "data.dataset",
+    "distortion": "data.augment",
+    "dropout": "model.dropout",
     "epochs": "trainer.max_epochs",
+    "gradients": "model.backward",
+    "label_smoothing": "model.label_smoothing",
+    "lr": "optimizer.lr",
+    "optimizer": "optimizer._target_",
     "precision": "trainer.precision",
+    "scheduler": "scheduler._target_",
     "seed": "seed",
+    "weight_decay": "optimizer.weight_decay",
 }
 HPARAMS_METRICS = ("val/acc_best", "val/acc", "val/loss", "train/acc", "train/loss_epoch")
 NOT_CHARTED = ("epoch", "trainer/", "test/")  # Lightning's epoch counter, the step counter, the one-point test result
@@ -89,7 +89,10 @@ def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
     for name, key in HPARAMS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig | Mapping):
-            value = _augment_text(OmegaConf.to_container(value, resolve=True)) if name == "augment" else str(value)
+            value = _augment_text(OmegaConf.to_container(value, resolve=True)) if name == "distortion" else str(value)
+        elif name == "architecture":  # the hidden sizes, between the input and the output
+            model = cfg.model
+            value = "-".join(map(str, [model.get("input_size", 784), *value, model.get("num_classes", 10)]))
         elif OmegaConf.is_list(value) or isinstance(value, list):
             value = str(list(value))
         elif key.endswith("_target_") and isinstance(value, str):
