@@ -18,11 +18,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-TABS = {  # file name -> (URL fragment, window height)
-    "landing": ("", 1300),
-    "custom_scalars": ("#custom_scalars", 1500),
-    "images": ("#images", 2400),
-    "hparams": ("#hparams", 900),
+TABS = {  # file name -> (URL fragment, window width, height)
+    "landing": ("", 1400, 1300),
+    "custom_scalars": ("#custom_scalars", 1400, 1500),
+    "images": ("#images", 1400, 1500),
+    "hparams": ("#hparams", 1900, 700),
 }
 
 
@@ -37,7 +37,6 @@ def main() -> None:
     parser.add_argument("logdir")
     parser.add_argument("--prefix", default="default", help="the screenshots' file names start with this")
     parser.add_argument("--out", default=str(Path(__file__).parent / "screenshots"))
-    parser.add_argument("--width", type=int, default=1400)
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
@@ -59,7 +58,7 @@ def main() -> None:
                 time.sleep(0.5)
         time.sleep(3)  # the first load of the event files
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        for name, (fragment, height) in TABS.items():
+        for name, (fragment, width, height) in TABS.items():
             target = Path(args.out) / f"{args.prefix}_{name}.png"
             subprocess.run(
                 [
@@ -68,8 +67,8 @@ def main() -> None:
                     "--no-sandbox",
                     "--disable-gpu",
                     "--hide-scrollbars",
-                    f"--window-size={args.width},{height}",
-                    "--virtual-time-budget=15000",
+                    f"--window-size={width},{height}",
+                    "--virtual-time-budget=30000",
                     f"--screenshot={target}",
                     url + fragment,
                 ],
