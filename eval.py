@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from handprop.config import exit_on_unknown_override
+from handprop.console import record_failure, tell
 from handprop.errors import HandpropError
 from handprop.rundir import exit_on_launch_problem
 
@@ -25,8 +26,11 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except HandpropError as e:
-        print(f"error: {e}", file=sys.stderr)
+        tell(f"error: {e}")
         sys.exit(2)
+    except Exception:
+        record_failure()
+        raise
 
 
 if __name__ == "__main__":

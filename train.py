@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from handprop.config import exit_on_unknown_override
+from handprop.console import record_failure, tell
 from handprop.errors import HandpropError
 from handprop.rundir import exit_on_launch_problem
 
@@ -49,8 +50,11 @@ def main(cfg: DictConfig) -> float | None:
         single = HydraConfig.get().mode == RunMode.RUN  # (a sweep's job: timed from its own start)
         metrics = train(cfg, began=STARTED if single else None)
     except HandpropError as e:
-        print(f"error: {e}", file=sys.stderr)
+        tell(f"error: {e}")
         sys.exit(2)
+    except Exception:
+        record_failure()
+        raise
     return metrics.get(cfg.get("optimized_metric", "val/acc"))  # for Hydra sweepers
 
 

@@ -188,3 +188,12 @@ def test_a_resumed_run_continues_its_metrics_csv(tmp_path):
     after = csv_columns(tmp_path / "metrics.csv")
     assert [s for s, _ in after["val/acc"]] == [3, 7, 11]  # the first run's two epochs kept, the third added
     assert after["val/acc"][:2] == before["val/acc"] and before["val/acc"][-1][1] == pytest.approx(first["val/acc"])
+
+
+def test_an_error_is_in_train_log_as_on_the_console(tmp_path):
+    proc = run_cli("train.py", "model.dropout=2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    message = proc.stderr[proc.stderr.index("error: ") :].strip()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "model.dropout=2: " in message and f"ERROR   {message}\n" in log
+    assert log.startswith(log[:19] + " INFO    run directory: ")

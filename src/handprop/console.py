@@ -8,6 +8,7 @@ console. This module imports nothing heavy: logging is configured before trainin
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 FILE_ONLY = {"file_only": True}  # logging's `extra=`: a line for the log file only
@@ -18,6 +19,17 @@ class ConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not getattr(record, "file_only", False)
+
+
+def tell(message: str, level: int = logging.ERROR) -> None:
+    """A message for the user on stderr (an error, how to resume), and in the run's log."""
+    logging.getLogger("handprop").log(level, message, extra=FILE_ONLY)
+    print(message, file=sys.stderr, flush=True)
+
+
+def record_failure() -> None:
+    """An unexpected exception, in the run's log too (Hydra prints it on stderr only)."""
+    logging.getLogger("handprop").exception("the run failed", extra=FILE_ONLY)
 
 
 def quiet_lightning() -> None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .build import build, build_all, build_data_and_model
 from .callbacks import InterruptCheckpoint, ProgressBar
 from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
 from .config import check_config
-from .console import percent, quiet_lightning
+from .console import percent, quiet_lightning, tell
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
 from .loggers import TensorBoardLogger, asked_hparams, run_hparams, trial_name
@@ -194,7 +193,7 @@ def _tell_how_to_resume(cfg: DictConfig, trainer: L.Trainer, signal_name: str) -
             f"{signal_name}: training stopped at {where}; no interrupt checkpoint "
             "(callbacks.interrupt_checkpoint is off)"
         )
-    print(message, file=sys.stderr, flush=True)
+    tell(message, logging.WARNING)
 
 
 @rank_zero_only
@@ -206,12 +205,11 @@ def _tell_how_to_test(cfg: DictConfig, trainer: L.Trainer, best: str, signal_nam
         else {"data": cfg.data.dataset, "data.data_dir": str(Path(cfg.data.data_dir).absolute())}
     )
     test = command_line("eval.py", [], ckpt_path=checkpoint, **data) if checkpoint else "(no checkpoint was written)"
-    print(
+    tell(
         f"{signal_name}: the final test was interrupted; training had finished ({trainer.current_epoch} epochs, "
         f"step {trainer.global_step}) and its checkpoints are kept; metrics.json holds its results without "
         f"test/*.\nTest the {'best' if best else 'last'} checkpoint with:\n  {test}",
-        file=sys.stderr,
-        flush=True,
+        logging.WARNING,
     )
 
 
