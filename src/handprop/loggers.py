@@ -149,7 +149,10 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         charted = {k: v for k, v in metrics.items() if not k.startswith(NOT_CHARTED)}
         for tag in [t for t in charted if t in getattr(self, "_descriptions", {})]:
-            summary = scalar_summary(tag, float(charted.pop(tag)), new_style=True)  # (a scalar with metadata)
+            # The description rides on a tensor-style copy of the tag's first point: TensorBoard's
+            # server keeps a description only from those; readers of plain scalars (EventAccumulator's
+            # Scalars, as Lightning writes them) see the plain point written below, at the same step.
+            summary = scalar_summary(tag, float(charted[tag]), new_style=True)
             summary.value[0].metadata.summary_description = self._descriptions.pop(tag)
             self.experiment._get_file_writer().add_summary(summary, step)
         if charted:
