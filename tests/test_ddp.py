@@ -170,4 +170,6 @@ def test_a_sweep_with_trainer_ddp_spawn_runs_every_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, lr in (("0", 0.01), ("1", 0.02)):
         assert json.loads((sweep / job / "metrics.json").read_text())["trainer/global_step"] == 8
+        log = (sweep / job / "train.log").read_text()  # written by the spawned process of rank 0 too
+        assert re.findall(r"INFO    epoch (\d)/2  train loss", log) == ["1", "2"] and "  layer 1: Linear" in log
         assert f"optimizer.lr={lr}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()

@@ -191,7 +191,7 @@ def test_a_run_directory_named_with_spaces_quotes_dollars_and_accents_resumes_as
     assert returncode == 130, stderr[-3000:]
     first_config = (run_dir / ".hydra" / "overrides.yaml").read_text()
     command = stderr.split("Resume with:\n", 1)[1].strip().splitlines()[0]
-    step = int(re.search(r"training stopped at epoch \d+, step (\d+)", stderr).group(1))
+    step = int(re.search(r"training stopped in epoch \d+, after step (\d+)", stderr).group(1))
     resumed = run_printed(command, f"trainer.max_steps={step + 2}")
     assert resumed.returncode == 0, (command, resumed.stderr[-3000:])
     assert (run_dir / ".hydra" / "history" / "1" / "overrides.yaml").read_text() == first_config  # kept

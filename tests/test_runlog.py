@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from handprop.loggers import HPARAMS, HPARAMS_METRICS, asked_hparams, trial_name
-from handprop.train import train
+from handprop.train import summary, train
 
 from conftest import FAST, compose_config, run_cli, tensorboard_run
 
@@ -197,3 +197,54 @@ def test_an_error_is_in_train_log_as_on_the_console(tmp_path):
     log = (tmp_path / "run" / "train.log").read_text()
     assert "model.dropout=2: " in message and f"ERROR   {message}\n" in log
     assert log.startswith(log[:19] + " INFO    run directory: ")
+
+
+def test_an_epoch_without_validation_says_nothing_of_val(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="handprop.run"):
+        train(
+            compose_config(
+                "train",
+                [*FAST, "model.hidden=[8]", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"],
+                tmp_path,
+            )
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert ["| val loss" in line for line in lines] == [False, True, False]
+
+
+def test_a_run_stopped_by_max_steps_leaves_its_latest_pictures(tmp_path):
+    overrides = [
+        *FAST,
+        "model.hidden=[8]",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=6",
+        "callbacks.pictures.every_n_epochs=1",
+        "callbacks.pictures.landscape_points=3",
+    ]
+    train(compose_config("train", overrides, tmp_path))
+    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == [
+        "confusion_matrix.png",
+        "cost_landscape.png",
+        "first_layer_weights.png",
+        "mistakes.png",
+    ]
+
+
+def test_a_resumed_run_without_overrides_keeps_its_one_tensorboard_run(tmp_path, caplog):
+    common = [*FAST, "model.hidden=[8]", "scheduler=none"]
+    train(compose_config("train", [*common, "logger.tensorboard.version=''"], tmp_path))  # as a run without overrides
+    resume = [*common, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"]
+    with caplog.at_level("INFO", logger="handprop"):
+        train(compose_config("train", resume, tmp_path))
+    assert {p.parent for p in tmp_path.rglob("events.out.tfevents.*")} == {tmp_path}
+    assert f"resuming the run of {tmp_path / 'checkpoints' / 'last.ckpt'}" in caplog.text
+
+
+def test_the_summary_names_only_what_the_run_wrote():
+    metrics = {"test/acc": 0.98, "test/loss": 0.5, "val/acc_best": 0.99, "time/fit_s": 3.0}
+    full = summary(metrics, "/r/checkpoints/epoch002.ckpt", 2, 4.0, "/r")
+    assert "best val acc     99.00% at epoch 2" in full and "(and metrics.csv)" in full
+    assert "tensorboard --logdir /r" in full
+    bare = summary(metrics, "/r/checkpoints/epoch002.ckpt", 2, 4.0, "/r", loggers=())
+    assert "metrics.csv" not in bare and "tensorboard" not in bare and "test accuracy    98.00%" in bare

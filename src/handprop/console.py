@@ -21,6 +21,43 @@ class ConsoleFilter(logging.Filter):
         return not getattr(record, "file_only", False)
 
 
+def logging_setup() -> list[dict]:
+    """The root logger's handlers (the run's log file, the console) as plain data that a
+    spawned process can rebuild with ``rebuild_logging``: trainer=ddp_spawn's workers start
+    without Hydra's logging, and would write no epoch line to train.log."""
+    specs = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            spec = {"file": handler.baseFilename}
+        elif isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr):
+            spec = {"stream": "stdout" if handler.stream is sys.stdout else "stderr"}
+        else:
+            continue
+        formatter = handler.formatter
+        spec["format"], spec["datefmt"] = (formatter._fmt, formatter.datefmt) if formatter else (None, None)
+        spec["console"] = any(isinstance(f, ConsoleFilter) for f in handler.filters)
+        specs.append(spec)
+    return specs
+
+
+def rebuild_logging(specs: list[dict]) -> None:
+    """In a process whose root logger has no handlers (a spawned worker), the handlers
+    ``logging_setup`` described; elsewhere nothing."""
+    root = logging.getLogger()
+    if root.handlers or not specs:
+        return
+    for spec in specs:
+        if "file" in spec:
+            handler = logging.FileHandler(spec["file"], mode="a")
+        else:
+            handler = logging.StreamHandler(sys.stdout if spec["stream"] == "stdout" else sys.stderr)
+        handler.setFormatter(logging.Formatter(spec["format"], spec["datefmt"]))
+        if spec["console"]:
+            handler.addFilter(ConsoleFilter())
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def tell(message: str, level: int = logging.ERROR) -> None:
     """A message for the user on stderr (an error, how to resume), and in the run's log."""
     logging.getLogger("handprop").log(level, message, extra=FILE_ONLY)
@@ -48,6 +85,11 @@ def quiet_lightning() -> None:
                 logger.removeHandler(handler)
             logger.propagate = True
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+    # a run writes into a checkpoint directory that holds checkpoints only when it resumes
+    # its own (rundir.refuse_to_overwrite refuses any other): nothing to warn about
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # under DDP: handprop's epoch metrics are torchmetrics' compute(), already over every process
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)`")
     logging.captureWarnings(True)
     captured = logging.getLogger("py.warnings")
     if not any(isinstance(f, _OneLine) for f in captured.filters):

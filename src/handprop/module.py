@@ -405,8 +405,8 @@ class DigitClassifier(L.LightningModule):
                 "its warm-up would end on its first step. Train for more steps, change "
                 "scheduler.pct_start, or use scheduler=cosine / scheduler=none"
             ) from None
-        # The module logs train/lr itself, per optimiser step; "name" is the tag a
-        # LearningRateMonitor added to the callbacks would use.
+        # The module logs train/lr itself, per optimiser step; "name" is the tag Lightning's
+        # learning-rate callbacks would use for it too.
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},

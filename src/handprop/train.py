@@ -2,7 +2,8 @@
 
 The entry points ``train.py`` / ``eval.py`` at the top of the repository compose the
 config with Hydra and call these. Every run writes into ``cfg.paths.output_dir``:
-checkpoints/, tensorboard/ and metrics.json (one flat JSON object of final metrics).
+train.log, metrics.csv, checkpoints/, TensorBoard's event files and metrics.json (one flat
+JSON object of final metrics).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import functional as HF
 from .build import build, build_all, build_data_and_model
 from .callbacks import InterruptCheckpoint, ProgressBar
+from .callbacks.runlog import scalar_metrics
 from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
 from .config import check_config
 from .console import percent, quiet_lightning, tell
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
-from .loggers import TensorBoardLogger, asked_hparams, run_hparams, trial_name
+from .loggers import CSVLogger, TensorBoardLogger, asked_hparams, run_hparams, trial_name
 from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,6 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 # --------------------------------------------------------------------------- building blocks
 
 
-def _scalars(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
-
-
 @rank_zero_only
 def _write_metrics(output_dir: str, metrics: dict[str, float]) -> Path:
     path = Path(output_dir) / "metrics.json"
@@ -72,9 +70,9 @@ def _continue_tensorboard_run(cfg: DictConfig) -> None:
         return
     root = Path(cfg.paths.output_dir) / str(tb.get("name") or "")
     existing = sorted({p.parent for p in root.rglob("events.out.tfevents.*")}) if root.is_dir() else []
-    if len(existing) == 1 and existing[0] != root:
+    if len(existing) == 1:  # (the run directory itself, "", for a run that had no overrides)
         with open_dict(cfg):
-            cfg.logger.tensorboard.version = existing[0].relative_to(root).as_posix()
+            cfg.logger.tensorboard.version = "" if existing[0] == root else existing[0].relative_to(root).as_posix()
 
 
 # --------------------------------------------------------------------------- entry points
@@ -124,14 +122,15 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
                 _tell_how_to_resume(cfg, trainer, signal_name)
                 raise SystemExit(status) from None
             raise
-        metrics = _scalars(trainer.callback_metrics)
+        metrics = scalar_metrics(trainer.callback_metrics)
         metrics["time/fit_s"] = time.perf_counter() - start
         # (under ddp_spawn the main process's own counter stays 0; the workers' comes back logged)
         metrics["trainer/global_step"] = max(trainer.global_step, int(metrics.get("trainer/global_step", 0)))
         checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the "best" one
         best = checkpoint.best_model_path if checkpoint is not None else ""
-        if best and checkpoint.best_model_score is not None:
-            metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
+        best_epoch, best_score = _best_of(best, checkpoint.state_key) if best else (None, None)
+        if best and best_score is not None:  # (the checkpoint's own record: ddp_spawn's main process has no score)
+            metrics[f"{checkpoint.monitor}_best"] = best_score
 
         if cfg.get("test", True) and not trainer.interrupted:
             if not best:
@@ -145,9 +144,9 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
                 signal_name, status = _stopped_by(e)
                 _tell_how_to_test(cfg, trainer, best, signal_name)
                 raise SystemExit(status) from None
-            metrics.update(_scalars(trainer.callback_metrics))
-        path = _write_metrics(cfg.paths.output_dir, metrics)
-        _finish(trainer, cfg, metrics, best, path, time.perf_counter() - began)
+            metrics.update(scalar_metrics(trainer.callback_metrics))
+        _write_metrics(cfg.paths.output_dir, metrics)
+        _finish(trainer, cfg, metrics, best, best_epoch, time.perf_counter() - began)
     return metrics
 
 
@@ -182,16 +181,15 @@ def _tell_how_to_resume(cfg: DictConfig, trainer: L.Trainer, signal_name: str) -
     saved = [
         c.ckpt_path for c in trainer.callbacks if isinstance(c, InterruptCheckpoint) and Path(c.ckpt_path).is_file()
     ]
-    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+    where = f"in epoch {trainer.current_epoch + 1}, after step {trainer.global_step}"
     if saved:
         resume = command_line(
             "train.py", _recorded_overrides(cfg), ckpt_path=saved[0], **{"hydra.run.dir": cfg.paths.output_dir}
         )
-        message = f"{signal_name}: training stopped at {where}; checkpoint {saved[0]}.\nResume with:\n  {resume}"
+        message = f"{signal_name}: training stopped {where}; checkpoint {saved[0]}.\nResume with:\n  {resume}"
     else:
         message = (
-            f"{signal_name}: training stopped at {where}; no interrupt checkpoint "
-            "(callbacks.interrupt_checkpoint is off)"
+            f"{signal_name}: training stopped {where}; no interrupt checkpoint (callbacks.interrupt_checkpoint is off)"
         )
     tell(message, logging.WARNING)
 
@@ -219,18 +217,32 @@ def _announce(cfg: DictConfig, command: str) -> None:
     log.info("run directory: %s", Path(cfg.paths.output_dir).absolute())
     asked = _recorded_overrides(cfg)
     log.info("%s.py %s", command, " ".join(asked) if asked else "(the defaults, no overrides)")
+    if command == "train" and cfg.get("ckpt_path"):
+        log.info("resuming the run of %s (its weights, optimiser, schedule and counters)", cfg.ckpt_path)
+    if command == "train" and cfg.get("init_from"):
+        log.info("a new run from the weights of %s (a fresh optimiser, schedule and counters)", cfg.init_from)
 
 
-def _best_epoch(best: str) -> int | None:
-    """The (1-based) epoch of a checkpoint written at an epoch's end."""
+def _best_of(best: str, state_key: str) -> tuple[int | None, float | None]:
+    """The best checkpoint's (1-based) epoch and score, as it records them itself."""
     try:
-        return int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
-    except Exception:  # noqa: BLE001 -- a summary line, not a check: the checkpoint was read to test it
-        return None
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- for the summary, not a check: the test reads and checks it next
+        return None, None
+    score = (checkpoint.get("callbacks", {}).get(state_key) or {}).get("best_model_score")
+    return int(checkpoint["epoch"]) + 1, None if score is None else float(score)
 
 
-def summary(metrics: dict[str, float], best: str, best_epoch: int | None, wall_s: float, output_dir: str) -> str:
-    """The block a run ends with: its result, where its best weights are, and how to look at it."""
+def summary(
+    metrics: dict[str, float],
+    best: str,
+    best_epoch: int | None,
+    wall_s: float,
+    output_dir: str,
+    loggers: tuple[str, ...] = ("csv", "tensorboard"),
+) -> str:
+    """The block a run ends with: its result, where its best weights are, and how to look at
+    it (``loggers``: which of metrics.csv and TensorBoard's files the run wrote)."""
     lines = []
     if "test/acc" in metrics:
         lines.append(f"test accuracy    {percent(metrics['test/acc'])}   (loss {metrics['test/loss']:.4f})")
@@ -241,15 +253,22 @@ def summary(metrics: dict[str, float], best: str, best_epoch: int | None, wall_s
         lines.append(f"best checkpoint  {best}")
     fit = f", {metrics['time/fit_s']:.1f} s of it fitting" if "time/fit_s" in metrics else ""
     lines.append(f"time             {wall_s:.1f} s{fit}")
-    lines.append(f"metrics          {Path(output_dir).absolute() / 'metrics.json'} (and metrics.csv)")
-    lines.append(f"look at it       tensorboard --logdir {shlex.quote(str(Path(output_dir).absolute()))}")
+    csv = " (and metrics.csv)" if "csv" in loggers else ""
+    lines.append(f"metrics          {Path(output_dir).absolute() / 'metrics.json'}{csv}")
+    if "tensorboard" in loggers:
+        lines.append(f"look at it       tensorboard --logdir {shlex.quote(str(Path(output_dir).absolute()))}")
     return "\n".join(lines)
 
 
+def _uses(trainer: L.Trainer, kind: type) -> bool:
+    return any(isinstance(logger, kind) for logger in trainer.loggers)
+
+
 @rank_zero_only
-def _finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict, best: str, path: Path, wall_s: float) -> None:
+def _finish(trainer: L.Trainer, cfg: DictConfig, metrics: dict, best: str, best_epoch, wall_s: float) -> None:
     """The summary in the log and on the console; the run's HParams entry and summary in TensorBoard."""
-    text = summary(metrics, best, _best_epoch(best) if best else None, wall_s, cfg.paths.output_dir)
+    kinds = tuple(k for k, cls in (("csv", CSVLogger), ("tensorboard", TensorBoardLogger)) if _uses(trainer, cls))
+    text = summary(metrics, best, best_epoch, wall_s, cfg.paths.output_dir, kinds)
     log.info("done.\n%s", text)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -284,7 +303,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         f"{len(datamodule.splits['test'].labels):,}",
     )
     trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = _scalars(trainer.callback_metrics)
+    metrics = scalar_metrics(trainer.callback_metrics)
     path = _write_metrics(cfg.paths.output_dir, metrics)
     if trainer.is_global_zero:
         accuracy, loss = percent(metrics["test/acc"]), metrics["test/loss"]

@@ -12,6 +12,16 @@ def on_a_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+def epoch_limit(trainer) -> int | None:
+    """The run's number of epochs; None for a run without one (max_epochs -1 or None: max_steps decides)."""
+    return trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+
+
+def epoch_of(trainer, epoch: int) -> str:
+    """Epoch ``epoch`` (counted from 1) as the console says it: "12/120", or "12" without an epoch limit."""
+    return f"{epoch}/{epoch_limit(trainer)}" if epoch_limit(trainer) else str(epoch)
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, for training and evaluation alike, drawn only on a terminal
     (in a batch job or a pipe the log's per-epoch lines say the same, once per epoch:
@@ -33,8 +43,7 @@ class ProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)
         if self.train_progress_bar is not None:  # epochs counted from 1, as in the log
-            last = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-            self.train_progress_bar.set_description(f"epoch {trainer.current_epoch + 1}{last}")
+            self.train_progress_bar.set_description(f"epoch {epoch_of(trainer, trainer.current_epoch + 1)}")
 
     @property
     def total_train_batches(self) -> int | float:

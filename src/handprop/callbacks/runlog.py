@@ -16,12 +16,17 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ..console import FILE_ONLY, percent
+from ..console import FILE_ONLY, logging_setup, percent, quiet_lightning, rebuild_logging
 from ..functional import describe_cost
-from .progress import on_a_terminal
+from .progress import epoch_limit, epoch_of, on_a_terminal
 from .visuals import _write_scalars
 
 log = logging.getLogger("handprop.run")
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """Lightning's logged metrics as floats, the one-number ones."""
+    return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
 
 
 def draws_a_bar(trainer: L.Trainer) -> bool:
@@ -42,6 +47,14 @@ class RunLog(Callback):
 
     def __init__(self) -> None:
         self._pending: tuple | None = None  # an epoch's timing, until its training metrics are logged
+        self._logging = logging_setup()  # the run's log file and console, for spawned workers
+
+    def __setstate__(self, state: dict) -> None:
+        # trainer=ddp_spawn: a worker process receives the callbacks first thing, before
+        # Lightning says anything there; it starts without the run's logging
+        self.__dict__.update(state)
+        rebuild_logging(self._logging)
+        quiet_lightning()
 
     # -- the start
 
@@ -54,7 +67,7 @@ class RunLog(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._flush(trainer)
-        self._start, self._samples, self._trained = time.perf_counter(), 0, None
+        self._start, self._samples, self._trained, self._validated = time.perf_counter(), 0, None, False
 
     on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts without an epoch start
 
@@ -64,6 +77,9 @@ class RunLog(Callback):
         else:  # a chunk: the digits of the steps it took (max_steps may cut it short)
             self._samples += min(len(batch.labels), len(outputs["loss"]) * batch.batch_size)
         self._trained = time.perf_counter()  # the epoch's training ends here, before validation
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._validated = not trainer.sanity_checking  # (this epoch's line says val only if it ran)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # (callbacks run before the module logs the epoch's training metrics: the line is
@@ -79,7 +95,7 @@ class RunLog(Callback):
             trainer.global_step - 1,
         )
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        self._pending = (trainer.current_epoch + 1, trainer.global_step - 1, seconds, speed, lr)
+        self._pending = (trainer.current_epoch + 1, trainer.global_step - 1, seconds, speed, lr, self._validated)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._flush(trainer)
@@ -90,15 +106,15 @@ class RunLog(Callback):
     def _flush(self, trainer) -> None:
         if self._pending is None or not trainer.is_global_zero:
             return
-        epoch, step, seconds, speed, lr = self._pending
+        epoch, step, seconds, speed, lr, validated = self._pending
         self._pending = None
         best = next((c for c in trainer.checkpoint_callbacks if c.monitor == "val/acc"), None)
-        if best is not None and best.best_model_score is not None:  # the best so far, as the checkpoint keeps it
+        if validated and best is not None and best.best_model_score is not None:  # the best so far, as kept
             _write_scalars(trainer, {"val/acc_best": best.best_model_score.detach().cpu()}, step)
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
-        parts = [f"epoch {epoch}/{trainer.max_epochs}" if trainer.max_epochs > 0 else f"epoch {epoch}"]
+        m = scalar_metrics(trainer.callback_metrics)
+        parts = [f"epoch {epoch_of(trainer, epoch)}"]
         for stage, loss in (("train", "train/loss_epoch"), ("val", "val/loss")):
-            if f"{stage}/acc" in m:
+            if f"{stage}/acc" in m and (stage == "train" or validated):
                 parts.append(f"{stage} loss {m[loss]:.3f} acc {percent(m[f'{stage}/acc'])}")
         if lr is not None:
             parts.append(f"lr {lr:.2e}")
@@ -138,6 +154,6 @@ def describe(trainer: L.Trainer, module) -> list[str]:
         if trainer.lr_scheduler_configs:
             schedule = f"; schedule {type(trainer.lr_scheduler_configs[0].scheduler).__name__}"
         steps = module.optimizer_steps()
-        length = f"{trainer.max_epochs} epochs" if trainer.max_epochs and trainer.max_epochs > 0 else "no epoch limit"
+        length = f"{epoch_limit(trainer)} epochs" if epoch_limit(trainer) else "no epoch limit"
         lines.append(f"optimizer: {type(optimizer).__name__} ({settings}){schedule}; {length}, {steps:,} steps")
     return lines

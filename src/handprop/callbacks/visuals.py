@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from .. import functional as HF
 from ..data import to_pixels
 from ..module import logs_this_step, steps_taken
 from ..pictures import LandscapePlane, confusion_figure, cost_surface, landscape_figure, mistakes_figure, weights_figure
@@ -161,6 +162,7 @@ class TensorBoardPictures(Callback):
         self.landscape_samples, self.save_dir, self.seed = landscape_samples, save_dir, seed
         self._plane = None
         self._collect = False
+        self._latest: dict = {}  # name -> the latest picture's pixels
 
     # -- where pictures go
 
@@ -169,18 +171,16 @@ class TensorBoardPictures(Callback):
 
         return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
-    def _publish(self, trainer, name: str, figure, final: bool = True) -> None:
-        """A figure -> TensorBoard as ``visuals/<name>``, and when ``final`` (the last
-        epoch's, the landscape) to ``save_dir/<name>.png``."""
+    def _publish(self, trainer, name: str, figure) -> None:
+        """A figure -> TensorBoard as ``visuals/<name>``; the latest of each name goes to
+        ``save_dir/<name>.png`` when training ends (``_save``)."""
         import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
         import numpy as np  # noqa: PLC0415
 
         figure.canvas.draw()  # drawn once, for both (a drawing takes ~0.1 s)
         pixels = np.array(figure.canvas.buffer_rgba())[..., :3]  # (a copy: the figure goes)
         plt.close(figure)
-        if self.save_dir is not None and final:
-            Path(self.save_dir).mkdir(parents=True, exist_ok=True)
-            plt.imsave(Path(self.save_dir) / f"{name}.png", pixels)
+        self._latest[name] = pixels
         writer = self._writer(trainer)
         if writer is not None:
             writer.add_image(f"visuals/{name}", pixels, trainer.global_step, dataformats="HWC")
@@ -243,16 +243,14 @@ class TensorBoardPictures(Callback):
         wanted = self.max_mistakes - sum(len(m[0]) for m in self._mistakes)
         if wanted > 0 and trainer.is_global_zero:
             wrong = (predicted != labels).nonzero().flatten()[:wanted]
-            if not self._outputs_are_probabilities(pl_module):  # the output neuron's own activation
+            if not self._calibrated(pl_module):  # the output neuron's own value
                 confidence = outputs.float().gather(1, predicted[:, None])[:, 0]
             self._mistakes.append(tuple(t[wrong].cpu() for t in (images, labels, predicted, confidence)))
 
     @staticmethod
-    def _outputs_are_probabilities(pl_module) -> bool:
-        """Whether the outputs read as class probabilities: a softmax or sigmoids scored by
-        cross-entropy do; the quadratic cost's activations only rank the classes (its
-        ``probabilities`` normalise them to sum to 1, which makes no probability of them)."""
-        return pl_module.hparams.loss != "quadratic"
+    def _calibrated(pl_module) -> bool:
+        """Whether the network's outputs are class probabilities (a softmax), or only scores."""
+        return HF.COSTS[pl_module.hparams.loss].calibrated
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._collect:
@@ -262,12 +260,11 @@ class TensorBoardPictures(Callback):
             return
 
         epoch = trainer.current_epoch + 1  # 1-based, as the progress bar counts
-        final = epoch == trainer.max_epochs
         layers = _layers(pl_module)
         neurons = "hidden neurons" if len(layers) > 1 else "output neurons"
         figure = weights_figure(layers[0].weight, epoch, max_neurons=self.max_neurons, neurons=neurons)
-        self._publish(trainer, "first_layer_weights", figure, final)
-        self._publish(trainer, "confusion_matrix", confusion_figure(matrix, epoch), final)
+        self._publish(trainer, "first_layer_weights", figure)
+        self._publish(trainer, "confusion_matrix", confusion_figure(matrix, epoch))
         if self.max_mistakes:
             matrix = matrix.cpu()
             total, mistakes = int(matrix.sum()), int(matrix.sum() - matrix.trace())
@@ -281,14 +278,33 @@ class TensorBoardPictures(Callback):
                 epoch,
                 mistakes=mistakes,
                 total=total,
-                as_probabilities=self._outputs_are_probabilities(pl_module),
+                as_probabilities=self._calibrated(pl_module),
             )
-            self._publish(trainer, "mistakes", figure, final)
+            self._publish(trainer, "mistakes", figure)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._plane is None or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
+        if self._plane is not None:
+            self._draw_landscape(trainer, pl_module)
+        self._save()
 
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if trainer.is_global_zero:
+            self._save()  # what was drawn before the run stopped
+
+    def _save(self) -> None:
+        """The latest picture of each kind as ``save_dir/<name>.png`` (a run that ends at
+        max_steps, or without validating in its last epoch, still leaves them)."""
+        import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
+
+        if self.save_dir is None or not self._latest:
+            return
+        Path(self.save_dir).mkdir(parents=True, exist_ok=True)
+        for name, pixels in self._latest.items():
+            plt.imsave(Path(self.save_dir) / f"{name}.png", pixels)
+
+    def _draw_landscape(self, trainer, pl_module) -> None:
         train = getattr(trainer.datamodule, "splits", {}).get("train")
         if train is None:
             return

@@ -95,6 +95,9 @@ class Cost:
     backward: Callable
     reference: Callable  # PyTorch's own ops, differentiated by autograd
     probabilities: Callable[[Tensor], Tensor]  # the outputs, read as class probabilities (for pictures, predict)
+    # whether those are probabilities in their own right (a softmax), or only scores that rank
+    # the classes, normalised to sum to 1 (what the pictures then show is the output itself)
+    calibrated: bool = False
 
 
 def _normalised(scores: Tensor) -> Tensor:
@@ -132,7 +135,14 @@ def _binary_cross_entropy_reference(logits: Tensor, target: Tensor, label_smooth
 COSTS: dict[str, Cost] = {
     c.name: c
     for c in (
-        Cost("cross_entropy", cross_entropy_forward, cross_entropy_backward, _cross_entropy_reference, _softmax),
+        Cost(
+            "cross_entropy",
+            cross_entropy_forward,
+            cross_entropy_backward,
+            _cross_entropy_reference,
+            _softmax,
+            calibrated=True,
+        ),
         Cost("quadratic", quadratic_forward, quadratic_backward, _quadratic_reference, _each_activation),
         Cost(
             "binary_cross_entropy",
