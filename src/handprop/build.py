@@ -62,8 +62,8 @@ def build_data_and_model(cfg: DictConfig):
 
 def construction_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]:
     """What handprop's own constructors refuse in this config, one line per node: the data
-    module, the model (with its optimiser, which its L2 rule reads) and handprop's
-    callbacks, built on PyTorch's meta device (no memory for weights, nothing run).
+    module, the model (with its optimiser, which its L2 rule reads), handprop's callbacks
+    and its optimiser, built on PyTorch's meta device (no memory for weights, nothing run).
     ``skip``: keys already reported; a node with one is not built."""
 
     def reported(key: str) -> bool:
@@ -87,4 +87,10 @@ def construction_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list
             if not isinstance(e.__cause__, InterpolationResolutionError):
                 raise
             # a value only a Hydra run fills in (${hydra:runtime.output_dir}): checked when it runs
+    optimizer = cfg.get("optimizer")
+    if optimizer is not None and _ours(optimizer) and not reported("optimizer"):
+        try:  # handprop's optimiser checks its settings when built on parameters: one, on the meta device
+            build("optimizer", optimizer, _convert_="all")([torch.nn.Parameter(torch.empty(1, device="meta"))])
+        except SettingError as e:
+            problems.append(e.message("optimizer."))
     return problems

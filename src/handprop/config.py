@@ -172,6 +172,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
     for line in construction_problems(cfg, skip=set(problems)):
         report(line)
 
+    optimizer, scheduler = cfg.get("optimizer") or {}, cfg.get("scheduler")
+    if str(optimizer.get("_target_", "")).endswith(".SDLM") and optimizer.get("schedule") and scheduler:
+        report(
+            f"scheduler={str(scheduler.get('_target_', '')).rsplit('.', 1)[-1]}: optimizer=sdlm sets its rate "
+            "pass by pass on its own schedule (optimizer.schedule); use scheduler=none, or optimizer.schedule=null"
+        )
     if cfg.get("ckpt_path") and cfg.get("init_from"):
         report(
             f"init_from={cfg.init_from} and ckpt_path={cfg.ckpt_path}: choose one -- ckpt_path resumes "

@@ -18,8 +18,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from . import functional as HF
 from .console import FILE_ONLY
+from .data import to_pixels
 from .errors import ConfigError, HandpropError
 from .nn import MLP
+from .optim import SDLM
 from .rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, SettingError, is_int, is_number, positive_int, require
 
 log = logging.getLogger(__name__)
@@ -380,6 +382,23 @@ class DigitClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        optimizer = self.optimizers(use_pl_optimizer=False) if self.trainer.optimizers else None
+        if isinstance(optimizer, SDLM):
+            self._measure_curvature(optimizer)
+
+    def _measure_curvature(self, optimizer: SDLM) -> None:
+        """LeCun's h, the cost's curvature along every weight (functional.curvature), on
+        ``optimizer.samples`` training digits drawn afresh before every pass -- the same ones
+        on every process, so that DDP's replicas stay equal."""
+        train, epoch = self.trainer.datamodule.splits["train"], self.trainer.current_epoch
+        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(epoch))[: optimizer.samples]
+        x = self.normalize(to_pixels(train.images[pick.to(train.images.device)]).to(self.device))
+        params = [t for layer in self.net.layers for t in (layer.weight, layer.bias)]
+        activations = tuple(layer.activation for layer in self.net.layers)
+        h = HF.gauss_newton_diagonal(x, self.hparams.loss, activations, params)
+        optimizer.start_pass(epoch + 1, dict(zip(params, h)))
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

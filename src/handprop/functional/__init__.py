@@ -44,6 +44,7 @@ from .backprop import (
     quadratic_cost,
 )
 from .costs import COSTS, Cost, check_cost, describe_cost, least_cost
+from .curvature import gauss_newton_diagonal, output_curvature
 
 __all__ = [
     "ACTIVATIONS",
@@ -59,6 +60,8 @@ __all__ = [
     "check_cost",
     "cost",
     "describe_cost",
+    "gauss_newton_diagonal",
+    "output_curvature",
     "least_cost",
     "cross_entropy",
     "dropout_mask",

@@ -1,0 +1,83 @@
+"""LeCun's optimiser, by hand: stochastic diagonal Levenberg-Marquardt.
+
+LeCun, Bottou, Bengio & Haffner 1998, Appendix C ("Efficient BackProp", section 9.1):
+every weight w_k takes its own step,
+
+    w_k ← w_k − ε_k ∂C/∂w_k,      ε_k = η / (μ + h_kk),
+
+where h_kk estimates the cost's second derivative along w_k (the Gauss-Newton diagonal
+of ``functional.curvature``), re-estimated before every pass over the training set on a
+few hundred digits (the paper: 500), and μ keeps the step bounded where the cost is
+flat. η falls pass by pass on a fixed schedule (the paper's, for LeNet-5 and its MLPs:
+0.0005 for two passes, 0.0002 for three, 0.0001 for three, 0.00005 for four, then
+0.00001; μ = 0.02).
+
+The module (``DigitClassifier.on_train_epoch_start``) measures h with the second backward
+pass and hands it over with ``start_pass``; ``step`` applies the rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .rules import POSITIVE_INT, is_int, is_number, positive_int, require
+
+LECUN_1998 = ((1, 0.0005), (3, 0.0002), (6, 0.0001), (9, 0.00005), (13, 0.00001))  # (first pass, η)
+
+
+class SDLM(torch.optim.Optimizer):
+    """w ← w − η / (μ + h) ⊙ ∂C/∂w, with h per weight from ``start_pass``.
+
+    ``schedule``: (first pass, η) pairs, passes counted from 1; η of the latest pair whose
+    pass has begun (``lr`` before the first). ``samples``: how many training digits h is
+    estimated on, before every pass."""
+
+    def __init__(self, params, lr: float = 0.0005, mu: float = 0.02, samples: int = 500, schedule=None):
+        require(is_number(lr) and lr > 0, "lr", lr, "must be a positive number, e.g. 0.0005 (LeCun's first η)")
+        require(is_number(mu) and mu > 0, "mu", mu, "must be a positive number, e.g. 0.02 (LeCun's μ)")
+        require(positive_int(samples), "samples", samples, POSITIVE_INT)
+        pairs = [tuple(pair) for pair in (schedule or [])]
+        require(
+            all(len(p) == 2 and is_int(p[0]) and p[0] >= 1 and is_number(p[1]) and p[1] > 0 for p in pairs)
+            and [p[0] for p in pairs] == sorted({p[0] for p in pairs}),
+            "schedule",
+            schedule,
+            "must be [first pass, lr] pairs with passes from 1 in increasing order and positive rates, "
+            "e.g. [[1, 0.0005], [3, 0.0002]], or null",
+        )
+        super().__init__(params, {"lr": lr, "mu": mu})
+        self.samples, self.schedule = samples, pairs
+
+    def rate(self, epoch: int) -> float | None:
+        """η for pass ``epoch`` (from 1) by the schedule; None without one."""
+        started = [lr for first, lr in self.schedule if first <= epoch]
+        return started[-1] if started else (self.defaults["lr"] if self.schedule else None)
+
+    @torch.no_grad()
+    def start_pass(self, epoch: int, curvature: dict[Tensor, Tensor]) -> None:
+        """Before pass ``epoch`` (from 1): h for every parameter (parameter -> h), and η
+        from the schedule."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["h"] = curvature[p].to(p.dtype)
+        rate = self.rate(epoch)
+        if rate is not None:
+            for group in self.param_groups:
+                group["lr"] = rate
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                h = self.state[p].get("h")
+                if h is None:
+                    raise RuntimeError("SDLM steps with each weight's curvature: call start_pass first")
+                p.addcdiv_(p.grad, h + group["mu"], value=-group["lr"])  # w -= η ∂C/∂w / (μ + h)
+        return loss
