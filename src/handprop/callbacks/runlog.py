@@ -145,7 +145,7 @@ def describe(trainer: L.Trainer, module) -> list[str]:
         optimizer = trainer.optimizers[0]
         group = optimizer.param_groups[0]
         settings = ", ".join(
-            f"{k} {group[k]:g}" for k in ("momentum", "weight_decay") if isinstance(group.get(k), float | int)
+            f"{k} {group[k]:g}" for k in ("momentum", "weight_decay", "mu") if isinstance(group.get(k), float | int)
         )
         # the rate asked for: a schedule's peak (one-cycle) or start, else the optimiser's own
         lr = group.get("max_lr", group.get("initial_lr", group["lr"]))
