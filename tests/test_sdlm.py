@@ -7,6 +7,7 @@ from torch.func import jacrev
 
 from handprop import functional as HF
 from handprop.config import config_problems
+from handprop.module import DigitClassifier
 from handprop.optim import SDLM
 from handprop.train import train
 
@@ -157,3 +158,12 @@ def test_a_run_with_sdlm_learns_and_sets_the_rate_pass_by_pass(tmp_path, chunk):
     group = ckpt["optimizer_states"][0]["param_groups"][0]
     assert group["lr"] == 0.004 and group["mu"] == 0.02
     assert all((s["h"] >= 0).all() for s in ckpt["optimizer_states"][0]["state"].values())
+
+
+def test_lecuns_pixel_coding(tmp_path):
+    """normalize=lecun: background -0.1 and ink 1.175, as LeCun et al. 1998 coded the digits."""
+    model = DigitClassifier(hidden=[4], normalize="lecun")
+    pixels = torch.tensor([[0.0, 1.0, 0.5]])
+    torch.testing.assert_close(model.normalize(pixels), torch.tensor([[-0.1, 1.175, 0.5375]]))
+    problems = config_problems(compose_config("train", ["model.normalize=yes"], tmp_path))
+    assert any("model.normalize='yes': must be true (standardise), false" in p for p in problems), problems

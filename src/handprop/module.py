@@ -39,7 +39,8 @@ class DigitClassifier(L.LightningModule):
     standard deviation, which the data module provides at fit time and the checkpoint
     keeps (buffers), so that a checkpoint evaluates and predicts without the training
     data; ``normalize=False`` feeds the raw [0, 1] pixels, as 3Blue1Brown's and Nielsen's
-    networks read them.
+    networks read them; ``normalize="lecun"`` codes them as LeCun et al. 1998 did,
+    background -0.1 and ink 1.175 ("roughly mean 0 and variance 1").
 
     ``l2`` is λ of Nielsen's L2-regularised cost (network2.py), C = C0 + λ/(2n) Σ w², over
     the weights (not the biases), n the number of training examples: the optimiser's
@@ -79,7 +80,7 @@ class DigitClassifier(L.LightningModule):
         input_size: int = 784,
         num_classes: int = 10,
         compile: bool = False,
-        normalize: bool = True,
+        normalize: bool | str = True,
         l2: float = 0.0,
         chunk: int | None = None,
         optimizer: Callable | None = None,
@@ -92,6 +93,12 @@ class DigitClassifier(L.LightningModule):
         HF.check_cost(loss, label_smoothing)
         _check_l2(l2, optimizer)
         require(chunk is None or positive_int(chunk), "chunk", chunk, POSITIVE_INT_OR_NULL)
+        require(
+            normalize in (True, False, "lecun"),
+            "normalize",
+            normalize,
+            "must be true (standardise), false (raw [0, 1] pixels) or lecun (background -0.1, ink 1.175)",
+        )
         # logger=False: train.py writes the whole run's config and final metrics to the
         # logger once (TensorBoard's HParams tab), not the model's arguments at the start
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
@@ -243,6 +250,8 @@ class DigitClassifier(L.LightningModule):
     def normalize(self, images: Tensor) -> Tensor:
         """Pixels in [0, 1] -> flat vectors with the training set's mean 0 and std 1
         (or the raw pixels, flattened, with ``normalize=False``)."""
+        if self.hparams.normalize == "lecun":  # LeCun et al. 1998: background -0.1, ink 1.175
+            return images.flatten(1).mul(1.275).sub(0.1)
         if not self.hparams.normalize:  # (older checkpoints get __init__'s default, True)
             return images.flatten(1)
         return (images.flatten(1) - self.pixel_mean) / self.pixel_std
