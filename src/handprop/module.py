@@ -333,8 +333,7 @@ class DigitClassifier(L.LightningModule):
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
         progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         hooks = self._step_hooks
-        params = [t for layer in net.layers for t in (layer.weight, layer.bias)]
-        activations = tuple(layer.activation for layer in net.layers)
+        params, activations = net.weights_and_biases(), net.activations
         dropout = net.dropout if net.training else 0.0
         cost, smoothing = self.hparams.loss, self.hparams.label_smoothing
         size, labels = chunk.batch_size, chunk.labels
@@ -404,9 +403,8 @@ class DigitClassifier(L.LightningModule):
         train, epoch = self.trainer.datamodule.splits["train"], self.trainer.current_epoch
         pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(epoch))[: optimizer.samples]
         x = self.normalize(to_pixels(train.images[pick.to(train.images.device)]).to(self.device))
-        params = [t for layer in self.net.layers for t in (layer.weight, layer.bias)]
-        activations = tuple(layer.activation for layer in self.net.layers)
-        h = HF.gauss_newton_diagonal(x, self.hparams.loss, activations, params)
+        params = self.net.weights_and_biases()
+        h = HF.gauss_newton_diagonal(x, self.hparams.loss, self.net.activations, params)
         optimizer.start_pass(epoch + 1, dict(zip(params, h)))
 
     def on_train_epoch_end(self) -> None:

@@ -128,6 +128,16 @@ class MLP(nn.Module):
         for layer in self.layers:
             layer.backward = mode
 
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """Every layer's activation, bottom to top."""
+        return tuple(layer.activation for layer in self.layers)
+
+    def weights_and_biases(self) -> list[Tensor]:
+        """Weight and bias of each layer in turn, bottom to top: the order the functional
+        forward and backward sweeps take them in."""
+        return [t for layer in self.layers for t in (layer.weight, layer.bias)]
+
     def forward(
         self, x: Tensor, target: Tensor | None = None, cost: str = "cross_entropy", label_smoothing: float = 0.0
     ):
@@ -136,7 +146,7 @@ class MLP(nn.Module):
         return HF.mlp(
             x,
             [(layer.weight, layer.bias) for layer in self.layers],
-            tuple(layer.activation for layer in self.layers),
+            self.activations,
             self.dropout if self.training else 0.0,
             self._backward,
             target,

@@ -50,9 +50,10 @@ class SDLM(torch.optim.Optimizer):
         self.samples, self.schedule = samples, pairs
 
     def rate(self, epoch: int) -> float | None:
-        """η for pass ``epoch`` (from 1) by the schedule; None without one."""
+        """η for pass ``epoch`` (from 1) by the schedule; None before its first pass, or
+        without one (the rate stays as it is)."""
         started = [lr for first, lr in self.schedule if first <= epoch]
-        return started[-1] if started else (self.defaults["lr"] if self.schedule else None)
+        return started[-1] if started else None
 
     @torch.no_grad()
     def start_pass(self, epoch: int, curvature: dict[Tensor, Tensor]) -> None:

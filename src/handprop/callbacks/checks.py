@@ -64,7 +64,7 @@ class GradientAudit(Callback):
             return
         batch, rng = self._pending
         self._pending = None
-        manual = [p.grad for layer in pl_module.net.layers for p in (layer.weight, layer.bias)]
+        manual = [p.grad for p in pl_module.net.weights_and_biases()]
         if any(g is None for g in manual):
             return
         self._check(trainer, pl_module, self.relative_errors(trainer, pl_module, batch, manual, rng))
@@ -108,7 +108,7 @@ class GradientAudit(Callback):
         """
         images, labels = batch
         net = pl_module.net
-        params = [p for layer in net.layers for p in (layer.weight, layer.bias)]
+        params = net.weights_and_biases()
         device = pl_module.device
         mode = net.backward
         grads = {}

@@ -63,11 +63,7 @@ class TrainingScalars(Callback):
         if not logs_this_step(trainer, self.every_n_steps):
             return
         layers = _layers(pl_module)
-        grads = [
-            p.grad if p.grad is not None else torch.zeros_like(p)
-            for layer in layers
-            for p in (layer.weight, layer.bias)
-        ]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in pl_module.net.weights_and_biases()]
         norms = torch.stack(torch._foreach_norm(grads)).float().view(len(layers), 2).norm(dim=1)  # |dW, db|
         self._grad_norms = norms
         # the weights before the step, copied into buffers kept from step to step

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .activations import ACTIVATIONS
-from .backprop import forward_layers
+from .backprop import every_parameter, forward_layers
 
 
 def output_curvature(cost: str, out: Tensor) -> Tensor:
@@ -51,8 +51,7 @@ def gauss_newton_diagonal(x: Tensor, cost: str, activations: tuple, params) -> l
     turn, as ``forward_layers`` takes them), averaged over the digits ``x``: the second
     backward pass of the module docstring. No dropout: the network as it is evaluated."""
     n = len(activations)
-    wants = ((False, True, True), *((True, True, True),) * (n - 1))  # every layer's x and W kept
-    out, saved = forward_layers(x, params, activations, (None,) * n, 1.0, wants)
+    out, saved = forward_layers(x, params, activations, (None,) * n, 1.0, every_parameter(n))  # x and W kept
     d2a = output_curvature(cost, out)
     h = [None] * (2 * n)
     for i in range(n - 1, -1, -1):
