@@ -602,6 +602,69 @@ def help_speed(repeats: int = 9, script: str = "train.py") -> dict:
     }
 
 
+_DENORMAL_CHILD = """
+import statistics, sys, time
+import torch
+import handprop.functional  # sets the flush, before any thread pool starts
+if sys.argv[1] == "off":
+    torch.set_flush_denormal(False)  # still before the pool: every thread computes with denormals
+size, steps, dead = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+torch.manual_seed(0)
+w = torch.nn.Parameter(torch.randn(size))
+optimizer = torch.optim.AdamW([w], lr=1e-3)
+live = (torch.rand(size) >= dead).float()
+w.grad = torch.randn(size)
+optimizer.step()
+# where the gradient has become 0, Adam's running mean decays towards 0 by beta1 a step:
+# after some 850 steps it is a denormal
+optimizer.state[w]["exp_avg"][live == 0] = 1e-40
+times = []
+for _ in range(steps):
+    w.grad = torch.randn(size) * live
+    start = time.perf_counter()
+    optimizer.step()
+    times.append(time.perf_counter() - start)
+print(statistics.median(times), torch.get_num_threads())
+"""
+
+
+def denormal_speed(size: int = 1 << 20, steps: int = 30, dead: float = 0.7, repeats: int = 3) -> dict:
+    """An AdamW step on ``size`` weights, ``dead`` of them with a gradient that has become 0
+    and a running mean that has decayed into the denormals, with handprop's flush of
+    denormals (every CPU thread) and without it: fresh processes taking turns, since the
+    flag must be set before PyTorch starts its threads."""
+    medians: dict[str, list[float]] = {"on": [], "off": []}
+    threads = None
+    for _ in range(repeats):
+        for mode in medians:
+            proc = subprocess.run(
+                [sys.executable, "-c", _DENORMAL_CHILD, mode, str(size), str(steps), str(dead)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            seconds, threads = proc.stdout.split()
+            medians[mode].append(float(seconds))
+    on, off = statistics.median(medians["on"]), statistics.median(medians["off"])
+    return {
+        "size": size,
+        "dead": dead,
+        "threads": int(threads),
+        "step_ms_flushed": 1e3 * on,
+        "step_ms_denormal": 1e3 * off,
+        "slowdown": off / on,
+    }
+
+
+def _report_denormals(d: dict) -> str:
+    return (
+        f"\nAdamW step on {d['size']:,} weights, {100 * d['dead']:.0f}% of their running means denormal, "
+        f"{d['threads']} CPU threads: {d['step_ms_flushed']:.2f} ms with handprop's flush to 0, "
+        f"{d['step_ms_denormal']:.2f} ms without ({d['slowdown']:.1f}x)"
+    )
+
+
 # --quick: each section's own code at toy sizes (make test runs it, so that a broken section fails CI)
 _SHORT_RUN = (
     "trainer.max_epochs=2",
@@ -618,6 +681,7 @@ QUICK = {
     "pictures": {"overrides": _SHORT_RUN},
     "fashion": {"overrides": ("trainer.max_epochs=1", "data.val_size=100"), "budget_s": 60.0},
     "default_recipe": ("model.hidden=[16]",),  # the per-digit numpy loop at the default size takes seconds
+    "denormals": {"size": 1 << 12, "steps": 2, "repeats": 1},
 }
 
 
@@ -745,7 +809,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=9, help="repeats per measurement (median taken)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument(
-        "--only", default="batch10,backward,gemm,epoch,pictures,fashion,cli", help="comma-separated sections"
+        "--only", default="batch10,backward,gemm,epoch,pictures,fashion,cli,denormals", help="comma-separated sections"
     )
     parser.add_argument("--device", default="cpu", help="where the epoch and fashion sections train (cpu, cuda)")
     parser.add_argument(
@@ -792,6 +856,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pictures": [("pictures", lambda: pictures_cost(**quick.get("pictures", {})), _report_pictures)],
         "fashion": [("fashion", lambda: _fashion(args, quick), _report_fashion)],
         "cli": [("cli", lambda: help_speed(repeats=args.repeats), _report_cli)],
+        "denormals": [("denormals", lambda: denormal_speed(**quick.get("denormals", {})), _report_denormals)],
         "batch10": [
             ("batch10", lambda: _batch10(args), textbook.report),
             (

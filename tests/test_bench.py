@@ -109,7 +109,8 @@ def test_the_benchmark_runs_every_section(tmp_path):
     proc = run_cli("benchmarks/bench.py", "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert {"batch10", "backward", "audit", "gemm", "epoch", "pictures", "fashion"} <= set(results)
+    assert {"batch10", "backward", "audit", "gemm", "epoch", "pictures", "fashion", "denormals"} <= set(results)
+    assert results["denormals"]["step_ms_flushed"] > 0 and results["denormals"]["step_ms_denormal"] > 0
     for recipe in ("batch10", "default_recipe"):
         assert set(results[recipe]["epoch_s"]) == {"handprop", "network.py", "plain_loop", "raw_math"}
     assert {row["recipe"] for row in results["backward"]} == {"default", "plain"}
@@ -127,6 +128,7 @@ def test_the_benchmark_runs_every_section(tmp_path):
         "One epoch of the default recipe",
         "TensorBoard pictures and scalars",
         "Fashion-MNIST",
+        "AdamW step on",
     ):
         assert line in proc.stdout
 

@@ -1,6 +1,9 @@
 """The hand-written backward passes against finite differences and against PyTorch's autograd."""
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -314,6 +317,26 @@ def test_shared_parameters_accumulate(activation):
         grads[backward] = (w.grad.clone(), b.grad.clone())
     for gm, ga in zip(grads["manual"], grads["autograd"]):
         torch.testing.assert_close(gm, ga)
+
+
+def test_denormals_are_flushed_to_zero_on_every_cpu_thread():
+    """Once handprop's math is imported, a product over 2**21 numbers (PyTorch spreads it
+    over its CPU threads) whose exact value is a denormal (1e-40) is 0 in every
+    thread's share; PyTorch by itself keeps the denormals -- so the check can fail."""
+    code = (
+        "import torch{}\nx = torch.full((1 << 21,), 1e-30) * 1e-10\nprint(torch.get_num_threads(), int((x == 0).sum()))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "4"}
+
+    def zeros(imports: str) -> tuple[int, int]:
+        out = subprocess.run([sys.executable, "-c", code.format(imports)], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        threads, count = out.stdout.split()
+        return int(threads), int(count)
+
+    threads, flushed = zeros(", handprop.functional")
+    assert threads > 1 and flushed == 1 << 21
+    assert zeros("")[1] == 0
 
 
 @pytest.mark.parametrize("smoothing", [0.1, 0.3])

@@ -27,6 +27,8 @@ compare against. ``gradients`` runs the same forward and backward sweeps back to
 without the engine, for a training loop that applies the gradient itself.
 """
 
+import torch
+
 from .activations import ACTIVATIONS, LEAKY_SLOPE, Activation
 from .backprop import (
     BACKWARDS,
@@ -45,6 +47,16 @@ from .backprop import (
 )
 from .costs import COSTS, Cost, check_cost, describe_cost, least_cost
 from .curvature import gauss_newton_diagonal, output_curvature
+
+# Numbers closer to 0 than float32's smallest normal (1.2e-38) are denormals, and a CPU
+# computes with them many times slower. Training makes them: Adam's running mean of a
+# gradient that has become 0 (a dead ReLU, a weight from a pixel that is never ink)
+# shrinks by beta1 every step down through the denormals, and the optimiser step slows
+# epoch after epoch. Flushed to 0 they cost nothing, and no number changes by more than
+# 1e-38. The CPU's flag belongs to each thread, and a thread inherits it from the thread
+# that starts it: set here, when handprop's math is imported and before any tensor work
+# starts PyTorch's pool of CPU threads, it holds in all of them.
+torch.set_flush_denormal(True)
 
 __all__ = [
     "ACTIVATIONS",
