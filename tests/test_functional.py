@@ -339,6 +339,18 @@ def test_denormals_are_flushed_to_zero_on_every_cpu_thread():
     assert zeros("")[1] == 0
 
 
+def test_lecuns_quadratic_cost_targets_plus_and_minus_one():
+    """quadratic_pm1: zero where the digit's output is +1 and the other nine -1, and the
+    plain quadratic cost of the same outputs against that code."""
+    target = torch.tensor([2, 0, 9])
+    code = torch.full((3, 10), -1.0).scatter_(1, target[:, None], 1.0)
+    assert HF.cost("quadratic_pm1", code, target).item() == 0.0
+    out = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    expected = ((out - code) ** 2).sum() / (2 * 3)
+    torch.testing.assert_close(HF.cost("quadratic_pm1", out, target), expected)
+    assert HF.cost("quadratic", code, target) > 0  # the lesson's cost wants 0, not -1, for the nine
+
+
 @pytest.mark.parametrize("smoothing", [0.1, 0.3])
 def test_the_least_cost_is_reached_where_the_outputs_match_the_smoothed_target(smoothing):
     """Cross-entropy with label smoothing never reaches 0: its floor is the smoothed target's

@@ -58,8 +58,24 @@ def _by_autograd(x, cost, activations, params):
     return h
 
 
+@pytest.mark.parametrize("cost", list(HF.COSTS))
+def test_each_costs_curvature_is_the_diagonal_of_its_hessian(cost):
+    """∂²C_n/∂a_n² for one digit's cost, by autograd's Hessian of the cost's PyTorch
+    reference (float64): the diagonal the second backward pass starts from."""
+    g = torch.Generator().manual_seed(3)
+    out = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    target = torch.tensor([0, 3, 4, 1])
+    for n in range(len(out)):
+        hessian = torch.autograd.functional.hessian(
+            lambda a, n=n: HF.COSTS[cost].reference(a[None], target[n : n + 1]), out[n]
+        )
+        torch.testing.assert_close(
+            HF.output_curvature(cost, out[n : n + 1])[0], hessian.diagonal(), rtol=1e-12, atol=1e-14
+        )
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy", "binary_cross_entropy"])
+@pytest.mark.parametrize("cost", list(HF.COSTS))
 def test_the_second_backward_pass_equals_autograd(activation, cost):
     x, params, activations = _network([5, 6, 4, 3], activation, "sigmoid" if cost == "quadratic" else "identity")
     ours = HF.gauss_newton_diagonal(x, cost, activations, params)

@@ -69,6 +69,18 @@ def quadratic_backward(g: Tensor, saved, label_smoothing: float = 0.0) -> Tensor
     return diff * (g / diff.shape[0])
 
 
+def quadratic_pm1_forward(output: Tensor, target: Tensor, label_smoothing: float = 0.0):
+    """The quadratic cost against LeCun's ±1 code: y = +1 for the digit's own output neuron,
+    -1 for the nine others (LeCun, Bottou, Orr & Müller 1998, "Efficient BackProp", section
+    4.5: targets at the points where 1.7159 tanh(2z/3) bends most, ±1, so the outputs are
+    driven neither into saturation nor only to its middle). C = (1/N) Σ_n ½‖a_n - y_n‖²;
+    its gradient is quadratic_backward's."""
+    output = _at_least_float32(output)
+    diff = output - _one_hot(target, output).mul_(2).sub_(1)
+    n = output.shape[0]
+    return diff.pow(2).sum().mul(0.5 / n if n else math.nan), (diff,)
+
+
 def binary_cross_entropy_forward(logits: Tensor, target: Tensor, label_smoothing: float = 0.0):
     """Nielsen's cross-entropy cost (chapter 3, network2.py's CrossEntropyCost): every
     output neuron is its own sigmoid yes/no, a = σ(z), and
@@ -123,6 +135,11 @@ def _quadratic_reference(output: Tensor, target: Tensor, label_smoothing: float 
     return quadratic_forward(output, target)[0]  # plain torch ops: autograd differentiates them
 
 
+def _quadratic_pm1_reference(output: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    code = F.one_hot(target, output.shape[1]).to(output.dtype) * 2 - 1
+    return F.mse_loss(output, code, reduction="sum") / (2 * output.shape[0])
+
+
 def _cross_entropy_reference(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
@@ -144,6 +161,7 @@ COSTS: dict[str, Cost] = {
             calibrated=True,
         ),
         Cost("quadratic", quadratic_forward, quadratic_backward, _quadratic_reference, _each_activation),
+        Cost("quadratic_pm1", quadratic_pm1_forward, quadratic_backward, _quadratic_pm1_reference, _each_activation),
         Cost(
             "binary_cross_entropy",
             binary_cross_entropy_forward,
@@ -167,7 +185,11 @@ def least_cost(cost: str, label_smoothing: float, classes: int) -> float:
 
 def describe_cost(cost: str, label_smoothing: float, classes: int) -> str:
     """The cost in words, with its floor when that is not 0 (the loss curves level off there)."""
-    text = {"cross_entropy": "cross-entropy of the softmax", "quadratic": "quadratic, (1/N) Σ ½‖a - y‖²"}.get(
+    text = {
+        "cross_entropy": "cross-entropy of the softmax",
+        "quadratic": "quadratic, (1/N) Σ ½‖a - y‖²",
+        "quadratic_pm1": "quadratic against ±1 targets, (1/N) Σ ½‖a - y‖², y = 2·onehot - 1",
+    }.get(
         cost, cost.replace("_", " ")
     )
     floor = least_cost(cost, label_smoothing, classes)

@@ -8,7 +8,7 @@ shaped like the first but with every factor squared and the cost's own curvature
 where the first starts from its gradient (the Gauss-Newton approximation: the terms
 with f'' are dropped, which keeps every h >= 0):
 
-    at the output      ∂²C/∂a²  = the cost's curvature in its outputs: 1 for ½‖a − y‖²,
+    at the output      ∂²C/∂a²  = the cost's curvature in its outputs: 1 for ½‖a − y‖² (any target),
                                   p(1 − p) for the softmax's cross-entropy (its diagonal)
     at every layer     ∂²C/∂z²  = ∂²C/∂a² ⊙ f'(z)²
                        h(W)     = (∂²C/∂z²)ᵀ x²       (x: the layer's input)
@@ -34,7 +34,7 @@ from .backprop import every_parameter, forward_layers
 def output_curvature(cost: str, out: Tensor) -> Tensor:
     """∂²C_n/∂a_n², the diagonal, for each digit n's own cost: how the cost curves in each
     output (the Gauss-Newton matrix's middle factor, its diagonal)."""
-    if cost == "quadratic":  # C_n = ½‖a - y‖²
+    if cost in ("quadratic", "quadratic_pm1"):  # C_n = ½‖a - y‖², whatever the target
         return torch.ones_like(out)
     if cost == "cross_entropy":  # C_n = -log softmax(a)_y: Hessian diag(p) - p pᵀ
         p = out.softmax(1)
