@@ -135,8 +135,39 @@ def test_random_affine_shift_moves_the_digit():
 def test_unknown_dataset_and_augmentation_are_refused():
     with pytest.raises(ValueError, match="dataset='emnist'"):
         D.DigitsDataModule("emnist")
-    with pytest.raises(ValueError, match=r"^augment.shear: unknown key. augment has: rotation, scale,"):
-        D.DigitsDataModule("sample", augment={"shear": 5})
+    with pytest.raises(ValueError, match=r"^augment.skew: unknown key. augment has: rotation, scale,"):
+        D.DigitsDataModule("sample", augment={"skew": 5})
+
+
+def _centre(images, axis):
+    """Each image's centre of ink along x (axis=-1) or y (axis=-2), in pixels."""
+    coords = torch.arange(images.shape[axis], dtype=images.dtype)
+    profile = images.sum((1, -2 if axis == -1 else -1))
+    return (profile * coords).sum(1) / profile.sum(1)
+
+
+def test_random_affine_shear_slants_a_vertical_bar_both_ways():
+    img = torch.zeros(1, 1, 28, 28)
+    img[0, 0, 4:24, 12:16] = 1
+    torch.manual_seed(0)
+    sheared = D.random_affine(img.expand(64, 1, 28, 28), shear=0.3)
+    slant = _centre(sheared[..., 4:10, :], -1) - _centre(sheared[..., 18:24, :], -1)  # top minus bottom
+    assert slant.min() < -2 and slant.max() > 2  # leaning left and right
+    assert slant.abs().max() <= 0.3 * 14 + 0.5  # rows 7 and 21 apart: at most 0.3 pixel a row
+    torch.testing.assert_close(sheared.sum((1, 2, 3)), img.sum((1, 2, 3)).expand(64), rtol=0.05, atol=0)
+
+
+def test_random_affine_squeeze_trades_width_for_height():
+    img = torch.zeros(1, 1, 28, 28)
+    img[0, 0, 10:18, 10:18] = 1
+    torch.manual_seed(0)
+    squeezed = D.random_affine(img.expand(64, 1, 28, 28), squeeze=0.2)
+    width = (squeezed.sum(2) > 0.5).sum(-1).squeeze(1).float()  # columns with ink
+    height = (squeezed.sum(3) > 0.5).sum(-1).squeeze(1).float()
+    assert ((width - height) > 1).any() and ((height - width) > 1).any()  # wider and taller
+    assert ((width - 8).abs() <= 8 * 0.25 + 1).all() and ((height - 8).abs() <= 8 * 0.25 + 1).all()
+    torch.testing.assert_close(squeezed.sum((1, 2, 3)), img.sum((1, 2, 3)).expand(64), rtol=0.1, atol=0)
+    assert torch.equal(D.random_affine(img, squeeze=0.0, shear=0.0), img)
 
 
 def test_random_affine_flip_mirrors_left_right():

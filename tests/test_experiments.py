@@ -9,7 +9,11 @@ from conftest import CONF, FAST, compose_config, write_raw_dataset
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
-CLASSICS = [e for e in EXPERIMENTS if not e.startswith("fashion")]
+# the published recipes as their sources ran them; the distorted rows and handprop's own
+# recipes (mnist_best, fashion_*) train on augmented digits
+CLASSICS = [e for e in EXPERIMENTS if not e.startswith(("fashion", "mnist_best")) and not e.endswith("_distorted")]
+DISTORTED = [e for e in EXPERIMENTS if e.endswith("_distorted")]
+FULL_DATA = {"fashion_fast": "FashionMNIST", "fashion_mlp": "FashionMNIST", "mnist_best": "MNIST"}
 
 
 @pytest.mark.parametrize("experiment", CLASSICS)
@@ -25,6 +29,23 @@ def test_each_classic_cites_its_source_and_adds_nothing_to_it(tmp_path, experime
     )
 
 
+@pytest.mark.parametrize("experiment", DISTORTED)
+def test_each_distorted_row_is_its_network_on_lecuns_distortions(tmp_path, experiment):
+    """The same recipe as the undistorted row, its digits translated, scaled, squeezed and
+    sheared (LeCun et al. 1998, section III.C.2) -- and nothing else changed."""
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    base = compose_config("train", [f"experiment={experiment.removesuffix('_distorted')}"], tmp_path)
+    assert set(cfg.data.augment) == {"shift", "scale", "squeeze", "shear"} and all(cfg.data.augment.values())
+    cfg.data.augment = None
+    assert cfg == base
+
+
+def test_handprops_best_mlp_is_a_simard_sized_network_on_full_mnist(tmp_path):
+    cfg = compose_config("train", ["experiment=mnist_best"], tmp_path)
+    assert cfg.data.dataset == "mnist" and cfg.data.val_size == 5000  # chosen on the held-out digits only
+    assert cfg.data.augment.elastic and min(cfg.model.hidden) >= 800 and cfg.model.backward == "manual"
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_end_to_end(tmp_path, experiment):
     overrides = [
@@ -34,8 +55,8 @@ def test_every_experiment_runs_end_to_end(tmp_path, experiment):
         "trainer.limit_train_batches=3",
         "callbacks.pictures=null",
     ]
-    if experiment.startswith("fashion"):  # a small stand-in for the full dataset, in its layout
-        write_raw_dataset(tmp_path / "data", "FashionMNIST", n_train=1100, n_test=50)
+    if experiment in FULL_DATA:  # a small stand-in for the full dataset, in its layout
+        write_raw_dataset(tmp_path / "data", FULL_DATA[experiment], n_train=1100, n_test=50)
         overrides += [f"data.data_dir={tmp_path / 'data'}", "data.val_size=50"]
     metrics = train(compose_config("train", overrides, tmp_path / "run"))
     assert metrics["trainer/global_step"] == 3 and 0 <= metrics["test/acc"] <= 1

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..rules import is_number, require, unknown_key
 
-AUGMENTATIONS = ("rotation", "scale", "shift", "flip", "elastic", "elastic_sigma")  # random_affine's
+AUGMENTATIONS = ("rotation", "scale", "shift", "squeeze", "shear", "flip", "elastic", "elastic_sigma")  # random_affine's
 
 
 def random_affine(
@@ -20,15 +20,19 @@ def random_affine(
     rotation: float = 0.0,
     scale: float = 0.0,
     shift: float = 0.0,
+    squeeze: float = 0.0,
+    shear: float = 0.0,
     flip: float = 0.0,
     elastic: float = 0.0,
     elastic_sigma: float = 4.0,
 ) -> Tensor:
     """Jitter each image (N, 1, H, W) by its own random rotation (± degrees), scaling
-    (± fraction), shift (± pixels), with probability ``flip`` a left-right mirror (for
-    clothes, not digits), and an elastic distortion of at most ``elastic`` pixels (random
-    displacements smoothed by a Gaussian of ``elastic_sigma`` pixels, after Simard et al.
-    2003) -- on the images' device, in one grid_sample."""
+    (± fraction), shift (± pixels), squeeze (± fraction: the width times 1 + s, the height
+    divided by it) and horizontal shear (± the shift of a row per row), with probability
+    ``flip`` a left-right mirror (for clothes, not digits), and an elastic distortion of
+    at most ``elastic`` pixels (random displacements smoothed by a Gaussian of
+    ``elastic_sigma`` pixels, after Simard et al. 2003) -- on the images' device, in one
+    grid_sample. Squeeze and shear are LeCun et al. 1998's (section III.C.2)."""
     n, _, h, w = images.shape
     dev = images.device
 
@@ -38,10 +42,19 @@ def random_affine(
     angle = uniform(n) * math.radians(rotation)
     zoom = 1 + uniform(n) * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # theta maps each output pixel to where it reads the input: rotation and zoom, then
+    # shear [[1, k], [0, 1]], then squeeze [[q, 0], [0, 1/q]] (drawn only when asked for)
+    (a, b), (c, d) = (cos, -sin), (sin, cos)
+    if shear:
+        k = uniform(n) * shear
+        b, d = a * k + b, c * k + d
+    if squeeze:
+        q = 1 + uniform(n) * squeeze
+        a, b, c, d = a * q, b / q, c * q, d / q
     mirror = 1 - 2 * (torch.rand(n, device=dev) < flip).to(cos.dtype)  # -1: read x from the other side
     # affine_grid works in coordinates where the image spans [-1, 1]: a pixel is 2/size.
     tx, ty = uniform(n) * shift * 2 / w, uniform(n) * shift * 2 / h
-    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1)
+    theta = torch.stack([torch.stack([a * mirror, b, tx], 1), torch.stack([c * mirror, d, ty], 1)], 1)
     grid = _affine_grid(theta, h, w).to(images.dtype)
     if elastic:
         grid = grid + _elastic_field(n, h, w, elastic, elastic_sigma, dev).to(grid.dtype)
