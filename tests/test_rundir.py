@@ -9,7 +9,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from handprop import rundir
-from handprop.rundir import command_line, hydra_value, launch_problem, launched_rank, unique_dir
+from handprop.rundir import command_line, hydra_value, launch_problem, launched_rank, recorded_overrides, unique_dir
 
 from conftest import ROOT, run_cli, run_printed, signal_when, small_filesystem, start_train, wait_for
 
@@ -201,3 +201,14 @@ def test_a_run_directory_named_with_spaces_quotes_dollars_and_accents_resumes_as
     assert not list((ROOT / "outputs").glob("**/it's a*")) and sorted(p.name for p in tmp_path.iterdir()) == [
         run_dir.name
     ]
+
+
+def test_recorded_overrides_are_read_as_typed(tmp_path):
+    """An override whose value holds an interpolation is text in the record, not something
+    to resolve: read by OmegaConf it failed ("Index 'paths' (str) is not an int") and took
+    the run down before it started."""
+    (tmp_path / ".hydra").mkdir()
+    typed = ["+callbacks.snap.dirpath=${paths.output_dir}/snaps", "model.hidden=[64,32]", "seed=3"]
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in typed))
+    assert recorded_overrides(tmp_path) == typed
+    assert recorded_overrides(tmp_path / "elsewhere") == []

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
@@ -247,6 +248,16 @@ def _resolved(config: DictConfig, key: str) -> str:
         if cause is None:
             raise
         raise cause from None
+
+
+def recorded_overrides(run_dir: str | Path) -> list[str]:
+    """A run's command-line overrides as Hydra recorded them (``.hydra/overrides.yaml``),
+    as typed: read as plain YAML, so that ``x=${paths.output_dir}/y`` stays text instead of
+    being resolved out of context. [] when there is no record."""
+    recorded = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not recorded.is_file():
+        return []
+    return [str(o) for o in yaml.safe_load(recorded.read_text()) or []]
 
 
 def keep_earlier_config(subdir: Path) -> None:

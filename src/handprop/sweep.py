@@ -17,6 +17,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .rundir import recorded_overrides
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("val/acc", "test/acc", "val/loss", "time/fit_s")
@@ -34,7 +36,7 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc", direction: str | N
             continue
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-        rows.append({"run": job.name, "overrides": [str(o) for o in OmegaConf.load(overrides)], "metrics": metrics})
+        rows.append({"run": job.name, "overrides": recorded_overrides(job), "metrics": metrics})
     sign = -1 if direction == "maximize" else 1
     rows.sort(
         key=lambda r: (

@@ -32,7 +32,7 @@ from .console import percent, quiet_lightning, tell
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
 from .loggers import CSVLogger, TensorBoardLogger, asked_hparams, run_hparams, trial_name
-from .rundir import checkpoint_dirs, command_line, refuse_to_overwrite
+from .rundir import checkpoint_dirs, command_line, recorded_overrides, refuse_to_overwrite
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,8 @@ def _disk_full_is_a_user_error(output_dir: str):
 def _recorded_overrides(cfg: DictConfig) -> list[str]:
     """The run's own command-line overrides, as Hydra recorded them, less where it ran and
     what it resumed from."""
-    recorded = Path(cfg.paths.output_dir) / ".hydra" / "overrides.yaml"
-    overrides = OmegaConf.load(recorded) if recorded.is_file() else []
-    return [str(o) for o in overrides if not str(o).startswith(("ckpt_path=", "init_from=", "hydra."))]
+    overrides = recorded_overrides(cfg.paths.output_dir)
+    return [o for o in overrides if not o.startswith(("ckpt_path=", "init_from=", "hydra."))]
 
 
 @rank_zero_only
