@@ -17,8 +17,11 @@ g = ∂C/∂a⁽ˡ⁾ from the layer above and computes
     dx = dz W             ∂C/∂a⁽ˡ⁻¹⁾, handed down to the layer below
 
 This package holds exactly that and nothing else: each activation with its derivative
-(``activations.py``), each cost with its gradient (``costs.py``), and the
-``torch.autograd.Function``s whose ``backward`` is the list above (``backprop.py``).
+(``activations.py``), each cost with its gradient (``costs.py``), the
+``torch.autograd.Function``s whose ``backward`` is the list above (``backprop.py``), the
+same sweep with its inside kept, the nudges of every neuron and the change asked of every
+weight (``nudges.py``), and LeCun's second backward pass, the cost's curvature along every
+weight (``curvature.py``).
 PyTorch's autograd never differentiates these operations; it only calls
 our `backward` in the right order. Every public function also takes
 ``backward="autograd"``: the same forward math in plain torch ops, differentiated by
@@ -47,6 +50,7 @@ from .backprop import (
 )
 from .costs import COSTS, Cost, check_cost, describe_cost, least_cost
 from .curvature import gauss_newton_diagonal, output_curvature
+from .nudges import Nudges, nudges
 
 # Numbers closer to 0 than float32's smallest normal (1.2e-38) are denormals, and a CPU
 # computes with them many times slower. Training makes them: Adam's running mean of a
@@ -68,6 +72,7 @@ __all__ = [
     "CostFunction",
     "LinearActFunction",
     "MLPFunction",
+    "Nudges",
     "binary_cross_entropy",
     "check_cost",
     "cost",
@@ -81,5 +86,6 @@ __all__ = [
     "gradients",
     "linear",
     "mlp",
+    "nudges",
     "quadratic_cost",
 ]

@@ -76,7 +76,7 @@ def quadratic_pm1_forward(output: Tensor, target: Tensor, label_smoothing: float
     driven neither into saturation nor only to its middle). C = (1/N) Σ_n ½‖a_n - y_n‖²;
     its gradient is quadratic_backward's."""
     output = _at_least_float32(output)
-    diff = output - _one_hot(target, output).mul_(2).sub_(1)
+    diff = output - _pm1_desired(target, output)
     n = output.shape[0]
     return diff.pow(2).sum().mul(0.5 / n if n else math.nan), (diff,)
 
@@ -107,6 +107,11 @@ class Cost:
     backward: Callable
     reference: Callable  # PyTorch's own ops, differentiated by autograd
     probabilities: Callable[[Tensor], Tensor]  # the outputs, read as class probabilities (for pictures, predict)
+    # What the cost compares with its target, (output) -> read, and that target in the same
+    # terms, (labels, output, label_smoothing) -> desired: the lesson's "what the output
+    # should have been". -∂C_n/∂output is desired - read for every cost here.
+    read: Callable[[Tensor], Tensor]
+    desired: Callable[[Tensor, Tensor, float], Tensor]
     # whether those are probabilities in their own right (a softmax), or only scores that rank
     # the classes, normalised to sum to 1 (what the pictures then show is the output itself)
     calibrated: bool = False
@@ -120,15 +125,36 @@ def _normalised(scores: Tensor) -> Tensor:
 # scores; for the costs that score every output neuron on its own, each neuron's
 # activation (its sigmoid, for Nielsen's cross-entropy), normalised to sum to 1.
 def _softmax(out: Tensor) -> Tensor:
-    return out.float().softmax(1)
+    return _at_least_float32(out).softmax(1)
 
 
 def _each_activation(out: Tensor) -> Tensor:
     return _normalised(out.float().clamp_min(0))
 
 
+def _sigmoid(out: Tensor) -> Tensor:
+    return _at_least_float32(out).sigmoid()
+
+
 def _each_sigmoid(out: Tensor) -> Tensor:
-    return _normalised(out.float().sigmoid())
+    return _normalised(_sigmoid(out))
+
+
+def _itself(out: Tensor) -> Tensor:
+    return out
+
+
+def _one_hot_desired(target: Tensor, like: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    return _one_hot(target, _at_least_float32(like))
+
+
+def _pm1_desired(target: Tensor, like: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    return _one_hot(target, _at_least_float32(like)).mul_(2).sub_(1)
+
+
+def _smoothed_desired(target: Tensor, like: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy's target distribution q = (1-ε)·onehot + ε/K."""
+    return _one_hot(target, _at_least_float32(like)).mul_(1 - label_smoothing).add_(label_smoothing / like.shape[1])
 
 
 def _quadratic_reference(output: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -158,16 +184,36 @@ COSTS: dict[str, Cost] = {
             cross_entropy_backward,
             _cross_entropy_reference,
             _softmax,
+            _softmax,
+            _smoothed_desired,
             calibrated=True,
         ),
-        Cost("quadratic", quadratic_forward, quadratic_backward, _quadratic_reference, _each_activation),
-        Cost("quadratic_pm1", quadratic_pm1_forward, quadratic_backward, _quadratic_pm1_reference, _each_activation),
+        Cost(
+            "quadratic",
+            quadratic_forward,
+            quadratic_backward,
+            _quadratic_reference,
+            _each_activation,
+            _itself,
+            _one_hot_desired,
+        ),
+        Cost(
+            "quadratic_pm1",
+            quadratic_pm1_forward,
+            quadratic_backward,
+            _quadratic_pm1_reference,
+            _each_activation,
+            _itself,
+            _pm1_desired,
+        ),
         Cost(
             "binary_cross_entropy",
             binary_cross_entropy_forward,
             binary_cross_entropy_backward,
             _binary_cross_entropy_reference,
             _each_sigmoid,
+            _sigmoid,
+            _one_hot_desired,
         ),
     )
 }
@@ -189,9 +235,7 @@ def describe_cost(cost: str, label_smoothing: float, classes: int) -> str:
         "cross_entropy": "cross-entropy of the softmax",
         "quadratic": "quadratic, (1/N) Σ ½‖a - y‖²",
         "quadratic_pm1": "quadratic against ±1 targets, (1/N) Σ ½‖a - y‖², y = 2·onehot - 1",
-    }.get(
-        cost, cost.replace("_", " ")
-    )
+    }.get(cost, cost.replace("_", " "))
     floor = least_cost(cost, label_smoothing, classes)
     if floor:
         text += f", label smoothing {label_smoothing:g}: never below {floor:.3f} (the smoothed target is not one-hot)"

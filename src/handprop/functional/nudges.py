@@ -1,0 +1,62 @@
+"""What digits ask of every weight and bias: backpropagation's sweep with its inside shown.
+
+3Blue1Brown's backpropagation lesson follows one training digit through the network.
+The output neurons should have been the desired output; each wants a nudge, up or down,
+in proportion to how far off it is. Those nudges flow back to the neurons of the layer
+below, each weighted by its connection, and every weight is asked to change in
+proportion to the activation on its input: "a change for every weight and bias". The
+average of those changes over a mini-batch is the step gradient descent takes.
+
+``nudges`` runs the very functions that train the network (``forward_layers``, each
+cost's backward, ``layer_backward``) and keeps what the training sweep throws away:
+
+    the output, read the way the cost reads it    softmax(z) for cross-entropy, σ(z) for
+                                                  Nielsen's, the activations for the
+                                                  quadratic costs
+    the desired output                            the cost's target in the same terms
+    -∂C/∂a⁽ˡ⁾ for every layer's activations      the nudges, top to bottom
+    -∂C/∂W⁽ˡ⁾, -∂C/∂b⁽ˡ⁾ for every layer         the changes asked of the weights and biases
+
+Everything is for the cost of the digits given, averaged over them as the cost is: for
+one digit, what that digit asks; for a mini-batch, the gradient the optimiser steps on.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .activations import ACTIVATIONS
+from .backprop import _one, every_parameter, forward_layers, layer_backward
+from .costs import COSTS
+
+
+class Nudges(NamedTuple):
+    read: Tensor  # (N, K): the output as the cost reads it
+    desired: Tensor  # (N, K): what the cost wants it to be
+    activations: list[Tensor]  # per layer, bottom to top: a⁽ˡ⁾ (N, n_l), the last one the raw output
+    pulls: list[Tensor]  # per layer, bottom to top: -∂C/∂a⁽ˡ⁾ (N, n_l), the nudge each neuron wants
+    changes: list[Tensor]  # weight and bias of each layer in turn: -∂C/∂W⁽ˡ⁾, -∂C/∂b⁽ˡ⁾
+    cost: Tensor  # C, averaged over the digits
+
+
+@torch.no_grad()
+def nudges(x: Tensor, target: Tensor, cost: str, label_smoothing: float, activations: tuple, params) -> Nudges:
+    """One backpropagation sweep over the digits ``x`` (N, 784) with labels ``target``, the
+    network as it is evaluated (no dropout): its inside, as the module docstring lists it.
+    ``params``: weight and bias of each layer in turn (``MLP.weights_and_biases``)."""
+    n = len(activations)
+    wants = tuple((True, w, b) for _, w, b in every_parameter(n))  # dx everywhere: the nudges of every layer
+    out, saved = forward_layers(x, params, activations, (None,) * n, 1.0, wants)
+    c = COSTS[cost]
+    loss, cost_saved = c.forward(out, target, label_smoothing)
+    g = c.backward(_one(loss.dtype, loss.device), cost_saved, label_smoothing).to(out.dtype)  # ∂C/∂output
+    pulls, changes = [None] * n, [None] * (2 * n)
+    for i in range(n - 1, -1, -1):
+        pulls[i] = -g
+        g, dw, db = layer_backward(g, saved[i], ACTIVATIONS[activations[i]], 1.0, *wants[i])
+        changes[2 * i], changes[2 * i + 1] = -dw, -db
+    acts = [s.x for s in saved[1:]] + [out]  # each layer's input is the activation of the one below
+    return Nudges(c.read(out), c.desired(target, out, label_smoothing), acts, pulls, changes, loss)
