@@ -523,7 +523,10 @@ def _timed(callback_class: type) -> type:
             try:
                 return getattr(super(timed_class, self), name)(*args, **kwargs)
             finally:
-                _INSIDE["s"] += time.perf_counter() - start
+                took = time.perf_counter() - start
+                _INSIDE["s"] += took
+                where = f"{callback_class.__name__}.{name}"
+                _INSIDE[where] = _INSIDE.get(where, 0.0) + took
 
         return hook
 
@@ -550,12 +553,14 @@ def pictures_cost(overrides=()) -> dict:
             cfg = compose(
                 [*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir
             )
+            _INSIDE.clear()
             _INSIDE["s"] = 0.0
             start = time.perf_counter()
             metrics = train(cfg)
             out[f"{name}_s"] = time.perf_counter() - start
             out[f"{name}_fit_s"] = metrics["time/fit_s"]
     out["inside_callbacks_s"] = _INSIDE["s"]
+    out["by_hook_s"] = {k: v for k, v in sorted(_INSIDE.items(), key=lambda kv: -kv[1]) if k != "s"}
     out["wall_overhead"] = out["with_s"] / out["without_s"] - 1
     out["inside_share"] = _INSIDE["s"] / (out["with_s"] - _INSIDE["s"])
     return out
@@ -750,7 +755,9 @@ def _report_pictures(p: dict) -> str:
     return (
         f"\nTensorBoard pictures and scalars, a default python train.py: {p['with_s']:.1f} s with them, "
         f"{p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); {p['inside_callbacks_s']:.2f} s "
-        f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run"
+        f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run ("
+        + ", ".join(f"{k} {v:.2f} s" for k, v in list(p["by_hook_s"].items())[:5])
+        + ")"
     )
 
 

@@ -93,7 +93,7 @@ def test_pictures_cost_times_both_runs_and_the_hooks():
             "trainer.max_epochs=2",
             "trainer.limit_train_batches=4",
             "callbacks.pictures.every_n_epochs=1",
-            "callbacks.pictures.landscape_points=3",
+            "callbacks.pictures.descent_points=3",
         ]
     )
     assert p["with_s"] > 0 and p["without_s"] > 0, p

@@ -30,8 +30,8 @@ from conftest import CONF, compose_config
         ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: must be a positive integer"),
         ("trainer.precision=17", "trainer.precision=17: must be one of 64, 32, 16, 'transformer-engine'"),
         (
-            "callbacks.pictures.landscape=maybe",
-            "callbacks.pictures.landscape='maybe': must be true or false (a setting of TensorBoardPictures)",
+            "callbacks.pictures.descent=maybe",
+            "callbacks.pictures.descent='maybe': must be true or false (a setting of TensorBoardPictures)",
         ),
         ("model.compile=1", "model.compile=1: must be true or false (a setting of DigitClassifier)"),
         (
@@ -67,7 +67,7 @@ from conftest import CONF, compose_config
             "callbacks.numerics_guard.every_n_steps=null",
             "callbacks.numerics_guard.every_n_steps=None: must be an integer (a setting of NumericsGuard)",
         ),
-        ("callbacks.pictures.landscape_points=1", "callbacks.pictures.landscape_points=1: must be an integer >= 2"),
+        ("callbacks.pictures.descent_points=1", "callbacks.pictures.descent_points=1: must be an integer >= 2"),
         ("seed=abc", "seed='abc': must be an integer from 0 to 4294967295, or null"),
         ("seed=-1", "seed=-1: must be an integer from 0 to 4294967295, or null"),
         (
@@ -98,7 +98,7 @@ from conftest import CONF, compose_config
         (
             "+data.augment.rotaton=3",
             "data.augment.rotaton: unknown key. Did you mean data.augment.rotation? "
-            "data.augment has: rotation, scale, shift, flip, elastic, elastic_sigma",
+            "data.augment has: rotation, scale, shift, squeeze, shear, flip, elastic, elastic_sigma",
         ),
         (
             "+callbacks.training_scalars.foo=1",

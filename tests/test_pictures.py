@@ -1,11 +1,12 @@
 """The pictures: what each one says (titles, colour bars, captions, legends) and the
-math behind the cost landscape (its plane, surface and path)."""
+math behind the descent picture (the plane of the path, the cost on it)."""
 
 import matplotlib.pyplot as plt
 import pytest
 import torch
 from matplotlib.text import Text
 
+from handprop import functional as HF
 from handprop import pictures as P
 
 
@@ -102,68 +103,77 @@ def _bowl(points: int = 13):
     return coords, 0.5 * torch.exp(a**2 + 2 * b**2)  # costs 0.5 .. 10
 
 
-def test_the_landscape_draws_a_visible_path_and_leaves_out_an_invisible_one():
-    torch.manual_seed(0)
+def _curve(k: int = 40):
+    """A known path in 2-D that curves into the origin: a spiral arm."""
+    t = torch.linspace(0, 1, k)
+    r = (1 - t) ** 2 * 3
+    return torch.stack([-r * torch.cos(2 * t), -r * torch.sin(3 * t) * 0.5], 1)
+
+
+def test_the_descent_plane_recovers_a_path_embedded_in_many_dimensions():
+    """A 2-D path laid into 5,000 dimensions along two random orthonormal directions
+    (plus a little noise off the plane) around some 'trained weights': the principal
+    plane is the path's own, the path comes back as it was (up to the axes' sign and
+    rotation within the plane), and the plane explains nearly all of its spread."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(5000, 2, generator=g, dtype=torch.float64))
+    final = torch.randn(5000, generator=g, dtype=torch.float64)
+    curve = _curve().double()
+    path = P.DescentPath(capacity=100)
+    for step, point in enumerate(curve):
+        theta = final + q @ point + 1e-4 * torch.randn(5000, generator=g, dtype=torch.float64)
+        path.record(step, [theta[:3000].view(60, 50).float(), theta[3000:].float()])  # as two parameters
+    directions, coords, explained = path.plane([final[:3000].view(60, 50).float(), final[3000:].float()])
+    assert directions.shape == (2, 5000) and coords.shape == (len(curve) + 1, 2)
+    torch.testing.assert_close(directions @ directions.T, torch.eye(2), atol=1e-5, rtol=0)  # orthonormal
+    # the directions span the embedding's plane: projecting them onto it loses nothing
+    torch.testing.assert_close((q.T.float() @ directions.T).norm(dim=0), torch.ones(2), atol=1e-4, rtol=0)
+    assert explained.sum() > 0.999 and explained[0] >= explained[1]
+    # distances along the path are kept: it is the same curve, only turned in its plane
+    true_steps = (curve[1:] - curve[:-1]).norm(dim=1).float()
+    torch.testing.assert_close((coords[1:-1] - coords[:-2]).norm(dim=1), true_steps, atol=1e-3, rtol=0)
+    assert (coords[0] < 0).all() and torch.equal(coords[-1], torch.zeros(2))  # from the lower left to θ*
+
+
+def test_the_descent_path_keeps_evenly_spaced_snapshots_in_bounded_memory():
+    path = P.DescentPath(capacity=8)
+    w = torch.zeros(3)
+    for step in range(0, 1000, 3):  # chunked steps: the step count jumps by 3
+        path.record(step, [w + step])
+        assert len(path.snapshots) <= 9
+    assert path.steps[0] == 0  # the start always stays
+    gaps = torch.tensor(path.steps).diff()
+    assert (gaps >= path.stride).all() and gaps.max() < 2 * path.stride + 3  # evenly spaced
+    assert [float(s[0]) for s in path.snapshots] == [float(s) for s in path.steps]
+    assert path.steps[-1] > 900  # and up to the end
+
+
+def test_a_path_that_never_moved_has_no_plane():
+    path = P.DescentPath()
+    w = [torch.ones(4, 3)]
+    for step in range(5):
+        path.record(step, w)
+    assert path.plane(w) is None
+    assert P.DescentPath().plane(w) is None  # nothing recorded
+
+
+def test_the_descent_picture_draws_the_path_on_the_cost():
     coords, surface = _bowl()
-    tiny = torch.rand(30, 2) * 0.002  # 0.1% of the plot's width: a dot under the star
-    fig = P.landscape_figure(coords, surface, tiny)
+    curve = _curve(20)
+    path = torch.cat([curve, torch.zeros(1, 2)])
+    alphas, betas = P.descent_grid(path, points=13)
+    assert alphas[0] < path[:, 0].min() and alphas[-1] > 0 and betas[0] < path[:, 1].min() and betas[-1] > 0
+    fig = P.descent_figure(alphas, betas, surface, path, torch.tensor([0.9, 0.08]), [0, *range(10, 210, 10)])
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trained weights"]
-    assert not [line for line in ax.lines if line.get_color() == "red"]
-    text = _texts(fig)
-    assert "two random filter-normalised directions through the final weights (Li et al. 2018)" in text
-    assert "too small to draw" in text
-    plt.close(fig)
-
-    visible = torch.linspace(0.6, 0, 20)[:, None] * torch.tensor([1.0, -0.5])
-    fig = P.landscape_figure(coords, surface, visible)
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["optimiser's path, projected", "trained weights"]
-    (path,) = [line for line in ax.lines if line.get_color() == "red"]
-    torch.testing.assert_close(torch.as_tensor(path.get_xydata(), dtype=torch.float32), visible)
-    assert "too small" not in _texts(fig)
-    plt.close(fig)
-
-
-def test_the_landscape_colour_bar_is_the_cost_on_a_log_scale():
-    coords, surface = _bowl()
-    fig = P.landscape_figure(coords, surface)
+    (drawn,) = [line for line in ax.lines if line.get_label() == "the optimiser's path"]
+    torch.testing.assert_close(torch.as_tensor(drawn.get_xydata(), dtype=torch.float32), path)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["the optimiser's path", "start (step 0)", "trained weights (step 200)"]
+    assert ax.get_xlabel() == "direction 1: 90.0% of the path's spread" and ax.get_ylabel() == "direction 2: 8.0%"
+    assert "98% of the path's spread in this plane" in _texts(fig)
     assert _colour_bar_ticks(fig) == ["0.5", "1", "2", "5"]  # cost units, not log(cost)
     assert fig.axes[-1].get_ylabel() == "training cost (log scale, capped)"  # the corners, 10, cut off at 9.1
     plt.close(fig)
-    fig = P.landscape_figure(coords, surface.clamp_max(2))  # a shallow bowl: nothing capped
-    assert fig.axes[-1].get_ylabel() == "training cost (log scale)"
-    plt.close(fig)
-
-
-def test_directions_are_filter_normalised():
-    torch.manual_seed(0)
-    weights = [torch.randn(32, 784), torch.randn(10, 32) * 5]
-    plane = P.LandscapePlane(weights, torch.Generator().manual_seed(1))
-    for direction in plane.directions(weights):
-        for d, w in zip(direction, weights):
-            assert d.shape == w.shape
-            torch.testing.assert_close(d.norm(dim=1), w.norm(dim=1))  # row by row: each neuron's scale
-    d1, d2 = plane.directions(weights)
-    assert not torch.equal(d1[0], d2[0])
-    again = P.LandscapePlane(weights, torch.Generator().manual_seed(1)).directions(weights)
-    assert torch.equal(again[0][0], d1[0])  # seeded
-
-
-def test_the_path_is_projected_onto_the_plane_exactly():
-    torch.manual_seed(0)
-    final = [torch.randn(16, 8), torch.randn(4, 16)]
-    plane = P.LandscapePlane(final, torch.Generator().manual_seed(0))
-    d1, d2 = plane.directions(final)
-    off_plane = [torch.randn_like(w) * 1e-3 for w in final]
-    steps = [(1.0, -0.3), (0.4, 0.2), (0.0, 0.0)]
-    for a, b in steps:
-        plane.record([f + a * x + b * y for f, x, y in zip(final, d1, d2)])
-    path = plane.path(final)
-    torch.testing.assert_close(path, torch.tensor(steps), atol=1e-5, rtol=0)
-    # a move along neither direction barely moves the shadow
-    plane.record([f + e for f, e in zip(final, off_plane)])
-    assert plane.path(final)[-1].abs().max() < 1e-2
 
 
 def test_cost_surface_walks_the_plane_and_restores_the_weights():
@@ -174,8 +184,9 @@ def test_cost_surface_walks_the_plane_and_restores_the_weights():
     d1 = [torch.randn_like(p) for p in w]
     d2 = [torch.randn_like(p) for p in w]
     cost = lambda: sum(((p - t) ** 2).sum() for p, t in zip(w, target))  # a bowl centred on the weights
-    coords, surface = P.cost_surface(w, (d1, d2), cost, span=1.0, points=5)
-    assert coords.tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0] and surface.shape == (5, 5)
+    coords = torch.linspace(-1, 1, 5)
+    surface = P.cost_surface(w, (d1, d2), cost, coords, coords)
+    assert surface.shape == (5, 5)
     assert surface[2, 2] == 0 and surface.argmin() == 12
     n1, n2 = sum((d**2).sum() for d in d1), sum((d**2).sum() for d in d2)
     cross = sum((a * b).sum() for a, b in zip(d1, d2))
@@ -195,7 +206,7 @@ def test_cost_surface_restores_the_weights_when_the_cost_fails():
         return torch.tensor(0.0)
 
     with pytest.raises(RuntimeError, match="boom"):
-        P.cost_surface(w, ([torch.ones(2, 2)], [torch.ones(2, 2)]), cost, points=3)
+        P.cost_surface(w, ([torch.ones(2, 2)], [torch.ones(2, 2)]), cost, torch.zeros(3), torch.zeros(3))
     assert torch.equal(w[0].detach(), torch.ones(2, 2))
 
 
@@ -220,7 +231,7 @@ def test_the_callback_counts_epochs_from_1_and_says_what_the_outputs_are(
         f"model.loss={loss}",
         "model.label_smoothing=0",
         "callbacks.pictures.every_n_epochs=1",
-        "callbacks.pictures.landscape=false",
+        "callbacks.pictures.descent=false",
     )
     train(cfg)
     where = {"weights_figure": 1, "confusion_figure": 1, "mistakes_figure": 4}  # the epoch's argument
@@ -230,3 +241,39 @@ def test_the_callback_counts_epochs_from_1_and_says_what_the_outputs_are(
         if name == "mistakes_figure":
             assert kwargs["as_probabilities"] is as_probabilities
             assert len(args[0]) == min(kwargs["mistakes"], 32) and kwargs["total"] > 0
+
+
+@pytest.mark.parametrize("cost, activation", [("cross_entropy", "relu"), ("quadratic", "sigmoid")])
+def test_the_mlp_surface_is_the_cost_at_every_point_of_the_plane(cost, activation):
+    """The first layer shared over the grid gives the numbers of moving every weight and
+    evaluating the network at each point (cost_surface), and leaves the weights alone."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [20, 12, 8, 5]
+    params = [
+        t
+        for i, o in zip(sizes, sizes[1:])
+        for t in (torch.randn(o, i, generator=g, dtype=torch.float64), torch.randn(o, generator=g, dtype=torch.float64))
+    ]
+    directions = tuple([torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3 for p in params] for _ in range(2))
+    x = torch.randn(16, 20, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (16,), generator=g)
+    activations = (activation, activation, "identity" if cost == "cross_entropy" else "sigmoid")
+    alphas, betas = torch.linspace(-1, 2, 5), torch.linspace(-0.5, 0.5, 4)
+    before = [p.clone() for p in params]
+    fast = P.mlp_cost_surface(
+        x, y, cost, 0.1 if cost == "cross_entropy" else 0.0, activations, params, directions, alphas, betas
+    )
+    live = [torch.nn.Parameter(p.clone()) for p in params]
+    smoothing = 0.1 if cost == "cross_entropy" else 0.0
+    slow = P.cost_surface(
+        live,
+        directions,
+        lambda: HF.mlp(
+            x, list(zip(live[0::2], live[1::2])), list(activations), target=y, cost=cost, label_smoothing=smoothing
+        )[1],
+        alphas,
+        betas,
+    )
+    assert fast.shape == (4, 5)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(p, q) for p, q in zip(params, before))

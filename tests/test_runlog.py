@@ -220,12 +220,13 @@ def test_a_run_stopped_by_max_steps_leaves_its_latest_pictures(tmp_path):
         "trainer.max_epochs=-1",
         "trainer.max_steps=6",
         "callbacks.pictures.every_n_epochs=1",
-        "callbacks.pictures.landscape_points=3",
+        "callbacks.pictures.descent_points=3",
     ]
     train(compose_config("train", overrides, tmp_path))
     assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == [
+        "backprop.png",
         "confusion_matrix.png",
-        "cost_landscape.png",
+        "descent.png",
         "first_layer_weights.png",
         "mistakes.png",
     ]

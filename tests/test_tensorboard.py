@@ -17,7 +17,7 @@ from handprop.train import train
 
 from conftest import FAST, compose_config, tensorboard_run
 
-PICTURES = ["first_layer_weights", "confusion_matrix", "mistakes", "cost_landscape"]
+PICTURES = ["first_layer_weights", "confusion_matrix", "mistakes", "backprop", "descent"]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def run(tmp_path_factory):
             "callbacks.training_scalars.every_n_steps=1",
             "callbacks.pictures.every_n_epochs=1",
             "callbacks.pictures.histograms_every_n_epochs=1",
-            "callbacks.pictures.landscape_points=5",
-            "callbacks.pictures.landscape_samples=64",
+            "callbacks.pictures.descent_points=5",
+            "callbacks.pictures.descent_samples=64",
         ],
         out,
     )
@@ -88,7 +88,8 @@ def test_histograms_and_pictures_are_logged(run):
         assert (out / "pictures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(tags["images"]) == sorted(f"visuals/{name}" for name in PICTURES)  # after train/ and val/
     assert len(events.Images("visuals/confusion_matrix")) == 2  # after each epoch's validation
-    assert len(events.Images("visuals/cost_landscape")) == 1  # when training ends
+    assert len(events.Images("visuals/descent")) == 1  # when training ends
+    assert [e.step for e in events.Images("visuals/backprop")] == [0, 8]  # untrained, and trained
 
 
 def test_the_custom_scalars_layout_names_every_chart_s_tags(run):

@@ -264,6 +264,16 @@ class DigitClassifier(L.LightningModule):
         (``functional.COSTS[loss].probabilities``)."""
         return HF.COSTS[self.hparams.loss].probabilities(out)
 
+    @torch.no_grad()
+    def nudges(self, images: Tensor, labels: Tensor) -> HF.Nudges:
+        """Backpropagation's sweep over these digits with its inside kept, the network as
+        it is evaluated (``functional.nudges``): what they ask of every weight and bias."""
+        params = [p.detach() for p in self.net.weights_and_biases()]
+        hp = self.hparams
+        return HF.nudges(
+            self.normalize(images), labels, hp.loss, hp.label_smoothing, tuple(self.net.activations), params
+        )
+
     def output_and_loss(self, images: Tensor, labels: Tensor, eager: bool = False) -> tuple[Tensor, Tensor]:
         """The network's output and its cost for a batch, in one pass. ``eager``: bypass
         torch.compile (the gradient audit's reference runs eagerly)."""

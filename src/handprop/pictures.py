@@ -4,13 +4,14 @@ out; the TensorBoard callback in ``callbacks/visuals.py`` calls them. Every pict
 what it shows: a title (with the 1-based epoch), and a colour bar or legend in the units
 it draws.
 
-The cost landscape follows Li, Xu, Taylor, Studer and Goldstein (2018), "Visualizing the
-Loss Landscape of Neural Nets": around the trained weights θ*, the cost is measured on a
-plane θ* + α·d₁ + β·d₂ spanned by two random directions, each *filter-normalised* --
-every row of a direction (the weights into one neuron) rescaled to the norm of the same
-row of θ* -- so that the picture's scale means the same for layers of any size, and
-unaffected by the scale invariances of ReLU networks. Bias directions are zero, as in
-the paper's default.
+The descent picture follows Li, Xu, Taylor, Studer and Goldstein (2018), "Visualizing the
+Loss Landscape of Neural Nets", section 7: the optimiser's path through weight space,
+θ_0, θ_1, ..., θ* (every weight and bias, snapshots along training), drawn on the plane
+through the trained weights θ* that the path itself spans most -- the two principal
+directions of the differences θ_t − θ* -- over the training cost measured on that plane.
+Two random directions, the paper's other view, are nearly orthogonal to the path in
+~10⁵ dimensions: on them the path projects to a dot and a barely trained network draws
+the same bowl as a trained one.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def mistakes_figure(
     return fig
 
 
-# --------------------------------------------------------------------------- the cost landscape
+# --------------------------------------------------------------------------- the descent down the cost
 
 
 @torch.no_grad()
@@ -214,103 +215,129 @@ def cost_surface(
     weights: Sequence[Tensor],
     directions: tuple[Sequence[Tensor], Sequence[Tensor]],
     cost: Callable[[], Tensor],
-    span: float = 1.0,
-    points: int = 15,
-) -> tuple[Tensor, Tensor]:
-    """The cost at θ* + α·d₁ + β·d₂ for α, β on a points x points grid over [-span, span].
+    alphas: Tensor,
+    betas: Tensor,
+) -> Tensor:
+    """The cost at θ* + α·d₁ + β·d₂ for every α in ``alphas`` and β in ``betas``.
 
     ``weights`` are the live parameters (moved in place and restored exactly);
-    ``cost()`` evaluates the network as it stands. Returns (coordinates, costs[β, α])."""
-    coords = torch.linspace(-span, span, points)
+    ``cost()`` evaluates the network as it stands. Returns costs[β, α]."""
     original = [w.detach().clone() for w in weights]
-    surface = torch.empty(points, points)
+    surface = torch.empty(len(betas), len(alphas))
     try:
-        for i, beta in enumerate(coords.tolist()):
-            for j, alpha in enumerate(coords.tolist()):
+        for i, beta in enumerate(betas.tolist()):
+            for j, alpha in enumerate(alphas.tolist()):
                 for w, w0, d1, d2 in zip(weights, original, *directions):
                     torch.add(w0, d1, alpha=alpha, out=w.data).add_(d2, alpha=beta)
                 surface[i, j] = cost().float()
     finally:
         for w, w0 in zip(weights, original):
             w.data.copy_(w0)
-    return coords, surface
+    return surface
 
 
-class LandscapePlane:
-    """The landscape's plane: two random directions, drawn when training starts, and the
-    optimiser's path projected onto them -- without storing the path.
+@torch.no_grad()
+def mlp_cost_surface(
+    x: Tensor,
+    target: Tensor,
+    cost: str,
+    label_smoothing: float,
+    activations: Sequence[str],
+    params: Sequence[Tensor],
+    directions: tuple[Sequence[Tensor], Sequence[Tensor]],
+    alphas: Tensor,
+    betas: Tensor,
+) -> Tensor:
+    """``cost_surface`` for a multilayer perceptron (``params``: weight and bias of each layer
+    in turn) on the inputs ``x``, without moving its weights. The first layer's weighted
+    input is linear in α and β -- x(W + αD + βE)ᵀ + b + αd + βe = A + αB + βC -- so three
+    matrix products serve the whole grid, and only the layers above run at every point:
+    the first layer holds most of a digit network's weights. Returns costs[β, α]."""
+    from .functional import ACTIVATIONS, COSTS  # noqa: PLC0415
+    from .functional.backprop import forward_layers  # noqa: PLC0415
 
-    The directions' filter normalisation needs the final weights θ*, known only at the
-    end. Projecting a snapshot θ_t needs only the dot product of each of its rows with the
-    same row of the raw random direction r -- one number per neuron -- from which, once θ*
-    is known,
-        (θ_t − θ*)·d = Σ_rows s_row (θ_t,row·r_row − θ*_row·r_row),   s_row = |θ*_row| / |r_row|.
-    """
+    (w, b), (dw, db), (ew, eb) = params[:2], directions[0][:2], directions[1][:2]
+    a, bb, c = torch.addmm(b, x, w.t()), torch.addmm(db, x, dw.t()), torch.addmm(eb, x, ew.t())
+    first, rest = ACTIVATIONS[activations[0]].fn, list(activations[1:])
+    flags = ((False, False, False),) * len(rest)  # nothing kept for a backward
+    surface = torch.empty(len(betas), len(alphas))
+    for i, beta in enumerate(betas.tolist()):
+        for j, alpha in enumerate(alphas.tolist()):
+            h = first(a + alpha * bb + beta * c)
+            moved = [p + alpha * d + beta * e for p, d, e in zip(params[2:], directions[0][2:], directions[1][2:])]
+            out, _ = forward_layers(h, moved, rest, (None,) * len(rest), 1.0, flags)
+            surface[i, j] = COSTS[cost].forward(out, target, label_smoothing)[0].float()
+    return surface
 
-    def __init__(self, weights: Sequence[Tensor], generator: torch.Generator):
-        self.raw = [[torch.randn(w.shape, generator=generator).to(w.device) for w in weights] for _ in range(2)]
-        self.snapshots: list[list[Tensor]] = []  # per snapshot, per direction: the rows' dot products
 
-    def _row_dots(self, weights: Sequence[Tensor]) -> list[Tensor]:
-        return [torch.cat([(w.float() * r).sum(1) for w, r in zip(weights, raw)]) for raw in self.raw]
+class DescentPath:
+    """The optimiser's path through weight space: a flat float32 copy (on the CPU) of every
+    weight and bias at least ``stride`` optimiser steps after the last one kept. When more
+    than ``capacity`` are held, the stride doubles and the path is thinned to that
+    spacing (the first snapshot always stays), so a run of any length keeps at most
+    ``capacity`` + 1 evenly spaced snapshots from where it started: memory is bounded by
+    that many copies of the network."""
+
+    def __init__(self, capacity: int = 32):
+        self.capacity, self.stride = capacity, 1
+        self.steps: list[int] = []
+        self.snapshots: list[Tensor] = []
 
     @torch.no_grad()
-    def record(self, weights: Sequence[Tensor]) -> None:
-        self.snapshots.append(self._row_dots(weights))
-
-    def _scales(self, weights: Sequence[Tensor]) -> list[list[Tensor]]:
-        return [
-            [w.float().norm(dim=1) / r.norm(dim=1).clamp_min(1e-12) for w, r in zip(weights, raw)] for raw in self.raw
-        ]
+    def record(self, step: int, params: Sequence[Tensor]) -> None:
+        if self.steps and step - self.steps[-1] < self.stride:
+            return
+        self.steps.append(step)
+        self.snapshots.append(torch.cat([p.detach().reshape(-1).float().cpu() for p in params]))
+        while len(self.snapshots) > self.capacity:
+            self.stride *= 2
+            keep = [0]
+            for i in range(1, len(self.steps)):
+                if self.steps[i] - self.steps[keep[-1]] >= self.stride:
+                    keep.append(i)
+            self.steps = [self.steps[i] for i in keep]
+            self.snapshots = [self.snapshots[i] for i in keep]
 
     @torch.no_grad()
-    def directions(self, weights: Sequence[Tensor]) -> list[list[Tensor]]:
-        """The two filter-normalised directions at ``weights`` (θ*), one tensor per layer."""
-        return [[r * s[:, None] for r, s in zip(raw, scales)] for raw, scales in zip(self.raw, self._scales(weights))]
+    def plane(self, final: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The principal plane of the path around θ* = ``final`` (the parameters, as
+        recorded): the two directions (2, P), unit length, along which the snapshots'
+        differences θ_t − θ* spread most; the path in them, (snapshots + 1, 2), ending at
+        θ* = (0, 0); and the share of Σ_t |θ_t − θ*|² each direction explains. None when
+        the path has not moved. Oriented so that the path starts at negative α and β.
 
-    @torch.no_grad()
-    def path(self, weights: Sequence[Tensor]) -> Tensor:
-        """(snapshots, 2): each recorded θ_t as the (α, β) of its least-squares projection
-        onto the plane through θ* = ``weights``."""
-        if not self.snapshots:
-            return torch.zeros(0, 2)
-        d = self.directions(weights)
-        gram = torch.tensor(
-            [[float(sum((a * b).sum() for a, b in zip(d[i], d[j]))) for j in range(2)] for i in range(2)]
-        )
-        scales = [torch.cat(s) for s in self._scales(weights)]
-        final = self._row_dots(weights)
-        dots = torch.tensor(
-            [[float((scales[k] * (snap[k] - final[k])).sum()) for k in range(2)] for snap in self.snapshots]
-        )
-        return torch.linalg.solve(gram, dots.T).T
+        The K snapshots are few and the weights many, so the directions come from the
+        K x K matrix of their dot products (D Dᵀ = U S² Uᵀ gives D's right singular
+        vectors as Dᵀ U / S) rather than from an SVD of the K x P matrix itself."""
+        theta = torch.cat([p.detach().reshape(-1).float().cpu() for p in final])
+        diffs = torch.stack(self.snapshots) - theta if self.snapshots else theta.new_zeros(0, theta.numel())
+        gram = (diffs @ diffs.T).double()  # K x K; float32 products, the eigenproblem in float64
+        values, vectors = torch.linalg.eigh(gram)  # ascending
+        values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+        total = float(values.sum())
+        if len(values) < 2 or values[1] <= 1e-9 * total or total == 0:
+            return None
+        directions = (vectors[:, :2].T.float() @ diffs) / values[:2].sqrt().float()[:, None]
+        coords = diffs @ directions.T
+        signs = torch.where(coords[0] > 0, -1.0, 1.0)
+        directions, coords = directions * signs[:, None], coords * signs
+        path = torch.cat([coords, coords.new_zeros(1, 2)])
+        return directions, path, (values[:2] / total).float()
 
 
-def landscape_figure(
-    coords: Tensor,
-    surface: Tensor,
-    path: Tensor | None = None,
-    title: str = "training cost around the trained weights",
-    visible: float = 0.02,
-):
-    """Contours of the cost over the plane (colours on a log scale, in cost units), the
-    trained weights at (0, 0), and the optimiser's projected path when it shows: when it
-    reaches beyond ``visible`` of the plot's width from the centre. Random directions in
-    ~10⁵ dimensions are nearly orthogonal to the path (Li et al., section 7), so on them
-    it usually stays a dot under the star: then it is left out and the subtitle says so."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
-    from matplotlib.colors import LogNorm  # noqa: PLC0415
+def _cost_contours(fig, ax, alphas: Tensor, betas: Tensor, surface: Tensor) -> None:
+    """Filled contours of the cost, on a log colour scale with a colour bar in cost units
+    (a far wall is capped, so that it does not take every colour)."""
+    from matplotlib.colors import LogNorm  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
 
-    grid = coords.numpy()
     lo = float(surface.min().clamp_min(1e-12))
-    top = lo + 10 * (float(surface.median()) - lo) + 1e-6  # a far wall would take every colour
+    top = lo + 10 * (float(surface.median()) - lo) + 1e-6
     hi = max(min(float(surface.max()), top), lo * 1.01)
     z = surface.clamp(lo, hi).numpy()
     levels = torch.logspace(math.log10(lo), math.log10(hi), 21).numpy()
-    fig, ax = plt.subplots(figsize=(6.0, 5.4), dpi=DPI, layout="constrained")
     norm = LogNorm(vmin=lo, vmax=hi)
-    filled = ax.contourf(grid, grid, z, levels=levels, cmap="viridis", norm=norm)
-    ax.contour(grid, grid, z, levels=levels, colors="white", linewidths=0.3)
+    filled = ax.contourf(alphas.numpy(), betas.numpy(), z, levels=levels, cmap="viridis", norm=norm)
+    ax.contour(alphas.numpy(), betas.numpy(), z, levels=levels, colors="white", linewidths=0.3)
     bar = fig.colorbar(filled, ax=ax)
     bar.minorticks_off()
     ticks = _nice_ticks(lo, hi, at_least=4)
@@ -318,14 +345,36 @@ def landscape_figure(
     capped = ", capped" if float(surface.max()) > hi else ""
     bar.set_label(f"training cost (log scale{capped})")
 
-    subtitle = "two random filter-normalised directions through the final weights (Li et al. 2018)"
-    if path is not None and len(path):
-        extent = float(path.abs().max())
-        if extent > visible * float(coords[-1] - coords[0]):
-            p = path.numpy()
-            ax.plot(p[:, 0], p[:, 1], "-o", color="red", markersize=2, linewidth=1, label="optimiser's path, projected")
-        else:
-            subtitle += f"\nthe optimiser's path, projected, stays within ±{extent:.2g} of the star: too small to draw"
+
+def descent_grid(path: Tensor, points: int = 13, margin: float = 0.25) -> tuple[Tensor, Tensor]:
+    """α and β values (``points`` each) covering the path and θ* with ``margin`` of its
+    extent to spare on every side."""
+    lo, hi = path.min(0).values.clamp_max(0), path.max(0).values.clamp_min(0)
+    pad = (hi - lo) * margin
+    return tuple(torch.linspace(float(lo[k] - pad[k]), float(hi[k] + pad[k]), points) for k in range(2))
+
+
+def descent_figure(
+    alphas: Tensor,
+    betas: Tensor,
+    surface: Tensor,
+    path: Tensor,
+    explained: Tensor,
+    steps: Sequence[int],
+    title: str = "gradient descent down the cost",
+):
+    """The training cost over the plane of the path (``descent_grid``), the path on it from
+    its first snapshot (step ``steps[0]``) to the trained weights at (0, 0), and on each
+    axis the share of the path's spread it explains."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.4), dpi=DPI, layout="constrained")
+    _cost_contours(fig, ax, alphas, betas, surface)
+    p = path.numpy()
+    ax.plot(p[:, 0], p[:, 1], "-o", color="red", markersize=2.5, linewidth=1.2, label="the optimiser's path")
+    ax.plot(
+        p[0, 0], p[0, 1], "o", color="white", markeredgecolor="red", markersize=7, label=f"start (step {steps[0]:,})"
+    )
     ax.plot(
         [0],
         [0],
@@ -333,11 +382,162 @@ def landscape_figure(
         color="white",
         markeredgecolor="black",
         markeredgewidth=0.5,
-        markersize=12,
-        label="trained weights",
+        markersize=13,
+        label=f"trained weights (step {steps[-1]:,})",
     )
-    ax.legend(loc="upper right", fontsize=7)
-    ax.set(xlim=(grid[0], grid[-1]), ylim=(grid[0], grid[-1]), xlabel="α (direction 1)", ylabel="β (direction 2)")
+    ax.legend(loc="best", fontsize=7)
+    ax.set(
+        xlim=(float(alphas[0]), float(alphas[-1])),
+        ylim=(float(betas[0]), float(betas[-1])),
+        xlabel=f"direction 1: {100 * float(explained[0]):.1f}% of the path's spread",
+        ylabel=f"direction 2: {100 * float(explained[1]):.1f}%",
+    )
     fig.suptitle(title, fontsize=10)
-    ax.set_title(subtitle, fontsize=8)
+    ax.set_title(
+        f"the plane the path itself spans most, through the trained weights (Li et al. 2018)\n"
+        f"{len(p) - 1} snapshots of every weight and bias, {100 * float(explained.sum()):.0f}% of the path's "
+        "spread in this plane",
+        fontsize=8,
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- backpropagation, one digit
+
+
+def _signed_bars(ax, values: Tensor, labels: Sequence, title: str, ylabel: str) -> None:
+    """Bars up in red (increase), down in blue (decrease), on a symmetric axis."""
+    v = values.float().cpu()
+    colours = ["#d62728" if x > 0 else "#1f77b4" for x in v.tolist()]
+    ax.bar(range(len(v)), v.numpy(), color=colours)
+    ax.axhline(0, color="black", linewidth=0.6)
+    top = max(float(v.abs().max()), 1e-12) * 1.15
+    ax.set_ylim(-top, top)
+    ax.set_xticks(range(len(v)), [str(x) for x in labels], fontsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+
+
+def backprop_figure(
+    digit: Tensor,
+    label: int,
+    one,
+    batch=None,
+    batch_size: int = 0,
+    when: str = "",
+    calibrated: bool = True,
+    neurons: int = 8,
+    top: int = 16,
+):
+    """3Blue1Brown's backpropagation for one digit, from ``functional.nudges``:
+
+      the digit and what the network outputs for it against what the cost wants;
+      the nudge each output neuron wants (-∂C/∂output: desired - output);
+      those nudges flowing back, weighted by the connections, to the hidden neurons
+        (-∂C/∂a of each hidden layer, its ``top`` largest);
+      the change the digit asks of the first layer's weights (-∂C/∂W: red up, blue down),
+        each hidden neuron's 784 incoming weights as a 28x28 picture, for the ``neurons``
+        hidden neurons this digit pushes hardest;
+      and (``batch``, the nudges of a mini-batch of ``batch_size`` digits) the same
+        neurons' changes averaged over the mini-batch: the step gradient descent takes.
+
+    ``one``: the digit's Nudges (one digit); ``calibrated``: whether the outputs read are
+    probabilities (softmax, sigmoid) or activations (the quadratic costs)."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
+
+    read, desired = one.read[0].float().cpu(), one.desired[0].float().cpu()
+    hidden = len(one.pulls) - 1
+    rows = 2 + (hidden > 0) + (batch is not None)
+    heights = [1.0] * (rows - 1 - (batch is not None)) + [0.75] * (1 + (batch is not None))
+    fig_h = 2.2 * sum(heights) + 0.9
+    fig = plt.figure(figsize=(10.0, fig_h), dpi=DPI)
+    grid = fig.add_gridspec(
+        rows,
+        max(neurons, 6),
+        height_ratios=heights,
+        left=0.07,
+        right=0.9,
+        top=1 - 0.7 / fig_h,
+        bottom=0.1 / fig_h,
+        hspace=0.8,
+        wspace=0.35,
+    )
+    classes = range(len(read))
+    predicted = int(read.argmax())
+
+    ax = fig.add_subplot(grid[0, 0:2])
+    ax.imshow(digit.float().cpu().view(28, 28).numpy(), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title(f"the digit: a {label}, read as {predicted}", fontsize=8)
+    ax.axis("off")
+
+    ax = fig.add_subplot(grid[0, 2 : 2 + (max(neurons, 6) - 2) // 2])
+    width = 0.4
+    ax.bar([k - width / 2 for k in classes], read.numpy(), width, color="0.45", label="the network's output")
+    ax.bar([k + width / 2 for k in classes], desired.numpy(), width, color="white", edgecolor="black", label="desired")
+    ax.set_xticks(list(classes), [str(k) for k in classes], fontsize=7)
+    ax.set_title("output vs what the cost wants", fontsize=8)
+    ax.set_ylabel("p(digit)" if calibrated else "output activation", fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=6, loc="upper left")
+
+    ax = fig.add_subplot(grid[0, 2 + (max(neurons, 6) - 2) // 2 :])
+    _signed_bars(
+        ax,
+        one.pulls[-1][0],
+        list(classes),
+        "the nudge each output neuron wants: desired - output",
+        "-∂C/∂output",
+    )
+
+    row = 1
+    if hidden:
+        per = max(neurons, 6) // hidden
+        axes = []
+        for i in range(hidden):
+            pull = one.pulls[i][0].float().cpu()
+            order = pull.abs().argsort(descending=True)[:top].sort().values
+            ax = fig.add_subplot(grid[row, i * per : (i + 1) * per])
+            shown = f"the {len(order)} of {len(pull)} pushed hardest" if len(order) < len(pull) else f"all {len(pull)}"
+            _signed_bars(ax, pull[order], order.tolist(), f"hidden layer {i + 1}: {shown}", "-∂C/∂a")
+            axes.append(ax)
+        axes[0].annotate(
+            "the nudges flowing back to the hidden neurons: each one the sum of the nudges above, "
+            "weighted by its connections to them",
+            (0, 1.28),
+            xycoords="axes fraction",
+            fontsize=8,
+            ha="left",
+        )
+        row += 1
+
+    # the first layer's weight changes: dz_j times the pixels, for the neurons pushed hardest
+    change = one.changes[0].float().cpu()
+    strongest = one.changes[1].float().cpu().abs().argsort(descending=True)[:neurons]
+    sources = [("this digit asks", change)]
+    if batch is not None:
+        sources.append((f"averaged over a mini-batch of {batch_size}: the step", batch.changes[0].float().cpu()))
+    cmap = plt.get_cmap("bwr").with_extremes(bad="white")
+    for name, weights in sources:
+        tiles = weights[strongest]
+        limit = max(float(tiles.abs().max()), 1e-12)
+        image, corner = _mosaic(tiles.view(-1, 28, 28), len(tiles), gap_x=6, gap_y=2, top=7)
+        ax = fig.add_subplot(grid[row, :])
+        im = ax.imshow(image.numpy(), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+        for k, j in enumerate(strongest.tolist()):
+            x, y = corner(k)
+            ax.text(x + 14, y - 1.5, f"neuron {j}", ha="center", va="bottom", fontsize=7)
+        ax.axis("off")
+        box = ax.get_position()
+        bar = fig.colorbar(im, cax=fig.add_axes((0.915, box.y0, 0.012, box.height)))
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("-∂C/∂w", fontsize=7)
+        ax.set_title(
+            f"first-layer weight changes {name}: each neuron's 784 incoming weights (red up, blue down)",
+            fontsize=8,
+            loc="left",
+        )
+        row += 1
+
+    fig.suptitle(f"backpropagation for one digit{', ' + when if when else ''}", fontsize=10)
     return fig

@@ -13,8 +13,22 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from .. import functional as HF
 from ..data import to_pixels
 from ..module import logs_this_step, steps_taken
-from ..pictures import LandscapePlane, confusion_figure, cost_surface, landscape_figure, mistakes_figure, weights_figure
-from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, is_number, positive_int, require
+from ..pictures import (
+    DescentPath,
+    backprop_figure,
+    confusion_figure,
+    descent_figure,
+    descent_grid,
+    mistakes_figure,
+    mlp_cost_surface,
+    weights_figure,
+)
+from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, positive_int, require
+
+
+def _parameters(pl_module) -> list:
+    """Every weight and bias of the network, bottom to top."""
+    return [p for p in pl_module.net.weights_and_biases() if p is not None]
 
 
 def _layers(pl_module) -> list:
@@ -105,17 +119,23 @@ class TensorBoardPictures(Callback):
     every ``histograms_every_n_epochs`` epochs, per layer: histograms of weights, biases
     and their gradients (``weights/layer<i>/weight``, ``weights/layer<i>/weight_grad``,
     ``.../bias``, ``.../bias_grad``); and when training ends:
-      visuals/cost_landscape       the cost on a plane around the trained weights, two
-                                   random filter-normalised directions (Li et al. 2018),
-                                   the optimiser's path projected on it where it shows
-                                   (``pictures.py``)
+      visuals/backprop             backpropagation for one validation digit (the first):
+                                   the output against the desired one, the nudges of every
+                                   layer, the first-layer weight changes it asks for, and
+                                   their average over a mini-batch of training digits --
+                                   when training starts (an untrained network) and ends
+      visuals/descent              gradient descent down the cost: the optimiser's path
+                                   through every weight and bias, on the plane the path
+                                   spans most, over the training cost there (Li et al.
+                                   2018, section 7; ``pictures.py``)
     (``visuals/`` sorts after ``train/`` and ``val/``: TensorBoard's first screen opens on
     the curves.) Titles give 1-based epochs, as the progress bar and train.log do. The PNG
     files are named for the pictures: ``first_layer_weights.png``, ...
 
-    The landscape is the training cost (no dropout, no augmentation) on
-    ``landscape_samples`` training digits over a ``landscape_points``² grid spanning
-    ±``landscape_span`` in each direction. Pictures are drawn by process zero only; the
+    The descent picture keeps up to ``descent_snapshots`` evenly spaced copies of the
+    weights from the start of the run (``pictures.DescentPath``), and measures the training
+    cost (no dropout, no augmentation) on ``descent_samples`` training digits over a
+    ``descent_points``² grid. Pictures are drawn by process zero only; the
     confusion matrix counts every process's share of the validation set.
     """
 
@@ -125,10 +145,11 @@ class TensorBoardPictures(Callback):
         histograms_every_n_epochs: int = 20,
         max_neurons: int = 64,
         max_mistakes: int = 32,
-        landscape: bool = True,
-        landscape_points: int = 13,
-        landscape_span: float = 1.0,
-        landscape_samples: int = 128,
+        backprop: bool = True,
+        descent: bool = True,
+        descent_points: int = 13,
+        descent_samples: int = 128,
+        descent_snapshots: int = 32,
         save_dir: str | None = None,
         seed: int = 0,
     ):
@@ -136,27 +157,18 @@ class TensorBoardPictures(Callback):
             ("every_n_epochs", every_n_epochs),
             ("histograms_every_n_epochs", histograms_every_n_epochs),
             ("max_neurons", max_neurons),
-            ("landscape_samples", landscape_samples),
+            ("descent_samples", descent_samples),
         ):
             require(positive_int(value), name, value, POSITIVE_INT)
         require(is_int(max_mistakes) and max_mistakes >= 0, "max_mistakes", max_mistakes, "must be an integer >= 0")
-        require(
-            is_int(landscape_points) and landscape_points >= 2,
-            "landscape_points",
-            landscape_points,
-            "must be an integer >= 2",
-        )
-        require(
-            is_number(landscape_span) and landscape_span > 0,
-            "landscape_span",
-            landscape_span,
-            "must be a positive number",
-        )
+        for name, value in (("descent_points", descent_points), ("descent_snapshots", descent_snapshots)):
+            require(is_int(value) and value >= 2, name, value, "must be an integer >= 2")
         self.every_n_epochs, self.histograms_every_n_epochs = every_n_epochs, histograms_every_n_epochs
         self.max_neurons, self.max_mistakes = max_neurons, max_mistakes
-        self.landscape, self.landscape_points, self.landscape_span = landscape, landscape_points, landscape_span
-        self.landscape_samples, self.save_dir, self.seed = landscape_samples, save_dir, seed
-        self._plane = None
+        self.backprop, self.descent, self.descent_points = backprop, descent, descent_points
+        self.descent_samples, self.descent_snapshots = descent_samples, descent_snapshots
+        self.save_dir, self.seed = save_dir, seed
+        self._path: DescentPath | None = None
         self._collect = False
         self._latest: dict = {}  # name -> the latest picture's pixels
 
@@ -188,12 +200,11 @@ class TensorBoardPictures(Callback):
         self._confusion = MulticlassConfusionMatrix(pl_module.hparams.num_classes)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.landscape:
-            generator = torch.Generator().manual_seed(self.seed)
-            weights = [layer.weight for layer in _layers(pl_module)]
-            self._plane = LandscapePlane(weights, generator)
-            if trainer.global_step == 0:  # the path starts at the initial weights
-                self._plane.record(weights)
+        if self.backprop and trainer.is_global_zero and trainer.global_step == 0:
+            self._draw_backprop(trainer, pl_module, "untrained")
+        if self.descent and trainer.is_global_zero:
+            self._path = DescentPath(self.descent_snapshots)
+            self._path.record(trainer.global_step, _parameters(pl_module))  # where this run starts
 
     @staticmethod
     def _due(trainer, every_n_epochs: int) -> bool:
@@ -202,6 +213,8 @@ class TensorBoardPictures(Callback):
         return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._path is not None:
+            self._path.record(trainer.global_step, _parameters(pl_module))
         # The epoch's last batch: its gradients are still there (Lightning clears them
         # before validation, which runs before on_train_epoch_end).
         if batch_idx + 1 != trainer.num_training_batches or not trainer.is_global_zero:
@@ -218,10 +231,6 @@ class TensorBoardPictures(Callback):
                 writer.add_histogram(tag, p.detach().float(), trainer.global_step, bins=64)
                 if p.grad is not None:
                     writer.add_histogram(f"{tag}_grad", p.grad.float(), trainer.global_step, bins=64)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._plane is not None:
-            self._plane.record([layer.weight for layer in _layers(pl_module)])
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._collect = not trainer.sanity_checking and self._due(trainer, self.every_n_epochs)
@@ -281,8 +290,10 @@ class TensorBoardPictures(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        if self._plane is not None:
-            self._draw_landscape(trainer, pl_module)
+        if self.backprop:
+            self._draw_backprop(trainer, pl_module, f"after {trainer.global_step:,} steps")
+        if self._path is not None:
+            self._draw_descent(trainer, pl_module)
         self._save()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -300,28 +311,59 @@ class TensorBoardPictures(Callback):
         for name, pixels in self._latest.items():
             plt.imsave(Path(self.save_dir) / f"{name}.png", pixels)
 
-    def _draw_landscape(self, trainer, pl_module) -> None:
-        train = getattr(trainer.datamodule, "splits", {}).get("train")
-        if train is None:
+    def _draw_backprop(self, trainer, pl_module, when: str) -> None:
+        splits = getattr(trainer.datamodule, "splits", {})
+        val, train = splits.get("val"), splits.get("train")
+        if val is None or train is None or not len(val.labels):
             return
-        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))[
-            : self.landscape_samples
-        ]
-        images = to_pixels(train.images[pick]).to(pl_module.device)
-        labels = train.labels[pick].to(pl_module.device)
-        weights = [layer.weight for layer in _layers(pl_module)]
+        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))
+        size = min(getattr(trainer.datamodule, "batch_size", 128), len(pick))  # the global mini-batch
+        digit = to_pixels(val.images[:1]).to(pl_module.device)
+        batch = to_pixels(train.images[pick[:size]]).to(pl_module.device)
         was_training = pl_module.training
         pl_module.eval()
         try:
-            coords, surface = cost_surface(
-                weights,
-                self._plane.directions(weights),
-                lambda: pl_module.output_and_loss(images, labels, eager=True)[1],
-                span=self.landscape_span,
-                points=self.landscape_points,
-            )
+            one = pl_module.nudges(digit, val.labels[:1].to(pl_module.device))
+            many = pl_module.nudges(batch, train.labels[pick[:size]].to(pl_module.device))
         finally:
             pl_module.train(was_training)
-        path = self._plane.path(weights)
-        title = f"training cost around the trained weights ({len(labels)} training digits)"
-        self._publish(trainer, "cost_landscape", landscape_figure(coords, surface, path, title))
+        calibrated = HF.COSTS[pl_module.hparams.loss].calibrated
+        figure = backprop_figure(digit[0], int(val.labels[0]), one, many, size, when, calibrated)
+        self._publish(trainer, "backprop", figure)
+
+    def _draw_descent(self, trainer, pl_module) -> None:
+        train = getattr(trainer.datamodule, "splits", {}).get("train")
+        params = _parameters(pl_module)
+        self._path.record(trainer.global_step, params)
+        plane = self._path.plane(params)
+        if train is None or plane is None:
+            return
+        directions, path, explained = plane
+        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))[
+            : self.descent_samples
+        ]
+        images = to_pixels(train.images[pick]).to(pl_module.device)
+        labels = train.labels[pick].to(pl_module.device)
+        along = [
+            [
+                d.view_as(p).to(device=p.device, dtype=p.dtype)
+                for d, p in zip(direction.split([p.numel() for p in params]), params)
+            ]
+            for direction in directions
+        ]
+        alphas, betas = descent_grid(path, self.descent_points)
+        hp = pl_module.hparams
+        surface = mlp_cost_surface(
+            pl_module.normalize(images),
+            labels,
+            hp.loss,
+            hp.label_smoothing,
+            tuple(pl_module.net.activations),
+            [p.detach() for p in params],
+            along,
+            alphas,
+            betas,
+        )
+        title = f"gradient descent down the training cost ({len(labels)} training digits)"
+        steps = [*self._path.steps, trainer.global_step]
+        self._publish(trainer, "descent", descent_figure(alphas, betas, surface, path, explained, steps, title))

@@ -12,7 +12,16 @@ from torch import Tensor
 
 from ..rules import is_number, require, unknown_key
 
-AUGMENTATIONS = ("rotation", "scale", "shift", "squeeze", "shear", "flip", "elastic", "elastic_sigma")  # random_affine's
+AUGMENTATIONS = (
+    "rotation",
+    "scale",
+    "shift",
+    "squeeze",
+    "shear",
+    "flip",
+    "elastic",
+    "elastic_sigma",
+)  # random_affine's
 
 
 def random_affine(
