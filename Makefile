@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 train: install  ## train the default MLP on the embedded MNIST sample (ARGS="key=value ...")
 	$(BIN)/python train.py $(ARGS)
 
-PY_FILES := src tests benchmarks docs/screenshots.py train.py eval.py predict.py
+PY_FILES := src tests benchmarks docs/screenshots.py train.py eval.py predict.py explain.py
 
 test: install  ## lint and format checks (ruff), then the whole test suite, slow tests included, on CPU (two workers)
 	$(BIN)/ruff check $(PY_FILES)

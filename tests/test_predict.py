@@ -202,3 +202,39 @@ def test_a_checkpoint_with_nan_weights_reads_no_digits(checkpoint, tmp_path):
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert "holds weights that are NaN or infinite (net.layers.1.bias)" in proc.stderr
+
+
+def _explain(*args):
+    return subprocess.run(
+        [sys.executable, "explain.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_explain_draws_the_backward_pass_of_a_users_digit(checkpoint, tmp_path):
+    images, labels = load_split("sample", "test")
+    digit = _save(1 - images[0].float() / 255, tmp_path / "mine.jpg", size=(140, 140))  # dark on light, large
+    proc = _explain(checkpoint, digit, "--label", int(labels[0]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    picture = tmp_path / "mine_backprop.png"
+    assert f"the backward pass for label {int(labels[0])} drawn in {picture}" in proc.stdout
+    with Image.open(picture) as drawn:
+        assert drawn.format == "PNG" and drawn.width > 500 and drawn.height > 500
+    out = tmp_path / "elsewhere.png"
+    proc = _explain(checkpoint, digit, "--out", out)  # no label: the digit read
+    assert proc.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    assert "read as" in proc.stdout
+
+
+def test_explain_names_bad_input_like_predict(checkpoint, tmp_path):
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image")
+    proc = _explain(checkpoint, junk)
+    assert proc.returncode == 2 and f"{junk}: cannot be read as an image (PNG or JPEG expected)" in proc.stderr
+    proc = _explain(checkpoint, tmp_path / "missing.png")
+    assert proc.returncode == 2 and f"{tmp_path / 'missing.png'}: no such file" in proc.stderr
+    proc = _explain(tmp_path / "none.ckpt", junk)
+    assert proc.returncode == 2 and "none.ckpt: no such checkpoint file" in proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    proc = _explain(checkpoint, junk, "--label", "12")
+    assert proc.returncode == 2 and "invalid choice: 12" in proc.stderr
+    assert not list(tmp_path.glob("*_backprop.png"))  # nothing written for bad input
