@@ -204,3 +204,16 @@ def write_raw_dataset(root, folder="MNIST", n_train=200, n_test=50, splits=("tra
             write_idx(raw / f"{FILES[split][0]}.gz", images)
             write_idx(raw / f"{FILES[split][1]}.gz", labels)
     return raw
+
+
+def float64_mlp(sizes, activation: str, output_activation: str, generator: torch.Generator):
+    """A small MLP in float64 for the math tests: weight and bias of each layer in turn
+    (weights ~ N(0, 1/n_in), biases ~ N(0, 0.01)) drawn from ``generator``, and its
+    activations (``activation`` for the hidden layers)."""
+    params = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        params += [
+            torch.randn(n_out, n_in, generator=generator, dtype=torch.float64) / n_in**0.5,
+            0.1 * torch.randn(n_out, generator=generator, dtype=torch.float64),
+        ]
+    return tuple(params), (activation,) * (len(sizes) - 2) + (output_activation,)

@@ -52,6 +52,7 @@ RUNNABLE = [c for c in README if not any(p in c for p in PLACEHOLDERS)]
 def test_the_docs_have_commands_to_check():
     assert len(RUNNABLE) >= 8 and len(MANUAL_TRAIN) >= 15
     assert any("predict.py" in c for c in README) and any("eval.py" in c for c in README)
+    assert any("explain.py" in c for c in README)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +75,15 @@ def test_the_readme_commands_run(command, a_run, tmp_path):
         args += ["debug=fast", "trainer.max_epochs=2", "trainer.accelerator=cpu", f"{where}={tmp_path / 'out'}"]
     elif script == "eval.py":
         args += ["trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'out'}"]
+    elif script == "explain.py":  # the picture goes to the test's directory, not the reader's
+        args[args.index("--out") + 1] = str(tmp_path / "seven.png")
     proc = run_cli(script, *args)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "error" not in proc.stderr.lower(), proc.stderr[-2000:]
     if script == "predict.py":
         assert proc.stdout.startswith("docs/examples/digit_7.png: ")
+    if script == "explain.py":
+        assert (tmp_path / "seven.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("command", MANUAL_TRAIN + [c for c in README if c.startswith("python train.py")])

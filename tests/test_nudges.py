@@ -6,21 +6,17 @@ import torch
 
 from handprop import functional as HF
 
+from conftest import float64_mlp
+
 COSTS = list(HF.COSTS)
 
 
 def _network(sizes, activation, output_activation, seed=0, n=3):
     g = torch.Generator().manual_seed(seed)
-    params = []
-    for n_in, n_out in zip(sizes, sizes[1:]):
-        params += [
-            torch.randn(n_out, n_in, generator=g, dtype=torch.float64) / n_in**0.5,
-            0.1 * torch.randn(n_out, generator=g, dtype=torch.float64),
-        ]
-    activations = (activation,) * (len(sizes) - 2) + (output_activation,)
+    params, activations = float64_mlp(sizes, activation, output_activation, g)
     x = torch.rand(n, sizes[0], generator=g, dtype=torch.float64)
     target = torch.randint(0, sizes[-1], (n,), generator=g)
-    return x, target, params, activations
+    return x, target, list(params), activations
 
 
 def _by_autograd(x, target, cost, smoothing, activations, params):

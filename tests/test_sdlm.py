@@ -11,22 +11,15 @@ from handprop.module import DigitClassifier
 from handprop.optim import SDLM
 from handprop.train import train
 
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, float64_mlp
 
 ACTIVATIONS = ["sigmoid", "tanh", "scaled_tanh", "relu", "gelu", "identity"]
 
 
 def _network(sizes, activation, output_activation, seed=0):
     g = torch.Generator().manual_seed(seed)
-    params = []
-    for n_in, n_out in zip(sizes, sizes[1:]):
-        params += [
-            torch.randn(n_out, n_in, generator=g, dtype=torch.float64) / n_in**0.5,
-            0.1 * torch.randn(n_out, generator=g, dtype=torch.float64),
-        ]
-    activations = (activation,) * (len(sizes) - 2) + (output_activation,)
-    x = torch.randn(7, sizes[0], generator=g, dtype=torch.float64)
-    return x, tuple(params), activations
+    params, activations = float64_mlp(sizes, activation, output_activation, g)
+    return torch.randn(7, sizes[0], generator=g, dtype=torch.float64), params, activations
 
 
 def _by_autograd(x, cost, activations, params):
