@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .errors import HandpropError
-from .predict import ImageError, load_image, predict, to_mnist
+from .predict import ImageError, image_error, load_image, predict, to_mnist
 
 BATCH = 128  # the mini-batch of sample digits the step is averaged over
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         model = model_from_checkpoint(read_checkpoint(args.checkpoint, option=None))
         image = to_mnist(load_image(args.image))
     except ImageError as e:
-        print(f"error: {args.image}: {e}" if not str(e).startswith(str(args.image)) else f"error: {e}", file=sys.stderr)
+        print(image_error(args.image, e), file=sys.stderr)
         return 2
     except HandpropError as e:
         print(f"error: {e}", file=sys.stderr)

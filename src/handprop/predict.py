@@ -127,6 +127,11 @@ def to_mnist(grey: Tensor, ink_threshold: float = 0.2) -> Tensor:
     return field[None]
 
 
+def image_error(path, e: ImageError) -> str:
+    """The one line for an image that cannot be read, naming the file once."""
+    return f"error: {e}" if str(e).startswith(str(path)) else f"error: {path}: {e}"
+
+
 @torch.no_grad()
 def predict(model, images: Tensor) -> Tensor:
     """Class probabilities (N, classes) for MNIST-like images (N, 1, 28, 28)."""
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             image = to_mnist(load_image(path))
         except ImageError as e:
-            print(f"error: {path}: {e}" if not str(e).startswith(str(path)) else f"error: {e}", file=sys.stderr)
+            print(image_error(path, e), file=sys.stderr)
             failed += 1
             continue
         p = predict(model, image[None])[0]

@@ -311,20 +311,24 @@ class TensorBoardPictures(Callback):
         for name, pixels in self._latest.items():
             plt.imsave(Path(self.save_dir) / f"{name}.png", pixels)
 
+    def _training_digits(self, train, n: int, device) -> tuple:
+        """``n`` training digits drawn by ``seed``, as pixels (no augmentation), and their labels."""
+        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))[:n]
+        return to_pixels(train.images[pick]).to(device), train.labels[pick].to(device)
+
     def _draw_backprop(self, trainer, pl_module, when: str) -> None:
         splits = getattr(trainer.datamodule, "splits", {})
         val, train = splits.get("val"), splits.get("train")
         if val is None or train is None or not len(val.labels):
             return
-        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))
-        size = min(getattr(trainer.datamodule, "batch_size", 128), len(pick))  # the global mini-batch
+        size = min(getattr(trainer.datamodule, "batch_size", 128), len(train.labels))  # the global mini-batch
         digit = to_pixels(val.images[:1]).to(pl_module.device)
-        batch = to_pixels(train.images[pick[:size]]).to(pl_module.device)
+        batch, labels = self._training_digits(train, size, pl_module.device)
         was_training = pl_module.training
         pl_module.eval()
         try:
             one = pl_module.nudges(digit, val.labels[:1].to(pl_module.device))
-            many = pl_module.nudges(batch, train.labels[pick[:size]].to(pl_module.device))
+            many = pl_module.nudges(batch, labels)
         finally:
             pl_module.train(was_training)
         calibrated = HF.COSTS[pl_module.hparams.loss].calibrated
@@ -339,11 +343,7 @@ class TensorBoardPictures(Callback):
         if train is None or plane is None:
             return
         directions, path, explained = plane
-        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))[
-            : self.descent_samples
-        ]
-        images = to_pixels(train.images[pick]).to(pl_module.device)
-        labels = train.labels[pick].to(pl_module.device)
+        images, labels = self._training_digits(train, self.descent_samples, pl_module.device)
         along = [
             [
                 d.view_as(p).to(device=p.device, dtype=p.dtype)

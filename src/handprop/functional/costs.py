@@ -57,8 +57,12 @@ def quadratic_forward(output: Tensor, target: Tensor, label_smoothing: float = 0
     The lesson adds up the squared differences of every output neuron from what it
     should be and averages that over the examples; the ½ (Nielsen's convention in
     network.py) only rescales the learning rate and makes the gradient clean."""
-    output = _at_least_float32(output)
-    diff = output - _one_hot(target, output)
+    return _half_squared_error(output, _one_hot_desired(target, output))
+
+
+def _half_squared_error(output: Tensor, desired: Tensor):
+    """(1/N) Σ_n ½‖a_n - y_n‖² and what its gradient needs, a - y."""
+    diff = _at_least_float32(output) - desired
     n = output.shape[0]
     return diff.pow(2).sum().mul(0.5 / n if n else math.nan), (diff,)
 
@@ -75,10 +79,7 @@ def quadratic_pm1_forward(output: Tensor, target: Tensor, label_smoothing: float
     4.5: targets at the points where 1.7159 tanh(2z/3) bends most, ±1, so the outputs are
     driven neither into saturation nor only to its middle). C = (1/N) Σ_n ½‖a_n - y_n‖²;
     its gradient is quadratic_backward's."""
-    output = _at_least_float32(output)
-    diff = output - _pm1_desired(target, output)
-    n = output.shape[0]
-    return diff.pow(2).sum().mul(0.5 / n if n else math.nan), (diff,)
+    return _half_squared_error(output, _pm1_desired(target, output))
 
 
 def binary_cross_entropy_forward(logits: Tensor, target: Tensor, label_smoothing: float = 0.0):
