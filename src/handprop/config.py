@@ -57,6 +57,9 @@ _POSITIVE_INT_OR_NULL = (_or_null(positive_int), POSITIVE_INT)  # null: if the s
 # a config does not have is skipped. The first matching rule that fails names the key.
 # A value a rule lets through is still checked against its parameter's type, so a rule
 # that lets null through leaves it to the signature to say whether null is allowed.
+# Schedules planned for a known number of steps (the run's length), by class name
+FIXED_LENGTH_SCHEDULES = {"OneCycleLR": "onecycle", "CosineAnnealingLR": "cosine"}
+
 RANGES: list[tuple[str, Callable[[object], bool], str]] = [
     (
         "seed",
@@ -177,6 +180,15 @@ def config_problems(cfg: DictConfig) -> list[str]:
         report(
             f"scheduler={str(scheduler.get('_target_', '')).rsplit('.', 1)[-1]}: optimizer=sdlm sets its rate "
             "pass by pass on its own schedule (optimizer.schedule); use scheduler=none, or optimizer.schedule=null"
+        )
+    stopping = (cfg.get("callbacks") or {}).get("early_stopping") or {}
+    schedule = str((scheduler or {}).get("_target_", "")).rsplit(".", 1)[-1]
+    if stopping.get("patience") is not None and schedule in FIXED_LENGTH_SCHEDULES:
+        report(
+            f"callbacks.early_stopping.patience={stopping.patience}: scheduler={FIXED_LENGTH_SCHEDULES[schedule]} "
+            "shapes the learning rate over all of trainer.max_epochs, and a run stopped early ends before "
+            "the rate comes down; use scheduler=none (a constant rate, as in Nielsen's chapter 3), "
+            "or callbacks.early_stopping.patience=null"
         )
     if cfg.get("ckpt_path") and cfg.get("init_from"):
         report(

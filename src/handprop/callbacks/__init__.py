@@ -4,10 +4,12 @@ from .checkpoints import BestCheckpoint, InterruptCheckpoint, LastCheckpoint
 from .checks import GradientAudit, NumericsGuard, ReplicaCheck, parameters_digest
 from .progress import ProgressBar
 from .runlog import RunLog
+from .stopping import EarlyStopping, stopping_metrics
 from .visuals import TensorBoardPictures, TrainingScalars
 
 __all__ = [
     "BestCheckpoint",
+    "EarlyStopping",
     "GradientAudit",
     "InterruptCheckpoint",
     "LastCheckpoint",
@@ -18,4 +20,5 @@ __all__ = [
     "TensorBoardPictures",
     "TrainingScalars",
     "parameters_digest",
+    "stopping_metrics",
 ]

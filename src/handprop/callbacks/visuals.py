@@ -107,7 +107,8 @@ class TrainingScalars(Callback):
 class TensorBoardPictures(Callback):
     """3Blue1Brown's pictures of a run, in TensorBoard (and as PNG files in ``save_dir``).
 
-    Every ``every_n_epochs`` epochs and after the last one, from the validation pass:
+    Every ``every_n_epochs`` epochs and after the last one (the last validated: also a
+    run stopped early), from the validation pass:
       visuals/first_layer_weights  up to ``max_neurons`` hidden neurons' 784 incoming
                                    weights, each as a 28x28 picture on one shared colour
                                    scale (red +, blue -): what each neuron looks for
@@ -170,6 +171,7 @@ class TensorBoardPictures(Callback):
         self.save_dir, self.seed = save_dir, seed
         self._path: DescentPath | None = None
         self._collect = False
+        self._undrawn: tuple | None = None  # (epoch, confusion matrix, mistakes) of a validated epoch not drawn yet
         self._latest: dict = {}  # name -> the latest picture's pixels
 
     # -- where pictures go
@@ -233,7 +235,9 @@ class TensorBoardPictures(Callback):
                     writer.add_histogram(f"{tag}_grad", p.grad.float(), trainer.global_step, bins=64)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._collect = not trainer.sanity_checking and self._due(trainer, self.every_n_epochs)
+        # every epoch's counts are kept (cheap), drawn when due: and when training ends
+        # on an epoch that was not, e.g. stopped early
+        self._collect = not trainer.sanity_checking
         self._confusion = self._confusion.to(pl_module.device)  # (setup ran before the model moved there)
         self._confusion.reset()
         self._mistakes: list[tuple] = []
@@ -263,8 +267,14 @@ class TensorBoardPictures(Callback):
         matrix = self._confusion.compute()  # on every process: sums their counts
         if not trainer.is_global_zero:
             return
+        self._undrawn = (trainer.current_epoch + 1, matrix, self._mistakes)
+        if self._due(trainer, self.every_n_epochs):
+            self._draw_validation(trainer, pl_module)
 
-        epoch = trainer.current_epoch + 1  # 1-based, as the progress bar counts
+    def _draw_validation(self, trainer, pl_module) -> None:
+        """The weights, confusion matrix and mistakes of the latest validated epoch."""
+        epoch, matrix, collected = self._undrawn  # epochs 1-based, as the progress bar counts
+        self._undrawn = None
         layers = _layers(pl_module)
         neurons = "hidden neurons" if len(layers) > 1 else "output neurons"
         figure = weights_figure(layers[0].weight, epoch, max_neurons=self.max_neurons, neurons=neurons)
@@ -273,7 +283,7 @@ class TensorBoardPictures(Callback):
         if self.max_mistakes:
             matrix = matrix.cpu()
             total, mistakes = int(matrix.sum()), int(matrix.sum() - matrix.trace())
-            shown = [torch.cat(t) for t in zip(*self._mistakes)] if self._mistakes else [torch.zeros(0)] * 4
+            shown = [torch.cat(t) for t in zip(*collected)] if collected else [torch.zeros(0)] * 4
             images, labels, predicted, scores = shown
             figure = mistakes_figure(
                 images,
@@ -290,6 +300,8 @@ class TensorBoardPictures(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
+        if self._undrawn is not None:  # the last validated epoch, when it was not a picture epoch
+            self._draw_validation(trainer, pl_module)
         if self.backprop:
             self._draw_backprop(trainer, pl_module, f"after {trainer.global_step:,} steps")
         if self._path is not None:
