@@ -42,7 +42,7 @@ from torchvision import datasets, transforms
 from handprop import functional as HF
 from handprop.build import build_data_and_model
 from handprop.callbacks import GradientAudit, TensorBoardPictures, TrainingScalars
-from handprop.compose import compose
+from handprop.compose import bare_config, compose
 from handprop.data import DeviceBatches, load_split, to_pixels, write_idx
 from handprop.module import DigitClassifier, schedule_length
 from handprop.nn import MLP
@@ -415,7 +415,7 @@ def epoch_speed(epochs: int = 9, overrides=(), device="cpu") -> dict:
     epoch, then (in alternating order) the plain loop's and the torchvision recipe's. The
     first epoch of each warms up; the medians of the rest are compared. Then the data path
     alone: handprop's loader vs torchvision's DataLoader, each drawing one epoch of batches."""
-    cfg = compose(overrides)
+    cfg = bare_config(overrides)
     plain, tv = PlainLoop(cfg, epochs, device), TorchvisionLoop(cfg, device)
     # the loader on its own: the plain loop's tensors (already on the device), its own order
     loader = DeviceBatches(
@@ -487,7 +487,7 @@ def fashion_time_to_accuracy(
     device="cpu",
     overrides=(),
 ) -> dict:
-    cfg = compose([f"experiment={experiment}", f"data.data_dir={data_dir}", *overrides])
+    cfg = bare_config([f"experiment={experiment}", f"data.data_dir={data_dir}", *overrides])
     test_x, test_y = load_split("fashion_mnist", "test", data_dir)
     out = {"recipe": f"experiment={experiment}", "device": str(device), "target": target, "budget_s": budget_s}
     for name, run in (("handprop", lightning_epochs), ("plain_loop", plain_epochs)):

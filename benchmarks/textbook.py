@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from handprop.build import build_data_and_model
-from handprop.compose import compose
+from handprop.compose import bare_config, compose
 from handprop.data import DeviceBatches, to_pixels
 from handprop.module import schedule_length
 from handprop.train import train
@@ -45,7 +45,7 @@ ETA, BATCH = 3.0, 10
 
 def _digits(overrides) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The training split of the experiment's data, as raw [0, 1] pixels (N, 784), labels, seed."""
-    cfg = compose(["experiment=nielsen_ch1", *overrides])
+    cfg = bare_config(["experiment=nielsen_ch1", *overrides])
     dm, _ = build_data_and_model(cfg)
     dm.setup("fit")
     split = dm.splits["train"]
@@ -160,7 +160,7 @@ class DefaultRecipe:
     stepped on a stand-in optimiser). A loop's ``epoch(e)`` trains epoch e."""
 
     def __init__(self, overrides=(), epochs: int = 1):
-        cfg = compose([*overrides, f"trainer.max_epochs={epochs}"])
+        cfg = bare_config([*overrides, f"trainer.max_epochs={epochs}"])
         L.seed_everything(cfg.seed, verbose=False)
         dm, model = build_data_and_model(cfg)
         dm.setup("fit")

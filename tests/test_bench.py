@@ -7,7 +7,7 @@ import torch
 from textbook import DefaultNumpy, DefaultPlain, DefaultRaw, DefaultRecipe, NetworkPy, PlainLoop, RawMath
 
 from handprop import functional as HF
-from handprop.compose import compose
+from handprop.compose import bare_config
 from handprop.nn import MLP
 
 from bench import (
@@ -57,7 +57,7 @@ def test_interleaved_medians_and_a_bench_row():
 
 def test_epoch_runners_train_the_recipe_three_ways():
 
-    cfg = compose(["model.hidden=[32]", "data.augment.rotation=0"])
+    cfg = bare_config(["model.hidden=[32]", "data.augment.rotation=0"])
     for runner in (lightning_epochs, plain_epochs):
         times, states, model = runner(cfg, 2, snapshots=True)
         assert len(times) == 2 == len(states) and all(t > 0 for t in times)

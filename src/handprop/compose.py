@@ -1,8 +1,17 @@
-"""A run's config without the command line: ``compose(overrides, output_dir)`` composes
-conf/ as ``python train.py OVERRIDES`` does, for the benchmarks, the tests and a notebook."""
+"""A run's config without the command line, for a notebook, the tests and the benchmarks.
+
+    from handprop import compose, train
+    cfg = compose(["model.hidden=[64]", "trainer.max_epochs=3"])   # as `python train.py ...` composes it
+    metrics = train(cfg)                                          # into a new outputs/<date>/<time>/
+
+``compose`` fills in what a Hydra run would (the run directory, the project's paths, the
+``${hydra:...}`` values the config refers to) and refuses a key that is not in the config
+with the command line's message. ``bare_config`` composes only, for reading values.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -11,23 +20,61 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from .errors import ConfigError
+
 CONF = Path(__file__).resolve().parents[2] / "conf"  # the checkout's configs (src layout, editable install)
+ROOT = CONF.parent
+
+
+def _compose(overrides, name: str, hydra_config: bool) -> DictConfig:
+    if not CONF.is_dir():
+        raise FileNotFoundError(f"{CONF}: compose reads the project's conf/; use it from a checkout")
+    from .config import unknown_override_message  # noqa: PLC0415 -- (config imports this module's neighbours)
+
+    problem = unknown_override_message(CONF, name, list(overrides))
+    if problem:
+        raise ConfigError(problem)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return hydra_compose(name, overrides=list(overrides), return_hydra_config=hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def bare_config(overrides=(), name: str = "train") -> DictConfig:
+    """The config ``python train.py OVERRIDES`` composes (``name="eval"``: eval.py's),
+    without a run directory: to read, not to run (its paths refer to a Hydra run)."""
+    return _compose(overrides, name, hydra_config=False)
 
 
 def compose(overrides=(), output_dir: str | Path | None = None, name: str = "train") -> DictConfig:
-    """The config ``python train.py OVERRIDES`` composes (``name="eval"``: eval.py's).
+    """The config ``python train.py OVERRIDES`` composes (``name="eval"``: eval.py's),
+    complete as Hydra's app makes it, so that ``handprop.train(cfg)`` can run it.
 
-    With ``output_dir``, complete as Hydra's app makes it -- the run directory set,
-    ``${hydra:...}`` resolvable -- so that ``handprop.train.train(cfg)`` can run it."""
-    if not CONF.is_dir():
-        raise FileNotFoundError(f"{CONF}: compose reads the project's conf/; use it from a checkout")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(name, overrides=list(overrides), return_hydra_config=output_dir is not None)
-    if output_dir is not None:
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
-            cfg.paths.root_dir = str(CONF.parent)
-            del cfg.hydra
+    ``output_dir``: the run's directory; None: a new one, ``outputs/<date>/<time>`` under
+    the project (as ``python train.py`` run from there names it; ``-1``, ``-2`` ... when
+    taken; ``$HANDPROP_OUTPUTS/<date>/<time>`` when that is set). ``paths.root_dir`` is
+    the project, so ``data/`` and ``outputs/`` are the same whatever directory the
+    notebook runs in. Hydra's own job logging (train.log) is not
+    set up: the run's lines go to Python's logging, which a notebook shows.
+
+    A key that is not in the config raises ``ConfigError`` with the command line's
+    message (the nearest real key); bad values are refused by ``train(cfg)`` as on the
+    command line."""
+    cfg = _compose(overrides, name, hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+    if output_dir is None:
+        from .rundir import new_dir  # noqa: PLC0415 -- (rundir loads Hydra's override parser)
+
+        output_dir = new_dir(f"{cfg.paths.log_dir}/{time.strftime('%Y-%m-%d')}/{time.strftime('%H-%M-%S')}")
+    output_dir = str(Path(output_dir).absolute())
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = output_dir
+        cfg.hydra.runtime.cwd = str(ROOT)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = output_dir
+        del cfg.hydra
     return cfg

@@ -117,25 +117,29 @@ def unique_dir(base: str) -> str:
     answer for the same ``base`` within a process (Hydra resolves its run dir more than
     once)."""
     if base not in _claimed:
-        candidate = base
-        try:
-            Path(base).parent.mkdir(parents=True, exist_ok=True)
-            for n in range(10_000):
-                candidate = base if n == 0 else f"{base}-{n}"
-                try:
-                    os.mkdir(candidate)
-                except FileExistsError:
-                    continue
-                _claimed[base] = candidate
-                break
-            else:
-                raise RunDirectoryError(f"{base}: ten thousand runs already started under this name")
-        except OSError as e:
-            raise RunDirectoryError(
-                f"cannot create the run directory {candidate}: {e.strerror}. "
-                "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)"
-            ) from None
+        _claimed[base] = new_dir(base)
     return _claimed[base]
+
+
+def new_dir(base: str) -> str:
+    """``base``, or the first free ``base-1``, ``base-2``, ..., created now (an exclusive
+    mkdir): a directory no other run has."""
+    candidate = base
+    try:
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        for n in range(10_000):
+            candidate = base if n == 0 else f"{base}-{n}"
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                continue
+            return candidate
+        raise RunDirectoryError(f"{base}: ten thousand runs already started under this name")
+    except OSError as e:
+        raise RunDirectoryError(
+            f"cannot create the run directory {candidate}: {e.strerror}. "
+            "Choose a writable place with hydra.run.dir=DIR (or paths.log_dir=DIR)"
+        ) from None
 
 
 OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True)
