@@ -2,14 +2,16 @@
 compare in TensorBoard's HParams tab, with a summary of the best run."""
 
 import json
+import statistics
 import subprocess
 import sys
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from handprop.sweep import markdown, summarize
+from handprop.sweep import SweepSummary, by_configuration, markdown, summarize
 
 from conftest import FAST, ROOT, tensorboard_run
 
@@ -49,6 +51,53 @@ def test_summary_ranks_runs_best_first_and_lists_failed_ones_last(tmp_path):
     table = markdown(rows, "val/acc")
     assert table.startswith("Every run: seed=1\n")
     assert "| 1 | 0.9000 |" in table and "| optimizer.lr=0.01 |" in table and "| 2 | failed |" in table
+
+
+def _job(sweep_dir, job, overrides, acc):
+    (sweep_dir / str(job) / ".hydra").mkdir(parents=True)
+    (sweep_dir / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if acc is not None:
+        (sweep_dir / str(job) / "metrics.json").write_text(json.dumps({"val/acc": acc, "val/loss": 1 - acc}))
+
+
+def test_runs_that_differ_only_in_seed_are_one_configuration(tmp_path):
+    """-m seed=0,1,2 model.hidden=[64],[128] (one run of [128] failed): a row per
+    configuration, mean and sd over its seeds, best mean first; the numbers recounted."""
+    accs = {("[64]", 0): 0.91, ("[64]", 1): 0.93, ("[64]", 2): 0.92, ("[128]", 0): 0.95, ("[128]", 1): 0.94}
+    job = 0
+    for hidden in ("[64]", "[128]"):
+        for seed in (0, 1, 2):
+            _job(tmp_path, job, [f"seed={seed}", f"model.hidden={hidden}"], accs.get((hidden, seed)))
+            job += 1
+    groups = by_configuration(summarize(tmp_path))
+    assert [g["overrides"] for g in groups] == [["model.hidden=[128]"], ["model.hidden=[64]"]]
+    for g, hidden in zip(groups, ("[128]", "[64]")):
+        values = [v for (h, _), v in accs.items() if h == hidden]
+        assert g["n"] == len(values) and g["mean"] == pytest.approx(sum(values) / len(values))
+        mean = sum(values) / len(values)
+        assert g["sd"] == pytest.approx((sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5)
+        assert g["values"] == {str(s): accs[(hidden, s)] for s in (0, 1, 2) if (hidden, s) in accs}
+    assert groups[0]["failed"] == 1 and groups[1]["failed"] == 0
+    assert [g["overrides"] for g in by_configuration(summarize(tmp_path), "val/loss")][0] == ["model.hidden=[128]"]
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "optimized_metric": "val/acc"})
+    SweepSummary().on_multirun_end(config)
+    text = (tmp_path / "summary.md").read_text()
+    top = groups[0]
+    assert "## By configuration, over seeds (best mean first)" in text
+    assert f"| model.hidden=[128] | {top['mean']:.4f} | {top['sd']:.4f} | 2 (1 failed) | 0: 0.9500, 1: 0.9400 |" in text
+    record = json.loads((tmp_path / "summary.json").read_text())
+    assert record["configurations"][1]["mean"] == pytest.approx(statistics.fmean([0.91, 0.93, 0.92]))
+
+
+def test_a_sweep_without_seeds_has_no_configuration_table(tmp_path):
+    for job, lr in enumerate((0.1, 0.01)):
+        _job(tmp_path, job, [f"optimizer.lr={lr}"], 0.5 + job / 10)
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert "By configuration" not in (tmp_path / "summary.md").read_text()
+    assert "configurations" not in json.loads((tmp_path / "summary.json").read_text())
+    one = by_configuration(summarize(tmp_path))  # still one group per run, n = 1, no sd
+    assert [(g["n"], g["sd"]) for g in one] == [(1, None), (1, None)]
 
 
 @pytest.mark.slow

@@ -4,7 +4,10 @@ A Hydra callback (``conf/hydra/default.yaml``, ``hydra.callbacks.sweep_summary``
 grid sweep (``python train.py -m optimizer.lr=0.01,0.03``) or an Optuna search
 (``hparams_search=optuna``) ends, it reads each run's ``metrics.json`` and the overrides
 Hydra recorded for it, and writes ``summary.md`` (a table, best run first) and
-``summary.json`` into the sweep directory, and logs the best run. The runs' TensorBoard
+``summary.json`` into the sweep directory, and logs the best run. Runs that differ only in
+their ``seed`` (``-m seed=0,1,2 model.hidden=[64],[128]``) are also told as one
+configuration each: mean, standard deviation and n over the seeds, best mean first
+(``by_configuration``), the form of handprop's own "mean +- sd over 3 seeds". The runs' TensorBoard
 HParams records compare the same runs interactively: ``tensorboard --logdir <sweep dir>``.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -66,6 +70,52 @@ def markdown(rows: list[dict], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seed_of(overrides: list[str]) -> str | None:
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), None)
+
+
+def by_configuration(rows: list[dict], metric: str = "val/acc", direction: str | None = None) -> list[dict]:
+    """The runs grouped by their overrides less ``seed=``: one entry per configuration with
+    ``n`` (runs that reported ``metric``), ``mean``, ``sd`` (the sample standard deviation,
+    None for one run), ``values`` ({seed: value}, in the runs' order), ``failed`` (runs
+    without the metric) and ``runs``; best mean first (``direction`` as ``summarize``'s)."""
+    direction = direction or ("minimize" if "loss" in metric else "maximize")
+    groups: dict[tuple, dict] = {}
+    for r in sorted(rows, key=lambda r: (len(r["run"]), r["run"])):
+        key = tuple(o for o in r["overrides"] if not o.startswith("seed="))
+        group = groups.setdefault(key, {"overrides": list(key), "values": {}, "failed": 0, "runs": []})
+        group["runs"].append(r["run"])
+        value = (r["metrics"] or {}).get(metric)
+        if value is None:
+            group["failed"] += 1
+        else:
+            group["values"][_seed_of(r["overrides"]) or f"run {r['run']}"] = value
+    out = []
+    for group in groups.values():
+        values = list(group["values"].values())
+        group["n"] = len(values)
+        group["mean"] = statistics.fmean(values) if values else None
+        group["sd"] = statistics.stdev(values) if len(values) > 1 else None
+        out.append(group)
+    sign = -1 if direction == "maximize" else 1
+    out.sort(key=lambda g: (g["mean"] is None, sign * g["mean"] if g["mean"] is not None else 0))
+    return out
+
+
+def configurations_markdown(groups: list[dict], metric: str) -> str:
+    """The table of configurations: mean +- sd over seeds, n, and each seed's value."""
+    shared = [o for o in groups[0]["overrides"] if all(o in g["overrides"] for g in groups)] if len(groups) > 1 else []
+    lines = [f"| configuration | {metric} mean | sd | n | per seed |", "|---|---|---|---|---|"]
+    for g in groups:
+        own = " ".join(o for o in g["overrides"] if o not in shared) or "(every run)"
+        mean = f"{g['mean']:.4f}" if g["mean"] is not None else "failed"
+        sd = f"{g['sd']:.4f}" if g["sd"] is not None else ""
+        seeds = ", ".join(f"{seed}: {value:.4f}" for seed, value in g["values"].items())
+        failed = f" ({g['failed']} failed)" if g["failed"] else ""
+        lines.append(f"| {own} | {mean} | {sd} | {g['n']}{failed} | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
 class SweepSummary(Callback):
     """Writes summary.md / summary.json at the end of a multirun and logs the best run."""
 
@@ -81,10 +131,25 @@ class SweepSummary(Callback):
         rows = summarize(sweep_dir, metric, direction if isinstance(direction, str) else None)
         if not rows:
             return
-        (sweep_dir / "summary.md").write_text(
-            f"# {sweep_dir}: runs by {metric}, best first\n\n" + markdown(rows, metric)
-        )
-        (sweep_dir / "summary.json").write_text(json.dumps({"metric": metric, "runs": rows}, indent=2) + "\n")
+        text = f"# {sweep_dir}: runs by {metric}, best first\n\n" + markdown(rows, metric)
+        record = {"metric": metric, "runs": rows}
+        groups = by_configuration(rows, metric, direction if isinstance(direction, str) else None)
+        if any(_seed_of(r["overrides"]) is not None for r in rows):  # a sweep over seeds
+            text += f"\n## By configuration, over seeds (best mean first)\n\n{configurations_markdown(groups, metric)}"
+            record["configurations"] = groups
+            top = groups[0]
+            if top["mean"] is not None:
+                sd = f" +- {top['sd']:.4f}" if top["sd"] is not None else ""
+                log.info(
+                    "best configuration by mean: %s, %s=%.4f%s over %d seeds",
+                    " ".join(top["overrides"]) or "(every run)",
+                    metric,
+                    top["mean"],
+                    sd,
+                    top["n"],
+                )
+        (sweep_dir / "summary.md").write_text(text)
+        (sweep_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
         best = rows[0]
         if best["metrics"] and metric in best["metrics"]:
             log.info(
