@@ -1,5 +1,6 @@
 """What a run shows in TensorBoard: read back with TensorBoard's own reader and server."""
 
+import io
 import json
 import re
 import socket
@@ -10,6 +11,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -85,7 +87,10 @@ def test_histograms_and_pictures_are_logged(run):
         image = events.Images(f"visuals/{name}")[-1]
         assert image.width > 100 and image.height > 100
         assert image.encoded_image_string[:4] == b"\x89PNG"
-        assert (out / "pictures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        # drawn and encoded once: the file is TensorBoard's latest picture, byte for byte
+        assert (out / "pictures" / f"{name}.png").read_bytes() == image.encoded_image_string
+        with Image.open(io.BytesIO(image.encoded_image_string)) as decoded:
+            assert decoded.size == (image.width, image.height) and decoded.mode == "RGB"
     assert sorted(tags["images"]) == sorted(f"visuals/{name}" for name in PICTURES)  # after train/ and val/
     assert len(events.Images("visuals/confusion_matrix")) == 2  # after each epoch's validation
     assert len(events.Images("visuals/descent")) == 1  # when training ends

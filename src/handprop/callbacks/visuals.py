@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from .. import functional as HF
@@ -19,11 +20,13 @@ from ..pictures import (
     confusion_figure,
     descent_figure,
     descent_grid,
+    figure_png,
     mistakes_figure,
     mlp_cost_surface,
     weights_figure,
 )
 from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, positive_int, require
+from .stopping import EarlyStopping
 
 
 def _parameters(pl_module) -> list:
@@ -172,7 +175,7 @@ class TensorBoardPictures(Callback):
         self._path: DescentPath | None = None
         self._collect = False
         self._undrawn: tuple | None = None  # (epoch, confusion matrix, mistakes) of a validated epoch not drawn yet
-        self._latest: dict = {}  # name -> the latest picture's pixels
+        self._latest: dict = {}  # name -> the latest picture, PNG bytes
 
     # -- where pictures go
 
@@ -183,17 +186,16 @@ class TensorBoardPictures(Callback):
 
     def _publish(self, trainer, name: str, figure) -> None:
         """A figure -> TensorBoard as ``visuals/<name>``; the latest of each name goes to
-        ``save_dir/<name>.png`` when training ends (``_save``)."""
-        import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
-        import numpy as np  # noqa: PLC0415
-
-        figure.canvas.draw()  # drawn once, for both (a drawing takes ~0.1 s)
-        pixels = np.array(figure.canvas.buffer_rgba())[..., :3]  # (a copy: the figure goes)
-        plt.close(figure)
-        self._latest[name] = pixels
+        ``save_dir/<name>.png`` when training ends (``_save``). Drawn once and encoded
+        as PNG once: TensorBoard's image record and the file hold the same bytes."""
+        png, height, width = figure_png(figure)
+        self._latest[name] = png
         writer = self._writer(trainer)
         if writer is not None:
-            writer.add_image(f"visuals/{name}", pixels, trainer.global_step, dataformats="HWC")
+            image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+            summary = Summary(value=[Summary.Value(tag=f"visuals/{name}", image=image)])
+            # (what SummaryWriter.add_image writes, less its second encoding of the pixels)
+            writer._get_file_writer().add_summary(summary, trainer.global_step)
 
     # -- hooks
 
@@ -235,9 +237,10 @@ class TensorBoardPictures(Callback):
                     writer.add_histogram(f"{tag}_grad", p.grad.float(), trainer.global_step, bins=64)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        # every epoch's counts are kept (cheap), drawn when due: and when training ends
-        # on an epoch that was not, e.g. stopped early
-        self._collect = not trainer.sanity_checking
+        # a picture epoch's counts; every epoch's while early stopping may end the run on
+        # one that is not (drawn when training ends)
+        may_stop = any(isinstance(c, EarlyStopping) and c.enabled for c in trainer.callbacks)
+        self._collect = not trainer.sanity_checking and (may_stop or self._due(trainer, self.every_n_epochs))
         self._confusion = self._confusion.to(pl_module.device)  # (setup ran before the model moved there)
         self._confusion.reset()
         self._mistakes: list[tuple] = []
@@ -315,13 +318,11 @@ class TensorBoardPictures(Callback):
     def _save(self) -> None:
         """The latest picture of each kind as ``save_dir/<name>.png`` (a run that ends at
         max_steps, or without validating in its last epoch, still leaves them)."""
-        import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
-
         if self.save_dir is None or not self._latest:
             return
         Path(self.save_dir).mkdir(parents=True, exist_ok=True)
-        for name, pixels in self._latest.items():
-            plt.imsave(Path(self.save_dir) / f"{name}.png", pixels)
+        for name, png in self._latest.items():
+            (Path(self.save_dir) / f"{name}.png").write_bytes(png)
 
     def _training_digits(self, train, n: int, device) -> tuple:
         """``n`` training digits drawn by ``seed``, as pixels (no augmentation), and their labels."""
