@@ -540,29 +540,45 @@ for _cls in TIMED.values():
     globals()[_cls.__name__] = _cls  # where Hydra's _target_ finds them
 
 
-def pictures_cost(overrides=()) -> dict:
-    """What the TensorBoard pictures and scalars cost a default ``python train.py``: the
-    run's wall time (fit and test) with and without the two callbacks, and the seconds
-    spent inside their hooks, timed in the run that has them (the same callbacks,
-    subclassed to time their hooks)."""
+def pictures_cost(overrides=(), rounds: int = 2) -> dict:
+    """What the TensorBoard pictures and per-layer scalars cost a default ``python train.py``:
+    the run's wall time (fit and test) without and with the two callbacks, taking turns
+    ``rounds`` times (medians compared), and the seconds spent inside their hooks in the
+    runs that have them (the same callbacks, subclassed to time their hooks), the pictures'
+    (``TensorBoardPictures``) apart from the scalars'."""
     with_timed = [f"callbacks.{key}._target_={__name__}.{cls.__name__}" for key, cls in TIMED.items()]
     without = [f"callbacks.{key}=null" for key in PICTURE_CALLBACKS]
-    out = {"recipe": "default python train.py" + (" " + " ".join(overrides) if overrides else "")}
-    for name, extra in (("without", without), ("with", with_timed)):
-        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
-            cfg = compose(
-                [*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir
-            )
-            _INSIDE.clear()
-            _INSIDE["s"] = 0.0
-            start = time.perf_counter()
-            metrics = train(cfg)
-            out[f"{name}_s"] = time.perf_counter() - start
-            out[f"{name}_fit_s"] = metrics["time/fit_s"]
-    out["inside_callbacks_s"] = _INSIDE["s"]
-    out["by_hook_s"] = {k: v for k, v in sorted(_INSIDE.items(), key=lambda kv: -kv[1]) if k != "s"}
+    out = {"recipe": "default python train.py" + (" " + " ".join(overrides) if overrides else ""), "rounds": rounds}
+    walls: dict[str, list[float]] = {"without": [], "with": []}
+    fits: dict[str, list[float]] = {"without": [], "with": []}
+    inside: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, extra in (("without", without), ("with", with_timed)):
+            with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
+                cfg = compose(
+                    [*overrides, *extra, "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], run_dir
+                )
+                _INSIDE.clear()
+                _INSIDE["s"] = 0.0
+                start = time.perf_counter()
+                metrics = train(cfg)
+                walls[name].append(time.perf_counter() - start)
+                fits[name].append(metrics["time/fit_s"])
+            if name == "with":
+                for hook, seconds in _INSIDE.items():
+                    inside.setdefault(hook, []).append(seconds)
+    for name in walls:
+        out[f"{name}_s"] = statistics.median(walls[name])
+        out[f"{name}_fit_s"] = statistics.median(fits[name])
+        out[f"{name}_runs_s"] = walls[name]
+    per_hook = {hook: statistics.fmean(v) for hook, v in inside.items()}
+    out["inside_callbacks_s"] = per_hook.pop("s")
+    out["by_hook_s"] = dict(sorted(per_hook.items(), key=lambda kv: -kv[1]))
+    out["pictures_inside_s"] = sum(v for k, v in per_hook.items() if k.startswith("TensorBoardPictures."))
+    rest = out["with_s"] - out["inside_callbacks_s"]  # the run itself, less both callbacks' hooks
     out["wall_overhead"] = out["with_s"] / out["without_s"] - 1
-    out["inside_share"] = _INSIDE["s"] / (out["with_s"] - _INSIDE["s"])
+    out["inside_share"] = out["inside_callbacks_s"] / rest
+    out["pictures_share"] = out["pictures_inside_s"] / rest
     return out
 
 
@@ -683,7 +699,7 @@ QUICK = {
     "audit": {"batch": 16, "number": 2},
     "gemm": {"batch": 16, "hidden": (32, 32), "square": 64},
     "epoch": {"epochs": 2, "overrides": ("trainer.limit_train_batches=3",)},
-    "pictures": {"overrides": _SHORT_RUN},
+    "pictures": {"overrides": _SHORT_RUN, "rounds": 1},
     "fashion": {"overrides": ("trainer.max_epochs=1", "data.val_size=100"), "budget_s": 60.0},
     "default_recipe": ("model.hidden=[16]",),  # the per-digit numpy loop at the default size takes seconds
     "denormals": {"size": 1 << 12, "steps": 2, "repeats": 1},
@@ -753,10 +769,11 @@ def _report_epoch(e: dict) -> str:
 
 def _report_pictures(p: dict) -> str:
     return (
-        f"\nTensorBoard pictures and scalars, a default python train.py: {p['with_s']:.1f} s with them, "
-        f"{p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); {p['inside_callbacks_s']:.2f} s "
-        f"inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run ("
-        + ", ".join(f"{k} {v:.2f} s" for k, v in list(p["by_hook_s"].items())[:5])
+        f"\nTensorBoard pictures and scalars, a default python train.py (median of {p['rounds']} turns each): "
+        f"{p['with_s']:.1f} s with them, {p['without_s']:.1f} s without ({100 * p['wall_overhead']:+.1f}%); "
+        f"{p['inside_callbacks_s']:.2f} s inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run, "
+        f"the pictures' {p['pictures_inside_s']:.2f} s = {100 * p['pictures_share']:.1f}% ("
+        + ", ".join(f"{k} {v:.2f} s" for k, v in list(p["by_hook_s"].items())[:6])
         + ")"
     )
 

@@ -94,11 +94,15 @@ def test_pictures_cost_times_both_runs_and_the_hooks():
             "trainer.limit_train_batches=4",
             "callbacks.pictures.every_n_epochs=1",
             "callbacks.pictures.descent_points=3",
-        ]
+        ],
+        rounds=1,
     )
     assert p["with_s"] > 0 and p["without_s"] > 0, p
     assert p["inside_callbacks_s"] > 0, p  # the hooks ran, drew and were timed
-    assert p["inside_callbacks_s"] < p["with_s"], p
+    assert 0 < p["pictures_inside_s"] < p["inside_callbacks_s"] < p["with_s"], p  # the scalars' hooks too
+    assert p["pictures_inside_s"] == pytest.approx(
+        sum(v for k, v in p["by_hook_s"].items() if k.startswith("TensorBoardPictures."))
+    )
 
 
 @pytest.mark.slow
