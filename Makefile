@@ -34,8 +34,8 @@ format: install  ## apply ruff's fixes and formatting
 bench: install  ## benchmarks -> outputs/bench/ (ARGS=--quick: every section at toy sizes, as make test runs it)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
-tensorboard: install  ## serve every run under outputs/ on http://localhost:6006
-	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
+tensorboard: install  ## serve every run under outputs/ (or under HANDPROP_OUTPUTS) on http://localhost:6006
+	$(BIN)/tensorboard --logdir $${HANDPROP_OUTPUTS:-outputs} --host 127.0.0.1 --port 6006
 
 clean:  ## remove caches and every run under outputs/ (keeps .venv)
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -14,7 +14,11 @@ NOTEBOOK = ROOT / "notebooks" / "backprop.ipynb"
 def test_the_notebook_is_kept_without_outputs():
     raw = json.loads(NOTEBOOK.read_text())
     code = [c for c in raw["cells"] if c["cell_type"] == "code"]
-    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    kept = [i for i, c in enumerate(code) if c["outputs"] or c["execution_count"] is not None]
+    assert code and not kept, (
+        f"{NOTEBOOK} was saved with the outputs of code cells {kept}: clear them before committing "
+        f"(Jupyter: Edit > Clear Outputs of All Cells; or jupyter nbconvert --clear-output --inplace {NOTEBOOK})"
+    )
 
 
 @pytest.mark.slow

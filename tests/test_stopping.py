@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from handprop.callbacks import EarlyStopping
+from handprop.compose import bare_config
 from handprop.config import config_problems
 from handprop.errors import ConfigError
 from handprop.train import train
@@ -36,7 +37,7 @@ def _replay(callback, record):
     for epoch, acc in enumerate(record):
         trainer.current_epoch = epoch
         trainer.callback_metrics = {"val/acc": torch.tensor(acc)}
-        callback._run_early_stopping_check(trainer) if callback.enabled else None
+        callback.on_validation_end(trainer, None)  # where Lightning calls it, after validation
         if trainer.should_stop:
             return epoch + 1
     return None
@@ -58,7 +59,7 @@ def test_it_stops_after_patience_epochs_without_improvement(patience, record, st
     if stopped:
         assert callback.stopped_epoch + 1 == stopped
         assert callback.why(stopped) == (
-            f"stopped after epoch {stopped}: val/acc has not improved for {patience} epochs "
+            f"stopped after epoch {stopped}: val/acc has not improved for {patience} validated epochs "
             f"(patience {patience}); best {100 * record[best - 1]:.2f}% at epoch {best}"
         )
 
@@ -74,13 +75,37 @@ def test_min_delta_and_a_loss():
     assert trainer.should_stop and loss.best_epoch == 2
 
 
-def test_off_by_default_it_never_stops_and_its_state_travels_in_checkpoints():
-    assert not EarlyStopping().enabled and _replay(EarlyStopping(), [0.9] + [0.1] * 50) is None
+def test_off_by_default_it_never_stops_and_saves_nothing():
+    off = EarlyStopping()
+    assert not off.enabled and _replay(off, [0.9] + [0.1] * 50) is None
+    assert off.state_dict() == {}  # a resume that turns it on starts counting then
+
+
+def test_a_resume_keeps_counting_with_its_own_patience():
     callback = EarlyStopping(patience=4)
     _replay(callback, [0.5, 0.7, 0.6])
-    again = EarlyStopping(patience=4)
+    again = EarlyStopping(patience=2)
     again.load_state_dict(callback.state_dict())
     assert (again.wait_count, again.best_epoch, float(again.best_score)) == (1, 2, pytest.approx(0.7))
+    assert again.patience == 2  # this run's, not the checkpoint's 4
+    stopped = EarlyStopping(patience=1)
+    _replay(stopped, [0.5, 0.4])
+    assert stopped.stopped_epoch == 1
+    resumed = EarlyStopping(patience=5)
+    resumed.load_state_dict(stopped.state_dict())
+    assert resumed.stopped_epoch == 0 and resumed.numbers()["early_stopping/stopped_epoch"] == 1  # not stopped yet
+
+
+def test_a_real_resume_turns_it_on_and_counts_from_the_checkpoint(train_cfg, tmp_path):
+    """Trained 2 epochs without early stopping, resumed with patience 2: the resumed run
+    counts from its first epoch (3), the best, and stops after epoch 5 of 10."""
+    common = ["scheduler=none", "optimizer.lr=1e-30", "model.hidden=[16]", "callbacks.pictures=null"]
+    train(train_cfg(*common, "test=false"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    metrics = train(
+        train_cfg(*common, "trainer.max_epochs=10", "callbacks.early_stopping.patience=2", f"ckpt_path={last}")
+    )
+    assert metrics["early_stopping/stopped_epoch"] == 5 and metrics["early_stopping/best_epoch"] == 3
 
 
 @pytest.mark.parametrize("patience", [0, -3, 2.5, "ten"])
@@ -137,10 +162,10 @@ def test_the_run_log_and_summary_say_it(tmp_path):
         f"hydra.run.dir={out}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    said = "early stopping: stopped after epoch 3: val/acc has not improved for 2 epochs (patience 2); best "
+    said = "early stopping: stopped after epoch 3: val/acc has not improved for 2 validated epochs (patience 2); best "
     log = (out / "train.log").read_text()
     assert said in log and said in proc.stdout
-    assert "stopped early    after epoch 3: no improvement in 2 epochs" in proc.stdout
+    assert "stopped early    after epoch 3: no improvement in 2 validated epochs" in proc.stdout
     assert log.index("epoch 3/10") < log.index(said)  # after the epoch's own line
 
 
@@ -149,3 +174,4 @@ def test_nielsen_ch3_early_is_chapter_3_with_the_no_improvement_in_ten_rule(trai
     assert cfg.callbacks.early_stopping.patience == 10 and cfg.callbacks.early_stopping.monitor == "val/acc"
     assert not cfg.scheduler and config_problems(cfg) == []  # scheduler=none: a constant rate
     assert cfg.model == base.model and cfg.optimizer == base.optimizer and cfg.data == base.data
+    assert bare_config(["experiment=nielsen_ch3_early"]).trainer.max_epochs == 200  # a cap: the rule ends the run

@@ -1,6 +1,7 @@
 """A run's config without the command line, for a notebook, the tests and the benchmarks.
 
-    from handprop import compose, train
+    from handprop import compose
+    from handprop.train import train
     cfg = compose(["model.hidden=[64]", "trainer.max_epochs=3"])   # as `python train.py ...` composes it
     metrics = train(cfg)                                          # into a new outputs/<date>/<time>/
 
@@ -18,6 +19,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, open_dict
 
 from .errors import ConfigError
@@ -29,15 +31,17 @@ ROOT = CONF.parent
 def _compose(overrides, name: str, hydra_config: bool) -> DictConfig:
     if not CONF.is_dir():
         raise FileNotFoundError(f"{CONF}: compose reads the project's conf/; use it from a checkout")
-    from .config import unknown_override_message  # noqa: PLC0415 -- (config imports this module's neighbours)
-
-    problem = unknown_override_message(CONF, name, list(overrides))
-    if problem:
-        raise ConfigError(problem)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return hydra_compose(name, overrides=list(overrides), return_hydra_config=hydra_config)
+    except ConfigCompositionException:
+        from .config import unknown_override_message  # noqa: PLC0415 -- (config loads the settings' rules)
+
+        problem = unknown_override_message(CONF, name, list(overrides))  # a key not in the config: its message
+        if problem:
+            raise ConfigError(problem) from None
+        raise
     finally:
         GlobalHydra.instance().clear()
 
@@ -50,7 +54,7 @@ def bare_config(overrides=(), name: str = "train") -> DictConfig:
 
 def compose(overrides=(), output_dir: str | Path | None = None, name: str = "train") -> DictConfig:
     """The config ``python train.py OVERRIDES`` composes (``name="eval"``: eval.py's),
-    complete as Hydra's app makes it, so that ``handprop.train(cfg)`` can run it.
+    complete as Hydra's app makes it, so that ``handprop.train.train(cfg)`` can run it.
 
     ``output_dir``: the run's directory; None: a new one, ``outputs/<date>/<time>`` under
     the project (as ``python train.py`` run from there names it; ``-1``, ``-2`` ... when

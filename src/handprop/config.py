@@ -53,13 +53,13 @@ def _limit_batches(v) -> bool:  # Lightning's limit_*_batches: a count, or a fra
 _POSITIVE_INT = (positive_int, POSITIVE_INT)
 _POSITIVE_INT_OR_NULL = (_or_null(positive_int), POSITIVE_INT)  # null: if the signature takes it
 
+# Schedules planned for a known number of steps (the run's length), by class name
+FIXED_LENGTH_SCHEDULES = {"OneCycleLR": "onecycle", "CosineAnnealingLR": "cosine"}
+
 # (key pattern, rule, allowed values). Patterns are fnmatch-style over dotted keys; a key
 # a config does not have is skipped. The first matching rule that fails names the key.
 # A value a rule lets through is still checked against its parameter's type, so a rule
 # that lets null through leaves it to the signature to say whether null is allowed.
-# Schedules planned for a known number of steps (the run's length), by class name
-FIXED_LENGTH_SCHEDULES = {"OneCycleLR": "onecycle", "CosineAnnealingLR": "cosine"}
-
 RANGES: list[tuple[str, Callable[[object], bool], str]] = [
     (
         "seed",

@@ -72,7 +72,8 @@ def figure_png(figure) -> tuple[bytes, int, int]:
     from PIL import Image  # noqa: PLC0415 -- (matplotlib's own dependency)
 
     figure.canvas.draw()
-    image = Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
+    pixels = figure.canvas.buffer_rgba()  # (height, width, 4), in device pixels
+    image = Image.frombuffer("RGBA", (pixels.shape[1], pixels.shape[0]), pixels).convert("RGB")
     plt.close(figure)
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=1)

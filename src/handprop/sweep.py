@@ -82,7 +82,7 @@ def by_configuration(rows: list[dict], metric: str = "val/acc", direction: str |
     direction = direction or ("minimize" if "loss" in metric else "maximize")
     groups: dict[tuple, dict] = {}
     for r in sorted(rows, key=lambda r: (len(r["run"]), r["run"])):
-        key = tuple(o for o in r["overrides"] if not o.startswith("seed="))
+        key = tuple(sorted(o for o in r["overrides"] if not o.startswith("seed=")))  # (in any order)
         group = groups.setdefault(key, {"overrides": list(key), "values": {}, "failed": 0, "runs": []})
         group["runs"].append(r["run"])
         value = (r["metrics"] or {}).get(metric)
@@ -134,7 +134,7 @@ class SweepSummary(Callback):
         text = f"# {sweep_dir}: runs by {metric}, best first\n\n" + markdown(rows, metric)
         record = {"metric": metric, "runs": rows}
         groups = by_configuration(rows, metric, direction if isinstance(direction, str) else None)
-        if any(_seed_of(r["overrides"]) is not None for r in rows):  # a sweep over seeds
+        if any(g["n"] + g["failed"] > 1 for g in groups):  # a sweep over seeds
             text += f"\n## By configuration, over seeds (best mean first)\n\n{configurations_markdown(groups, metric)}"
             record["configurations"] = groups
             top = groups[0]

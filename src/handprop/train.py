@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import functional as HF
 from .build import build, build_all, build_data_and_model
-from .callbacks import InterruptCheckpoint, ProgressBar, stopping_metrics
+from .callbacks import InterruptCheckpoint, ProgressBar
 from .callbacks.runlog import scalar_metrics
 from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
 from .config import check_config
@@ -126,7 +126,6 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
         metrics["time/fit_s"] = time.perf_counter() - start
         # (under ddp_spawn the main process's own counter stays 0; the workers' comes back logged)
         metrics["trainer/global_step"] = max(trainer.global_step, int(metrics.get("trainer/global_step", 0)))
-        metrics.update(stopping_metrics(trainer))
         checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the "best" one
         best = checkpoint.best_model_path if checkpoint is not None else ""
         best_epoch, best_score = _best_of(best, checkpoint.state_key) if best else (None, None)
@@ -250,10 +249,12 @@ def summary(
         at = f" at epoch {best_epoch}" if best_epoch else ""
         lines.append(f"best val acc     {percent(metrics['val/acc_best'])}{at}")
     if "early_stopping/stopped_epoch" in metrics:
-        lines.append(
-            f"stopped early    after epoch {metrics['early_stopping/stopped_epoch']:.0f}: no improvement in "
-            f"{metrics['early_stopping/patience']:.0f} epochs"
+        why = (
+            f"no improvement in {metrics['early_stopping/patience']:.0f} validated epochs"
+            if "early_stopping/patience" in metrics
+            else "see train.log"
         )
+        lines.append(f"stopped early    after epoch {metrics['early_stopping/stopped_epoch']:.0f}: {why}")
     if best:
         lines.append(f"best checkpoint  {best}")
     fit = f", {metrics['time/fit_s']:.1f} s of it fitting" if "time/fit_s" in metrics else ""

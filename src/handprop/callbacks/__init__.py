@@ -4,7 +4,7 @@ from .checkpoints import BestCheckpoint, InterruptCheckpoint, LastCheckpoint
 from .checks import GradientAudit, NumericsGuard, ReplicaCheck, parameters_digest
 from .progress import ProgressBar
 from .runlog import RunLog
-from .stopping import EarlyStopping, stopping_metrics
+from .stopping import EarlyStopping
 from .visuals import TensorBoardPictures, TrainingScalars
 
 __all__ = [
@@ -20,5 +20,4 @@ __all__ = [
     "TensorBoardPictures",
     "TrainingScalars",
     "parameters_digest",
-    "stopping_metrics",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
@@ -28,9 +29,9 @@ class EarlyStopping(LightningEarlyStopping):
     """Stops training once ``monitor`` has not improved (by more than ``min_delta``) for
     ``patience`` validated epochs in a row; ``patience=None``: never.
 
-    The run's log says when and why it stopped; ``stopping_metrics`` gives train() the
-    numbers for metrics.json. Its counters travel in checkpoints: a resumed run keeps
-    counting where it was."""
+    The run's log says when and why it stopped, and metrics.json holds the numbers
+    (``numbers``). Its counters travel in checkpoints: a resumed run keeps counting
+    where it was."""
 
     def __init__(
         self, patience: int | None = None, monitor: str = "val/acc", mode: str = "max", min_delta: float = 0.0
@@ -52,14 +53,26 @@ class EarlyStopping(LightningEarlyStopping):
             super().on_train_epoch_end(trainer, pl_module)
 
     def _run_early_stopping_check(self, trainer) -> None:
+        before = self.best_score.clone()
         super()._run_early_stopping_check(trainer)
-        if self.wait_count == 0 and self.monitor in trainer.callback_metrics:
+        if not torch.equal(self.best_score, before):  # this epoch improved on the best
             self.best_epoch = trainer.current_epoch + 1
 
     def on_train_end(self, trainer, pl_module) -> None:
-        # (said when training ends, after the run log's line for the last epoch)
-        if self.enabled and self.stopped_epoch and trainer.is_global_zero:
+        if not (self.enabled and self.stopped_epoch):
+            return
+        # for metrics.json: in callback_metrics, which trainer=ddp_spawn's workers hand back
+        trainer.callback_metrics.update({key: torch.tensor(float(value)) for key, value in self.numbers().items()})
+        if trainer.is_global_zero:  # (said when training ends, after the run log's line for the last epoch)
             log.info("early stopping: %s", self.why(self.stopped_epoch + 1))
+
+    def numbers(self) -> dict[str, float]:
+        """The stop for metrics.json: the (1-based) epoch it stopped after, the best epoch,
+        and -- when that was the reason -- the patience that ran out."""
+        out = {"early_stopping/stopped_epoch": self.stopped_epoch + 1, "early_stopping/best_epoch": self.best_epoch}
+        if self.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED:
+            out["early_stopping/patience"] = self.patience
+        return out
 
     def why(self, epoch: int) -> str:
         """The stop in words: after which epoch, and the rule that ended the run."""
@@ -67,27 +80,27 @@ class EarlyStopping(LightningEarlyStopping):
         shown = percent(best) if "acc" in self.monitor else f"{best:.4f}"
         if self.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED:
             return (
-                f"stopped after epoch {epoch}: {self.monitor} has not improved for {self.wait_count} epochs "
-                f"(patience {self.patience}); best {shown} at epoch {self.best_epoch}"
+                f"stopped after epoch {epoch}: {self.monitor} has not improved for {self.wait_count} validated "
+                f"epochs (patience {self.patience}); best {shown} at epoch {self.best_epoch}"
             )
         return f"stopped after epoch {epoch}: {self.stopping_reason_message}"
 
     def state_dict(self) -> dict:
+        if not self.enabled:  # (nothing to carry: a resume that turns it on starts counting then)
+            return {}
         return {**super().state_dict(), "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run keeps counting where it was, with its own patience (Lightning's
+        would restore the checkpoint's), and has not stopped yet."""
+        if not self.enabled or not state_dict:
+            return
+        patience = self.patience
         super().load_state_dict(state_dict)
+        self.patience = patience
         self.best_epoch = state_dict.get("best_epoch", 0)
-
-
-def stopping_metrics(trainer) -> dict[str, float]:
-    """For metrics.json, when a run stopped early: the (1-based) epoch it stopped after, the
-    best epoch, and the patience that ran out."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, EarlyStopping) and callback.enabled and callback.stopped_epoch:
-            return {
-                "early_stopping/stopped_epoch": float(callback.stopped_epoch + 1),
-                "early_stopping/best_epoch": float(callback.best_epoch),
-                "early_stopping/patience": float(callback.patience),
-            }
-    return {}
+        self.stopped_epoch, self.stopping_reason, self.stopping_reason_message = (
+            0,
+            EarlyStoppingReason.NOT_STOPPED,
+            None,
+        )
