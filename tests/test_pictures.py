@@ -1,6 +1,8 @@
 """The pictures: what each one says (titles, colour bars, captions, legends) and the
 math behind the descent picture (the plane of the path, the cost on it)."""
 
+from collections.abc import Callable
+
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -176,6 +178,28 @@ def test_the_descent_picture_draws_the_path_on_the_cost():
     plt.close(fig)
 
 
+@torch.no_grad()
+def cost_surface(
+    weights: list, directions: tuple, cost: Callable[[], torch.Tensor], alphas: torch.Tensor, betas: torch.Tensor
+) -> torch.Tensor:
+    """The reference for ``pictures.mlp_cost_surface``, in the plainest way: the cost at
+    θ* + α·d₁ + β·d₂ for every α in ``alphas`` and β in ``betas``, each point by moving
+    every weight and evaluating the network. ``weights`` are the live parameters (moved in place and restored exactly);
+    ``cost()`` evaluates the network as it stands. Returns costs[β, α]."""
+    original = [w.detach().clone() for w in weights]
+    surface = torch.empty(len(betas), len(alphas))
+    try:
+        for i, beta in enumerate(betas.tolist()):
+            for j, alpha in enumerate(alphas.tolist()):
+                for w, w0, d1, d2 in zip(weights, original, *directions):
+                    torch.add(w0, d1, alpha=alpha, out=w.data).add_(d2, alpha=beta)
+                surface[i, j] = cost().float()
+    finally:
+        for w, w0 in zip(weights, original):
+            w.data.copy_(w0)
+    return surface
+
+
 def test_cost_surface_walks_the_plane_and_restores_the_weights():
     torch.manual_seed(0)
     w = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(2, 4))]
@@ -185,7 +209,7 @@ def test_cost_surface_walks_the_plane_and_restores_the_weights():
     d2 = [torch.randn_like(p) for p in w]
     cost = lambda: sum(((p - t) ** 2).sum() for p, t in zip(w, target))  # a bowl centred on the weights
     coords = torch.linspace(-1, 1, 5)
-    surface = P.cost_surface(w, (d1, d2), cost, coords, coords)
+    surface = cost_surface(w, (d1, d2), cost, coords, coords)
     assert surface.shape == (5, 5)
     assert surface[2, 2] == 0 and surface.argmin() == 12
     n1, n2 = sum((d**2).sum() for d in d1), sum((d**2).sum() for d in d2)
@@ -206,7 +230,7 @@ def test_cost_surface_restores_the_weights_when_the_cost_fails():
         return torch.tensor(0.0)
 
     with pytest.raises(RuntimeError, match="boom"):
-        P.cost_surface(w, ([torch.ones(2, 2)], [torch.ones(2, 2)]), cost, torch.zeros(3), torch.zeros(3))
+        cost_surface(w, ([torch.ones(2, 2)], [torch.ones(2, 2)]), cost, torch.zeros(3), torch.zeros(3))
     assert torch.equal(w[0].detach(), torch.ones(2, 2))
 
 
@@ -265,7 +289,7 @@ def test_the_mlp_surface_is_the_cost_at_every_point_of_the_plane(cost, activatio
     )
     live = [torch.nn.Parameter(p.clone()) for p in params]
     smoothing = 0.1 if cost == "cross_entropy" else 0.0
-    slow = P.cost_surface(
+    slow = cost_surface(
         live,
         directions,
         lambda: HF.mlp(

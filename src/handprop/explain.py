@@ -33,9 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     # explain.py --help answers without loading Lightning or matplotlib
     import torch  # noqa: PLC0415
 
-    from . import functional as HF  # noqa: PLC0415
     from .checkpoint import model_from_checkpoint, read_checkpoint  # noqa: PLC0415
-    from .data import load_split  # noqa: PLC0415
+    from .data import load_split, seeded_digits  # noqa: PLC0415
     from .pictures import backprop_figure  # noqa: PLC0415
 
     try:
@@ -52,14 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     label = read if args.label is None else args.label
     model.eval()
     one = model.nudges(image[None].to(model.device), torch.tensor([label], device=model.device))
-    images, labels = load_split("sample", "train")
-    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:BATCH]
-    pixels = images[pick].unsqueeze(1).float().div(255).to(model.device)
-    batch = model.nudges(pixels, labels[pick].to(model.device))
+    pixels, labels = seeded_digits(*load_split("sample", "train"), BATCH)
+    batch = model.nudges(pixels.to(model.device), labels.to(model.device))
     given = f"label {label}" if args.label is not None else f"label {label}, the digit read"
-    figure = backprop_figure(
-        image[0], label, one, batch, BATCH, f"{Path(args.image).name}, {given}", HF.COSTS[model.hparams.loss].calibrated
-    )
+    figure = backprop_figure(image[0], label, one, batch, BATCH, f"{Path(args.image).name}, {given}", model.calibrated)
     try:
         figure.savefig(out)
     except OSError as e:

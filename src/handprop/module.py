@@ -264,15 +264,34 @@ class DigitClassifier(L.LightningModule):
         (``functional.COSTS[loss].probabilities``)."""
         return HF.COSTS[self.hparams.loss].probabilities(out)
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the outputs are class probabilities (a softmax), or only scores."""
+        return HF.COSTS[self.hparams.loss].calibrated
+
+    def _sweep_args(self) -> tuple:
+        """What the functional sweeps take of this network, as it is evaluated: its cost,
+        label smoothing, activations, and every weight and bias (detached)."""
+        hp = self.hparams
+        params = [p.detach() for p in self.net.weights_and_biases()]
+        return hp.loss, hp.label_smoothing, tuple(self.net.activations), params
+
     @torch.no_grad()
     def nudges(self, images: Tensor, labels: Tensor) -> HF.Nudges:
         """Backpropagation's sweep over these digits with its inside kept, the network as
         it is evaluated (``functional.nudges``): what they ask of every weight and bias."""
-        params = [p.detach() for p in self.net.weights_and_biases()]
-        hp = self.hparams
-        return HF.nudges(
-            self.normalize(images), labels, hp.loss, hp.label_smoothing, tuple(self.net.activations), params
-        )
+        return HF.nudges(self.normalize(images), labels, *self._sweep_args())
+
+    @torch.no_grad()
+    def cost_surface(self, images: Tensor, labels: Tensor, directions, alphas: Tensor, betas: Tensor) -> Tensor:
+        """The cost of these digits at θ + α·d₁ + β·d₂ over the grid of ``alphas`` and
+        ``betas`` (``pictures.mlp_cost_surface``; ``directions``: two lists shaped like
+        the weights and biases), the weights left as they are."""
+        from .pictures import mlp_cost_surface  # noqa: PLC0415 -- (pictures loads with the callbacks)
+
+        cost, smoothing, activations, params = self._sweep_args()
+        x = self.normalize(images)
+        return mlp_cost_surface(x, labels, cost, smoothing, activations, params, directions, alphas, betas)
 
     def output_and_loss(self, images: Tensor, labels: Tensor, eager: bool = False) -> tuple[Tensor, Tensor]:
         """The network's output and its cost for a batch, in one pass. ``eager``: bypass

@@ -229,32 +229,6 @@ def mistakes_figure(
 
 
 @torch.no_grad()
-def cost_surface(
-    weights: Sequence[Tensor],
-    directions: tuple[Sequence[Tensor], Sequence[Tensor]],
-    cost: Callable[[], Tensor],
-    alphas: Tensor,
-    betas: Tensor,
-) -> Tensor:
-    """The cost at θ* + α·d₁ + β·d₂ for every α in ``alphas`` and β in ``betas``.
-
-    ``weights`` are the live parameters (moved in place and restored exactly);
-    ``cost()`` evaluates the network as it stands. Returns costs[β, α]."""
-    original = [w.detach().clone() for w in weights]
-    surface = torch.empty(len(betas), len(alphas))
-    try:
-        for i, beta in enumerate(betas.tolist()):
-            for j, alpha in enumerate(alphas.tolist()):
-                for w, w0, d1, d2 in zip(weights, original, *directions):
-                    torch.add(w0, d1, alpha=alpha, out=w.data).add_(d2, alpha=beta)
-                surface[i, j] = cost().float()
-    finally:
-        for w, w0 in zip(weights, original):
-            w.data.copy_(w0)
-    return surface
-
-
-@torch.no_grad()
 def mlp_cost_surface(
     x: Tensor,
     target: Tensor,
@@ -266,8 +240,9 @@ def mlp_cost_surface(
     alphas: Tensor,
     betas: Tensor,
 ) -> Tensor:
-    """``cost_surface`` for a multilayer perceptron (``params``: weight and bias of each layer
-    in turn) on the inputs ``x``, without moving its weights. The first layer's weighted
+    """The cost at θ + α·d₁ + β·d₂ for every α in ``alphas`` and β in ``betas``, for a
+    multilayer perceptron (``params``: weight and bias of each layer in turn, θ) on the
+    inputs ``x``, without moving its weights. The first layer's weighted
     input is linear in α and β -- x(W + αD + βE)ᵀ + b + αd + βe = A + αB + βC -- so three
     matrix products serve the whole grid, and only the layers above run at every point:
     the first layer holds most of a digit network's weights. Returns costs[β, α]."""

@@ -28,20 +28,35 @@ log = logging.getLogger(__name__)
 COLUMNS = ("val/acc", "test/acc", "val/loss", "time/fit_s")
 
 
+def _sign(metric: str, direction: str | None) -> int:
+    """-1 for a metric maximised (``direction``, or by default any but a loss), +1 for one
+    minimised: sorting by sign * value puts the best first."""
+    return 1 if (direction or ("minimize" if "loss" in metric else "maximize")) == "minimize" else -1
+
+
+def _job_order(name: str) -> tuple[int, str]:
+    """Job directories in the order Hydra numbered them (2 before 10)."""
+    return len(name), name
+
+
+def _shared(overrides: list[list[str]]) -> list[str]:
+    """The overrides every one of these lists holds (none for a single list: it shares with nothing)."""
+    return [o for o in overrides[0] if all(o in other for other in overrides)] if len(overrides) > 1 else []
+
+
 def summarize(sweep_dir: str | Path, metric: str = "val/acc", direction: str | None = None) -> list[dict]:
     """One row per run directory of a sweep (``<sweep_dir>/<job number>/``), best first by
     ``metric`` (maximised, or minimised for a loss unless ``direction`` says). A run that
     left no metrics.json (it failed) comes last, with ``metrics: None``."""
-    direction = direction or ("minimize" if "loss" in metric else "maximize")
     rows = []
-    for job in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
+    for job in sorted(Path(sweep_dir).iterdir(), key=lambda p: _job_order(p.name)):
         overrides = job / ".hydra" / "overrides.yaml"
         if not job.is_dir() or not overrides.is_file():
             continue
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         rows.append({"run": job.name, "overrides": recorded_overrides(job), "metrics": metrics})
-    sign = -1 if direction == "maximize" else 1
+    sign = _sign(metric, direction)
     rows.sort(
         key=lambda r: (
             r["metrics"] is None or metric not in r["metrics"],
@@ -54,7 +69,7 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc", direction: str | N
 def markdown(rows: list[dict], metric: str) -> str:
     """The table: the overrides every run shares above it, each run's own in its row."""
     columns = [metric, *(c for c in COLUMNS if c != metric)]
-    shared = [o for o in rows[0]["overrides"] if all(o in r["overrides"] for r in rows)] if len(rows) > 1 else []
+    shared = _shared([r["overrides"] for r in rows])
     lines = [
         f"Every run: {' '.join(shared) or '(no shared overrides)'}",
         "",
@@ -79,9 +94,8 @@ def by_configuration(rows: list[dict], metric: str = "val/acc", direction: str |
     ``n`` (runs that reported ``metric``), ``mean``, ``sd`` (the sample standard deviation,
     None for one run), ``values`` ({seed: value}, in the runs' order), ``failed`` (runs
     without the metric) and ``runs``; best mean first (``direction`` as ``summarize``'s)."""
-    direction = direction or ("minimize" if "loss" in metric else "maximize")
     groups: dict[tuple, dict] = {}
-    for r in sorted(rows, key=lambda r: (len(r["run"]), r["run"])):
+    for r in sorted(rows, key=lambda r: _job_order(r["run"])):
         key = tuple(sorted(o for o in r["overrides"] if not o.startswith("seed=")))  # (in any order)
         group = groups.setdefault(key, {"overrides": list(key), "values": {}, "failed": 0, "runs": []})
         group["runs"].append(r["run"])
@@ -97,14 +111,14 @@ def by_configuration(rows: list[dict], metric: str = "val/acc", direction: str |
         group["mean"] = statistics.fmean(values) if values else None
         group["sd"] = statistics.stdev(values) if len(values) > 1 else None
         out.append(group)
-    sign = -1 if direction == "maximize" else 1
+    sign = _sign(metric, direction)
     out.sort(key=lambda g: (g["mean"] is None, sign * g["mean"] if g["mean"] is not None else 0))
     return out
 
 
 def configurations_markdown(groups: list[dict], metric: str) -> str:
     """The table of configurations: mean +- sd over seeds, n, and each seed's value."""
-    shared = [o for o in groups[0]["overrides"] if all(o in g["overrides"] for g in groups)] if len(groups) > 1 else []
+    shared = _shared([g["overrides"] for g in groups])
     lines = [f"| configuration | {metric} mean | sd | n | per seed |", "|---|---|---|---|---|"]
     for g in groups:
         own = " ".join(o for o in g["overrides"] if o not in shared) or "(every run)"
@@ -126,14 +140,15 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         metric = self.metric or config.get("optimized_metric") or "val/acc"
         direction = self.direction or OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+        direction = direction if isinstance(direction, str) else None  # (a multi-objective search: a list)
         if not sweep_dir.is_dir():
             return
-        rows = summarize(sweep_dir, metric, direction if isinstance(direction, str) else None)
+        rows = summarize(sweep_dir, metric, direction)
         if not rows:
             return
         text = f"# {sweep_dir}: runs by {metric}, best first\n\n" + markdown(rows, metric)
         record = {"metric": metric, "runs": rows}
-        groups = by_configuration(rows, metric, direction if isinstance(direction, str) else None)
+        groups = by_configuration(rows, metric, direction)
         if any(g["n"] + g["failed"] > 1 for g in groups):  # a sweep over seeds
             text += f"\n## By configuration, over seeds (best mean first)\n\n{configurations_markdown(groups, metric)}"
             record["configurations"] = groups

@@ -11,8 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from .. import functional as HF
-from ..data import to_pixels
+from ..data import seeded_digits, to_pixels
 from ..module import logs_this_step, steps_taken
 from ..pictures import (
     DescentPath,
@@ -22,16 +21,10 @@ from ..pictures import (
     descent_grid,
     figure_png,
     mistakes_figure,
-    mlp_cost_surface,
     weights_figure,
 )
 from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, positive_int, require
 from .stopping import EarlyStopping
-
-
-def _parameters(pl_module) -> list:
-    """Every weight and bias of the network, bottom to top."""
-    return [p for p in pl_module.net.weights_and_biases() if p is not None]
 
 
 def _layers(pl_module) -> list:
@@ -208,7 +201,7 @@ class TensorBoardPictures(Callback):
             self._draw_backprop(trainer, pl_module, "untrained")
         if self.descent and trainer.is_global_zero:
             self._path = DescentPath(self.descent_snapshots)
-            self._path.record(trainer.global_step, _parameters(pl_module))  # where this run starts
+            self._path.record(trainer.global_step, pl_module.net.weights_and_biases())  # where this run starts
 
     @staticmethod
     def _due(trainer, every_n_epochs: int) -> bool:
@@ -218,7 +211,7 @@ class TensorBoardPictures(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._path is not None:
-            self._path.record(trainer.global_step, _parameters(pl_module))
+            self._path.record(trainer.global_step, pl_module.net.weights_and_biases())
         # The epoch's last batch: its gradients are still there (Lightning clears them
         # before validation, which runs before on_train_epoch_end).
         if batch_idx + 1 != trainer.num_training_batches or not trainer.is_global_zero:
@@ -255,14 +248,9 @@ class TensorBoardPictures(Callback):
         wanted = self.max_mistakes - sum(len(m[0]) for m in self._mistakes)
         if wanted > 0 and trainer.is_global_zero:
             wrong = (predicted != labels).nonzero().flatten()[:wanted]
-            if not self._calibrated(pl_module):  # the output neuron's own value
+            if not pl_module.calibrated:  # the output neuron's own value
                 confidence = outputs.float().gather(1, predicted[:, None])[:, 0]
             self._mistakes.append(tuple(t[wrong].cpu() for t in (images, labels, predicted, confidence)))
-
-    @staticmethod
-    def _calibrated(pl_module) -> bool:
-        """Whether the network's outputs are class probabilities (a softmax), or only scores."""
-        return HF.COSTS[pl_module.hparams.loss].calibrated
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._collect:
@@ -296,7 +284,7 @@ class TensorBoardPictures(Callback):
                 epoch,
                 mistakes=mistakes,
                 total=total,
-                as_probabilities=self._calibrated(pl_module),
+                as_probabilities=pl_module.calibrated,
             )
             self._publish(trainer, "mistakes", figure)
 
@@ -326,8 +314,7 @@ class TensorBoardPictures(Callback):
 
     def _training_digits(self, train, n: int, device) -> tuple:
         """``n`` training digits drawn by ``seed``, as pixels (no augmentation), and their labels."""
-        pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))[:n]
-        return to_pixels(train.images[pick]).to(device), train.labels[pick].to(device)
+        return tuple(t.to(device) for t in seeded_digits(train.images, train.labels, n, self.seed))
 
     def _draw_backprop(self, trainer, pl_module, when: str) -> None:
         splits = getattr(trainer.datamodule, "splits", {})
@@ -344,13 +331,12 @@ class TensorBoardPictures(Callback):
             many = pl_module.nudges(batch, labels)
         finally:
             pl_module.train(was_training)
-        calibrated = HF.COSTS[pl_module.hparams.loss].calibrated
-        figure = backprop_figure(digit[0], int(val.labels[0]), one, many, size, when, calibrated)
+        figure = backprop_figure(digit[0], int(val.labels[0]), one, many, size, when, pl_module.calibrated)
         self._publish(trainer, "backprop", figure)
 
     def _draw_descent(self, trainer, pl_module) -> None:
         train = getattr(trainer.datamodule, "splits", {}).get("train")
-        params = _parameters(pl_module)
+        params = pl_module.net.weights_and_biases()
         self._path.record(trainer.global_step, params)
         plane = self._path.plane(params)
         if train is None or plane is None:
@@ -365,18 +351,7 @@ class TensorBoardPictures(Callback):
             for direction in directions
         ]
         alphas, betas = descent_grid(path, self.descent_points)
-        hp = pl_module.hparams
-        surface = mlp_cost_surface(
-            pl_module.normalize(images),
-            labels,
-            hp.loss,
-            hp.label_smoothing,
-            tuple(pl_module.net.activations),
-            [p.detach() for p in params],
-            along,
-            alphas,
-            betas,
-        )
+        surface = pl_module.cost_surface(images, labels, along, alphas, betas)
         title = f"gradient descent down the training cost ({len(labels)} training digits)"
         steps = [*self._path.steps, trainer.global_step]
         self._publish(trainer, "descent", descent_figure(alphas, betas, surface, path, explained, steps, title))

@@ -17,7 +17,7 @@ Batches leave the DataLoader as uint8 images and are turned into floats in [0, 1
 """
 
 from ..errors import DataError
-from .augment import AUGMENTATIONS, random_affine, to_pixels
+from .augment import AUGMENTATIONS, random_affine, seeded_digits, to_pixels
 from .datamodule import DigitsDataModule, per_process_batch
 from .datasets import (
     DATASETS,
@@ -54,6 +54,7 @@ __all__ = [
     "read_images_labels",
     "sample_files",
     "stratified_order",
+    "seeded_digits",
     "to_pixels",
     "write_idx",
 ]

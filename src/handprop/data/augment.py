@@ -12,16 +12,8 @@ from torch import Tensor
 
 from ..rules import is_number, require, unknown_key
 
-AUGMENTATIONS = (
-    "rotation",
-    "scale",
-    "shift",
-    "squeeze",
-    "shear",
-    "flip",
-    "elastic",
-    "elastic_sigma",
-)  # random_affine's
+# random_affine's
+AUGMENTATIONS = ("rotation", "scale", "shift", "squeeze", "shear", "flip", "elastic", "elastic_sigma")
 
 
 def random_affine(
@@ -143,3 +135,10 @@ def to_pixels(images: Tensor, augment: dict | None = None) -> Tensor:
     random_affine(**augment) when augmentation is asked for (training only)."""
     pixels = images.unsqueeze(1).float().div_(255)
     return random_affine(pixels, **augment) if augment else pixels
+
+
+def seeded_digits(images: Tensor, labels: Tensor, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` of these uint8 digits drawn by ``seed`` (the same ones every time), as pixels
+    in [0, 1] without augmentation, and their labels."""
+    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    return to_pixels(images[pick]), labels[pick]
