@@ -511,11 +511,24 @@ def fashion_time_to_accuracy(
 
 PICTURE_CALLBACKS = {"training_scalars": TrainingScalars, "pictures": TensorBoardPictures}
 _INSIDE: dict[str, float] = {}  # "Class.hook" -> seconds spent inside it
+# TensorBoardPictures' work by picture (called from its hooks, so inside their seconds):
+# the lesson's two pictures -- one digit's backpropagation, the descent and the path it
+# records -- and the others
+PICTURE_PARTS = {
+    "_draw_backprop": "backprop",
+    "_draw_descent": "descent",
+    "_record_path": "descent",
+    "_draw_validation": "weights, confusion, mistakes",
+    "_write_histograms": "histograms",
+    "_save": "PNG files",
+}
+LESSON = ("backprop", "descent")
 
 
 def _timed(callback_class: type) -> type:
     """A subclass of a callback whose every hook (those the class defines: Lightning calls
-    hooks by name) adds the seconds it takes to ``_INSIDE``."""
+    hooks by name) adds the seconds it takes to ``_INSIDE``; so do the pictures'
+    methods in PICTURE_PARTS (under "Class.method")."""
 
     def timed(name: str):
         def hook(self, *args, **kwargs):
@@ -528,7 +541,11 @@ def _timed(callback_class: type) -> type:
 
         return hook
 
-    hooks = [n for n, v in vars(callback_class).items() if n.startswith(("on_", "setup")) and callable(v)]
+    hooks = [
+        n
+        for n, v in vars(callback_class).items()
+        if (n.startswith(("on_", "setup")) or n in PICTURE_PARTS) and callable(v)
+    ]
     timed_class = type(f"Timed{callback_class.__name__}", (callback_class,), {n: timed(n) for n in hooks})
     return timed_class
 
@@ -569,13 +586,22 @@ def pictures_cost(overrides=(), rounds: int = 2) -> dict:
         out[f"{name}_fit_s"] = statistics.median(fits[name])
         out[f"{name}_runs_s"] = walls[name]
     per_hook = {hook: statistics.fmean(v) for hook, v in inside.items()}
-    out["inside_callbacks_s"] = sum(per_hook.values())
-    out["by_hook_s"] = dict(sorted(per_hook.items(), key=lambda kv: -kv[1]))
-    out["pictures_inside_s"] = sum(v for k, v in per_hook.items() if k.startswith("TensorBoardPictures."))
+    parts = {k: v for k, v in per_hook.items() if k.split(".")[1] in PICTURE_PARTS}
+    hooks = {k: v for k, v in per_hook.items() if k not in parts}
+    out["inside_callbacks_s"] = sum(hooks.values())
+    out["by_hook_s"] = dict(sorted(hooks.items(), key=lambda kv: -kv[1]))
+    by_picture: dict[str, float] = {}
+    for key, seconds in parts.items():
+        name = PICTURE_PARTS[key.split(".")[1]]
+        by_picture[name] = by_picture.get(name, 0.0) + seconds
+    out["by_picture_s"] = dict(sorted(by_picture.items(), key=lambda kv: -kv[1]))
+    out["pictures_inside_s"] = sum(v for k, v in hooks.items() if k.startswith("TensorBoardPictures."))
+    out["lesson_inside_s"] = sum(by_picture.get(name, 0.0) for name in LESSON)
     rest = out["with_s"] - out["inside_callbacks_s"]  # the run itself, less both callbacks' hooks
     out["wall_overhead"] = out["with_s"] / out["without_s"] - 1
     out["inside_share"] = out["inside_callbacks_s"] / rest
     out["pictures_share"] = out["pictures_inside_s"] / rest
+    out["lesson_share"] = out["lesson_inside_s"] / rest
     return out
 
 
@@ -771,7 +797,10 @@ def _report_pictures(p: dict) -> str:
         f"{p['inside_callbacks_s']:.2f} s inside their hooks = {100 * p['inside_share']:.1f}% of the rest of the run, "
         f"the pictures' {p['pictures_inside_s']:.2f} s = {100 * p['pictures_share']:.1f}% ("
         + ", ".join(f"{k} {v:.2f} s" for k, v in list(p["by_hook_s"].items())[:6])
-        + ")"
+        + ")\nBy picture: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in p["by_picture_s"].items())
+        + f"; the lesson's two ({' and '.join(LESSON)}) {p['lesson_inside_s']:.2f} s = "
+        f"{100 * p['lesson_share']:.1f}% of the rest of the run"
     )
 
 

@@ -60,6 +60,14 @@ def _nice_ticks(lo: float, hi: float, integers: bool = False, at_least: int = 3)
     return ticks
 
 
+def _three_ticks(symmetric: bool = True):
+    """At most three round ticks (-t, 0, t on a symmetric axis): every tick is a line and a
+    text to draw, and a bar chart of nudges reads by its sign and rough size."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
+
+    return MaxNLocator(nbins=2, steps=[1, 2, 5, 10], symmetric=symmetric, min_n_ticks=2)
+
+
 def _tick_label(value: float) -> str:
     return f"{value:g}"
 
@@ -407,6 +415,7 @@ def _signed_bars(ax, values: Tensor, labels: Sequence, title: str, ylabel: str) 
     ax.axhline(0, color="black", linewidth=0.6)
     top = max(float(v.abs().max()), 1e-12) * 1.15
     ax.set_ylim(-top, top)
+    ax.yaxis.set_major_locator(_three_ticks())
     ax.set_xticks(range(len(v)), [str(x) for x in labels], fontsize=7)
     ax.set_title(title, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=7)
@@ -472,6 +481,7 @@ def backprop_figure(
     ax.set_xticks(list(classes), [str(k) for k in classes], fontsize=7)
     ax.set_title("output vs what the cost wants", fontsize=8)
     ax.set_ylabel("p(digit)" if calibrated else "output activation", fontsize=7)
+    ax.yaxis.set_major_locator(_three_ticks(symmetric=not calibrated))
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(fontsize=6, loc="upper left")
 
@@ -486,14 +496,15 @@ def backprop_figure(
 
     row = 1
     if hidden:
-        per = max(neurons, 6) // hidden
+        panels = grid[row, :].subgridspec(1, hidden, wspace=0.15)  # room for each panel's tick labels
         axes = []
         for i in range(hidden):
             pull = one.pulls[i][0].float().cpu()
             order = pull.abs().argsort(descending=True)[:top].sort().values
-            ax = fig.add_subplot(grid[row, i * per : (i + 1) * per])
+            ax = fig.add_subplot(panels[0, i])
             shown = f"the {len(order)} of {len(pull)} pushed hardest" if len(order) < len(pull) else f"all {len(pull)}"
-            _signed_bars(ax, pull[order], order.tolist(), f"hidden layer {i + 1}: {shown}", "-∂C/∂a")
+            ylabel = "" if i else "-∂C/∂a"  # (the panels side by side share it; a second would run into the first)
+            _signed_bars(ax, pull[order], order.tolist(), f"hidden layer {i + 1}: {shown}", ylabel)
             axes.append(ax)
         axes[0].annotate(
             "the nudges flowing back to the hidden neurons: each one the sum of the nudges above, "
@@ -524,6 +535,7 @@ def backprop_figure(
         ax.axis("off")
         box = ax.get_position()
         bar = fig.colorbar(im, cax=fig.add_axes((0.915, box.y0, 0.012, box.height)))
+        bar.set_ticks([t for t in _three_ticks().tick_values(-limit, limit) if abs(t) <= limit])
         bar.ax.tick_params(labelsize=6)
         bar.set_label("-∂C/∂w", fontsize=7)
         ax.set_title(

@@ -201,7 +201,7 @@ class TensorBoardPictures(Callback):
             self._draw_backprop(trainer, pl_module, "untrained")
         if self.descent and trainer.is_global_zero:
             self._path = DescentPath(self.descent_snapshots)
-            self._path.record(trainer.global_step, pl_module.net.weights_and_biases())  # where this run starts
+            self._record_path(trainer, pl_module)  # where this run starts
 
     @staticmethod
     def _due(trainer, every_n_epochs: int) -> bool:
@@ -209,15 +209,21 @@ class TensorBoardPictures(Callback):
         epoch = trainer.current_epoch + 1
         return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
 
+    def _record_path(self, trainer, pl_module) -> None:
+        self._path.record(trainer.global_step, pl_module.net.weights_and_biases())
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._path is not None:
-            self._path.record(trainer.global_step, pl_module.net.weights_and_biases())
+            self._record_path(trainer, pl_module)
         # The epoch's last batch: its gradients are still there (Lightning clears them
         # before validation, which runs before on_train_epoch_end).
-        if batch_idx + 1 != trainer.num_training_batches or not trainer.is_global_zero:
-            return
+        if batch_idx + 1 == trainer.num_training_batches and trainer.is_global_zero:
+            if self._due(trainer, self.histograms_every_n_epochs):
+                self._write_histograms(trainer, pl_module)
+
+    def _write_histograms(self, trainer, pl_module) -> None:
         writer = self._writer(trainer)
-        if writer is None or not self._due(trainer, self.histograms_every_n_epochs):
+        if writer is None:
             return
         for i, layer in enumerate(_layers(pl_module), 1):
             for kind, p in (("weight", layer.weight), ("bias", layer.bias)):
@@ -234,9 +240,10 @@ class TensorBoardPictures(Callback):
         # one that is not (drawn when training ends)
         may_stop = any(isinstance(c, EarlyStopping) and c.enabled for c in trainer.callbacks)
         self._collect = not trainer.sanity_checking and (may_stop or self._due(trainer, self.every_n_epochs))
-        self._confusion = self._confusion.to(pl_module.device)  # (setup ran before the model moved there)
-        self._confusion.reset()
         self._mistakes: list[tuple] = []
+        if self._collect:
+            self._confusion = self._confusion.to(pl_module.device)  # (setup ran before the model moved there)
+            self._confusion.reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._collect or outputs is None:
