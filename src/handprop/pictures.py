@@ -311,7 +311,7 @@ class DescentPath:
         K x K matrix of their dot products (D Dᵀ = U S² Uᵀ gives D's right singular
         vectors as Dᵀ U / S) rather than from an SVD of the K x P matrix itself."""
         theta = torch.cat([p.detach().reshape(-1).float().cpu() for p in final])
-        diffs = torch.stack(self.snapshots) - theta if self.snapshots else theta.new_zeros(0, theta.numel())
+        diffs = torch.stack(self.snapshots).sub_(theta) if self.snapshots else theta.new_zeros(0, theta.numel())
         gram = (diffs @ diffs.T).double()  # K x K; float32 products, the eigenproblem in float64
         values, vectors = torch.linalg.eigh(gram)  # ascending
         values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
