@@ -82,6 +82,7 @@ def test_initialisations_have_their_documented_spread(init):
         "normal": 1.0,
         "normal_scaled": 1 / math.sqrt(n_in),
         "lecun_uniform": 2.4 / n_in / math.sqrt(3),  # U(-2.4/n, 2.4/n)
+        "efficient_backprop": 1 / math.sqrt(n_in),  # U(-√(3/n), √(3/n))
         "xavier": math.sqrt(2 / (n_in + n_out)),
         "kaiming": math.sqrt(2 / n_in),
     }[init]
@@ -90,6 +91,7 @@ def test_initialisations_have_their_documented_spread(init):
         "normal": 1.0,
         "normal_scaled": 1.0,
         "lecun_uniform": 2.4 / n_in / math.sqrt(3),
+        "efficient_backprop": 1 / math.sqrt(n_in),
     }.get(init, 0.0)
     assert w_std == pytest.approx(expected_w, rel=0.05)
     assert b_std == pytest.approx(expected_b, rel=0.2, abs=1e-12)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from . import functional as HF
 from .rules import PROBABILITY, SettingError, check_choice, positive_int, probability, require
 
-INITS = ("pytorch", "normal", "normal_scaled", "lecun_uniform", "xavier", "kaiming")
+INITS = ("pytorch", "normal", "normal_scaled", "lecun_uniform", "efficient_backprop", "xavier", "kaiming")
 
 
 class Linear(nn.Module):
@@ -48,7 +48,12 @@ class Linear(nn.Module):
         normal:        W and b ~ N(0, 1)            (Nielsen, network.py)
         normal_scaled: W ~ N(0, 1/n_in), b ~ N(0, 1) (Nielsen, network2.py)
         lecun_uniform: W and b ~ U(-2.4/n_in, 2.4/n_in) (LeCun et al. 1998, Appendix A;
-                       n_in, not √n_in: the paper's own rule for its scaled tanh)
+                       n_in, not √n_in: the paper's own rule for its scaled tanh, written
+                       for LeNet-5's fan-ins of 25 to 150)
+        efficient_backprop: W and b ~ U(-√(3/n_in), √(3/n_in)), standard deviation
+                       1/√n_in, so that a unit's weighted input has about unit variance
+                       whatever its fan-in (LeCun, Bottou, Orr & Müller 1998, "Efficient
+                       BackProp", section 4.6; Keras's lecun_uniform)
         xavier:        Glorot uniform W, b = 0
         kaiming:       He normal W (fan-in, for relu), b = 0
         """
@@ -67,6 +72,10 @@ class Linear(nn.Module):
             elif init == "lecun_uniform":
                 w.uniform_(-2.4 / n_in, 2.4 / n_in)
                 b.uniform_(-2.4 / n_in, 2.4 / n_in)
+            elif init == "efficient_backprop":
+                bound = math.sqrt(3 / n_in)
+                w.uniform_(-bound, bound)
+                b.uniform_(-bound, bound)
             elif init == "xavier":
                 nn.init.xavier_uniform_(w)
                 b.zero_()
