@@ -90,7 +90,8 @@ from conftest import CONF, compose_config
         ("trainer.strategy=dpp", "trainer.strategy='dpp': must be one of auto, ddp, ddp_spawn"),
         (
             "model.init=he",
-            "model.init='he': must be one of pytorch, normal, normal_scaled, lecun_uniform, efficient_backprop, xavier, kaiming",
+            "model.init='he': must be one of pytorch, normal, normal_scaled, lecun_uniform, efficient_backprop, "
+            "xavier, kaiming",
         ),
         # unknown keys added with '+' (Hydra lets them through; the code would not take them)
         ("+model.hiden=3", "model.hiden: unknown key. Did you mean model.hidden? model has: hidden, activation,"),
