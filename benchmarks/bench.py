@@ -560,7 +560,10 @@ def pictures_cost(overrides=(), rounds: int = 2) -> dict:
     the run's wall time (fit and test) without and with the two callbacks, taking turns
     ``rounds`` times (medians compared), and the seconds spent inside their hooks in the
     runs that have them (the same callbacks, subclassed to time their hooks), the pictures'
-    (``TensorBoardPictures``) apart from the scalars'."""
+    (``TensorBoardPictures``) apart from the scalars'; and within the pictures' hooks, each
+    picture's own seconds (``by_picture_s``, PICTURE_PARTS), the lesson's two -- one digit's
+    backprop and the descent -- summed as ``lesson_inside_s``. The first figure a process
+    draws also loads matplotlib's fonts: a run pays that once, in its first picture."""
     with_timed = [f"callbacks.{key}._target_={__name__}.{cls.__name__}" for key, cls in TIMED.items()]
     without = [f"callbacks.{key}=null" for key in PICTURE_CALLBACKS]
     out = {"recipe": "default python train.py" + (" " + " ".join(overrides) if overrides else ""), "rounds": rounds}

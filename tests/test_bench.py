@@ -103,7 +103,8 @@ def test_pictures_cost_times_both_runs_and_the_hooks():
     assert p["pictures_inside_s"] == pytest.approx(
         sum(v for k, v in p["by_hook_s"].items() if k.startswith("TensorBoardPictures."))
     )
-    # every picture drawn was timed by itself, within its hooks' seconds; the lesson's two are two of them
+    # each picture's methods ran and were timed by themselves, within their hooks' seconds; the lesson's
+    # two are two of them
     assert set(p["by_picture_s"]) == {"backprop", "descent", "weights, confusion, mistakes", "histograms", "PNG files"}
     assert all(v > 0 for v in p["by_picture_s"].values()), p
     assert sum(p["by_picture_s"].values()) <= p["pictures_inside_s"], p

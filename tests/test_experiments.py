@@ -40,6 +40,17 @@ def test_each_distorted_row_is_its_network_on_lecuns_distortions(tmp_path, exper
     assert cfg == base
 
 
+def test_lecun_1000_is_lecun_300_wider_with_efficient_backprops_weights(tmp_path):
+    """Its file's "one change": the width, and the initial weights the paper's rule starves
+    (docs/results.md) -- nothing else of lecun_300's recipe."""
+    cfg = compose_config("train", ["experiment=lecun_1000"], tmp_path)
+    base = compose_config("train", ["experiment=lecun_300"], tmp_path)
+    assert list(cfg.model.hidden) == [1000] and cfg.model.init == "efficient_backprop"
+    assert base.model.init == "lecun_uniform"
+    cfg.model.hidden, cfg.model.init = base.model.hidden, base.model.init
+    assert cfg == base
+
+
 def test_handprops_best_mlp_is_a_simard_sized_network_on_full_mnist(tmp_path):
     cfg = compose_config("train", ["experiment=mnist_best"], tmp_path)
     assert cfg.data.dataset == "mnist" and cfg.data.val_size == 5000  # chosen on the held-out digits only

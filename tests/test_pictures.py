@@ -301,3 +301,36 @@ def test_the_mlp_surface_is_the_cost_at_every_point_of_the_plane(cost, activatio
     assert fast.shape == (4, 5)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     assert all(torch.equal(p, q) for p, q in zip(params, before))
+
+
+@pytest.mark.parametrize(
+    "scale", [1.0, 4.2 / 1.15, 0.047 / 1.15]
+)  # bar limits 1.15x the largest: 4.2 and 0.047 among them
+def test_the_backprop_picture_ticks_its_bars_three_times_within_range(scale):
+    """Every bar panel and colour bar of one digit's picture carries at most three round
+    ticks inside its range (-t, 0, t on a signed axis); the hidden layers side by side
+    share one y label."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [784, 12, 8, 10]
+    params = [t for i, o in zip(sizes, sizes[1:]) for t in (torch.randn(o, i, generator=g) / i**0.5, torch.zeros(o))]
+    x, y = torch.rand(4, 784, generator=g), torch.tensor([3, 1, 4, 1])
+    one = HF.nudges(x[:1], y[:1], "cross_entropy", 0.0, ("relu", "relu", "identity"), params)
+    many = HF.nudges(x, y, "cross_entropy", 0.0, ("relu", "relu", "identity"), params)
+
+    def scaled(ts):  # a chosen largest value on every panel and colour bar
+        return [t / t.abs().max() * scale for t in ts]
+
+    one = one._replace(pulls=scaled(one.pulls), changes=scaled(one.changes))
+    many = many._replace(changes=scaled(many.changes))
+    fig = P.backprop_figure(x[0].view(1, 28, 28), 3, one, many, 4, "after 0 steps", True)
+    fig.canvas.draw()
+    bars = [ax for ax in fig.axes if ax.patches and ax.get_ylabel() != "p(digit)"]  # the signed bar panels
+    assert len(bars) == 3  # the output's nudges, two hidden layers
+    colour_bars = [ax for ax in fig.axes if ax.get_ylabel() == "-∂C/∂w"]
+    assert len(colour_bars) == 2
+    for ax in bars + colour_bars:
+        lo, hi = ax.get_ylim()
+        ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+        assert len(ticks) == 3 and ticks[1] == 0 and ticks[0] == pytest.approx(-ticks[2]), (ax.get_title(), ticks)
+    assert [ax.get_ylabel() for ax in bars] == ["-∂C/∂output", "-∂C/∂a", ""]
+    plt.close(fig)

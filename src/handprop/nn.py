@@ -49,7 +49,7 @@ class Linear(nn.Module):
         normal_scaled: W ~ N(0, 1/n_in), b ~ N(0, 1) (Nielsen, network2.py)
         lecun_uniform: W and b ~ U(-2.4/n_in, 2.4/n_in) (LeCun et al. 1998, Appendix A;
                        n_in, not √n_in: the paper's own rule for its scaled tanh, written
-                       for LeNet-5's fan-ins of 25 to 150)
+                       for LeNet-5's fan-ins of 25 to 400)
         efficient_backprop: W and b ~ U(-√(3/n_in), √(3/n_in)), standard deviation
                        1/√n_in, so that a unit's weighted input has about unit variance
                        whatever its fan-in (LeCun, Bottou, Orr & Müller 1998, "Efficient

@@ -65,7 +65,8 @@ def _three_ticks(symmetric: bool = True):
     text to draw, and a bar chart of nudges reads by its sign and rough size."""
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
 
-    return MaxNLocator(nbins=2, steps=[1, 2, 5, 10], symmetric=symmetric, min_n_ticks=2)
+    # (2.5 among the steps: without it a range of ±4.x gets five ticks)
+    return MaxNLocator(nbins=2, steps=[1, 2, 2.5, 5, 10], symmetric=symmetric, min_n_ticks=2)
 
 
 def _tick_label(value: float) -> str:
