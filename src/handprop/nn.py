@@ -12,6 +12,12 @@ from . import functional as HF
 from .rules import PROBABILITY, SettingError, check_choice, positive_int, probability, require
 
 INITS = ("pytorch", "normal", "normal_scaled", "lecun_uniform", "efficient_backprop", "xavier", "kaiming")
+# the inits that draw W and b alike from U(-bound, bound): the bound for a fan-in n_in
+UNIFORM_BOUNDS = {
+    "pytorch": lambda n_in: 1 / math.sqrt(n_in),
+    "lecun_uniform": lambda n_in: 2.4 / n_in,
+    "efficient_backprop": lambda n_in: math.sqrt(3 / n_in),
+}
 
 
 class Linear(nn.Module):
@@ -59,8 +65,8 @@ class Linear(nn.Module):
         """
         w, b, n_in = self.weight, self.bias, self.in_features
         with torch.no_grad():
-            if init == "pytorch":
-                bound = 1 / math.sqrt(n_in)
+            if init in UNIFORM_BOUNDS:  # W and b both ~ U(-bound, bound)
+                bound = UNIFORM_BOUNDS[init](n_in)
                 w.uniform_(-bound, bound)
                 b.uniform_(-bound, bound)
             elif init == "normal":
@@ -69,13 +75,6 @@ class Linear(nn.Module):
             elif init == "normal_scaled":
                 w.normal_(0, 1 / math.sqrt(n_in))
                 b.normal_()
-            elif init == "lecun_uniform":
-                w.uniform_(-2.4 / n_in, 2.4 / n_in)
-                b.uniform_(-2.4 / n_in, 2.4 / n_in)
-            elif init == "efficient_backprop":
-                bound = math.sqrt(3 / n_in)
-                w.uniform_(-bound, bound)
-                b.uniform_(-bound, bound)
             elif init == "xavier":
                 nn.init.xavier_uniform_(w)
                 b.zero_()

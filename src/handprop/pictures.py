@@ -536,7 +536,7 @@ def backprop_figure(
         ax.axis("off")
         box = ax.get_position()
         bar = fig.colorbar(im, cax=fig.add_axes((0.915, box.y0, 0.012, box.height)))
-        bar.set_ticks([t for t in _three_ticks().tick_values(-limit, limit) if abs(t) <= limit])
+        bar.locator = _three_ticks()
         bar.ax.tick_params(labelsize=6)
         bar.set_label("-∂C/∂w", fontsize=7)
         ax.set_title(

@@ -227,8 +227,6 @@ class TensorBoardPictures(Callback):
             return
         for i, layer in enumerate(_layers(pl_module), 1):
             for kind, p in (("weight", layer.weight), ("bias", layer.bias)):
-                if p is None:
-                    continue
                 # 64 even bins: TensorBoard's default ("tensorflow", ~1,500 buckets) takes 3x as long
                 tag = f"weights/layer{i}/{kind}"
                 writer.add_histogram(tag, p.detach().float(), trainer.global_step, bins=64)
