@@ -35,38 +35,53 @@ def random_affine(
     ``elastic_sigma`` pixels, after Simard et al. 2003) -- on the images' device, in one
     grid_sample. Squeeze and shear are LeCun et al. 1998's (section III.C.2)."""
     n, _, h, w = images.shape
-    dev = images.device
-
-    def uniform(*shape):  # in [-1, 1)
-        return torch.rand(*shape, device=dev) * 2 - 1
-
-    angle = uniform(n) * math.radians(rotation)
-    zoom = 1 + uniform(n) * scale
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    # theta maps each output pixel to where it reads the input: rotation and zoom, then
-    # shear [[1, k], [0, 1]], then squeeze [[q, 0], [0, 1/q]] (drawn only when asked for)
-    (a, b), (c, d) = (cos, -sin), (sin, cos)
-    if shear:
-        k = uniform(n) * shear
-        b, d = a * k + b, c * k + d
-    if squeeze:
-        q = 1 + uniform(n) * squeeze
-        a, b, c, d = a * q, b / q, c * q, d / q
-    mirror = 1 - 2 * (torch.rand(n, device=dev) < flip).to(cos.dtype)  # -1: read x from the other side
-    # affine_grid works in coordinates where the image spans [-1, 1]: a pixel is 2/size.
-    tx, ty = uniform(n) * shift * 2 / w, uniform(n) * shift * 2 / h
-    theta = torch.stack([torch.stack([a * mirror, b, tx], 1), torch.stack([c * mirror, d, ty], 1)], 1)
+    # every digit's seven amounts in one draw (a batch of one digit pays for each small op)
+    theta = affine_thetas(torch.rand(n, 7, device=images.device), rotation, scale, shift, squeeze, shear, flip, h, w)
     grid = _affine_grid(theta, h, w).to(images.dtype)
     if elastic:
-        grid = grid + _elastic_field(n, h, w, elastic, elastic_sigma, dev).to(grid.dtype)
+        grid = grid + _elastic_field(n, h, w, elastic, elastic_sigma, images.device).to(grid.dtype)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def affine_thetas(
+    draws: Tensor,
+    rotation: float,
+    scale: float,
+    shift: float,
+    squeeze: float,
+    shear: float,
+    flip: float,
+    h: int,
+    w: int,
+) -> Tensor:
+    """(N, 2, 3) matrices for F.grid_sample's grid from uniform ``draws`` (N, 7) in [0, 1):
+    each maps an output pixel to where it reads the input, in coordinates where the image
+    spans [-1, 1] (a pixel is 2/size). Column by column, the draws are the rotation angle,
+    the zoom, the shear k, the squeeze q and the shifts in x and y (each uniform within
+    ± its amount) and whether to mirror (probability ``flip``). The 2x2 part is
+    rotation/zoom, then shear [[1, k], [0, 1]], then squeeze [[q, 0], [0, 1/q]], then the
+    mirror (x read from the other side), multiplied out:
+
+        [[c·q·m, (c·k - s)/q],      c, s = cos(angle)/zoom, sin(angle)/zoom
+         [s·q·m, (s·k + c)/q]]      m = -1 when mirrored, else 1
+    """
+    amounts = torch.tensor(
+        [math.radians(rotation), scale, shear, squeeze, shift * 2 / w, shift * 2 / h],
+        dtype=draws.dtype,
+        device=draws.device,
+    )
+    angle, zoom, k, q, tx, ty = torch.addcmul(-amounts, draws[:, :6], amounts, value=2).unbind(1)  # (2u - 1)·amount
+    zoom, q = zoom + 1, q + 1
+    c, s = angle.cos() / zoom, angle.sin() / zoom
+    qm = torch.where(draws[:, 6] < flip, -q, q)
+    return torch.stack([c * qm, (c * k - s) / q, tx, s * qm, (s * k + c) / q, ty], 1).view(-1, 2, 3)
+
+
 def _affine_grid(theta: Tensor, h: int, w: int) -> Tensor:
-    """F.affine_grid(theta, (N, C, h, w), align_corners=False) as one small einsum:
+    """F.affine_grid(theta, (N, C, h, w), align_corners=False) as one small matrix product:
     affine_grid first writes N copies of the base grid, ten times slower on a CPU for 28x28."""
     base = _base_grid(h, w, theta.device)
-    return torch.einsum("pk,nck->npc", base, theta.to(base.dtype)).view(len(theta), h, w, 2)
+    return (base @ theta.to(base.dtype).mT).view(len(theta), h, w, 2)
 
 
 @functools.lru_cache(maxsize=16)
