@@ -151,7 +151,8 @@ class RaiseInTraining(Callback):
 def start_train(*args: str) -> subprocess.Popen:
     """``python train.py ARGS`` in the background (stderr captured; tests/ on the path, so
     that ``+callbacks.x._target_=conftest.SleepAt`` works), one thread."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    # (PYTHONFAULTHANDLER: a SIGABRT makes it print every thread's stack, for a run that hangs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"), "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen(
         [sys.executable, "train.py", *args],
         cwd=ROOT,
@@ -164,13 +165,19 @@ def start_train(*args: str) -> subprocess.Popen:
 
 def signal_when(ready: Path, *args: str, sig: int = signal.SIGINT, settle: float = 0.0) -> tuple[int, str]:
     """Run ``python train.py ARGS``; once ``ready`` exists (and ``settle`` seconds later),
-    send it ``sig``. Its exit status and stderr."""
+    send it ``sig``. Its exit status and stderr; a run that does not exit within two
+    minutes fails the test with its threads' stacks."""
     proc = start_train(*args)
     try:
         wait_for(ready, proc)
         time.sleep(settle)
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
+        try:
+            _, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # where it hangs: faulthandler prints each thread's stack
+            _, stderr = proc.communicate(timeout=60)
+            pytest.fail(f"no exit within 120 s of {signal.Signals(sig).name}:\n{stderr[-8000:]}")
     finally:
         proc.kill()
     return proc.returncode, stderr

@@ -38,7 +38,8 @@ def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
     returncode, stderr = signal_when(
         run_dir / "checkpoints" / "last.ckpt", *LONG_RUN, f"hydra.run.dir={run_dir}", sig=sig, settle=1.0
     )
-    assert returncode == code, stderr[-3000:]
+    log = run_dir / "train.log"  # (a run that went on to its end says so there, not on stderr)
+    assert returncode == code, stderr[-3000:] + (log.read_text()[-3000:] if log.is_file() else "")
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
     assert f"checkpoint {interrupted}" in stderr and "Resume with:" in stderr
     assert f"ckpt_path={interrupted} hydra.run.dir={run_dir}" in stderr
