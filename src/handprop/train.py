@@ -9,6 +9,7 @@ JSON object of final metrics).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -113,7 +114,7 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
         for directory in {*checkpoint_dirs(cfg), Path(cfg.paths.output_dir)}:
             remove_stale_temporaries(directory)
     start = time.perf_counter()
-    with _disk_full_is_a_user_error(cfg.paths.output_dir):
+    with _disk_full_is_a_user_error(cfg.paths.output_dir), _libraries_frozen():
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit as e:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit)
@@ -154,6 +155,21 @@ def _stopped_by(e: SystemExit) -> tuple[str, int]:
     """The signal that interrupted the trainer, and the exit status a shell expects for it
     (128 + the signal's number): Lightning raises SIGTERMException on SIGTERM, SystemExit on Ctrl-C."""
     return ("SIGTERM", 143) if isinstance(e, SIGTERMException) else ("SIGINT", 130)
+
+
+@contextlib.contextmanager
+def _libraries_frozen():
+    """Training and testing with every object that exists now frozen out of Python's
+    garbage collector (gc.freeze): torch, Lightning, matplotlib and the run's setup, half a
+    million objects, none of them garbage. A full collection scans every object it
+    tracks -- a quarter of a second at a time, set off by the churn of a picture's figure --
+    and then scans only what training made. The collector gets them back afterwards: a
+    notebook or test calling train() keeps its process as it was."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
