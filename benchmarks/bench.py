@@ -14,7 +14,8 @@ epoch     one training epoch of the default recipe: handprop under Lightning wit
           device-resident loader, vs a plain PyTorch loop over the same tensors doing the
           same work (what the framework costs), vs the classic torchvision MNIST +
           DataLoader recipe; and the data path alone, handprop's loader vs torchvision's.
-pictures  what the TensorBoard pictures and scalars add to a default run's wall time.
+pictures  what the TensorBoard pictures and scalars add to a default run's wall time; the lesson's
+          two pictures by themselves, on and off in pairs.
 fashion   time to accuracy on full Fashion-MNIST (experiment=fashion_fast and
           fashion_mlp): seconds to 89% test accuracy and the accuracy at the end, handprop
           vs the same network, recipe and data in a plain PyTorch loop.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -608,6 +610,62 @@ def pictures_cost(overrides=(), rounds: int = 2) -> dict:
     return out
 
 
+LESSON_OFF = ("callbacks.pictures.backprop=false", "callbacks.pictures.descent=false")
+
+
+def lesson_cost(overrides=(), rounds: int = 6) -> dict:
+    """What the lesson's two pictures (one digit's backprop, the descent) add to a default
+    ``python train.py``: the command as a user runs it, a fresh process each time, with
+    them off and on (the other pictures drawn in both), in pairs whose order alternates.
+    The figure is the median of the pairs' differences: on a shared machine a run's speed
+    drifts by several percent within minutes, more than the pictures cost, and a pair run
+    back to back shares its drift. (Runs repeated inside one process would share state no
+    user's run has: the allocator's and matplotlib's caches, the garbage collector's
+    generations.) One thread, on one core where the machine has several: a second thread
+    of the same run spins on a core that is busy elsewhere, and multiplies the noise."""
+    cores = os.sched_getaffinity(0)
+    core = {max(cores)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    walls: dict[str, list[float]] = {"off": [], "on": []}
+    for turn in range(rounds):
+        for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
+            extra = LESSON_OFF if name == "off" else ()
+            with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
+                command = [
+                    sys.executable,
+                    "train.py",
+                    *overrides,
+                    *extra,
+                    "callbacks.progress_bar=null",
+                    "trainer.enable_progress_bar=false",
+                    f"hydra.run.dir={run_dir}",
+                ]
+                start = time.perf_counter()
+                subprocess.run(
+                    command,
+                    cwd=ROOT,
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    preexec_fn=lambda: os.sched_setaffinity(0, core),
+                )
+                walls[name].append(time.perf_counter() - start)
+    differences = [on - off for on, off in zip(walls["on"], walls["off"])]
+    added, base = statistics.median(differences), statistics.median(walls["off"])
+    return {
+        "recipe": "python train.py" + (" " + " ".join(overrides) if overrides else ""),
+        "rounds": rounds,
+        "threads": 1,
+        "off_runs_s": walls["off"],
+        "on_runs_s": walls["on"],
+        "differences_s": differences,
+        "added_s": added,
+        "off_s": base,
+        "added_share": added / base,
+    }
+
+
 # --------------------------------------------------------------------------- cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -726,6 +784,7 @@ QUICK = {
     "gemm": {"batch": 16, "hidden": (32, 32), "square": 64},
     "epoch": {"epochs": 2, "overrides": ("trainer.limit_train_batches=3",)},
     "pictures": {"overrides": _SHORT_RUN, "rounds": 1},
+    "lesson": {"overrides": _SHORT_RUN, "rounds": 1},
     "fashion": {"overrides": ("trainer.max_epochs=1", "data.val_size=100"), "budget_s": 60.0},
     "default_recipe": ("model.hidden=[16]",),  # the per-digit numpy loop at the default size takes seconds
     "denormals": {"size": 1 << 12, "steps": 2, "repeats": 1},
@@ -804,6 +863,15 @@ def _report_pictures(p: dict) -> str:
         + ", ".join(f"{k} {v:.2f} s" for k, v in p["by_picture_s"].items())
         + f"; the lesson's two ({' and '.join(LESSON)}) {p['lesson_inside_s']:.2f} s = "
         f"{100 * p['lesson_share']:.1f}% of the rest of the run"
+    )
+
+
+def _report_lesson(p: dict) -> str:
+    turns = ", ".join(f"{d:+.2f}" for d in p["differences_s"])
+    return (
+        f"\nThe lesson's two pictures (backprop and descent) off and on, {p['recipe']} as a fresh process, "
+        f"{p['rounds']} pairs in alternating order, {p['threads']} thread: {p['added_s']:+.2f} s "
+        f"(median of the pairs: {turns} s) on {p['off_s']:.1f} s = {100 * p['added_share']:+.1f}% of the run"
     )
 
 
@@ -906,7 +974,10 @@ def main(argv: list[str] | None = None) -> dict:
         ],
         "gemm": [("gemm", lambda: gemm_fraction(repeats=args.repeats, **quick.get("gemm", {})), _report_gemm)],
         "epoch": [("epoch", lambda: epoch_speed(device=args.device, **quick.get("epoch", {})), _report_epoch)],
-        "pictures": [("pictures", lambda: pictures_cost(**quick.get("pictures", {})), _report_pictures)],
+        "pictures": [
+            ("pictures", lambda: pictures_cost(**quick.get("pictures", {})), _report_pictures),
+            ("lesson", lambda: lesson_cost(**quick.get("lesson", {})), _report_lesson),
+        ],
         "fashion": [("fashion", lambda: _fashion(args, quick), _report_fashion)],
         "cli": [("cli", lambda: help_speed(repeats=args.repeats), _report_cli)],
         "denormals": [("denormals", lambda: denormal_speed(**quick.get("denormals", {})), _report_denormals)],

@@ -15,6 +15,7 @@ from bench import (
     epoch_speed,
     gemm_fraction,
     interleaved_medians,
+    lesson_cost,
     lightning_epochs,
     pictures_cost,
     plain_epochs,
@@ -112,6 +113,15 @@ def test_pictures_cost_times_both_runs_and_the_hooks():
     assert 0 < p["lesson_share"] < p["pictures_share"], p
 
 
+def test_lesson_cost_pairs_runs_without_and_with_the_lesson_pictures():
+    p = lesson_cost(["model.hidden=[16]", "trainer.max_epochs=1", "trainer.limit_train_batches=2"], rounds=2)
+    assert len(p["off_runs_s"]) == len(p["on_runs_s"]) == len(p["differences_s"]) == 2, p
+    assert p["differences_s"] == [on - off for on, off in zip(p["on_runs_s"], p["off_runs_s"])]
+    assert p["added_s"] == pytest.approx(sum(p["differences_s"]) / 2)  # (the median of two)
+    assert p["added_share"] == pytest.approx(p["added_s"] / p["off_s"])
+    assert all(t > 1 for t in p["off_runs_s"] + p["on_runs_s"]), p  # whole processes: python, torch, a run
+
+
 @pytest.mark.slow
 def test_the_benchmark_runs_every_section(tmp_path):
     """`make bench ARGS=--quick`: each section's own code at toy sizes, so that a broken
@@ -128,6 +138,7 @@ def test_the_benchmark_runs_every_section(tmp_path):
     assert all(row["step_ms_chunked"] > 0 for row in results["backward"])
     assert results["audit"]["audit_ms"] > 0 and results["gemm"]["step_gflops"] > 0
     assert results["epoch"]["handprop_epoch_s"] > 0 and results["pictures"]["with_s"] > 0
+    assert len(results["lesson"]["differences_s"]) == 1
     fashion = results["fashion"]["fashion_fast"]
     assert fashion["handprop"]["epochs"] == fashion["plain_loop"]["epochs"] == 1
     for line in (
@@ -138,6 +149,7 @@ def test_the_benchmark_runs_every_section(tmp_path):
         "Large-MLP step",
         "One epoch of the default recipe",
         "TensorBoard pictures and scalars",
+        "The lesson's two pictures (backprop and descent) off and on",
         "Fashion-MNIST",
         "AdamW step on",
     ):
