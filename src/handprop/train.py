@@ -164,7 +164,13 @@ def _libraries_frozen():
     million objects, none of them garbage. A full collection scans every object it
     tracks -- a quarter of a second at a time, set off by the churn of a picture's figure --
     and then scans only what training made. The collector gets them back afterwards: a
-    notebook or test calling train() keeps its process as it was."""
+    notebook or test calling train() keeps its process as it was. (Collected first: a
+    notebook's previous run, garbage by now, is not kept alive through this one. A caller
+    that froze objects itself keeps its own freeze, untouched.)"""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.collect()
     gc.freeze()
     try:
         yield
