@@ -623,8 +623,8 @@ def lesson_cost(overrides=(), rounds: int = 6) -> dict:
     user's run has: the allocator's and matplotlib's caches, the garbage collector's
     generations.) One thread, on one core where the machine has several: a second thread
     of the same run spins on a core that is busy elsewhere, and multiplies the noise."""
-    cores = os.sched_getaffinity(0)
-    core = {max(cores)}
+    pin = hasattr(os, "sched_setaffinity")  # (Linux: the started process inherits this thread's cores)
+    cores = os.sched_getaffinity(0) if pin else set()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     walls: dict[str, list[float]] = {"off": [], "on": []}
     for turn in range(rounds):
@@ -640,17 +640,17 @@ def lesson_cost(overrides=(), rounds: int = 6) -> dict:
                     "trainer.enable_progress_bar=false",
                     f"hydra.run.dir={run_dir}",
                 ]
-                start = time.perf_counter()
-                subprocess.run(
-                    command,
-                    cwd=ROOT,
-                    env=env,
-                    check=True,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    preexec_fn=lambda: os.sched_setaffinity(0, core),
-                )
-                walls[name].append(time.perf_counter() - start)
+                if len(cores) > 1:
+                    os.sched_setaffinity(0, {max(cores)})
+                try:
+                    start = time.perf_counter()
+                    run = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                    walls[name].append(time.perf_counter() - start)
+                finally:
+                    if len(cores) > 1:
+                        os.sched_setaffinity(0, cores)
+                if run.returncode != 0:
+                    raise RuntimeError(f"{' '.join(command)} failed ({run.returncode}): {run.stderr[-3000:]}")
     differences = [on - off for on, off in zip(walls["on"], walls["off"])]
     added, base = statistics.median(differences), statistics.median(walls["off"])
     return {

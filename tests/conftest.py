@@ -176,7 +176,11 @@ def signal_when(ready: Path, *args: str, sig: int = signal.SIGINT, settle: float
             _, stderr = proc.communicate(timeout=120)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)  # where it hangs: faulthandler prints each thread's stack
-            _, stderr = proc.communicate(timeout=60)
+            try:
+                _, stderr = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, stderr = proc.communicate()
             pytest.fail(f"no exit within 120 s of {signal.Signals(sig).name}:\n{stderr[-8000:]}")
     finally:
         proc.kill()

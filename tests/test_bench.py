@@ -113,8 +113,10 @@ def test_pictures_cost_times_both_runs_and_the_hooks():
     assert 0 < p["lesson_share"] < p["pictures_share"], p
 
 
+@pytest.mark.slow
 def test_lesson_cost_pairs_runs_without_and_with_the_lesson_pictures():
-    p = lesson_cost(["model.hidden=[16]", "trainer.max_epochs=1", "trainer.limit_train_batches=2"], rounds=2)
+    quick = ["model.hidden=[16]", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.accelerator=cpu"]
+    p = lesson_cost([*quick, "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"], rounds=2)
     assert len(p["off_runs_s"]) == len(p["on_runs_s"]) == len(p["differences_s"]) == 2, p
     assert p["differences_s"] == [on - off for on, off in zip(p["on_runs_s"], p["off_runs_s"])]
     assert p["added_s"] == pytest.approx(sum(p["differences_s"]) / 2)  # (the median of two)
