@@ -65,7 +65,8 @@ def affine_thetas(
         [[c·q·m, (c·k - s)/q],      c, s = cos(angle)/zoom, sin(angle)/zoom
          [s·q·m, (s·k + c)/q]]      m = -1 when mirrored, else 1
     """
-    amounts = _constant((math.radians(rotation), scale, shear, squeeze, shift * 2 / w, shift * 2 / h), draws)
+    setting = (math.radians(rotation), scale, shear, squeeze, shift * 2 / w, shift * 2 / h)
+    amounts = _constant(setting, draws.dtype, draws.device)
     angle, zoom, k, q, tx, ty = torch.addcmul(-amounts, draws[:, :6], amounts, value=2).unbind(1)  # (2u - 1)·amount
     zoom, q = zoom + 1, q + 1
     c, s = angle.cos() / zoom, angle.sin() / zoom
@@ -73,15 +74,10 @@ def affine_thetas(
     return torch.stack([c * qm, (c * k - s) / q, tx, s * qm, (s * k + c) / q, ty], 1).view(-1, 2, 3)
 
 
-def _constant(values: tuple[float, ...], like: Tensor) -> Tensor:
-    """``values`` as a tensor of ``like``'s dtype on its device, made once per setting: a
-    tensor built from Python numbers every step would be a copy from the host that a GPU
-    waits for, inside the training step."""
-    return _constant_on(values, like.dtype, like.device)
-
-
 @functools.lru_cache(maxsize=64)
-def _constant_on(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``values`` as a tensor, made once per setting: a tensor built from Python numbers
+    every step would be a copy from the host that a GPU waits for, inside the training step."""
     return torch.tensor(values, dtype=dtype, device=device)
 
 
@@ -111,7 +107,7 @@ def _elastic_field(n: int, h: int, w: int, alpha: float, sigma: float, device) -
     noise = torch.rand(n * 2, h, w, device=device) * 2 - 1
     field = _blur_matrix(h, sigma, device) @ noise @ _blur_matrix(w, sigma, device).T
     field = field / field.abs().amax((1, 2), keepdim=True).clamp_min(1e-6)  # each map peaks at +-1
-    return field.view(n, 2, h, w).permute(0, 2, 3, 1) * _constant((alpha * 2 / w, alpha * 2 / h), field)
+    return field.view(n, 2, h, w).permute(0, 2, 3, 1) * _constant((alpha * 2 / w, alpha * 2 / h), field.dtype, device)
 
 
 @functools.lru_cache(maxsize=16)
