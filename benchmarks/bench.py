@@ -623,40 +623,41 @@ def lesson_cost(overrides=(), rounds: int = 6) -> dict:
     user's run has: the allocator's and matplotlib's caches, the garbage collector's
     generations.) One thread, on one core where the machine has several: a second thread
     of the same run spins on a core that is busy elsewhere, and multiplies the noise."""
-    pin = hasattr(os, "sched_setaffinity")  # (Linux: the started process inherits this thread's cores)
-    cores = os.sched_getaffinity(0) if pin else set()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    threads = 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else set()
+    pinned = len(cores) > 1  # (Linux: each started process inherits this thread's cores)
     walls: dict[str, list[float]] = {"off": [], "on": []}
-    for turn in range(rounds):
-        for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
-            extra = LESSON_OFF if name == "off" else ()
-            with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
-                command = [
-                    sys.executable,
-                    "train.py",
-                    *overrides,
-                    *extra,
-                    "callbacks.progress_bar=null",
-                    "trainer.enable_progress_bar=false",
-                    f"hydra.run.dir={run_dir}",
-                ]
-                if len(cores) > 1:
-                    os.sched_setaffinity(0, {max(cores)})
-                try:
+    if pinned:
+        os.sched_setaffinity(0, {max(cores)})
+    try:
+        for turn in range(rounds):
+            for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
+                extra = LESSON_OFF if name == "off" else ()
+                with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
+                    command = [
+                        sys.executable,
+                        "train.py",
+                        *overrides,
+                        *extra,
+                        "callbacks.progress_bar=null",
+                        "trainer.enable_progress_bar=false",
+                        f"hydra.run.dir={run_dir}",
+                    ]
                     start = time.perf_counter()
                     run = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                     walls[name].append(time.perf_counter() - start)
-                finally:
-                    if len(cores) > 1:
-                        os.sched_setaffinity(0, cores)
                 if run.returncode != 0:
                     raise RuntimeError(f"{' '.join(command)} failed ({run.returncode}): {run.stderr[-3000:]}")
+    finally:
+        if pinned:
+            os.sched_setaffinity(0, cores)
     differences = [on - off for on, off in zip(walls["on"], walls["off"])]
     added, base = statistics.median(differences), statistics.median(walls["off"])
     return {
         "recipe": "python train.py" + (" " + " ".join(overrides) if overrides else ""),
         "rounds": rounds,
-        "threads": 1,
+        "threads": threads,
         "off_runs_s": walls["off"],
         "on_runs_s": walls["on"],
         "differences_s": differences,
