@@ -209,10 +209,10 @@ def _val_acc(run_dir):
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_validation_validates_that_epoch_again_on_resume(tmp_path):
-    """Lightning repeats an interrupted validation only when the interrupt hit inside a
-    batch's step; between batches it skipped the rest, and with it that epoch's val/acc and
-    best-checkpoint decision. The interrupt checkpoint makes the resume validate again."""
+def test_ctrl_c_during_validation_lets_it_finish_and_the_resume_goes_on_from_there(tmp_path):
+    """A Ctrl-C between two validation batches takes effect when the validation is over:
+    its val/acc and the best-checkpoint decision are the epoch's, and the resumed run ends
+    with every epoch validated once, as the run that was never interrupted."""
     quick = [
         "model.hidden=[16]",
         "trainer.max_epochs=3",
@@ -231,6 +231,7 @@ def test_ctrl_c_during_validation_validates_that_epoch_again_on_resume(tmp_path)
         "+callbacks.sleep.stage=validation",
         f"+callbacks.sleep.marker={marker}",
         "+callbacks.sleep.batch=2",
+        "+callbacks.sleep.seconds=3",  # (the Ctrl-C lets it sleep on)
     ]  # between batches, 2 of 5 done
     returncode, stderr = signal_when(marker, *quick, *sleepy, f"hydra.run.dir={run_dir}")
     assert returncode == 130, stderr[-3000:]

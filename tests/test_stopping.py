@@ -71,7 +71,7 @@ def test_min_delta_and_a_loss():
     trainer = _trainer()
     for epoch, value in enumerate([1.0, 0.9, 0.95, 0.91]):
         trainer.current_epoch, trainer.callback_metrics = epoch, {"val/loss": torch.tensor(value)}
-        loss._run_early_stopping_check(trainer)
+        loss.on_validation_end(trainer, None)
     assert trainer.should_stop and loss.best_epoch == 2
 
 

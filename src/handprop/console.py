@@ -22,7 +22,7 @@ class ConsoleFilter(logging.Filter):
 
 
 def logging_setup() -> list[dict]:
-    """The root logger's handlers (the run's log file, the console) as plain data that a
+    """The root logger's handlers (the run's log file, the console) as data that a
     spawned process can rebuild with ``rebuild_logging``: trainer=ddp_spawn's workers start
     without Hydra's logging, and would write no epoch line to train.log."""
     specs = []
@@ -33,8 +33,7 @@ def logging_setup() -> list[dict]:
             spec = {"stream": "stdout" if handler.stream is sys.stdout else "stderr"}
         else:
             continue
-        formatter = handler.formatter
-        spec["format"], spec["datefmt"] = (formatter._fmt, formatter.datefmt) if formatter else (None, None)
+        spec["formatter"] = handler.formatter  # (a logging.Formatter is plain data: it pickles)
         spec["console"] = any(isinstance(f, ConsoleFilter) for f in handler.filters)
         specs.append(spec)
     return specs
@@ -51,7 +50,7 @@ def rebuild_logging(specs: list[dict]) -> None:
             handler = logging.FileHandler(spec["file"], mode="a")
         else:
             handler = logging.StreamHandler(sys.stdout if spec["stream"] == "stdout" else sys.stderr)
-        handler.setFormatter(logging.Formatter(spec["format"], spec["datefmt"]))
+        handler.setFormatter(spec["formatter"] or logging.Formatter())
         if spec["console"]:
             handler.addFilter(ConsoleFilter())
         root.addHandler(handler)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import IO
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .errors import DiskFullError
@@ -108,17 +107,23 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     return stale
 
 
+def is_remote(path) -> bool:
+    """Whether a path is an address of a remote file system (``s3://...``), which Lightning's
+    own I/O (fsspec) handles."""
+    return "://" in str(path)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, with every save atomic on the checkpoint's own file
     system (``atomic_write``) and removals limited to single files."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or is_remote(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_write(path, lambda file: torch.save(checkpoint, file))
 
     def remove_checkpoint(self, path) -> None:
-        if not _is_local_file_protocol(path):
+        if is_remote(path):
             return super().remove_checkpoint(path)
         path = Path(path)
         if path.is_symlink() or not path.is_file():

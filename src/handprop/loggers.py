@@ -25,12 +25,11 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import scalar as scalar_summary
 
 # Custom Scalars: category -> chart -> ["Multiline", [tag regexes]]; categories in this order.
@@ -134,10 +133,10 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
     @property
     def experiment(self):
-        new = self._experiment is None
-        writer = super().experiment
-        if new and writer is not None:
+        writer = super().experiment  # (made on first use)
+        if writer is not None and not getattr(self, "layout_written", False):
             writer.add_custom_scalars(LAYOUT)
+            self.layout_written = True
         return writer
 
     def describe(self, descriptions: dict[str, str]) -> None:
@@ -154,7 +153,8 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             # Scalars, as Lightning writes them) see the plain point written below, at the same step.
             summary = scalar_summary(tag, float(charted[tag]), new_style=True)
             summary.value[0].metadata.summary_description = self._descriptions.pop(tag)
-            self.experiment._get_file_writer().add_summary(summary, step)
+            if self.experiment.file_writer is not None:  # (None once the writer is closed: a finished fit)
+                self.experiment.file_writer.add_summary(summary, step)
         if charted:
             super().log_metrics(charted, step)
 
@@ -183,56 +183,85 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             for info in data.experiment.hparam_infos:
                 info.differs = info.name in asked
 
-        writer = self.experiment
         experiment, start, end = hparams_summary(hparams, dict.fromkeys(HPARAMS_METRICS, 0.0))
         edit(experiment, mark_asked)
         edit(start, lambda data: setattr(data.session_start_info, "group_name", trial))  # its "Trial ID"
-        for record in (experiment, start, end):
-            writer._get_file_writer().add_summary(record)
-        writer.add_text("summary", "    " + summary.replace("\n", "\n    "))  # a code block: kept as printed
-        writer.flush()
+        # the run's own writer was closed when fitting and testing ended: a writer of its own,
+        # its events file beside the others in the run's directory
+        with SummaryWriter(self.log_dir) as writer:
+            for record in (experiment, start, end):
+                writer.file_writer.add_summary(record)
+            writer.add_text("summary", "    " + summary.replace("\n", "\n    "))  # a code block: kept as printed
 
     @rank_zero_only
     def save(self) -> None:
         """The events flushed; no hparams.yaml (Lightning's holds the module's arguments,
         which .hydra/config.yaml has in full)."""
-        if self._experiment is not None:
-            self._experiment.flush()
+        if getattr(self, "layout_written", False):  # (a writer exists: nothing is made just to flush it)
+            self.experiment.flush()
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that an existing metrics.csv is continued (a resumed
-    run's history is kept; Lightning's deletes it) and no hparams.yaml is written
-    (.hydra/config.yaml is the run's config)."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
-
-    def log_hparams(self, params) -> None:
-        pass
-
-
-class CSVLogger(LightningCSVLogger):
-    """Every logged scalar in ``<save_dir>/metrics.csv``, one row per logging call (a step),
-    one column per scalar: the run's history without TensorBoard."""
+class CSVLogger(Logger):
+    """Every logged scalar in ``<save_dir>/metrics.csv``: one row per logging call (a step),
+    one column per scalar (the header grows with the scalars). A resumed run's rows are
+    added to the file's: the run's whole history stays in one table. (Lightning's own
+    CSVLogger starts the file afresh, and writes an hparams.yaml that .hydra/config.yaml
+    makes redundant.)"""
 
     def __init__(self, save_dir: str, flush_logs_every_n_steps: int = 100):
-        super().__init__(save_dir, name="", version="", flush_logs_every_n_steps=flush_logs_every_n_steps)
+        super().__init__()
+        self.directory, self.flush_logs_every_n_steps = save_dir, flush_logs_every_n_steps
+        self.rows: list[dict[str, float]] = []  # not yet in the file
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return self.directory
+
+    @property
+    def version(self) -> str:
+        return ""
 
     @property
     def log_dir(self) -> str:
         return self.save_dir
 
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.log_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+        row = {k: float(v) for k, v in metrics.items() if k != "epoch"}  # (Lightning's epoch counter)
+        self.rows.append({**row, "step": len(self.rows) if step is None else step})
+        if step is not None and (step + 1) % self.flush_logs_every_n_steps == 0:
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self.rows:
+            return
+        path = Path(self.save_dir) / "metrics.csv"
+        header, earlier = [], []
+        if path.is_file():
+            with open(path, newline="") as file:
+                reader = csv.DictReader(file)
+                header = list(reader.fieldnames or [])
+                append = bool(header) and set().union(*self.rows) <= set(header)
+                earlier = [] if append else list(reader)  # (read whole only when the header grows)
+        append = bool(header) and set().union(*self.rows) <= set(header)
+        keys = header if append else sorted(set(header).union(*self.rows))  # new columns: the file anew
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a" if append else "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=keys)
+            if not append:
+                writer.writeheader()
+            writer.writerows(self.rows if append else earlier + self.rows)
+        self.rows = []
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()

@@ -2,18 +2,20 @@
 
 Confinement. The checkpoint callbacks' restored state names files (the best, the k-th
 best, the last checkpoint) that Lightning later deletes when a better one replaces
-them. A checkpoint is only data, so those names are checked: one that does not resolve
-to a file directly inside this run's checkpoint directory is dropped with a warning,
-and nothing outside that directory is ever deleted.
+them. A checkpoint is only data, so those names are checked as the state is restored:
+one that does not resolve (links followed) to a file directly inside this run's
+checkpoint directory -- another directory, a remote address -- is dropped with a warning,
+so that every file Lightning may delete is one this run's callbacks wrote there.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -46,7 +48,7 @@ class RunCheckpoint(ModelCheckpoint):
             self._forget()
             return
         named = [self.best_model_path, self.kth_best_model_path, self.last_model_path, *self.best_k_models]
-        outside = [str(p) for p in named if p and not (_is_local_file_protocol(p) and inside(p, self.dirpath))]
+        outside = [str(p) for p in named if p and not inside(p, self.dirpath)]
         if outside:
             self._forget()
             log.warning(
@@ -66,9 +68,6 @@ class RunCheckpoint(ModelCheckpoint):
         self.best_model_path = self.kth_best_model_path = self.last_model_path = ""
         self.best_k_models, self.best_model_score = {}, None
         self.kth_value = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
-
-    def _should_remove_checkpoint(self, trainer, previous: str, current: str) -> bool:
-        return inside(previous, self.dirpath) and super()._should_remove_checkpoint(trainer, previous, current)
 
 
 class LastCheckpoint(RunCheckpoint):
@@ -110,6 +109,11 @@ class InterruptCheckpoint(Callback):
     keeps its last good checkpoint instead. A run that then finishes removes it:
     last.ckpt has superseded it.
 
+    An epoch's validation is part of the epoch (its val/acc, the best checkpoint's
+    decision), so a Ctrl-C during one takes effect when it is over: before the next
+    training batch, or as training ends -- as Lightning treats SIGTERM, which it acts on
+    before the next training batch. A second Ctrl-C stops at once.
+
     Not Lightning's ``OnExceptionCheckpoint``, on purpose: with one of those among the
     callbacks, ``trainer.fit(ckpt_path=None)`` silently resumes from the newest checkpoint
     it finds in the directory (``ckpt_path="last"``), so a new run started in an old run's
@@ -118,43 +122,44 @@ class InterruptCheckpoint(Callback):
     def __init__(self, dirpath: str, filename: str = "interrupted"):
         require(bool(filename), "filename", filename, "must be a file name, e.g. interrupted")
         self.dirpath, self.filename = dirpath, filename
-        self._in_validation = False  # whether the interrupt being saved hit an epoch's validation
+        self._sigint = None  # while a validation runs: Python's own SIGINT handler, to put back
+        self._interrupted = False  # a Ctrl-C came during that validation
 
     @property
     def ckpt_path(self) -> str:
         return str(Path(self.dirpath) / f"{self.filename}.ckpt")
 
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+    def on_validation_start(self, trainer, pl_module) -> None:
+        main = threading.current_thread() is threading.main_thread()  # (signal handlers live there)
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and main:
+            self._sigint = signal.signal(signal.SIGINT, self._after_validation)
 
+    def _after_validation(self, signum, frame) -> None:
+        signal.signal(signal.SIGINT, self._sigint)  # a second Ctrl-C stops at once
+        self._interrupted = True
+
+    def _take_a_held_interrupt(self) -> None:
+        if self._sigint is not None:
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None
+        if self._interrupted:
+            self._interrupted = False
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._take_a_held_interrupt()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._take_a_held_interrupt()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._sigint is not None:
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == TrainerFn.FITTING:
-            self._in_validation = trainer.validating and not trainer.sanity_checking
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # atomic: AtomicCheckpointIO
             log.warning("interrupted: checkpoint written to %s", self.ckpt_path)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if self._in_validation:
-            self._in_validation = False
-            _validate_again_on_resume(checkpoint)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if Path(self.ckpt_path).is_file():
             trainer.strategy.remove_checkpoint(self.ckpt_path)
-
-
-def _validate_again_on_resume(checkpoint: dict) -> None:
-    """An interrupt during an epoch's validation: make the resumed run validate that epoch
-    again, whole, so that its val/acc and the best-checkpoint decision are not lost.
-
-    Lightning repeats a validation on resume only when the interrupt hit inside a
-    batch's step (its progress then reads started == ready, processed == completed ==
-    started - 1); between batches, or in a hook, it skips the rest of that validation.
-    The progress is written as the first case, in the first batch, so that the resumed
-    validation runs over every batch (its metrics start afresh in the new process)."""
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
-    if not progress or not progress["total"]["ready"]:
-        log.warning("interrupted during validation: the resumed run may not repeat this epoch's validation")
-        return
-    base = progress["total"]["ready"] - progress["current"]["ready"]  # batches of the validations before this one
-    for counts, before in ((progress["total"], base), (progress["current"], 0)):
-        # inside the step of this validation's first batch: the resume starts over at batch 0
-        counts.update(ready=before + 1, started=before + 1, processed=before, completed=before)

@@ -45,18 +45,16 @@ class EarlyStopping(LightningEarlyStopping):
         self.best_epoch = 0  # 1-based; 0: none yet
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self.enabled:
-            super().on_validation_end(trainer, pl_module)
+        if not self.enabled:
+            return
+        before = self.best_score.clone()
+        super().on_validation_end(trainer, pl_module)
+        if not torch.equal(self.best_score, before):  # this epoch improved on the best
+            self.best_epoch = trainer.current_epoch + 1
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.enabled:
             super().on_train_epoch_end(trainer, pl_module)
-
-    def _run_early_stopping_check(self, trainer) -> None:
-        before = self.best_score.clone()
-        super()._run_early_stopping_check(trainer)
-        if not torch.equal(self.best_score, before):  # this epoch improved on the best
-            self.best_epoch = trainer.current_epoch + 1
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not (self.enabled and self.stopped_epoch):
