@@ -45,8 +45,9 @@ from handprop import functional as HF
 from handprop.build import build_data_and_model
 from handprop.callbacks import GradientAudit, TensorBoardPictures, TrainingScalars
 from handprop.compose import bare_config, compose
-from handprop.data import DeviceBatches, load_split, to_pixels, write_idx
-from handprop.module import DigitClassifier, schedule_length
+from handprop.data import Chunk, DeviceBatches, load_split, to_pixels, write_idx
+from handprop.gate import schedule_length
+from handprop.module import DigitClassifier
 from handprop.nn import MLP
 from handprop.train import train
 
@@ -114,17 +115,7 @@ def backward_vs_autograd(
 
     def step(backward: str) -> None:
         opt.zero_grad(set_to_none=True)
-        if backward == "chunked":  # as a chunk trains: the same sweeps, the engine left out
-            with torch.no_grad():
-                params = [t for layer in mlp.layers for t in (layer.weight, layer.bias)]
-                keeps = HF.dropout_masks(batch, params, r["dropout"])
-                acts = tuple(layer.activation for layer in mlp.layers)
-                scale = 1 / (1 - r["dropout"])
-                grads = HF.gradients(x, y, "cross_entropy", r["label_smoothing"], acts, keeps, scale, params)[2]
-                for p, g in zip(params, grads):
-                    p.grad = g
-        else:
-            graph(backward).backward()
+        graph(backward).backward()
         opt.step()
 
     for _ in range(3):
@@ -134,7 +125,7 @@ def backward_vs_autograd(
     step("autograd")
     sync()
     number = max(3, int(target_s / (time.perf_counter() - start)))  # calls for ~target_s a repeat
-    t = interleaved_medians({m: (lambda m=m: step(m)) for m in (*HF.BACKWARDS, "chunked")}, repeats, number, sync)
+    t = interleaved_medians({m: (lambda m=m: step(m)) for m in HF.BACKWARDS}, repeats, number, sync)
     mem = {m: saved_bytes(lambda m=m: graph(m)) for m in HF.BACKWARDS}
     return {
         "network": "-".join(map(str, [784, *hidden, 10])),
@@ -143,9 +134,7 @@ def backward_vs_autograd(
         "device": device,
         "step_ms_manual": t["manual"] * 1e3,
         "step_ms_autograd": t["autograd"] * 1e3,
-        "step_ms_chunked": t["chunked"] * 1e3,
         "speed_ratio": t["autograd"] / t["manual"],  # > 1: ours is faster
-        "speed_ratio_chunked": t["autograd"] / t["chunked"],
         "saved_bytes_manual": mem["manual"],
         "saved_bytes_autograd": mem["autograd"],
         "memory_ratio": mem["manual"] / mem["autograd"],  # < 1: ours keeps less
@@ -174,13 +163,11 @@ def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9,
         model.output_and_loss(images, labels)[1].backward()
         opt.step()
 
+    model.step_in_progress.begin(Chunk(images, labels, batch), 0)  # the step the audit replays
     step()
     manual = [p.grad for layer in model.net.layers for p in (layer.weight, layer.bias)]
-    rng = (torch.get_rng_state(), None)
     t = interleaved_medians(
-        {"step": step, "audit": lambda: audit.relative_errors(trainer, model, (images, labels), manual, rng)},
-        repeats,
-        number,
+        {"step": step, "audit": lambda: audit.relative_errors(trainer, model, manual=manual)}, repeats, number
     )
     return {
         "network": "784-512-256-10",
@@ -803,9 +790,8 @@ def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 def _report_backward(rows: list[dict], batch: int, threads: int) -> str:
     return (
         f"\nManual backward vs PyTorch autograd: one training step, batch {batch}, CPU threads {threads}\n"
-        "manual: loss.backward() through MLPFunction; chunked: the same sweeps called directly, as "
-        "chunked training (model.chunk > 1) runs them\n"
-        "speed ratio = autograd time / manual (or chunked) time (>= 1: ours as fast or faster); "
+        "manual: loss.backward() through MLPFunction, as every training step runs it\n"
+        "speed ratio = autograd time / manual time (>= 1: ours as fast or faster); "
         "memory ratio = manual saved bytes / autograd saved bytes (<= 1: ours keeps no more)\n\n"
         + _table(
             rows,
@@ -813,10 +799,8 @@ def _report_backward(rows: list[dict], batch: int, threads: int) -> str:
                 ("network", "network", "<18"),
                 ("recipe", "recipe", "<8"),
                 ("manual ms", "step_ms_manual", ">9.3f"),
-                ("chunked ms", "step_ms_chunked", ">10.3f"),
                 ("autograd ms", "step_ms_autograd", ">11.3f"),
                 ("speed ratio", "speed_ratio", ">11.3f"),
-                ("chunked ratio", "speed_ratio_chunked", ">13.3f"),
                 ("saved bytes manual", "saved_bytes_manual", ">18,"),
                 ("saved bytes autograd", "saved_bytes_autograd", ">20,"),
                 ("memory ratio", "memory_ratio", ">12.3f"),

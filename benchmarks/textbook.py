@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from handprop.build import build_data_and_model
 from handprop.compose import bare_config, compose
 from handprop.data import DeviceBatches, to_pixels
-from handprop.module import schedule_length
+from handprop.gate import schedule_length
 from handprop.train import train
 
 ETA, BATCH = 3.0, 10

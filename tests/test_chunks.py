@@ -106,29 +106,26 @@ def test_eight_steps_per_lightning_step_train_bitwise_as_one(tmp_path, recipe):
     assert one["train/acc"] == eight["train/acc"] and one["val/acc"] == eight["val/acc"]
 
 
-class InterruptAfterStep(Callback):
-    """Ctrl-C right after optimiser step ``step`` - 1 has been taken: inside a chunk, the
-    chunk's per-step hook, or after the batch when unchunked."""
+class InterruptInStep(Callback):
+    """Ctrl-C in the middle of optimiser step ``step``: its forward pass done (its
+    augmentation and dropout masks drawn), its backward not yet."""
 
     def __init__(self, step: int):
         self.step = step
 
-    def on_optimizer_step_end(self, trainer, pl_module, loss=None):
+    def on_before_backward(self, trainer, pl_module, loss):
         if trainer.global_step == self.step:
             raise KeyboardInterrupt
-
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        if pl_module.automatic_optimization:
-            self.on_optimizer_step_end(trainer, pl_module)
 
 
 @pytest.mark.slow
 def test_a_run_interrupted_inside_a_chunk_resumes_bitwise(tmp_path):
     """Step 53 lies inside the second epoch's second chunk (steps 48-55): the resumed run
-    trains the rest of that chunk, then whole chunks again, and ends where the run that
-    was never interrupted ends. The resumed run validates where the straight one does."""
+    takes step 53 again from where it began (the checkpoint holds the random generators of
+    the step's start), trains the rest of that chunk, then whole chunks again, and ends
+    where the run that was never interrupted ends. It validates where the straight one does."""
     _, straight = _run(tmp_path, "straight", "model.chunk=8")
-    stop = {"stop": {"_target_": "test_chunks.InterruptAfterStep", "step": 53}}
+    stop = {"stop": {"_target_": "test_chunks.InterruptInStep", "step": 53}}
     with pytest.raises(SystemExit):
         _run(tmp_path, "interrupted", "model.chunk=8", callbacks=stop)
     ckpt = tmp_path / "interrupted" / "checkpoints" / "interrupted.ckpt"
@@ -181,19 +178,16 @@ def test_max_steps_stops_inside_a_chunk_and_its_resume_is_the_unchunked_ones(tmp
 
 
 class Poison(Callback):
-    """Turns a weight into NaN just before optimiser step ``step``'s forward pass."""
+    """Turns a weight into NaN in the step before optimiser step ``step``: the loss of
+    ``step`` is the first to read it."""
 
     def __init__(self, step: int):
         self.step = step
 
-    def on_optimizer_step_start(self, trainer, pl_module, batch):
-        if trainer.global_step == self.step:
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step - 1:
             with torch.no_grad():
                 pl_module.net.layers[0].weight[0, 0] = float("nan")
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.automatic_optimization:
-            self.on_optimizer_step_start(trainer, pl_module, batch)
 
 
 @pytest.mark.parametrize("chunk", [1, 8])

@@ -111,9 +111,12 @@ def test_pixel_stats_come_from_the_training_split():
 
 
 def test_loader_yields_uint8_batches_and_the_hook_scales_them():
-    dm = D.DigitsDataModule("sample", batch_size=64)
+    dm = D.DigitsDataModule("sample", batch_size=64, eval_batch_size=64)
     dm.setup("fit")
-    images, labels = next(iter(dm.train_dataloader()))
+    chunk = next(iter(dm.train_dataloader()))  # training: a chunk of mini-batches, one without a model's choice
+    assert isinstance(chunk, D.Chunk) and len(chunk) == 1 and chunk.batch_size == 64
+    assert chunk.images.shape == (64, 28, 28) and chunk.images.dtype == torch.uint8
+    images, labels = next(iter(dm.val_dataloader()))  # evaluation: plain batches
     assert images.shape == (64, 28, 28) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     x, y = dm.on_after_batch_transfer((images, labels), 0)
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32

@@ -58,12 +58,14 @@ def test_the_output_nudge_is_desired_minus_read(cost):
 
 def test_the_mini_batch_average_is_the_gradient_the_optimiser_steps_on():
     """The changes for a mini-batch are, bit for bit, minus the gradient of the training
-    step (functional.gradients, what the module's chunked steps apply), and the mean of
-    the changes each digit asks on its own."""
+    step (MLPFunction's backward, called by the autograd engine), and the mean of the
+    changes each digit asks on its own."""
     x, target, params, activations = _network([784, 16, 16, 10], "sigmoid", "sigmoid", n=10)
     x, params = x.float(), [p.float() for p in params]
     batch = HF.nudges(x, target, "quadratic", 0.0, activations, params)
-    _, loss, grads = HF.gradients(x, target, "quadratic", 0.0, activations, (None,) * 3, 1.0, params)
+    leaves = [p.clone().requires_grad_() for p in params]
+    _, loss = HF.mlp(x, list(zip(leaves[0::2], leaves[1::2])), activations, target=target, cost="quadratic")
+    grads = torch.autograd.grad(loss, leaves)
     for change, grad in zip(batch.changes, grads):
         assert torch.equal(change, -grad)
     assert torch.equal(batch.cost, loss)

@@ -11,7 +11,9 @@
 3. **Ranges of the settings of other libraries' code** (``RANGES``): PyTorch's optimisers
    and schedules, Lightning's trainer and callbacks.
 4. **Rules that join keys of different groups**: the global batch must divide among the
-   processes; a run resumes (``ckpt_path``) or starts from weights (``init_from``), not both.
+   processes; a run resumes (``ckpt_path``) or starts from weights (``init_from``), not both;
+   and, once every value is good on its own, the training run's rules of ``gate.py``
+   (chunks, the schedule's length, l2, what Lightning's manual optimisation changes).
 
 A key that is not in the config at all (``model.hiden=3``) is refused by Hydra before any
 of this runs; ``unknown_override_message`` gives that case the same kind of message (the
@@ -32,6 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
 
 from .errors import ConfigError
+from .gate import Plan, plan
 from .rules import POSITIVE_INT, SettingError, is_int, is_number, positive_int, probability, unknown_key
 from .rundir import override_parser
 from .settings import WIRED, setting_problems, signature_of
@@ -151,6 +154,24 @@ def _leaves(node, prefix: str = "") -> Iterator[tuple[str, object]]:
 
 def config_problems(cfg: DictConfig) -> list[str]:
     """Every user-facing value that cannot work, one line each, naming the key and the fix."""
+    return _check(cfg).problems
+
+
+def check_config(cfg: DictConfig) -> Plan:
+    """Every check, once, before anything is built: a ConfigError naming every problem, or
+    the training run's plan (the gate's)."""
+    result = _check(cfg)
+    if result.problems:
+        raise ConfigError("bad config:\n  " + "\n  ".join(result.problems))
+    return result
+
+
+def _check(cfg: DictConfig) -> Plan:
+    problems = _value_problems(cfg)
+    return Plan(problems) if problems else plan(cfg)  # the gate's rules read values that are each good
+
+
+def _value_problems(cfg: DictConfig) -> list[str]:
     # torch and Lightning load here, not when the entry points import this module (--help needs neither)
     from .build import construction_problems  # noqa: PLC0415 -- torch and Lightning load only for a check
     from .data import per_process_batch  # noqa: PLC0415 -- torch and Lightning load only for a check
@@ -206,12 +227,6 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
     order = list(values)  # report in the config's own order
     return [problems[k] for k in sorted(problems, key=lambda k: order.index(k) if k in order else len(order))]
-
-
-def check_config(cfg: DictConfig) -> None:
-    problems = config_problems(cfg)
-    if problems:
-        raise ConfigError("bad config:\n  " + "\n  ".join(problems))
 
 
 # --------------------------------------------------------------------------- keys not in the config

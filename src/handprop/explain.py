@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .checkpoint import model_from_checkpoint, read_checkpoint  # noqa: PLC0415
     from .data import load_split, seeded_digits  # noqa: PLC0415
-    from .pictures import backprop_figure  # noqa: PLC0415
+    from .pictures import backprop_figure, nudges_of  # noqa: PLC0415
 
     try:
         model = model_from_checkpoint(read_checkpoint(args.checkpoint, option=None))
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     read = int(predict(model, image[None])[0].argmax())
     label = read if args.label is None else args.label
     model.eval()
-    one = model.nudges(image[None].to(model.device), torch.tensor([label], device=model.device))
+    one = nudges_of(model, image[None].to(model.device), torch.tensor([label], device=model.device))
     pixels, labels = seeded_digits(*load_split("sample", "train"), BATCH)
-    batch = model.nudges(pixels.to(model.device), labels.to(model.device))
+    batch = nudges_of(model, pixels.to(model.device), labels.to(model.device))
     given = f"label {label}" if args.label is not None else f"label {label}, the digit read"
     figure = backprop_figure(image[0], label, one, batch, BATCH, f"{Path(args.image).name}, {given}", model.calibrated)
     try:

@@ -13,7 +13,7 @@ flat. η falls pass by pass on a fixed schedule (the paper's, for LeNet-5 and it
 0.00001; μ = 0.02).
 
 The module (``DigitClassifier.on_train_epoch_start``) measures h with the second backward
-pass and hands it over with ``start_pass``; ``step`` applies the rule.
+pass (``curvature``) and hands it over with ``start_pass``; ``step`` applies the rule.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import functional as HF
+from .data import to_pixels
 from .rules import POSITIVE_INT, is_int, is_number, positive_int, require
 
 LECUN_1998 = ((1, 0.0005), (3, 0.0002), (6, 0.0001), (9, 0.00005), (13, 0.00001))  # (first pass, η)
@@ -82,3 +84,24 @@ class SDLM(torch.optim.Optimizer):
                     raise RuntimeError("SDLM steps with each weight's curvature: call start_pass first")
                 p.addcdiv_(p.grad, h + group["mu"], value=-group["lr"])  # w -= η ∂C/∂w / (μ + h)
         return loss
+
+
+def curvature(module, images: Tensor, labels: Tensor, samples: int, epoch: int) -> dict[Tensor, Tensor]:
+    """LeCun's h, the cost's curvature along every weight of ``module``'s network
+    (functional.curvature), on ``samples`` of the training digits (uint8 ``images``) drawn
+    afresh before pass ``epoch`` -- the same ones on every process, so that DDP's replicas
+    stay equal. Parameter -> h."""
+    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch))[:samples]
+    x = module.normalize(to_pixels(images[pick.to(images.device)]).to(module.device))
+    params = module.net.weights_and_biases()
+    h = HF.gauss_newton_diagonal(x, module.hparams.loss, module.net.activations, params)
+    return dict(zip(params, h))
+
+
+def l2_groups(net, l2: float, n: int | None) -> list[dict]:
+    """Nielsen's L2 term λ/2n Σ w² as the optimiser's weight decay λ/n, on the weights only."""
+    if not n:
+        raise ValueError("model.l2 needs the number of training examples: train with handprop's DigitsDataModule")
+    weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+    biases = [p for name, p in net.named_parameters() if not name.endswith("weight")]
+    return [{"params": weights, "weight_decay": l2 / n}, {"params": biases, "weight_decay": 0.0}]

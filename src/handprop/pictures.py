@@ -237,6 +237,35 @@ def mistakes_figure(
 # --------------------------------------------------------------------------- the descent down the cost
 
 
+def _sweep_args(model) -> tuple:
+    """What the functional sweeps take of a DigitClassifier's network, as it is evaluated:
+    its cost, label smoothing, activations, and every weight and bias (detached)."""
+    hp = model.hparams
+    params = [p.detach() for p in model.net.weights_and_biases()]
+    return hp.loss, hp.label_smoothing, tuple(model.net.activations), params
+
+
+@torch.no_grad()
+def nudges_of(model, images: Tensor, labels: Tensor):
+    """Backpropagation's sweep over these digits (pixels in [0, 1]) with its inside kept,
+    the model's network as it is evaluated (``functional.nudges``): what they ask of every
+    weight and bias."""
+    from .functional import nudges  # noqa: PLC0415
+
+    return nudges(model.normalize(images), labels, *_sweep_args(model))
+
+
+@torch.no_grad()
+def cost_surface_of(model, images: Tensor, labels: Tensor, directions, alphas: Tensor, betas: Tensor) -> Tensor:
+    """The model's cost on these digits at θ + α·d₁ + β·d₂ over the grid of ``alphas`` and
+    ``betas`` (``directions``: two lists shaped like the weights and biases), its weights
+    left as they are."""
+    cost, smoothing, activations, params = _sweep_args(model)
+    return mlp_cost_surface(
+        model.normalize(images), labels, cost, smoothing, activations, params, directions, alphas, betas
+    )
+
+
 @torch.no_grad()
 def mlp_cost_surface(
     x: Tensor,

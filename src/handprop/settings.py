@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from .gate import SCHEDULE_LENGTH_KEYS
 from .rules import is_int, unknown_key
 
 
@@ -123,10 +124,8 @@ WIRED = ("optimizer", "scheduler", "callbacks", "logger")  # arguments train.py 
 def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]:
     """Keys the called code does not take, and values of the wrong type, for every node
     with a ``_target_``. ``skip``: keys already reported by a more specific rule."""
-    from .module import SCHEDULE_LENGTH_KEYS  # noqa: PLC0415 -- Lightning loads only when a config is checked
-
     # null in the config, a number when called: the schedule's length in optimiser steps
-    # (handprop.module.schedule_length fills it in from the run)
+    # (handprop.gate.schedule_length fills it in from the run)
     filled_by_the_run = {f"scheduler.{key}" for key in SCHEDULE_LENGTH_KEYS}
     problems = []
     for where, node in targets(cfg):

@@ -15,6 +15,7 @@ import json
 import logging
 import shlex
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -29,7 +30,7 @@ from .callbacks import InterruptCheckpoint, ProgressBar
 from .callbacks.runlog import scalar_metrics
 from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
 from .config import check_config
-from .console import percent, quiet_lightning, tell
+from .console import FILE_ONLY, percent, quiet_lightning, tell
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
 from .loggers import CSVLogger, TensorBoardLogger, asked_hparams, run_hparams, trial_name
@@ -85,7 +86,10 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
     began = time.perf_counter() if began is None else began
     quiet_lightning()
     _announce(cfg, "train")
-    check_config(cfg)
+    plan = check_config(cfg)
+    with open_dict(cfg):
+        cfg.model.chunk = plan.chunk  # mini-batches per Lightning batch, as the gate chose
+    _announce_chunk(plan)
     ckpt_path, init_from = cfg.get("ckpt_path"), cfg.get("init_from")
     refuse_to_overwrite(checkpoint_dirs(cfg), ckpt_path)
     if cfg.get("seed") is not None:
@@ -242,6 +246,14 @@ def _announce(cfg: DictConfig, command: str) -> None:
         log.info("resuming the run of %s (its weights, optimiser, schedule and counters)", cfg.ckpt_path)
     if command == "train" and cfg.get("init_from"):
         log.info("a new run from the weights of %s (a fresh optimiser, schedule and counters)", cfg.init_from)
+
+
+@rank_zero_only
+def _announce_chunk(plan) -> None:
+    steps = f"{plan.chunk} optimiser step{'s'[: plan.chunk - 1]}"
+    log.info("training: %s per Lightning step, %s", steps, plan.why, extra=FILE_ONLY)
+    if plan.chunk > 1:  # Lightning counts its own batches (chunks) against log_every_n_steps; the steps log themselves
+        warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
 
 
 def _best_of(best: str, state_key: str) -> tuple[int | None, float | None]:

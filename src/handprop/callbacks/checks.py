@@ -13,8 +13,8 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ..errors import GradientAuditError, NumericalError, ReplicaError
-from ..module import logs_this_step, steps_taken
 from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_number, positive_int, require
+from ..steps import logs_this_step, rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,10 @@ class GradientAudit(Callback):
     the reference gradient itself is not finite are skipped: that is a diverging run, not
     a wrong backward.
 
-    Cost: one extra forward/backward pass per audit (two with gradient accumulation,
-    where the run's own gradient sums several batches) -- at the default of every 100
-    steps about 1% of a run (``make bench`` measures it).
+    It looks in Lightning's ``on_before_optimizer_step``, which every optimiser step calls
+    with its gradient in ``.grad``; the step's mini-batch and random draws come back from
+    the module (``replay_step``). Cost: one extra forward/backward pass per audit -- at the
+    default of every 100 steps about 1% of a run (``make bench`` measures it).
     """
 
     def __init__(self, every_n_steps: int = 100, threshold: float = 1e-3, threshold_half_precision: float = 5e-2):
@@ -49,33 +50,14 @@ class GradientAudit(Callback):
         self.every_n_steps = every_n_steps
         self.threshold = threshold
         self.threshold_half_precision = threshold_half_precision
-        self._pending = None  # (batch, RNG states) of the batch being audited
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        if pl_module.automatic_optimization:  # (a chunk of mini-batches calls the hook below per step)
-            self.on_optimizer_step_start(trainer, pl_module, batch)
-
-    def on_optimizer_step_start(self, trainer: L.Trainer, pl_module, batch) -> None:
-        if steps_taken(trainer) % self.every_n_steps == 0 and trainer.accumulate_grad_batches == 1:
-            self._pending = (batch, _rng_states(pl_module.device))
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
-        if self._pending is None:
+        if trainer.global_step % self.every_n_steps:
             return
-        batch, rng = self._pending
-        self._pending = None
         manual = [p.grad for p in pl_module.net.weights_and_biases()]
         if any(g is None for g in manual):
             return
-        self._check(trainer, pl_module, self.relative_errors(trainer, pl_module, batch, manual, rng))
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # With gradient accumulation the run's gradient sums several batches: audit one
-        # batch on its own instead, computing both gradients here.
-        accumulating = trainer.accumulate_grad_batches > 1
-        if accumulating and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
-            if (trainer.global_step - 1) % self.every_n_steps == 0:
-                self._check(trainer, pl_module, self.relative_errors(trainer, pl_module, batch))
+        self._check(trainer, pl_module, self.relative_errors(trainer, pl_module, manual=manual))
 
     def _check(self, trainer: L.Trainer, pl_module, errors: dict[str, float] | None) -> None:
         if errors is None:
@@ -100,24 +82,25 @@ class GradientAudit(Callback):
             )
 
     @torch.no_grad()
-    def relative_errors(self, trainer: L.Trainer, pl_module, batch, manual=None, rng=None) -> dict[str, float] | None:
+    def relative_errors(self, trainer: L.Trainer, pl_module, batch=None, manual=None) -> dict[str, float] | None:
         """Per layer, max |manual - autograd| / max |autograd| over its weight and bias gradients.
 
-        ``manual``: the run's gradients for this batch, or None to compute them here too.
-        ``rng``: the RNG states the batch's forward pass started from (its dropout masks).
+        ``manual``: the gradients the run has just computed for the optimiser step in
+        progress, whose mini-batch, augmentation and dropout masks are replayed
+        (``DigitClassifier.replay_step``); or None: both gradients on ``batch`` here.
         """
-        images, labels = batch
         net = pl_module.net
         params = net.weights_and_biases()
         device = pl_module.device
         mode = net.backward
         grads = {}
-        # fork_rng: replaying the masks leaves the run's own RNG where it was
+        # fork_rng: the replayed draws leave the run's own generators where they were
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
-            rng = rng or _rng_states(device)
+            images, labels = pl_module.replay_step() if manual is not None else batch
+            rng = rng_states()
             try:
                 for backward in ("autograd",) if manual is not None else ("manual", "autograd"):
-                    _set_rng_states(device, rng)
+                    set_rng_states(rng)
                     net.backward = backward
                     with torch.enable_grad(), trainer.precision_plugin.forward_context():
                         _, loss = pl_module.output_and_loss(images, labels, eager=True)
@@ -139,16 +122,6 @@ class GradientAudit(Callback):
         if any(math.isnan(e) for e in per_layer):
             return None
         return {f"layer{i + 1}": e for i, e in enumerate(per_layer)}
-
-
-def _rng_states(device: torch.device):
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_states(device: torch.device, states) -> None:
-    torch.set_rng_state(states[0])
-    if states[1] is not None:
-        torch.cuda.set_rng_state(states[1], device)
 
 
 def parameters_digest(module: torch.nn.Module) -> str:
@@ -217,14 +190,9 @@ class NumericsGuard(Callback):
         self._losses: list[torch.Tensor] = []  # on the device, the loss of each step in _steps
         self._steps: list[int] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and pl_module.automatic_optimization:  # (a chunk reports each step below)
-            self.on_optimizer_step_end(trainer, pl_module, loss.detach())
-
-    def on_optimizer_step_end(self, trainer, pl_module, loss) -> None:
-        self._losses.append(loss)  # (a chunk's losses carry no graph)
-        self._steps.append(steps_taken(trainer) - 1)  # the step this loss belongs to
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._losses.append(loss.detach())
+        self._steps.append(trainer.global_step)  # the step this loss belongs to
         if len(self._steps) >= 2 * self.every_n_steps:  # (read below, unless no step reaches it)
             self._check(trainer, pl_module)
 
@@ -253,7 +221,7 @@ class NumericsGuard(Callback):
         if bad[0] < len(steps):
             raise NumericalError(self._message(trainer, pl_module, steps[bad[0]], "the training loss"))
         if not all(bool(torch.isfinite(g).all()) for g in grads):  # (not a finite sum that overflowed)
-            raise NumericalError(self._message(trainer, pl_module, steps_taken(trainer), "a gradient"))
+            raise NumericalError(self._message(trainer, pl_module, trainer.global_step, "a gradient"))
 
     @staticmethod
     def _message(trainer, pl_module, step: int, what: str) -> str:
@@ -273,5 +241,5 @@ class NumericsGuard(Callback):
         return (
             f"{what} became NaN or infinite at step {step} (epoch {trainer.current_epoch}). Likely cause: a "
             f"learning rate too high for this network (the step's learning rate was {lr}): try optimizer.lr "
-            f"ten times smaller, or limit the steps with trainer.gradient_clip_val=1.0.{kept}"
+            f"ten times smaller, or limit the steps with model.gradient_clip_val=1.0.{kept}"
         )

@@ -47,16 +47,14 @@ class ProgressBar(TQDMProgressBar):
 
     @property
     def total_train_batches(self) -> int | float:
-        loader = self.trainer.train_dataloader
-        if self.trainer.lightning_module.automatic_optimization or not hasattr(loader, "steps_per_epoch"):
-            return super().total_train_batches
-        return loader.steps_per_epoch
+        steps = getattr(self.trainer.train_dataloader, "steps_per_epoch", None)  # (handprop's loader: chunks)
+        return super().total_train_batches if steps is None else steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if pl_module.automatic_optimization:
+        if batch.loader is None:  # a DataLoader's batch: one mini-batch, one Lightning batch
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        bar = self.train_progress_bar
-        if bar is not None and self.is_enabled:
-            bar.n = batch.loader.consumed  # the epoch's mini-batches trained so far
+        bar, steps = self.train_progress_bar, batch.loader.consumed  # the epoch's mini-batches trained so far
+        if bar is not None and self.is_enabled and (steps - bar.n >= self.refresh_rate or steps >= bar.total):
+            bar.n = steps
             bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))

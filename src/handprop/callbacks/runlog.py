@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 from ..console import FILE_ONLY, logging_setup, percent, quiet_lightning, rebuild_logging
 from ..functional import describe_cost
+from ..steps import run_steps
 from .progress import epoch_limit, epoch_of, on_a_terminal
 from .visuals import _write_scalars
 
@@ -72,10 +73,7 @@ class RunLog(Callback):
     on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts without an epoch start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.automatic_optimization:
-            self._samples += len(batch[1])
-        else:  # a chunk: the digits of the steps it took (max_steps may cut it short)
-            self._samples += min(len(batch.labels), len(outputs["loss"]) * batch.batch_size)
+        self._samples += outputs["digits"]  # the digits of the steps taken (max_steps may cut a chunk short)
         self._trained = time.perf_counter()  # the epoch's training ends here, before validation
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -153,7 +151,7 @@ def describe(trainer: L.Trainer, module) -> list[str]:
         schedule = ""
         if trainer.lr_scheduler_configs:
             schedule = f"; schedule {type(trainer.lr_scheduler_configs[0].scheduler).__name__}"
-        steps = module.optimizer_steps()
+        steps = run_steps(trainer)
         length = f"{epoch_limit(trainer)} epochs" if epoch_limit(trainer) else "no epoch limit"
         lines.append(f"optimizer: {type(optimizer).__name__} ({settings}){schedule}; {length}, {steps:,} steps")
     return lines

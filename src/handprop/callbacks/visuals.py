@@ -12,18 +12,20 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..data import seeded_digits, to_pixels
-from ..module import logs_this_step, steps_taken
 from ..pictures import (
     DescentPath,
     backprop_figure,
     confusion_figure,
+    cost_surface_of,
     descent_figure,
     descent_grid,
     figure_png,
     mistakes_figure,
+    nudges_of,
     weights_figure,
 )
 from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, positive_int, require
+from ..steps import logs_this_step
 from .stopping import EarlyStopping
 
 
@@ -74,30 +76,36 @@ class TrainingScalars(Callback):
             return
         layers = _layers(pl_module)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in pl_module.net.weights_and_biases()]
-        norms = torch.stack(torch._foreach_norm(grads)).float().view(len(layers), 2).norm(dim=1)  # |dW, db|
-        self._grad_norms = norms
+        self._grad_norms = _norms(grads).view(len(layers), 2).norm(dim=1)  # |dW, db|
         # the weights before the step, copied into buffers kept from step to step
         if self._before is None or [w.shape for w in self._before] != [layer.weight.shape for layer in layers]:
             self._before = [layer.weight.detach().clone() for layer in layers]
         else:
-            torch._foreach_copy_(self._before, [layer.weight.detach() for layer in layers])
-        self._pending_step = steps_taken(trainer)
+            for before, layer in zip(self._before, layers):
+                before.copy_(layer.weight.detach())
+        self._pending_step = trainer.global_step
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._write_pending(trainer, pl_module)  # the logged step has been taken since
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.automatic_optimization:  # (a chunk of mini-batches calls it per step)
-            self.on_optimizer_step_end(trainer, pl_module)
+        self._write_pending(trainer, pl_module)
 
-    def on_optimizer_step_end(self, trainer, pl_module, loss=None) -> None:
-        if self._pending_step is None or steps_taken(trainer) <= self._pending_step:  # (not taken yet)
+    def _write_pending(self, trainer, pl_module) -> None:
+        if self._pending_step is None or trainer.global_step <= self._pending_step:  # (not taken yet)
             return
         layers = _layers(pl_module)
-        after = [layer.weight.detach() for layer in layers]
-        change = torch._foreach_norm(torch._foreach_sub(after, self._before))
-        ratios = torch.stack(change) / torch.stack(torch._foreach_norm(self._before)).clamp_min(1e-12)
+        change = _norms([layer.weight.detach() - before for layer, before in zip(layers, self._before)])
+        ratios = change / _norms(self._before).clamp_min(1e-12)
         numbers = range(1, len(layers) + 1)
         names = [f"weights/{kind}/layer{i}" for kind in ("grad_norm", "update_ratio") for i in numbers]
         _write_scalars(trainer, dict(zip(names, torch.cat([self._grad_norms, ratios.float()]))), self._pending_step)
         self._pending_step = None
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The Euclidean length of each tensor, as a float32 vector."""
+    return torch.stack([torch.linalg.vector_norm(t) for t in tensors]).float()
 
 
 class TensorBoardPictures(Callback):
@@ -188,7 +196,7 @@ class TensorBoardPictures(Callback):
             image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
             summary = Summary(value=[Summary.Value(tag=f"visuals/{name}", image=image)])
             # (what SummaryWriter.add_image writes, less its second encoding of the pixels)
-            writer._get_file_writer().add_summary(summary, trainer.global_step)
+            writer.file_writer.add_summary(summary, trainer.global_step)
 
     # -- hooks
 
@@ -332,8 +340,8 @@ class TensorBoardPictures(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            one = pl_module.nudges(digit, val.labels[:1].to(pl_module.device))
-            many = pl_module.nudges(batch, labels)
+            one = nudges_of(pl_module, digit, val.labels[:1].to(pl_module.device))
+            many = nudges_of(pl_module, batch, labels)
         finally:
             pl_module.train(was_training)
         figure = backprop_figure(digit[0], int(val.labels[0]), one, many, size, when, pl_module.calibrated)
@@ -356,7 +364,7 @@ class TensorBoardPictures(Callback):
             for direction in directions
         ]
         alphas, betas = descent_grid(path, self.descent_points)
-        surface = pl_module.cost_surface(images, labels, along, alphas, betas)
+        surface = cost_surface_of(pl_module, images, labels, along, alphas, betas)
         title = f"gradient descent down the training cost ({len(labels)} training digits)"
         steps = [*self._path.steps, trainer.global_step]
         self._publish(trainer, "descent", descent_figure(alphas, betas, surface, path, explained, steps, title))

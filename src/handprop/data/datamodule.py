@@ -124,7 +124,9 @@ class DigitsDataModule(L.LightningDataModule):
         seed = self.seed if self.seed is not None else torch.initial_seed()
         # training shards are cut to one length (same number of batches on every rank);
         # evaluation shards are not, so that every sample is evaluated exactly once
-        chunk = getattr(trainer.lightning_module, "chunk", 1) if shuffle and trainer is not None else 1
+        chunk = None  # evaluation: plain batches
+        if shuffle:  # training: chunks of mini-batches, as many as the model was told (the config gate's choice)
+            chunk = (trainer.lightning_module.hparams.get("chunk") if trainer is not None else None) or 1
         return DeviceBatches(images, labels, batch_size, shuffle, seed, rank, world, even_shards=shuffle, chunk=chunk)
 
     def train_dataloader(self):
@@ -152,12 +154,17 @@ class DigitsDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if isinstance(batch, Chunk):  # the model counts the mini-batches it trains
-            if self.augment:  # drawn per mini-batch, as unchunked training draws them
-                return batch._replace(prepare=functools.partial(to_pixels, augment=self.augment))
-            return batch._replace(images=to_pixels(batch.images))
-        images, labels = batch
+        """On the training device: uint8 images -> pixels in [0, 1]. A training batch is a
+        Chunk of mini-batches (a DataLoader's batch becomes a chunk of one), whose
+        augmentation is drawn mini-batch by mini-batch as the model trains them."""
         training = self.trainer is not None and self.trainer.training
-        if training and isinstance(self._train_loader, DeviceBatches):
-            self._train_loader.mark_consumed()
-        return to_pixels(images, self.augment if training else None), labels
+        if not training:
+            images, labels = batch
+            return to_pixels(images), labels
+        if not isinstance(batch, Chunk):
+            batch = Chunk(*batch, batch_size=len(batch[1]))
+        if self.augment:
+            batch.prepare = functools.partial(to_pixels, augment=self.augment)
+        else:  # the whole chunk's pixels at once
+            batch.images = to_pixels(batch.images)
+        return batch

@@ -45,6 +45,20 @@ def read_idx(path: str | Path) -> Tensor:
     return data.reshape(dims)
 
 
+def idx_length(path: str | Path) -> int:
+    """The first dimension an IDX file's header declares (its number of images or labels),
+    read from the header alone; the file's body is checked when it is read (``read_idx``)."""
+    path = Path(path)
+    try:
+        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as file:
+            head = file.read(8)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}. Replace it with an intact copy.") from e
+    if len(head) < 8 or head[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path} is not an IDX file of unsigned bytes. Replace it with the original dataset file.")
+    return int.from_bytes(head[4:8], "big")
+
+
 def write_idx(path: str | Path, data: Tensor) -> None:
     """Write a uint8 tensor as an IDX file (gzipped when the name ends in .gz)."""
     path = Path(path)

@@ -4,8 +4,6 @@ the training device and sliced there (DeviceBatches)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,19 +40,37 @@ def _as_batch(batch):
     return batch  # __getitems__ already returns a stacked (images, labels) pair
 
 
-class Chunk(NamedTuple):
-    """Several consecutive training mini-batches, handed to the model in one Lightning step
-    (DigitClassifier trains them one optimiser step each): their images and labels end to
-    end, mini-batch i being rows [i * batch_size, (i + 1) * batch_size). ``prepare``: what
-    turns a mini-batch's uint8 images into pixels (augmentation draws per mini-batch,
-    exactly as unchunked training draws them); None when the images already are pixels.
-    ``loader``: the DeviceBatches it came from, told of every mini-batch trained."""
+class Chunk:
+    """One Lightning training batch: K consecutive mini-batches (K = 1 ordinarily), which the
+    model trains one optimiser step each. Their images and labels lie end to end, mini-batch
+    i being rows [i * batch_size, (i + 1) * batch_size). ``prepare`` turns a mini-batch's
+    uint8 images into pixels (augmentation drawn per mini-batch, in the order the steps
+    take them); None when ``images`` already are pixels. ``loader``: the DeviceBatches it
+    came from, told of every mini-batch trained (its position for a resume); None for a
+    DataLoader's batch."""
 
-    images: Tensor
-    labels: Tensor
-    batch_size: int
-    prepare: Callable[[Tensor], Tensor] | None = None
-    loader: Any = None
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, prepare=None, loader=None):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.prepare, self.loader = prepare, loader
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def mini_batch(self, i: int) -> tuple[Tensor, Tensor]:
+        """Mini-batch i: its pixels (drawn now, where augmentation draws) and labels."""
+        rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        images = self.images[rows]
+        return (images if self.prepare is None else self.prepare(images)), self.labels[rows]
+
+    def trained(self) -> None:
+        """Mini-batch after mini-batch, as each optimiser step is taken."""
+        if self.loader is not None:
+            self.loader.mark_consumed()
+
+    def done(self) -> None:
+        """When the model has finished with it (all its steps, or as many as max_steps allowed)."""
+        if self.loader is not None:
+            self.loader.mark_chunk_done()
 
 
 class DeviceBatches:
@@ -73,21 +89,21 @@ class DeviceBatches:
     no DistributedSampler into an iterable like this one: the sharding is ours.
 
     Stateful for exact mid-epoch resume: ``state_dict()`` records the epoch and how many
-    of its batches the model has consumed (``mark_consumed``, called by the data module
-    for every training batch it hands over -- counting batches handed to the model
-    rather than produced keeps Lightning's one-batch prefetch out of the count);
+    of its mini-batches the model has trained (``mark_consumed`` -- counting what the
+    model trained rather than what was produced keeps Lightning's one-batch prefetch out
+    of the count, and a chunk stopped inside itself counts only its steps taken);
     ``load_state_dict`` makes the next pass over that epoch skip exactly those. The state
     travels in Lightning's checkpoints (see DigitsDataModule.state_dict), and Lightning
     calls ``set_epoch`` (through ``.sampler``, its protocol for samplers) at the start of
     every epoch.
 
-    With ``chunk`` = K > 1 it hands out Chunks of K mini-batches (the last of an epoch
-    may hold fewer): Lightning sees one batch per chunk, ``len()`` counts chunks, and
-    the model trains each mini-batch as its own optimiser step, calling
-    ``mark_consumed`` for every one and ``mark_chunk_done`` at the chunk's end. A run
-    resumed inside an epoch (stopped by max_steps or an interrupt, inside a chunk or not)
-    gets the rest of the epoch in chunks of K, the last ones joined if Lightning, which
-    counts the epoch's batches, has fewer left for it.
+    For training (``chunk`` given) it hands out Chunks of K mini-batches (the last of an
+    epoch may hold fewer): Lightning sees one batch per chunk, ``len()`` counts chunks,
+    and the model trains each mini-batch as its own optimiser step, calling
+    ``mark_consumed`` (through ``Chunk.trained``) for every one and ``mark_chunk_done`` at
+    the chunk's end. A run resumed inside an epoch (stopped by max_steps or an interrupt,
+    inside a chunk or not) gets the rest of the epoch in chunks of K, the last ones joined
+    if Lightning, which counts the epoch's batches, has fewer left for it.
     """
 
     def __init__(
@@ -100,12 +116,13 @@ class DeviceBatches:
         rank: int = 0,
         world_size: int = 1,
         even_shards: bool = True,
-        chunk: int = 1,
+        chunk: int | None = None,
     ):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.even_shards = rank, world_size, even_shards
-        self.chunk = chunk
+        self.chunk = chunk or 1
+        self.as_chunks = chunk is not None  # training; else plain (images, labels) batches
         self.epoch, self.consumed, self._skip = 0, 0, 0
         self.chunks_done, self._skip_chunks = 0, 0  # chunks the model finished this epoch
         self.sampler, self.batch_sampler = self, None  # where Lightning looks for set_epoch
@@ -149,10 +166,10 @@ class DeviceBatches:
             del ends[-2]  # the last two chunks become one
         for b, e in zip([start, *ends[:-1]], ends):
             batch = idx[b * size : e * size]
-            if k == 1:
-                yield self.images[batch], self.labels[batch]
-            else:
+            if self.as_chunks:
                 yield Chunk(self.images[batch], self.labels[batch], size, loader=self)
+            else:
+                yield self.images[batch], self.labels[batch]
 
     def mark_consumed(self) -> None:
         self.consumed += 1
@@ -167,7 +184,7 @@ class DeviceBatches:
             "seed": self.seed,
             "size": len(self.labels),
             "chunk": self.chunk,
-            "chunks_done": self.chunks_done if self.chunk > 1 else self.consumed,  # Lightning's batches so far
+            "chunks_done": self.chunks_done,  # Lightning's batches so far
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -178,5 +195,5 @@ class DeviceBatches:
             )
         self.epoch, self.consumed, self._skip = state["epoch"], state["consumed"], state["consumed"]
         # Lightning's batches of the epoch so far (a run resumed inside an epoch keeps its
-        # chunk size: DigitClassifier._resume_with_the_checkpoints_chunk)
+        # chunk size: the config gate sees to it)
         self._skip_chunks = state.get("chunks_done", state["consumed"])

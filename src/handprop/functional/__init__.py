@@ -26,8 +26,7 @@ PyTorch's autograd never differentiates these operations; it only calls
 our `backward` in the right order. Every public function also takes
 ``backward="autograd"``: the same forward math in plain torch ops, differentiated by
 PyTorch itself -- the reference the tests, the gradient audit and the benchmarks
-compare against. ``gradients`` runs the same forward and backward sweeps back to back
-without the engine, for a training loop that applies the gradient itself.
+compare against.
 """
 
 import torch
@@ -43,7 +42,6 @@ from .backprop import (
     cross_entropy,
     dropout_mask,
     dropout_masks,
-    gradients,
     linear,
     mlp,
     quadratic_cost,
@@ -83,7 +81,6 @@ __all__ = [
     "cross_entropy",
     "dropout_mask",
     "dropout_masks",
-    "gradients",
     "linear",
     "mlp",
     "nudges",

@@ -231,20 +231,6 @@ def backward_layers(g, saved, activations, scale: float, wants):
     return g, grads
 
 
-def gradients(x, target, cost: str, label_smoothing: float, activations: tuple, keeps: tuple, scale: float, params):
-    """One mini-batch's backpropagation, the autograd engine left out: the output, the cost
-    and ∂C/∂(every weight and bias) -- MLPFunction's forward and backward run back to back,
-    the same functions in the same order, so the numbers are bitwise those a
-    ``loss.backward()`` through MLPFunction leaves in ``.grad``. For a training loop that
-    applies the gradient itself (module.DigitClassifier's chunked steps): at a batch of ten
-    digits, the engine's bookkeeping costs more than the arithmetic."""
-    wants = every_parameter(len(activations))
-    out, saved = forward_layers(x, params, activations, keeps, scale, wants)
-    loss, cost_saved = COSTS[cost].forward(out, target, label_smoothing)
-    g = COSTS[cost].backward(_one(loss.dtype, loss.device), cost_saved, label_smoothing)  # ∂C/∂C = 1
-    return out, loss, backward_layers(g.to(out.dtype), saved, activations, scale, wants)[1]
-
-
 def every_parameter(n_layers: int) -> tuple[tuple[bool, bool, bool], ...]:
     """The (dx, dW, db) flags of a sweep for every weight and bias: no dx for the image."""
     return _wanted_gradients((False, *(True,) * (2 * n_layers)), n_layers)
