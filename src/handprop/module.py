@@ -172,14 +172,15 @@ class DigitClassifier(L.LightningModule):
         """One optimiser step for each mini-batch of the chunk: forward and cost, the
         hand-written backward (called by the autograd engine), the step. Stops at
         trainer.max_steps, inside the chunk if need be (Lightning looks between batches)."""
-        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        optimizer, schedule, params = self.optimizers(), self.lr_schedulers(), self.net.weights_and_biases()
         first, last, every = self.trainer.global_step, self.trainer.max_steps, self.trainer.log_every_n_steps
         losses, outputs, logged = [], [], []
         for i in range(len(chunk) if last < 0 else min(len(chunk), last - first)):
             self.step_in_progress.begin(chunk, i)
             images, labels = chunk.mini_batch(i)
             out, loss = self.output_and_loss(images, labels)
-            optimizer.zero_grad()
+            for p in params:  # the step before's gradient gone (optimizer.zero_grad(), less its profiling)
+                p.grad = None
             self.manual_backward(loss)
             if every > 0 and (first + i + 1) % every == 0:  # Lightning's rule for the steps it logs
                 logged.append((first + i, loss.detach(), optimizer.param_groups[0]["lr"]))

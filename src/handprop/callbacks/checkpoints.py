@@ -10,6 +10,7 @@ so that every file Lightning may delete is one this run's callbacks wrote there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -39,6 +40,15 @@ class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, confined to its own directory: the paths a resumed
     state names are kept only if they lie directly inside ``dirpath``, and only files
     there are ever removed."""
+
+    key_class: str | None = None  # the class name its state is kept under in a checkpoint (None: its own)
+
+    @functools.cached_property
+    def state_key(self) -> str:
+        # Composed once: it depends on settings fixed at construction, and Lightning asks for
+        # it at every hook it calls (its profiler names each call by it), several times a step.
+        key = ModelCheckpoint.state_key.fget(self)
+        return key if self.key_class is None else key.replace(type(self).__qualname__, self.key_class, 1)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
@@ -74,10 +84,7 @@ class LastCheckpoint(RunCheckpoint):
     """``<dirpath>/last.ckpt`` after every epoch, for resuming (a ModelCheckpoint without
     a monitor)."""
 
-    @property
-    def state_key(self) -> str:
-        # the key of its state in a checkpoint: a stock ModelCheckpoint's, as earlier runs wrote it
-        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+    key_class = "ModelCheckpoint"  # a stock ModelCheckpoint's key, as earlier runs wrote it
 
 
 class BestCheckpoint(RunCheckpoint):

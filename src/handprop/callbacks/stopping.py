@@ -13,6 +13,7 @@ not mix: the config check refuses the pair (``config.py``).
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -43,6 +44,11 @@ class EarlyStopping(LightningEarlyStopping):
         super().__init__(monitor, min_delta, patience or 1, mode=mode, check_on_train_epoch_end=False)
         self.enabled = patience is not None
         self.best_epoch = 0  # 1-based; 0: none yet
+
+    @functools.cached_property
+    def state_key(self) -> str:
+        # Composed once (Lightning asks for it at every hook it calls, several times a step)
+        return LightningEarlyStopping.state_key.fget(self)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not self.enabled:
