@@ -206,3 +206,22 @@ def test_lightnings_automatic_optimisation_settings_are_refused_with_the_setting
     with pytest.raises(HandpropError, match=f"{setting.replace('.', '[.]')}: handprop's training step .*{fix}"):
         train(compose_config("train", [*QUIET, setting], tmp_path))
     assert not (tmp_path / "checkpoints").exists()
+
+
+class ProfilerSeen(Callback):
+    seen = None
+
+    def on_train_start(self, trainer, pl_module):
+        ProfilerSeen.seen = type(trainer.profiler)
+
+
+@pytest.mark.parametrize("asked, used", [(None, "NoProfiler"), ("simple", "SimpleProfiler")])
+def test_lightning_profiles_what_is_asked_and_nothing_else(tmp_path, asked, used):
+    """trainer.profiler=null: handprop's NoProfiler, Lightning's do-nothing profiler at a
+    tenth of its cost per hook call; a profiler asked for is Lightning's own."""
+    setting = [f"trainer.profiler={asked}"] if asked else []
+    cfg = compose_config("train", [*QUIET, "model.hidden=[8]", "trainer.max_steps=2", *setting], tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks.seen = {"_target_": "test_training_step.ProfilerSeen"}
+    train(cfg)
+    assert ProfilerSeen.seen.__name__ == used

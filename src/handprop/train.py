@@ -35,6 +35,7 @@ from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
 from .loggers import CSVLogger, TensorBoardLogger, asked_hparams, run_hparams, trial_name
 from .rundir import checkpoint_dirs, command_line, recorded_overrides, refuse_to_overwrite
+from .steps import NoProfiler
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,14 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, model = build_data_and_model(cfg)
     _continue_tensorboard_run(cfg)
+    quiet = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}  # (unless one is asked for)
     trainer: L.Trainer = build(
         "trainer",
         cfg.trainer,
         callbacks=build_all("callbacks", cfg.get("callbacks")),
         logger=build_all("logger", cfg.get("logger")),
         plugins=[AtomicCheckpointIO()],
+        **quiet,
     )
 
     cost = HF.describe_cost(model.hparams.loss, model.hparams.label_smoothing, model.hparams.num_classes)

@@ -52,8 +52,8 @@ class GradientAudit(Callback):
         self.threshold_half_precision = threshold_half_precision
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
-        if trainer.global_step % self.every_n_steps:
-            return
+        if trainer.global_step % self.every_n_steps or pl_module.step_in_progress.rng is None:
+            return  # (not a step to audit, or a training step that keeps no record of its start)
         manual = [p.grad for p in pl_module.net.weights_and_biases()]
         if any(g is None for g in manual):
             return
