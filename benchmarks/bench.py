@@ -10,6 +10,10 @@ backward  our hand-written backward vs PyTorch's autograd on the same network: t
           plus the cost of the live gradient audit at its default interval.
 gemm      a large MLP's training step (784-1024-1024-10, batch 512, float32) in FLOP/s,
           as a fraction of the machine's measured matrix-product rate.
+batch10   one epoch of nielsen_ch1 (batch 10) and of the default recipe four ways
+          (textbook.py: handprop, a network.py-style numpy loop, a plain PyTorch loop,
+          the raw math), and one training step at batch 10 with each of Lightning's calls
+          swapped for the raw torch one (step_cost.py).
 epoch     one training epoch of the default recipe: handprop under Lightning with its
           device-resident loader, vs a plain PyTorch loop over the same tensors doing the
           same work (what the framework costs), vs the classic torchvision MNIST +
@@ -37,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import step_cost
 import textbook
 import torch
 from torchvision import datasets, transforms
@@ -881,7 +886,20 @@ def _batch10(args) -> dict:
     """Nielsen's chapter-1 epoch four ways: on full MNIST when it is there, else on the sample."""
     full = not args.quick and (Path(args.mnist_dir) / "MNIST" / "raw").is_dir()
     overrides = ("data=mnist", f"data.data_dir={Path(args.mnist_dir).resolve()}") if full else ()
-    return textbook.batch10_speed(overrides, repeats=1 if args.quick else 5)
+    return textbook.batch10_speed(overrides, repeats=1 if args.quick else 5, **_marginal(args))
+
+
+def _marginal(args) -> dict:
+    """--quick: fits of 2 and 1 epochs make handprop's marginal epoch (it is run, not measured)."""
+    return {"long": 2, "short": 1} if args.quick else {}
+
+
+def _step_cost(args) -> dict:
+    """One step at batch 10 five ways; full MNIST when it is there (5,000 steps an epoch)."""
+    full = not args.quick and (Path(args.mnist_dir) / "MNIST" / "raw").is_dir()
+    overrides = ("data=mnist", f"data.data_dir={Path(args.mnist_dir).resolve()}") if full else ()
+    quick = {"repeats": 1, "variants": ("raw", "handprop")} if args.quick else {}
+    return step_cost.step_cost(overrides, **quick)
 
 
 def _report_fashion(results: dict | None) -> str:
@@ -968,6 +986,7 @@ def main(argv: list[str] | None = None) -> dict:
         "denormals": [("denormals", lambda: denormal_speed(**quick.get("denormals", {})), _report_denormals)],
         "batch10": [
             ("batch10", lambda: _batch10(args), textbook.report),
+            ("step_cost", lambda: _step_cost(args), step_cost.report),
             (
                 "default_recipe",
                 lambda: textbook.default_recipe_speed(quick.get("default_recipe", ()), repeats=1 if args.quick else 5),

@@ -132,7 +132,8 @@ def test_the_benchmark_runs_every_section(tmp_path):
     proc = run_cli("benchmarks/bench.py", "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert {"batch10", "backward", "audit", "gemm", "epoch", "pictures", "fashion", "denormals"} <= set(results)
+    assert {"batch10", "step_cost", "backward", "audit", "gemm", "epoch", "pictures", "fashion"} <= set(results)
+    assert set(results["step_cost"]["us_per_step"]) == {"raw", "handprop"}
     assert results["denormals"]["step_ms_flushed"] > 0 and results["denormals"]["step_ms_denormal"] > 0
     for recipe in ("batch10", "default_recipe"):
         assert set(results[recipe]["epoch_s"]) == {"handprop", "network.py", "plain_loop", "raw_math"}
@@ -146,6 +147,7 @@ def test_the_benchmark_runs_every_section(tmp_path):
     for line in (
         "Four loops, one epoch of experiment=nielsen_ch1",
         "Four loops, the last of 2 epochs of the default recipe",
+        "One training step of experiment=nielsen_ch1 inside training_step",
         "Manual backward vs PyTorch autograd",
         "Gradient audit every 100 steps",
         "Large-MLP step",

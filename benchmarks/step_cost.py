@@ -1,0 +1,115 @@
+"""What one training step costs at batch 10, and what of it is Lightning's: experiment=nielsen_ch1
+(784-30-10 sigmoid, quadratic cost, SGD) trained by ``train(cfg)`` with every default
+callback, its training step swapped for variants that differ in one call each:
+
+- raw:              MLPFunction forward, ``loss.backward()``, the torch optimiser's own ``step()``
+- manual_backward:  ``self.manual_backward(loss)`` instead of ``loss.backward()``
+- lightning_step:   ``LightningOptimizer.step()`` instead of the torch optimiser's
+- documented:       both, and ``optimizer.zero_grad()``: Lightning's manual optimisation as its docs write it
+- handprop:         ``DigitClassifier.training_step`` itself (the documented path, less
+                    zero_grad's profiling record, plus the step's bookkeeping: the random
+                    generators where it began, the metrics, the logged steps)
+
+Each variant trains the same chunks of mini-batches (``model.chunk``: 256 steps a Lightning
+batch); its time per step is the time inside training_step over the steps taken. The
+variants take turns, one epoch each, and the median of the rounds is reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+import torch
+from omegaconf import open_dict
+
+from handprop.compose import compose
+from handprop.module import DigitClassifier
+from handprop.train import train
+
+VARIANTS = ("raw", "manual_backward", "lightning_step", "documented", "handprop")
+
+
+class Timed(DigitClassifier):
+    """DigitClassifier whose training step is one of VARIANTS, timed (class-level record)."""
+
+    variant = "handprop"
+    seconds: list[float] = []
+    steps: list[int] = []
+
+    def training_step(self, chunk, batch_idx: int):
+        start = time.perf_counter()
+        if self.variant == "handprop":
+            out = super().training_step(chunk, batch_idx)
+            steps = len(chunk)
+        else:
+            steps = self._variant_step(chunk)
+            chunk.done()
+            out = {"digits": len(chunk.labels)}
+        Timed.seconds.append(time.perf_counter() - start)
+        Timed.steps.append(steps)
+        return out
+
+    def _variant_step(self, chunk) -> int:
+        lightning_optimizer = self.optimizers()
+        raw = self.optimizers(use_pl_optimizer=False)
+        backward = self.manual_backward if self.variant in ("manual_backward", "documented") else torch.Tensor.backward
+        step = lightning_optimizer.step if self.variant in ("lightning_step", "documented") else raw.step
+        for i in range(len(chunk)):
+            self.step_in_progress.begin(chunk, i)  # (what the gradient audit replays)
+            images, labels = chunk.mini_batch(i)
+            _, loss = self.output_and_loss(images, labels)
+            if self.variant == "documented":
+                lightning_optimizer.zero_grad()
+            else:
+                raw.zero_grad()
+            backward(loss)
+            step()
+            chunk.trained()
+        return len(chunk)
+
+
+def step_cost(overrides=(), repeats: int = 3, threads: int = 1, variants=VARIANTS) -> dict:
+    """Microseconds per optimiser step of each variant (median over ``repeats`` rounds, the
+    variants taking turns within a round), one epoch of nielsen_ch1 each."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    per_step: dict[str, list[float]] = {v: [] for v in variants}
+    try:
+        for _ in range(repeats):
+            for variant in variants:
+                Timed.variant, Timed.seconds, Timed.steps = variant, [], []
+                with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
+                    cfg = compose(
+                        [
+                            "experiment=nielsen_ch1",
+                            *overrides,
+                            "trainer.max_epochs=1",
+                            "test=false",
+                            "callbacks.progress_bar=null",
+                            "trainer.enable_progress_bar=false",
+                            "callbacks.pictures=null",
+                        ],
+                        run_dir,
+                    )
+                    with open_dict(cfg):
+                        cfg.model._target_ = f"{__name__}.Timed"
+                    train(cfg)
+                per_step[variant].append(1e6 * sum(Timed.seconds) / sum(Timed.steps))
+    finally:
+        torch.set_num_threads(before)
+    median = {v: statistics.median(us) for v, us in per_step.items()}
+    return {"recipe": "experiment=nielsen_ch1 " + " ".join(overrides), "threads": threads, "us_per_step": median}
+
+
+def report(r: dict) -> str:
+    us = r["us_per_step"]
+    lines = [
+        f"\nOne training step of {r['recipe'].strip()} inside training_step, every default callback on "
+        f"({r['threads']} CPU thread{'s'[: r['threads'] - 1]}); microseconds per step:",
+        "variant | us/step | vs raw",
+        "--- | --- | ---",
+    ]
+    lines += [f"{v:<15} | {us[v]:7.1f} | {us[v] / us['raw']:5.2f}x" for v in us]
+    return "\n".join(lines)
