@@ -1,6 +1,7 @@
 """IDX files, dataset layouts, splits, normalisation statistics and augmentation."""
 
 import gzip
+import importlib.util
 import math
 
 import pytest
@@ -262,3 +263,16 @@ def test_the_sampling_grid_is_affine_grids():
         torch.testing.assert_close(
             augment._affine_grid(theta, h, w), F.affine_grid(theta, [7, 1, h, w], align_corners=False)
         )
+
+
+def test_a_download_without_torchvision_names_the_extra_that_brings_it(tmp_path, monkeypatch):
+    """torchvision is the download extra's: without it, the fix, and nothing written."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real(name, *a))
+    with pytest.raises(
+        D.DataError,
+        match=r"data.download=true fetches mnist with torchvision, which is not installed: "
+        r"pip install 'handprop\[download\]'",
+    ):
+        D.download("mnist", tmp_path / "data")
+    assert not (tmp_path / "data").exists()

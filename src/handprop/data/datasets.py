@@ -3,6 +3,7 @@ Fashion-MNIST."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from importlib import resources
@@ -56,8 +57,6 @@ def download(dataset: str, data_dir: str | Path) -> None:
     file renamed into ``<data_dir>/<Dataset>/raw/``, an atomic step. A failure (offline, a
     dropped connection, a full disk) removes the temporary folder, and data_dir too if this
     call made it."""
-    from torchvision import datasets  # noqa: PLC0415 -- torchvision loads only for a download
-
     data_dir = Path(data_dir)
     try:
         for split in FILES:
@@ -66,6 +65,13 @@ def download(dataset: str, data_dir: str | Path) -> None:
     except DataError:
         pass
     raw = data_dir / RAW_FOLDER[dataset] / "raw"
+    if importlib.util.find_spec("torchvision") is None:
+        raise DataError(
+            f"data.download=true fetches {dataset} with torchvision, which is not installed: "
+            f"pip install 'handprop[download]', or put the four files in {raw} and set data.download=false"
+        )
+    from torchvision import datasets  # noqa: PLC0415 -- torchvision loads only for a download
+
     made_dir, moved = not data_dir.exists(), []
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
