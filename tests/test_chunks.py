@@ -218,16 +218,23 @@ class BarReading(Callback):
         BarReading.read = (bar.n, bar.total)
 
 
-def test_the_progress_bar_counts_optimiser_steps(tmp_path, monkeypatch):
-    """With chunks of 8 the bar still counts the epoch's 40 steps, not its 5 chunks."""
+@pytest.mark.parametrize(
+    "overrides, read",
+    [
+        (["model.chunk=8"], (40, 40)),  # the epoch's 40 steps, not its 5 chunks
+        (["model.chunk=null", "trainer.limit_train_batches=7"], (7, 7)),  # one a batch: Lightning's own count
+    ],
+)
+def test_the_progress_bar_counts_optimiser_steps(tmp_path, monkeypatch, overrides, read):
     monkeypatch.setattr(progress, "on_a_terminal", lambda: True)  # (the bar is drawn on a terminal only)
     seen = {"seen": {"_target_": "test_chunks.BarReading"}}
-    overrides = [o for o in SMALL if "progress_bar" not in o] + ["model.chunk=8", "trainer.max_epochs=1"]
-    cfg = compose_config("train", overrides, tmp_path)
+    cfg = compose_config(
+        "train", [o for o in SMALL if "progress_bar" not in o] + [*overrides, "trainer.max_epochs=1"], tmp_path
+    )
     with open_dict(cfg):
         cfg.callbacks.update(seen)
     train(cfg)
-    assert BarReading.read == (40, 40)
+    assert BarReading.read == read
 
 
 @pytest.mark.parametrize("chunk", [1, 8])

@@ -255,3 +255,32 @@ def test_ctrl_c_during_validation_lets_it_finish_and_the_resume_goes_on_from_the
     assert _val_acc(run_dir) == _val_acc(tmp_path / "straight")  # every epoch validated, the same numbers
     best = [p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]
     assert best == [p.name for p in (tmp_path / "straight" / "checkpoints").glob("epoch*.ckpt")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_last_validation_stops_the_final_test(tmp_path):
+    """Training is over when the last epoch's validation ends: the held Ctrl-C stops the final
+    test as it starts, with the message that says how to run it."""
+    quick = [
+        "model.hidden=[16]",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "callbacks.pictures=null",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+        "data.eval_batch_size=100",
+    ]
+    marker, run_dir = tmp_path / "validating", tmp_path / "run"
+    sleepy = [
+        "+callbacks.sleep._target_=conftest.SleepAt",
+        "+callbacks.sleep.stage=validation",
+        f"+callbacks.sleep.marker={marker}",
+        "+callbacks.sleep.batch=2",
+        "+callbacks.sleep.seconds=3",
+    ]
+    returncode, stderr = signal_when(marker, *quick, *sleepy, f"hydra.run.dir={run_dir}")
+    assert returncode == 130, stderr[-3000:]
+    assert "SIGINT: the final test was interrupted; training had finished (1 epochs, step 2)" in stderr
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+    assert [p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]  # the epoch's best, kept

@@ -3,6 +3,8 @@ called by the autograd engine, on Lightning's public API: the graph behind each 
 bitwise the training of the hand-written sweeps called directly, and the settings that
 manual optimisation changes."""
 
+import functools
+
 import lightning as L
 import pytest
 import torch
@@ -15,6 +17,7 @@ from handprop.data import DeviceBatches, to_pixels
 from handprop.errors import HandpropError
 from handprop.functional.backprop import backward_layers, every_parameter, forward_layers
 from handprop.gate import schedule_length
+from handprop.module import DigitClassifier
 from handprop.train import train
 
 from conftest import compose_config
@@ -225,3 +228,29 @@ def test_lightning_profiles_what_is_asked_and_nothing_else(tmp_path, asked, used
         cfg.callbacks.seen = {"_target_": "test_training_step.ProfilerSeen"}
     train(cfg)
     assert ProfilerSeen.seen.__name__ == used
+
+
+def test_a_data_module_of_plain_batches_trains_one_step_a_batch(tmp_path):
+    """A LightningDataModule other than handprop's hands over (pixels, labels) batches: each
+    is a chunk of one, through the same training step."""
+
+    class Plain(L.LightningDataModule):
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            data = torch.utils.data.TensorDataset(torch.rand(64, 1, 28, 28, generator=g), torch.arange(64) % 10)
+            return torch.utils.data.DataLoader(data, batch_size=16)
+
+    torch.manual_seed(0)
+    model = DigitClassifier(hidden=[8], optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    walk = WalkTheGraph()
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[walk],
+    )
+    trainer.fit(model, datamodule=Plain())
+    assert trainer.global_step == 4 and walk.steps == [0, 1, 2, 3]

@@ -107,10 +107,11 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     return stale
 
 
-def is_remote(path) -> bool:
-    """Whether a path is an address of a remote file system (``s3://...``), which Lightning's
-    own I/O (fsspec) handles."""
-    return "://" in str(path)
+def local_path(path) -> Path | None:
+    """A checkpoint's path on this machine's file system (``file://`` dropped), or None for an
+    address of a remote one (``s3://...``), which Lightning's own I/O (fsspec) handles."""
+    text = str(path).removeprefix("file://")
+    return None if "://" in text else Path(text)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -118,14 +119,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     system (``atomic_write``) and removals limited to single files."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None or is_remote(path):
+        if storage_options is not None or local_path(path) is None:
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_write(path, lambda file: torch.save(checkpoint, file))
+        atomic_write(local_path(path), lambda file: torch.save(checkpoint, file))
 
     def remove_checkpoint(self, path) -> None:
-        if is_remote(path):
+        if local_path(path) is None:
             return super().remove_checkpoint(path)
-        path = Path(path)
+        path = local_path(path)
         if path.is_symlink() or not path.is_file():
             log.warning("not removing %s: not a checkpoint file", path)
             return

@@ -25,12 +25,12 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from .rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, is_number, positive_int, require
+from .rules import is_int, positive_int
 
 # model.chunk=null: enough multiply-adds per Lightning batch that Lightning's loop and
 # callbacks around it (about a millisecond on a CPU) stay a few percent of it -- about
@@ -50,7 +50,9 @@ class Plan:
     problems: list[str] = field(default_factory=list)
     chunk: int = 1
     why: str = ""
-    steps: int | float | None = None  # the run's optimiser steps; None where not known before it starts
+
+    def describe(self) -> str:
+        return f"training: {self.chunk} optimiser step{'s'[: self.chunk - 1]} per Lightning step, {self.why}"
 
 
 def plan(cfg: DictConfig) -> Plan:
@@ -62,57 +64,10 @@ def plan(cfg: DictConfig) -> Plan:
     checkpoint = _checkpoint(cfg.get("ckpt_path"))
     result.problems += manual_optimisation_problems(cfg.trainer)
     result.problems += l2_problems(cfg)
-    size = train_size(cfg.data)
-    result.steps = run_steps(cfg, size)
-    _choose_chunk(cfg, size, checkpoint, result)
-    result.problems += schedule_problems(cfg, result.steps, checkpoint)
+    result.problems += resume_problems(cfg, checkpoint)
+    _choose_chunk(cfg, checkpoint, result)
+    result.problems += schedule_problems(cfg, run_steps(cfg, train_size(cfg.data)), checkpoint)
     return result
-
-
-# --------------------------------------------------------------------------- the model's own settings
-
-
-def check_model_settings(settings) -> None:
-    """DigitClassifier's settings (its hyper-parameters), each on its own: a SettingError
-    names the first refused (the config check builds the model on the meta device, and
-    names it by its key). The layers check their own (``nn.py``)."""
-    from .functional import check_cost  # noqa: PLC0415 -- torch loads only when a model is built
-
-    hidden, input_size, num_classes = settings["hidden"], settings["input_size"], settings["num_classes"]
-    l2, chunk, normalize = settings["l2"], settings["chunk"], settings["normalize"]
-    gradient_clip_val, gradient_clip_algorithm = settings["gradient_clip_val"], settings["gradient_clip_algorithm"]
-    for name, value, ok, allowed in (
-        (
-            "hidden",
-            hidden,
-            isinstance(hidden, list) and all(positive_int(h) for h in hidden),
-            "must be a list of positive layer sizes, e.g. {prefix}hidden=[512,256] (or [] for none)",
-        ),
-        ("input_size", input_size, positive_int(input_size), POSITIVE_INT),
-        ("num_classes", num_classes, is_int(num_classes) and num_classes >= 2, "must be an integer >= 2"),
-        ("l2", l2, is_number(l2) and l2 >= 0, "must be a number >= 0 (Nielsen's lambda, e.g. 5.0; 0: none)"),
-        ("chunk", chunk, chunk is None or positive_int(chunk), POSITIVE_INT_OR_NULL),
-        (
-            "gradient_clip_val",
-            gradient_clip_val,
-            gradient_clip_val is None or is_number(gradient_clip_val) and gradient_clip_val >= 0,
-            "must be a number >= 0 (e.g. 1.0), or null for no clipping",
-        ),
-        (
-            "gradient_clip_algorithm",
-            gradient_clip_algorithm,
-            gradient_clip_algorithm in ("norm", "value"),
-            "must be norm (the whole gradient's length) or value (each element)",
-        ),
-        (
-            "normalize",
-            normalize,
-            normalize in (True, False, "lecun"),
-            "must be true (standardise), false (raw [0, 1] pixels) or lecun (background -0.1, ink 1.175)",
-        ),
-    ):
-        require(ok, name, value, allowed)
-    check_cost(settings["loss"], settings["label_smoothing"])
 
 
 # --------------------------------------------------------------------------- the run's size
@@ -127,7 +82,7 @@ def world_size(trainer: DictConfig) -> int:
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
     if positive_int(devices):
         return devices * nodes
-    if isinstance(devices, list | tuple) or (not isinstance(devices, str) and hasattr(devices, "__len__")):
+    if isinstance(devices, Sequence) and not isinstance(devices, str):  # (a list of device indices)
         return len(devices) * nodes
     import torch  # noqa: PLC0415 -- torch loads only for a config that asks for every device
 
@@ -165,7 +120,9 @@ def run_steps(cfg: DictConfig, size: int | None) -> int | float | None:
     trainer, data = cfg.trainer, cfg.data
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
     limit = max_steps if is_int(max_steps) and max_steps >= 0 else math.inf
-    if max_epochs in (None, -1):
+    if max_epochs is None:  # Lightning's: 1000 epochs, unless max_steps limits the run
+        max_epochs = 1000 if math.isinf(limit) else -1
+    if max_epochs == -1:
         return limit
     if size is None or trainer.get("overfit_batches") or trainer.get("fast_dev_run"):
         return None
@@ -190,23 +147,22 @@ def chunk_blockers(cfg: DictConfig) -> list[str]:
         (node or {}).get("every_n_train_steps") for node in (cfg.get("callbacks") or {}).values() if node
     )
     checks = {
-        "trainer.limit_train_batches": trainer.get("limit_train_batches") not in (None, 1.0)
-        or _int(trainer, "limit_train_batches"),
+        "trainer.limit_train_batches": not _whole(trainer.get("limit_train_batches")),
         "trainer.overfit_batches": bool(trainer.get("overfit_batches")),
         "trainer.fast_dev_run": bool(trainer.get("fast_dev_run")),
-        "trainer.val_check_interval": trainer.get("val_check_interval") not in (None, 1.0)
-        or _int(trainer, "val_check_interval"),
+        "trainer.val_check_interval": not _whole(trainer.get("val_check_interval")),
         "a checkpoint every n training steps": every_n_steps,
         "data.loader=dataloader": data.get("loader", "tensor") != "tensor",
     }
     return [reason for reason, applies in checks.items() if applies]
 
 
-def _int(node: DictConfig, key: str) -> bool:
-    return is_int(node.get(key))  # (an int counts batches: 1 is one batch, not the whole epoch)
+def _whole(value) -> bool:
+    """None or 1.0: the whole epoch, for Lightning's limits and intervals (an int counts batches)."""
+    return value is None or (value == 1.0 and not is_int(value))
 
 
-def _choose_chunk(cfg: DictConfig, size: int | None, checkpoint: dict | None, result: Plan) -> None:
+def _choose_chunk(cfg: DictConfig, checkpoint: dict | None, result: Plan) -> None:
     asked, blockers = cfg.model.get("chunk"), chunk_blockers(cfg)
     if positive_int(asked) and asked > 1 and blockers:
         result.problems.append(
@@ -227,12 +183,34 @@ def _choose_chunk(cfg: DictConfig, size: int | None, checkpoint: dict | None, re
     _keep_the_checkpoints_chunk(cfg, checkpoint, asked, blockers, result)
 
 
+def resume_problems(cfg: DictConfig, checkpoint: dict | None) -> list[str]:
+    """A checkpoint handprop wrote before every step ran on Lightning's manual optimisation
+    (no "optimisation" record) and trained one mini-batch per Lightning batch: Lightning
+    counted its steps as automatic optimisation's, and a resume would start counting again
+    at 0 (its schedule, max_steps and logging with it). Its chunked runs counted as today."""
+    if checkpoint is None or checkpoint.get("optimisation") == "manual" or not checkpoint.get("global_step"):
+        return []
+    state = _loader_state(checkpoint)
+    if state and state.get("chunk", 1) > 1:
+        return []
+    return [
+        f"ckpt_path={cfg.ckpt_path}: written by an earlier handprop, which counted its steps apart from today's "
+        "(Lightning's automatic optimisation): a resume would start its step count, schedule and logging at 0. "
+        f"Train on from its weights in a new run instead: init_from={cfg.ckpt_path}"
+    ]
+
+
+def _loader_state(checkpoint: dict | None) -> dict | None:
+    """The training loader's position in a checkpoint (handprop's device loader keeps one)."""
+    return next((v.get("train_loader") for k, v in (checkpoint or {}).items() if k.endswith("DataModule")), None)
+
+
 def _keep_the_checkpoints_chunk(cfg, checkpoint: dict | None, asked, blockers: list[str], result: Plan) -> None:
     """A run resumed inside an epoch trains in the checkpoint's chunk size: Lightning counts
     the epoch's batches, validates when the count reaches the epoch's length and logs by
     it, so the unit cannot change inside an epoch. (From a checkpoint taken at an epoch's
     end it can: the next epoch starts afresh.)"""
-    state = next((v.get("train_loader") for k, v in (checkpoint or {}).items() if k.endswith("DataModule")), None)
+    state = _loader_state(checkpoint)
     if not state:  # (not handprop's device loader: it keeps no position)
         return
     world = world_size(cfg.trainer)

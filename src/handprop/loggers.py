@@ -20,6 +20,7 @@ on validation metrics, which is where a recipe is chosen.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import scalar as scalar_summary
+
+from .files import atomic_write_text
 
 # Custom Scalars: category -> chart -> ["Multiline", [tag regexes]]; categories in this order.
 LAYOUT = {
@@ -250,16 +253,17 @@ class CSVLogger(Logger):
             with open(path, newline="") as file:
                 reader = csv.DictReader(file)
                 header = list(reader.fieldnames or [])
-                append = bool(header) and set().union(*self.rows) <= set(header)
-                earlier = [] if append else list(reader)  # (read whole only when the header grows)
-        append = bool(header) and set().union(*self.rows) <= set(header)
-        keys = header if append else sorted(set(header).union(*self.rows))  # new columns: the file anew
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a" if append else "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=keys)
-            if not append:
-                writer.writeheader()
-            writer.writerows(self.rows if append else earlier + self.rows)
+                if not set().union(*self.rows) <= set(header):  # new columns: the file is written anew
+                    earlier = list(reader)
+        if header and not earlier and set().union(*self.rows) <= set(header):
+            with open(path, "a", newline="") as file:
+                csv.DictWriter(file, fieldnames=header).writerows(self.rows)
+        else:  # the whole table, atomically: a crash leaves the old file or the new one
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=sorted(set(header).union(*self.rows)))
+            writer.writeheader()
+            writer.writerows(earlier + self.rows)
+            atomic_write_text(path, text.getvalue())
         self.rows = []
 
     @rank_zero_only

@@ -24,9 +24,11 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from . import functional as HF
-from .gate import check_model_settings, schedule_length
+from .data import Chunk
+from .gate import schedule_length
 from .nn import MLP
 from .optim import SDLM, curvature, l2_groups
+from .rules import check_model_settings
 from .steps import StepInProgress, rng_states, run_steps, set_rng_states
 
 
@@ -124,14 +126,16 @@ class DigitClassifier(L.LightningModule):
         return {k: f and getattr(getattr(f, "func", f), "__name__", str(f)) for k, f in factories.items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["recipe"] = self.training_recipe()
-        # Dropout masks and augmentation draw from the global RNGs: keep their state -- as it
-        # was when the step in progress began, if one is (an interrupt inside a step) -- so
-        # that a resumed run draws exactly what the uninterrupted run would have.
+        checkpoint["recipe"], checkpoint["optimisation"] = self.training_recipe(), "manual"  # (gate.py reads it)
+        # Dropout masks and augmentation draw from the global RNGs: their state as the step in
+        # progress began, if one is (an interrupt), else now; a resume draws what the run would have.
         checkpoint["rng_states"] = self.step_in_progress.rng if self.step_in_progress.rng is not None else rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.resumed_rng = checkpoint.get("rng_states")  # put back if training resumes (on_train_start)
+        try:  # put back if training resumes (on_train_start); not for a test's checkpoint
+            self.resumed_rng = checkpoint.get("rng_states") if self.trainer.state.fn == "fit" else None
+        except RuntimeError:  # not attached to a trainer (LightningModule.load_from_checkpoint)
+            self.resumed_rng = None
 
     def on_train_start(self) -> None:
         if self.resumed_rng is not None:
@@ -169,9 +173,10 @@ class DigitClassifier(L.LightningModule):
     # -- training: one optimiser step per mini-batch
 
     def training_step(self, chunk, batch_idx: int) -> dict:
-        """One optimiser step for each mini-batch of the chunk: forward and cost, the
-        hand-written backward (called by the autograd engine), the step. Stops at
+        """One optimiser step for each mini-batch of the chunk (or of a plain batch): forward and
+        cost, the hand-written backward (called by the autograd engine), the step. Stops at
         trainer.max_steps, inside the chunk if need be (Lightning looks between batches)."""
+        chunk = chunk if isinstance(chunk, Chunk) else Chunk(*chunk, batch_size=len(chunk[1]))
         optimizer, schedule, params = self.optimizers(), self.lr_schedulers(), self.net.weights_and_biases()
         first, last, every = self.trainer.global_step, self.trainer.max_steps, self.trainer.log_every_n_steps
         losses, outputs, logged = [], [], []
@@ -206,10 +211,9 @@ class DigitClassifier(L.LightningModule):
             self.clip_gradients(optimizer, self.hparams.gradient_clip_val, self.hparams.gradient_clip_algorithm)
 
     def replay_step(self) -> tuple[Tensor, Tensor]:
-        """The optimiser step in progress, for a second look (the gradient audit): the random
-        generators put back to where the step began and its mini-batch drawn again, so that
-        a forward pass now draws the step's own dropout masks. Fork the generators first
-        (torch.random.fork_rng) to leave the run's where they are."""
+        """The optimiser step in progress, for the gradient audit: the random generators put back
+        to where it began, its mini-batch drawn again; a forward pass now draws its dropout
+        masks. Fork the generators first (torch.random.fork_rng) to leave the run's alone."""
         set_rng_states(self.step_in_progress.rng)
         return self.step_in_progress.chunk.mini_batch(self.step_in_progress.index)
 
@@ -235,13 +239,11 @@ class DigitClassifier(L.LightningModule):
         self.metrics[f"{stage}_acc"].update(out, labels)
         return out
 
-    # The loss and learning rate of single steps go to the loggers on the steps they write
-    # (trainer.log_every_n_steps) and no others: a self.log costs ~1 ms on a CPU, more than
-    # a textbook network's step. Each epoch's means are logged once, at its end.
+    # Single steps' loss and learning rate go to the loggers on the steps they write and no
+    # others (a self.log costs ~1 ms on a CPU); each epoch's means once, at its end.
 
     def _log_steps(self, steps: list[tuple[int, Tensor, float]]) -> None:
-        """train/loss_step and train/lr of optimiser steps (step, loss, learning rate), each
-        at its own step; the last loss also in the progress bar."""
+        """train/loss_step and train/lr of steps (step, loss, rate); the last loss in the bar."""
         if not steps:
             return
         if self.trainer.is_global_zero:
@@ -251,9 +253,8 @@ class DigitClassifier(L.LightningModule):
         self.log("train/loss_step", steps[-1][1], on_step=True, on_epoch=False, prog_bar=True, logger=False)
 
     def _log_epoch(self, stage: str) -> None:
-        """The epoch's mean loss and accuracy: for the callbacks and the progress bar, and for
-        the loggers at the epoch's last optimiser step (Lightning's own x-axis for epoch
-        scalars counts its batches, chunks of steps)."""
+        """The epoch's mean loss and accuracy, for the callbacks, and for the loggers at its last
+        optimiser step (Lightning's own x-axis for epoch scalars counts chunks)."""
         loss, accuracy = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_acc"]
         if accuracy.update_called:  # (a run resumed at an epoch's very end counted nothing)
             # floats: compute() already summed every process's counts, nothing left to sync

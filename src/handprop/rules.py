@@ -80,3 +80,41 @@ def probability(v) -> bool:
 POSITIVE_INT = "must be a positive integer"
 POSITIVE_INT_OR_NULL = "must be a positive integer, or null"
 PROBABILITY = "must be a probability in [0, 1)"
+
+
+# --------------------------------------------------------------------------- the model's own settings
+
+
+MODEL_SETTINGS = {  # DigitClassifier's own: setting -> (rule, what is allowed)
+    "hidden": (
+        lambda v: isinstance(v, list) and all(positive_int(h) for h in v),
+        "must be a list of positive layer sizes, e.g. {prefix}hidden=[512,256] (or [] for none)",
+    ),
+    "input_size": (positive_int, POSITIVE_INT),
+    "num_classes": (lambda v: is_int(v) and v >= 2, "must be an integer >= 2"),
+    "l2": (lambda v: is_number(v) and v >= 0, "must be a number >= 0 (Nielsen's lambda, e.g. 5.0; 0: none)"),
+    "chunk": (lambda v: v is None or positive_int(v), POSITIVE_INT_OR_NULL),
+    "gradient_clip_val": (
+        lambda v: v is None or (is_number(v) and v >= 0),
+        "must be a number >= 0 (e.g. 1.0), or null for no clipping",
+    ),
+    "gradient_clip_algorithm": (
+        lambda v: v in ("norm", "value"),
+        "must be norm (the whole gradient's length) or value (each element)",
+    ),
+    "normalize": (
+        lambda v: v in (True, False, "lecun"),
+        "must be true (standardise), false (raw [0, 1] pixels) or lecun (background -0.1, ink 1.175)",
+    ),
+}
+
+
+def check_model_settings(settings) -> None:
+    """DigitClassifier's settings (its hyper-parameters), each on its own: a SettingError
+    names the first refused (the config check builds the model on the meta device, and
+    names it by its key). The layers check their own (``nn.py``)."""
+    from .functional import check_cost  # noqa: PLC0415 -- torch loads only when a model is built
+
+    for name, (rule, allowed) in MODEL_SETTINGS.items():
+        require(rule(settings[name]), name, settings[name], allowed)
+    check_cost(settings["loss"], settings["label_smoothing"])

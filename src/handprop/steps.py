@@ -54,9 +54,11 @@ def run_steps(trainer: L.Trainer) -> int | float:
     estimate counts its batches: chunks of mini-batches, with handprop's loader."""
     batches = trainer.estimated_stepping_batches  # (sets the training loader up)
     loader = trainer.train_dataloader
-    if getattr(loader, "chunk", 1) == 1 or math.isinf(batches) or trainer.max_epochs in (None, -1):
+    chunk = getattr(loader, "chunk", 1)
+    if chunk == 1 or math.isinf(batches) or trainer.max_epochs in (None, -1):
         return batches  # (a chunk of one: Lightning's count, limit_train_batches included)
-    return min(loader.steps_per_epoch * trainer.max_epochs, trainer.max_steps if trainer.max_steps >= 0 else math.inf)
+    per_epoch = min(loader.steps_per_epoch, trainer.num_training_batches * chunk)  # (fewer batches: fewer steps)
+    return min(per_epoch * trainer.max_epochs, trainer.max_steps if trainer.max_steps >= 0 else math.inf)
 
 
 class NoProfiler(PassThroughProfiler):

@@ -90,7 +90,10 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
     plan = check_config(cfg)
     with open_dict(cfg):
         cfg.model.chunk = plan.chunk  # mini-batches per Lightning batch, as the gate chose
-    _announce_chunk(plan)
+    if rank_zero_only.rank == 0:
+        log.info(plan.describe(), extra=FILE_ONLY)
+    if plan.chunk > 1:  # Lightning counts its own batches (chunks) against log_every_n_steps; the steps log themselves
+        warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
     ckpt_path, init_from = cfg.get("ckpt_path"), cfg.get("init_from")
     refuse_to_overwrite(checkpoint_dirs(cfg), ckpt_path)
     if cfg.get("seed") is not None:
@@ -249,14 +252,6 @@ def _announce(cfg: DictConfig, command: str) -> None:
         log.info("resuming the run of %s (its weights, optimiser, schedule and counters)", cfg.ckpt_path)
     if command == "train" and cfg.get("init_from"):
         log.info("a new run from the weights of %s (a fresh optimiser, schedule and counters)", cfg.init_from)
-
-
-@rank_zero_only
-def _announce_chunk(plan) -> None:
-    steps = f"{plan.chunk} optimiser step{'s'[: plan.chunk - 1]}"
-    log.info("training: %s per Lightning step, %s", steps, plan.why, extra=FILE_ONLY)
-    if plan.chunk > 1:  # Lightning counts its own batches (chunks) against log_every_n_steps; the steps log themselves
-        warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
 
 
 def _best_of(best: str, state_key: str) -> tuple[int | None, float | None]:

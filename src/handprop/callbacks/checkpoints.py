@@ -5,7 +5,7 @@ best, the last checkpoint) that Lightning later deletes when a better one replac
 them. A checkpoint is only data, so those names are checked as the state is restored:
 one that does not resolve (links followed) to a file directly inside this run's
 checkpoint directory -- another directory, a remote address -- is dropped with a warning,
-so that every file Lightning may delete is one this run's callbacks wrote there.
+so that Lightning deletes nothing outside that directory.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class InterruptCheckpoint(Callback):
 
     An epoch's validation is part of the epoch (its val/acc, the best checkpoint's
     decision), so a Ctrl-C during one takes effect when it is over: before the next
-    training batch, or as training ends -- as Lightning treats SIGTERM, which it acts on
-    before the next training batch. A second Ctrl-C stops at once.
+    training batch, or, when it was the run's last, as the final test starts -- as
+    Lightning acts on SIGTERM only before a training batch. A second Ctrl-C stops at once.
 
     Not Lightning's ``OnExceptionCheckpoint``, on purpose: with one of those among the
     callbacks, ``trainer.fit(ckpt_path=None)`` silently resumes from the newest checkpoint
@@ -138,17 +138,24 @@ class InterruptCheckpoint(Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         main = threading.current_thread() is threading.main_thread()  # (signal handlers live there)
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and main:
+        python_handler = signal.getsignal(signal.SIGINT) is not None  # (None: one set outside Python)
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if fitting and main and python_handler and self._sigint is None:
             self._sigint = signal.signal(signal.SIGINT, self._after_validation)
 
     def _after_validation(self, signum, frame) -> None:
-        signal.signal(signal.SIGINT, self._sigint)  # a second Ctrl-C stops at once
+        self._restore()  # a second Ctrl-C stops at once
         self._interrupted = True
 
-    def _take_a_held_interrupt(self) -> None:
-        if self._sigint is not None:
+    def _restore(self) -> None:
+        """Python's own SIGINT handler back, if it is ours that is set (Lightning sets its own
+        to ignore Ctrl-C while it shuts down after one)."""
+        if self._sigint is not None and signal.getsignal(signal.SIGINT) == self._after_validation:
             signal.signal(signal.SIGINT, self._sigint)
-            self._sigint = None
+        self._sigint = None
+
+    def _take_a_held_interrupt(self) -> None:
+        self._restore()
         if self._interrupted:
             self._interrupted = False
             raise KeyboardInterrupt
@@ -157,12 +164,13 @@ class InterruptCheckpoint(Callback):
         self._take_a_held_interrupt()
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()  # (a Ctrl-C held through the last validation stops the final test, as it starts)
+
+    def on_test_start(self, trainer, pl_module) -> None:
         self._take_a_held_interrupt()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if self._sigint is not None:
-            signal.signal(signal.SIGINT, self._sigint)
-            self._sigint = None
+        self._restore()
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == TrainerFn.FITTING:
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # atomic: AtomicCheckpointIO
             log.warning("interrupted: checkpoint written to %s", self.ckpt_path)

@@ -47,13 +47,16 @@ class ProgressBar(TQDMProgressBar):
 
     @property
     def total_train_batches(self) -> int | float:
-        steps = getattr(self.trainer.train_dataloader, "steps_per_epoch", None)  # (handprop's loader: chunks)
-        return super().total_train_batches if steps is None else steps
+        loader = self.trainer.train_dataloader
+        if getattr(loader, "chunk", 1) == 1:  # one mini-batch per Lightning batch: Lightning's own count
+            return super().total_train_batches
+        return loader.steps_per_epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if batch.loader is None:  # a DataLoader's batch: one mini-batch, one Lightning batch
+        loader = getattr(batch, "loader", None)
+        if loader is None or loader.chunk == 1:
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        bar, steps = self.train_progress_bar, batch.loader.consumed  # the epoch's mini-batches trained so far
+        bar, steps = self.train_progress_bar, loader.consumed  # the epoch's mini-batches trained so far
         if bar is not None and self.is_enabled and (steps - bar.n >= self.refresh_rate or steps >= bar.total):
             bar.n = steps
             bar.refresh()
