@@ -108,8 +108,9 @@ def report(r: dict) -> str:
     lines = [
         f"\nOne training step of {r['recipe'].strip()} inside training_step, every default callback on "
         f"({r['threads']} CPU thread{'s'[: r['threads'] - 1]}); microseconds per step:",
-        "variant | us/step | vs raw",
+        f"variant | us/step | vs {next(iter(us))}",
         "--- | --- | ---",
     ]
-    lines += [f"{v:<15} | {us[v]:7.1f} | {us[v] / us['raw']:5.2f}x" for v in us]
+    first = next(iter(us.values()))
+    lines += [f"{v:<15} | {us[v]:7.1f} | {us[v] / first:5.2f}x" for v in us]
     return "\n".join(lines)

@@ -369,25 +369,29 @@ def _handprop_fit(experiment: list[str], overrides, epochs: int) -> tuple[float,
         return last, fit_s
 
 
-def batch10_speed(overrides=(), repeats: int = 3, threads: int = 1, long: int = 5, short: int = 2) -> dict:
+def batch10_speed(overrides=(), repeats: int = 3, threads: int = 1, long: int = 5, short: int | None = 2) -> dict:
     """One epoch of nielsen_ch1 by each loop, taking turns, on ``threads`` CPU threads (at
     batch 10 a second thread only adds synchronisation); median seconds and the ratios.
     handprop's epoch is its marginal one, (fit of ``long`` epochs - fit of ``short``) /
     (long - short): everything a run does once (start-up, the first and last pictures) is
-    charged to no epoch, every per-epoch cost (validation, checkpoints) to each."""
+    charged to no epoch, every per-epoch cost (validation, checkpoints) to each. (``short``
+    None: one fit, its last training epoch -- for a run that only checks the code runs.)"""
     images, labels, seed = _digits(overrides)
     loops = {"network.py": NetworkPy, "plain_loop": PlainLoop, "raw_math": RawMath}
     order = _order(len(labels), seed, 0, BATCH)  # handprop's first epoch: every round, every loop
     make = {name: (lambda cls=cls: cls(images, labels, seed)) for name, cls in loops.items()}
 
     def handprop(round_: int) -> tuple[float, float]:
+        if short is None:
+            return _handprop_fit(["experiment=nielsen_ch1"], overrides, long)
         fits = {}
         for epochs in (short, long) if round_ % 2 == 0 else (long, short):
             fits[epochs] = _handprop_fit(["experiment=nielsen_ch1"], overrides, epochs)[1]
         return (fits[long] - fits[short]) / (long - short), fits[long]
 
     r = _four_loops(handprop, make, [order], len(labels) // BATCH, repeats, threads)
-    r["handprop_epoch"] = f"marginal: (fit of {long} epochs - fit of {short}) / {long - short}"
+    marginal = f"marginal: (fit of {long} epochs - fit of {short}) / {long - short}" if short else None
+    r["handprop_epoch"] = marginal or f"the last training epoch of a {long}-epoch fit"
     return {"recipe": "experiment=nielsen_ch1 " + " ".join(overrides), "digits": len(labels), **r}
 
 
