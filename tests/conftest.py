@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -51,6 +52,13 @@ class StopAtStep(Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step >= self.step:
             trainer.should_stop = True
+
+
+def bare_trainer(**settings):
+    """A Lightning Trainer on the CPU with nothing of its own -- no logger, checkpoints,
+    progress bar or model summary -- for a module or callback tested by itself."""
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return L.Trainer(**{"accelerator": "cpu", **quiet, "enable_model_summary": False, **settings})
 
 
 def tensorboard_run(run_dir: Path) -> Path:

@@ -200,6 +200,32 @@ def test_a_new_run_never_overwrites_or_silently_continues_another_runs_checkpoin
     assert {p: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before
 
 
+# a short run whose validation has 5 batches
+VALIDATED = [
+    "model.hidden=[16]",
+    "trainer.limit_train_batches=2",
+    "callbacks.pictures=null",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "data.eval_batch_size=100",
+]
+
+
+def _ctrl_c_in_validation(tmp_path, *args: str) -> tuple[int, str]:
+    """``python train.py ARGS`` with a Ctrl-C between the first validation's batches 2 and 3
+    (after the sanity check): its exit status and stderr."""
+    marker = tmp_path / "validating"
+    sleepy = [
+        "+callbacks.sleep._target_=conftest.SleepAt",
+        "+callbacks.sleep.stage=validation",
+        f"+callbacks.sleep.marker={marker}",
+        "+callbacks.sleep.batch=2",
+        "+callbacks.sleep.seconds=3",  # (the Ctrl-C lets it sleep on)
+    ]
+    return signal_when(marker, *args, *sleepy)
+
+
 def _val_acc(run_dir):
 
     (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
@@ -213,27 +239,9 @@ def test_ctrl_c_during_validation_lets_it_finish_and_the_resume_goes_on_from_the
     """A Ctrl-C between two validation batches takes effect when the validation is over:
     its val/acc and the best-checkpoint decision are the epoch's, and the resumed run ends
     with every epoch validated once, as the run that was never interrupted."""
-    quick = [
-        "model.hidden=[16]",
-        "trainer.max_epochs=3",
-        "trainer.limit_train_batches=2",
-        "callbacks.pictures=null",
-        "callbacks.progress_bar=null",
-        "trainer.enable_progress_bar=false",
-        "trainer.accelerator=cpu",
-        "scheduler=none",
-        "test=false",
-        "data.eval_batch_size=100",
-    ]
-    marker, run_dir = tmp_path / "validating", tmp_path / "run"
-    sleepy = [
-        "+callbacks.sleep._target_=conftest.SleepAt",
-        "+callbacks.sleep.stage=validation",
-        f"+callbacks.sleep.marker={marker}",
-        "+callbacks.sleep.batch=2",
-        "+callbacks.sleep.seconds=3",  # (the Ctrl-C lets it sleep on)
-    ]  # between batches, 2 of 5 done
-    returncode, stderr = signal_when(marker, *quick, *sleepy, f"hydra.run.dir={run_dir}")
+    quick = [*VALIDATED, "trainer.max_epochs=3", "scheduler=none", "test=false"]
+    run_dir = tmp_path / "run"
+    returncode, stderr = _ctrl_c_in_validation(tmp_path, *quick, f"hydra.run.dir={run_dir}")
     assert returncode == 130, stderr[-3000:]
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
     resumed = subprocess.run(
@@ -261,25 +269,8 @@ def test_ctrl_c_during_validation_lets_it_finish_and_the_resume_goes_on_from_the
 def test_ctrl_c_during_the_last_validation_stops_the_final_test(tmp_path):
     """Training is over when the last epoch's validation ends: the held Ctrl-C stops the final
     test as it starts, with the message that says how to run it."""
-    quick = [
-        "model.hidden=[16]",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "callbacks.pictures=null",
-        "callbacks.progress_bar=null",
-        "trainer.enable_progress_bar=false",
-        "trainer.accelerator=cpu",
-        "data.eval_batch_size=100",
-    ]
-    marker, run_dir = tmp_path / "validating", tmp_path / "run"
-    sleepy = [
-        "+callbacks.sleep._target_=conftest.SleepAt",
-        "+callbacks.sleep.stage=validation",
-        f"+callbacks.sleep.marker={marker}",
-        "+callbacks.sleep.batch=2",
-        "+callbacks.sleep.seconds=3",
-    ]
-    returncode, stderr = signal_when(marker, *quick, *sleepy, f"hydra.run.dir={run_dir}")
+    run_dir = tmp_path / "run"
+    returncode, stderr = _ctrl_c_in_validation(tmp_path, *VALIDATED, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
     assert returncode == 130, stderr[-3000:]
     assert "SIGINT: the final test was interrupted; training had finished (1 epochs, step 2)" in stderr
     assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()

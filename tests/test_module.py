@@ -12,6 +12,8 @@ from handprop.gate import schedule_length
 from handprop.module import DigitClassifier
 from handprop.steps import run_steps
 
+from conftest import bare_trainer
+
 
 def _batch(n=32):
     """A training mini-batch of real digits, augmented as training draws it."""
@@ -147,15 +149,7 @@ def test_logged_accuracies_count_each_epoch_exactly():
         on_train_epoch_start=lambda trainer, module: (counted and read(trainer, module), counted.append([0, 0, 0.0])),
         on_train_end=read,
     )
-    trainer = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-    )
+    trainer = bare_trainer(max_epochs=3, callbacks=[clock])
     trainer.fit(model, datamodule=dm)
     assert counted[0][1] == 4000 and len(logged) == 3 and len(set(logged)) == 3
     assert [acc for acc, _ in logged] == pytest.approx([right / seen for right, seen, _ in counted])  # each epoch alone

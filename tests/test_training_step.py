@@ -20,7 +20,7 @@ from handprop.gate import schedule_length
 from handprop.module import DigitClassifier
 from handprop.train import train
 
-from conftest import compose_config
+from conftest import bare_trainer, compose_config
 
 QUIET = [
     "trainer.accelerator=cpu",
@@ -243,14 +243,6 @@ def test_a_data_module_of_plain_batches_trains_one_step_a_batch(tmp_path):
     torch.manual_seed(0)
     model = DigitClassifier(hidden=[8], optimizer=functools.partial(torch.optim.SGD, lr=0.1))
     walk = WalkTheGraph()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[walk],
-    )
+    trainer = bare_trainer(max_epochs=1, callbacks=[walk])
     trainer.fit(model, datamodule=Plain())
     assert trainer.global_step == 4 and walk.steps == [0, 1, 2, 3]
