@@ -18,6 +18,8 @@ fixed split, or the header of a full dataset's label file) and the checkpoint th
   would run past its checkpoint's schedule are refused.
 - **l2** (Nielsen's L2 term): needs an optimiser that adds weight decay to the gradient,
   and no second decay.
+- **Resuming** a checkpoint of an earlier handprop whose steps Lightning counted apart is
+  refused (``resume_problems``).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from hydra.utils import get_object
 from omegaconf import DictConfig
 
+from .errors import DataError
 from .rules import is_int, positive_int
 
-# model.chunk=null: enough multiply-adds per Lightning batch that Lightning's loop and
-# callbacks around it (about a millisecond on a CPU) stay a few percent of it -- about
-# 200 ms of arithmetic on one CPU core -- and at most MAX_CHUNK mini-batches.
+# model.chunk=null: enough multiply-adds per Lightning batch (about 200 ms of arithmetic on a
+# CPU core) that Lightning's loop around it stays a few percent; at most MAX_CHUNK mini-batches.
 CHUNK_WORK = 2_000_000_000
 MAX_CHUNK = 256
 
@@ -74,9 +77,8 @@ def plan(cfg: DictConfig) -> Plan:
 
 
 def world_size(trainer: DictConfig) -> int:
-    """The number of training processes, as Lightning will count them: a launcher's
-    WORLD_SIZE (torchrun), else devices x nodes (``auto`` and -1: every GPU when training on
-    GPUs, one process on the CPU)."""
+    """The number of training processes, as Lightning counts them: a launcher's WORLD_SIZE, else
+    devices x nodes (``auto``, -1: every GPU when training on GPUs, else one process)."""
     if os.environ.get("WORLD_SIZE", "").isdigit():
         return int(os.environ["WORLD_SIZE"])
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
@@ -92,11 +94,9 @@ def world_size(trainer: DictConfig) -> int:
 
 def train_size(data: DictConfig) -> int | None:
     """The number of training digits (all processes together), from the files' headers; None
-    where the files are not there yet (``data.download``: the data module fetches them, or
-    says what is missing)."""
+    where the files are not there yet (``data.download``: the data module fetches them)."""
     from .data.datasets import SAMPLE_SPLIT, find_raw_files, sample_files  # noqa: PLC0415 -- torch loads here
     from .data.idx import idx_length  # noqa: PLC0415
-    from .errors import DataError  # noqa: PLC0415
 
     dataset = data.get("dataset", "sample")
     try:
@@ -143,9 +143,7 @@ def chunk_blockers(cfg: DictConfig) -> list[str]:
     """Why this run must carry one mini-batch per Lightning batch, if it must: these
     settings count Lightning's batches (and chunks come from handprop's own loader)."""
     trainer, data = cfg.trainer, cfg.data
-    every_n_steps = any(
-        (node or {}).get("every_n_train_steps") for node in (cfg.get("callbacks") or {}).values() if node
-    )
+    every_n_steps = any(node.get("every_n_train_steps") for node in (cfg.get("callbacks") or {}).values() if node)
     checks = {
         "trainer.limit_train_batches": not _whole(trainer.get("limit_train_batches")),
         "trainer.overfit_batches": bool(trainer.get("overfit_batches")),
@@ -280,17 +278,13 @@ def schedule_problems(cfg: DictConfig, steps: int | float | None, checkpoint: di
     node = cfg.get("scheduler")
     if not node or steps is None or math.isinf(steps):
         return []
-    from hydra.utils import get_object  # noqa: PLC0415
-
-    target, params = node.get("_target_"), {}
     try:
-        params = inspect.signature(get_object(target)).parameters
+        params = inspect.signature(get_object(node.get("_target_"))).parameters
     except (ImportError, ValueError, TypeError):
         return []  # named by the settings check
-    keys = [k for k in SCHEDULE_LENGTH_KEYS if k in params]
-    if not keys:
+    key = next((k for k in SCHEDULE_LENGTH_KEYS if k in params), None)
+    if key is None:
         return []
-    key = keys[0]
     length = node.get(key) if node.get(key) is not None else steps
     problems = []
     if checkpoint is not None:
@@ -327,8 +321,7 @@ def l2_problems(cfg: DictConfig) -> list[str]:
     l2, optimizer = cfg.model.get("l2"), cfg.get("optimizer") or {}
     if not l2 or not isinstance(l2, int | float) or not optimizer.get("_target_"):
         return []
-    import torch  # noqa: PLC0415
-    from hydra.utils import get_object  # noqa: PLC0415
+    import torch  # noqa: PLC0415 -- torch loads only when a config asks for l2
 
     try:
         factory = get_object(optimizer._target_)
@@ -352,8 +345,6 @@ def l2_problems(cfg: DictConfig) -> list[str]:
 
 
 def _checkpoint(path) -> dict | None:
-    if not path:
-        return None
     from .checkpoint import read_checkpoint  # noqa: PLC0415 -- (checkpoint loads the model)
 
-    return read_checkpoint(path)
+    return read_checkpoint(path) if path else None
