@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from handprop.build import build_data_and_model
-from handprop.gate import MAX_CHUNK, plan, run_steps, train_size
+from handprop.gate import MAX_CHUNK, plan, planned_steps, train_size
 
 from conftest import compose_config
 
@@ -68,7 +68,7 @@ def test_the_whole_epoch_is_no_limit(tmp_path):
 )
 def test_the_runs_length_is_the_one_lightning_steps_through(tmp_path, overrides, steps):
     cfg = compose_config("train", overrides, tmp_path)
-    assert train_size(cfg.data) == 4000 and run_steps(cfg, 4000) == steps
+    assert train_size(cfg.data) == 4000 and planned_steps(cfg, 4000) == steps
 
 
 def test_a_schedule_shorter_than_the_run_or_one_that_cannot_warm_up_is_refused(tmp_path):

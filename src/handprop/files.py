@@ -119,14 +119,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     system (``atomic_write``) and removals limited to single files."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None or local_path(path) is None:
+        local = local_path(path)
+        if storage_options is not None or local is None:
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_write(local_path(path), lambda file: torch.save(checkpoint, file))
+        atomic_write(local, lambda file: torch.save(checkpoint, file))
 
     def remove_checkpoint(self, path) -> None:
-        if local_path(path) is None:
+        local = local_path(path)
+        if local is None:
             return super().remove_checkpoint(path)
-        path = local_path(path)
+        path = local
         if path.is_symlink() or not path.is_file():
             log.warning("not removing %s: not a checkpoint file", path)
             return

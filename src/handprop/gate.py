@@ -69,7 +69,7 @@ def plan(cfg: DictConfig) -> Plan:
     result.problems += l2_problems(cfg)
     result.problems += resume_problems(cfg, checkpoint)
     _choose_chunk(cfg, checkpoint, result)
-    result.problems += schedule_problems(cfg, run_steps(cfg, train_size(cfg.data)), checkpoint)
+    result.problems += schedule_problems(cfg, planned_steps(cfg, train_size(cfg.data)), checkpoint)
     return result
 
 
@@ -114,7 +114,7 @@ def steps_per_epoch(train: int, batch_size: int, world: int, loader: str = "tens
     return math.ceil(share / max(batch_size // world, 1))
 
 
-def run_steps(cfg: DictConfig, size: int | None) -> int | float | None:
+def planned_steps(cfg: DictConfig, size: int | None) -> int | float | None:
     """The run's optimiser steps (infinite without a limit); None where Lightning decides
     them from what only the running trainer knows (``overfit_batches``, ``fast_dev_run``)."""
     trainer, data = cfg.trainer, cfg.data
