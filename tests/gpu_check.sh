@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check of the engine, data-path and many-devices issues in one go, on a machine with a GPU (see docs/devices.md and docs/benchmarks.md).
+# The GPU checks in one go, on a machine with a GPU: the backward against autograd under CUDA autocast and compile,
+# the epoch and Fashion-MNIST benchmarks on the GPU, and short training runs (see docs/devices.md and docs/benchmarks.md).
 # Usage: bash tests/gpu_check.sh OUT_DIR      (Hydra from .whl/ when it is not installed)
 set -uo pipefail
 out=${1:?out dir}
@@ -8,13 +9,13 @@ if ! python3 -c "import hydra" 2>/dev/null; then
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1
 trainer=${TRAINER:-gpu}   # TRAINER=cpu EXTRA=debug=fast: a dry run of the training part on a CPU
-# the pictures need matplotlib, which the GPU machine may lack: train without them there
+# the pictures need matplotlib: where it is missing, train without them
 python3 -c "import matplotlib" 2>/dev/null || EXTRA="${EXTRA:-} callbacks.pictures=null"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/nvidia-smi.csv"
   PYTHONPATH=benchmarks python3 tests/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log"
-  # the data-path issue: an epoch three ways (samples/s) and Fashion-MNIST time to 89%, on the GPU
-  # (Fashion-MNIST's four .gz files in FASHION_DIR; the GPU machine has no network: carry them)
+  # an epoch three ways (samples/s) and Fashion-MNIST's time to 89%, on the GPU
+  # (Fashion-MNIST's four .gz files in FASHION_DIR, default .fashion/: copy them there first on a machine without network)
   python3 benchmarks/bench.py --device cuda --only epoch,fashion --fashion-dir "${FASHION_DIR:-.fashion}" \
       --out "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.log"
 fi
