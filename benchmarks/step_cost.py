@@ -17,10 +17,10 @@ variants take turns, one epoch each, and the median of the rounds is reported.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 
+import timing
 import torch
 from omegaconf import open_dict
 
@@ -70,47 +70,57 @@ class Timed(DigitClassifier):
         return len(chunk)
 
 
+def _fit(variant: str, overrides) -> float:
+    """One epoch of nielsen_ch1 with ``variant`` as its training step: microseconds per step."""
+    Timed.variant, Timed.seconds, Timed.steps = variant, [], []
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
+        cfg = compose(
+            [
+                "experiment=nielsen_ch1",
+                *overrides,
+                "trainer.max_epochs=1",
+                "test=false",
+                "callbacks.progress_bar=null",
+                "trainer.enable_progress_bar=false",
+                "callbacks.pictures=null",
+            ],
+            run_dir,
+        )
+        with open_dict(cfg):
+            cfg.model._target_ = f"{__name__}.Timed"
+        train(cfg)
+    return 1e6 * sum(Timed.seconds) / sum(Timed.steps)
+
+
 def step_cost(overrides=(), repeats: int = 3, threads: int = 1, variants=VARIANTS) -> dict:
     """Microseconds per optimiser step of each variant (median over ``repeats`` rounds, the
-    variants taking turns within a round), one epoch of nielsen_ch1 each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    per_step: dict[str, list[float]] = {v: [] for v in variants}
-    try:
-        for _ in range(repeats):
-            for variant in variants:
-                Timed.variant, Timed.seconds, Timed.steps = variant, [], []
-                with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as run_dir:
-                    cfg = compose(
-                        [
-                            "experiment=nielsen_ch1",
-                            *overrides,
-                            "trainer.max_epochs=1",
-                            "test=false",
-                            "callbacks.progress_bar=null",
-                            "trainer.enable_progress_bar=false",
-                            "callbacks.pictures=null",
-                        ],
-                        run_dir,
-                    )
-                    with open_dict(cfg):
-                        cfg.model._target_ = f"{__name__}.Timed"
-                    train(cfg)
-                per_step[variant].append(1e6 * sum(Timed.seconds) / sum(Timed.steps))
-    finally:
-        torch.set_num_threads(before)
-    median = {v: statistics.median(us) for v, us in per_step.items()}
-    return {"recipe": "experiment=nielsen_ch1 " + " ".join(overrides), "threads": threads, "us_per_step": median}
+    variants taking turns), one epoch of nielsen_ch1 each."""
+    with timing.threads(threads) as threads:
+        per_step = timing.take_turns({v: lambda v=v: _fit(v, overrides) for v in variants}, repeats)
+    return {
+        "recipe": "experiment=nielsen_ch1 " + " ".join(overrides),
+        "threads": threads,
+        "repeats": repeats,
+        "us_per_step": timing.medians(per_step),
+    }
+
+
+def measure(args) -> dict:
+    """On ``args.mnist_overrides`` (full MNIST where it is installed: 5,000 steps an epoch);
+    --quick: handprop's step alone, one round."""
+    quick = {"repeats": 1, "variants": ("handprop",)} if args.quick else {}
+    return step_cost(args.mnist_overrides, **quick)
 
 
 def report(r: dict) -> str:
     us = r["us_per_step"]
-    lines = [
+    first = next(iter(us))
+    rows = [{"variant": v, "us": us[v], "vs": us[v] / us[first]} for v in us]
+    return (
         f"\nOne training step of {r['recipe'].strip()} inside training_step, every default callback on "
-        f"({r['threads']} CPU thread{'s'[: r['threads'] - 1]}); microseconds per step:",
-        f"variant | us/step | vs {next(iter(us))}",
-        "--- | --- | ---",
-    ]
-    first = next(iter(us.values()))
-    lines += [f"{v:<15} | {us[v]:7.1f} | {us[v] / first:5.2f}x" for v in us]
-    return "\n".join(lines)
+        f"({timing.plural(r['threads'], 'CPU thread')}, median of {r['repeats']}, the variants taking turns); "
+        "microseconds per step:\n"
+        + timing.table(
+            rows, [("variant", "variant", "<15"), ("us/step", "us", ">7.1f"), (f"vs {first}", "vs", ">6.2f")]
+        )
+    )

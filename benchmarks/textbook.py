@@ -1,5 +1,6 @@
-"""Where the time of a step goes: one epoch of ``experiment=nielsen_ch1`` (batch 10, where
-the textbooks train) and of the default recipe, each four ways.
+"""Section ``textbook``, where the time of a step goes: one epoch of
+``experiment=nielsen_ch1`` (batch 10, where the textbooks train) and of the default recipe,
+each four ways.
 
 Nielsen's chapter-1 network (784-30-10, sigmoid, quadratic cost, SGD with eta 3.0 on
 mini-batches of 10) for one epoch over the same training digits, in the same batch order:
@@ -8,14 +9,14 @@ mini-batches of 10) for one epoch over the same training digits, in the same bat
               on; its marginal epoch: (a fit of 5 epochs - a fit of 2) / 3, validation and
               checkpoints included, start-up and the first and last pictures not
 - network.py: numpy, one digit at a time inside each mini-batch, as chapter 1 writes it
-- plain loop: ``nn.Linear`` + autograd + ``torch.optim.SGD``
+- torch.nn:   ``nn.Linear`` + autograd + ``torch.optim.SGD``, as everyday PyTorch writes it
 - raw math:   the same backpropagation in bare tensor ops: no autograd, no optimiser object
 
 The default recipe (``python train.py``: 784-512-256-10 relu, dropout 0.25, cross-entropy
 with label smoothing 0.1, AdamW on a one-cycle schedule, batch 128, device augmentation,
 normalised pixels) the same four ways, each loop augmenting its batches with handprop's
 own ``to_pixels`` and stepping through the same learning rates and momenta: the numpy loop
-backpropagates one digit at a time as network.py does, the plain loop is nn.Sequential +
+backpropagates one digit at a time as network.py does, the torch.nn loop is nn.Sequential +
 F.cross_entropy + torch.optim.AdamW + OneCycleLR, the raw math writes out the passes and
 AdamW's update in tensor ops.
 
@@ -25,6 +26,7 @@ ratios, not seconds, are what carries over between machines.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import tempfile
@@ -32,6 +34,7 @@ import time
 
 import lightning as L
 import numpy as np
+import timing
 import torch
 import torch.nn.functional as F
 
@@ -102,7 +105,7 @@ class NetworkPy:
         return nabla_b, nabla_w
 
 
-class PlainLoop:
+class TorchNN:
     """The chapter's network in everyday PyTorch: nn.Linear, autograd, torch.optim.SGD."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int):
@@ -255,7 +258,7 @@ class DefaultNumpy:
         return nabla_w, nabla_b
 
 
-class DefaultPlain:
+class DefaultTorchNN:
     """The default recipe in everyday PyTorch: nn.Sequential, F.cross_entropy, autograd,
     torch.optim.AdamW and OneCycleLR."""
 
@@ -377,15 +380,16 @@ def batch10_speed(overrides=(), repeats: int = 3, threads: int = 1, long: int = 
     charged to no epoch, every per-epoch cost (validation, checkpoints) to each. (``short``
     None: one fit, its last training epoch -- for a run that only checks the code runs.)"""
     images, labels, seed = _digits(overrides)
-    loops = {"network.py": NetworkPy, "plain_loop": PlainLoop, "raw_math": RawMath}
+    loops = {"network.py": NetworkPy, "torch.nn": TorchNN, "raw_math": RawMath}
     order = _order(len(labels), seed, 0, BATCH)  # handprop's first epoch: every round, every loop
     make = {name: (lambda cls=cls: cls(images, labels, seed)) for name, cls in loops.items()}
+    rounds = itertools.count()
 
-    def handprop(round_: int) -> tuple[float, float]:
+    def handprop() -> tuple[float, float]:
         if short is None:
             return _handprop_fit(["experiment=nielsen_ch1"], overrides, long)
         fits = {}
-        for epochs in (short, long) if round_ % 2 == 0 else (long, short):
+        for epochs in (short, long) if next(rounds) % 2 == 0 else (long, short):
             fits[epochs] = _handprop_fit(["experiment=nielsen_ch1"], overrides, epochs)[1]
         return (fits[long] - fits[short]) / (long - short), fits[long]
 
@@ -400,35 +404,33 @@ def default_recipe_speed(overrides=(), repeats: int = 5, threads: int = 1) -> di
     (see the module docstring). At 32 steps an epoch, a first epoch is as much warm-up
     (allocations, the audit of step 0) as training; every loop trains the first untimed."""
     recipe = DefaultRecipe(overrides, epochs=2)
-    loops = {"network.py": DefaultNumpy, "plain_loop": DefaultPlain, "raw_math": DefaultRaw}
+    loops = {"network.py": DefaultNumpy, "torch.nn": DefaultTorchNN, "raw_math": DefaultRaw}
     make = {name: (lambda cls=cls: cls(recipe)) for name, cls in loops.items()}
-    r = _four_loops(lambda _: _handprop_fit([], overrides, 2), make, [0, 1], len(recipe.epochs[1]), repeats, threads)
+    r = _four_loops(lambda: _handprop_fit([], overrides, 2), make, [0, 1], len(recipe.epochs[1]), repeats, threads)
     r["handprop_epoch"] = "the second training epoch of a two-epoch run"
     return {"recipe": "the default recipe " + " ".join(overrides), "digits": len(recipe.labels), **r}
 
 
 def _four_loops(handprop, make: dict, epochs: list, steps: int, repeats: int, threads: int) -> dict:
-    """Each round: handprop's epoch (``handprop(round)``: its seconds and a whole fit's), then
-    each loop from fresh weights over ``epochs`` (what its ``epoch`` takes), the last epoch timed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        seconds: dict[str, list[float]] = {"handprop": [], **{name: [] for name in make}}
-        fit_s = []
-        for round_ in range(repeats):
-            epoch_s, whole = handprop(round_)
-            seconds["handprop"].append(epoch_s)
-            fit_s.append(whole)
-            for name, new in make.items():
-                loop = new()  # fresh weights every round
-                for epoch in epochs[:-1]:
-                    loop.epoch(epoch)
-                start = time.perf_counter()
-                loop.epoch(epochs[-1])
-                seconds[name].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
-    median = {name: statistics.median(s) for name, s in seconds.items()}
+    """``repeats`` turns of handprop's epoch (``handprop()``: its seconds and a whole fit's)
+    and of each loop from fresh weights over ``epochs`` (what its ``epoch`` takes), the last
+    epoch timed."""
+
+    def fresh(new):
+        def run() -> float:
+            loop = new()  # fresh weights every round
+            for epoch in epochs[:-1]:
+                loop.epoch(epoch)
+            start = time.perf_counter()
+            loop.epoch(epochs[-1])
+            return time.perf_counter() - start
+
+        return run
+
+    with timing.threads(threads) as threads:
+        turns = timing.take_turns({"handprop": handprop, **{name: fresh(new) for name, new in make.items()}}, repeats)
+    seconds = {name: [t[0] for t in s] if name == "handprop" else s for name, s in turns.items()}
+    median = timing.medians(seconds)
     return {
         "steps": steps,
         "epochs": len(epochs),
@@ -436,28 +438,44 @@ def _four_loops(handprop, make: dict, epochs: list, steps: int, repeats: int, th
         "repeats": repeats,
         "epoch_s": median,
         "raw_epoch_s": seconds,
-        "handprop_fit_s": statistics.median(fit_s),
+        "handprop_fit_s": statistics.median(fit for _, fit in turns["handprop"]),
         "steps_per_s": {name: steps / s for name, s in median.items()},
         "handprop_vs_raw_math": median["handprop"] / median["raw_math"],
         "network_py_vs_handprop": median["network.py"] / median["handprop"],
-        "handprop_vs_plain_loop": median["handprop"] / median["plain_loop"],
+        "handprop_vs_torch_nn": median["handprop"] / median["torch.nn"],
     }
 
 
-def report(r: dict) -> str:
-    which = "one epoch" if r.get("epochs", 1) == 1 else f"the last of {r['epochs']} epochs"
-    lines = [
-        f"\nFour loops, {which} of {r['recipe'].strip()} ({r['digits']:,} digits, {r['steps']:,} steps; "
-        f"median of {r['repeats']}, taking turns, {r['threads']} CPU thread{'s'[: r['threads'] - 1]}; "
-        f"handprop's epoch: {r['handprop_epoch']})",
-        "loop | seconds per epoch | steps/s",
-        "--- | --- | ---",
-    ]
-    for name in ("handprop", "network.py", "plain_loop", "raw_math"):
-        lines.append(f"{name:<11} | {r['epoch_s'][name]:>8.3f} | {r['steps_per_s'][name]:>8,.0f}")
-    lines.append(
-        f"handprop takes {r['handprop_vs_raw_math']:.2f}x the raw math's time and {r['handprop_vs_plain_loop']:.2f}x "
-        f"the plain loop's; the network.py-style loop takes {r['network_py_vs_handprop']:.2f}x handprop's. "
-        f"handprop's whole fit, with validation, checkpoints and pictures: {r['handprop_fit_s']:.2f} s"
+def measure(args) -> dict:
+    """nielsen_ch1 on ``args.mnist_overrides`` (full MNIST where it is installed), and the
+    default recipe; --quick: one round, one fit of one epoch for handprop's (the code runs,
+    nothing is measured), the default recipe at one hidden layer of 16 (the per-digit numpy
+    loop at the default size takes seconds)."""
+    if args.quick:
+        return {
+            "batch10": batch10_speed(args.mnist_overrides, repeats=1, long=1, short=None),
+            "default_recipe": default_recipe_speed(("model.hidden=[16]",), repeats=1),
+        }
+    return {"batch10": batch10_speed(args.mnist_overrides, repeats=5), "default_recipe": default_recipe_speed()}
+
+
+def _report_one(r: dict) -> str:
+    which = "one epoch" if r["epochs"] == 1 else f"the last of {r['epochs']} epochs"
+    rows = [{"loop": name, "s": r["epoch_s"][name], "rate": r["steps_per_s"][name]} for name in r["epoch_s"]]
+    return "\n".join(
+        [
+            f"\nFour loops, {which} of {r['recipe'].strip()} ({r['digits']:,} digits, {r['steps']:,} steps; "
+            f"median of {r['repeats']}, taking turns, {timing.plural(r['threads'], 'CPU thread')}; "
+            f"handprop's epoch: {r['handprop_epoch']})",
+            timing.table(
+                rows, [("loop", "loop", "<10"), ("seconds per epoch", "s", ">17.3f"), ("steps/s", "rate", ">8,.0f")]
+            ),
+            f"handprop takes {r['handprop_vs_raw_math']:.2f}x the raw math's time and {r['handprop_vs_torch_nn']:.2f}x "
+            f"the torch.nn loop's; the network.py-style loop takes {r['network_py_vs_handprop']:.2f}x handprop's. "
+            f"handprop's whole fit, with validation, checkpoints and pictures: {r['handprop_fit_s']:.2f} s",
+        ]
     )
-    return "\n".join(lines)
+
+
+def report(r: dict) -> str:
+    return _report_one(r["batch10"]) + "\n" + _report_one(r["default_recipe"])

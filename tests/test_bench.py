@@ -1,27 +1,59 @@
-"""The measuring tools of the benchmarks, and the memory claim they support."""
+"""The benchmark: every section's report and keys, the timing helper's turns, and the
+loops a section compares, which must do the same work."""
 
 import json
 
 import pytest
+import timing
 import torch
-from textbook import DefaultNumpy, DefaultPlain, DefaultRaw, DefaultRecipe, NetworkPy, PlainLoop, RawMath
+from backward import saved_bytes
+from epoch import lightning_epochs, plain_epochs
+from textbook import DefaultNumpy, DefaultRaw, DefaultRecipe, DefaultTorchNN, NetworkPy, RawMath, TorchNN
 
 from handprop import functional as HF
 from handprop.compose import bare_config
 from handprop.nn import MLP
 
-from bench import (
-    backward_vs_autograd,
-    epoch_speed,
-    gemm_fraction,
-    interleaved_medians,
-    lightning_epochs,
-    pictures_cost,
-    plain_epochs,
-    saved_bytes,
-    torchvision_epochs,
-)
+from bench import SECTIONS, main
 from conftest import run_cli
+
+# what each section's JSON holds (make bench ARGS=--quick)
+KEYS = {
+    "textbook": {"batch10", "default_recipe"},
+    "step_cost": {"recipe", "threads", "repeats", "us_per_step"},
+    "backward": {"batch", "threads", "rows"},
+    "audit": {"network", "batch", "threads", "every_n_steps", "audit_ms", "step_ms", "overhead_pct"},
+    "gemm": {"network", "batch", "threads", "step_ms", "step_gflops", "gemm_gflops", "fraction_of_gemm", "gemm_size"},
+    "epoch": {
+        "recipe",
+        "device",
+        "threads",
+        "epochs",
+        "handprop_epoch_s",
+        "handprop_samples_per_s",
+        "plain_loop_epoch_s",
+        "torchvision_dataloader_epoch_s",
+        "speedup_vs_torchvision",
+        "overhead_vs_plain_loop",
+        "handprop_loader_epoch_s",
+        "torchvision_loader_epoch_s",
+        "loader_speedup_vs_torchvision",
+        "raw_epoch_s",
+    },
+    "fashion": {"fashion_fast"},
+    "cli": {
+        "command",
+        "repeats",
+        "median_s",
+        "min_s",
+        "max_s",
+        "budget_s",
+        "under_budget",
+        "heavy_imports",
+        "help_lines",
+    },
+}
+FOUR_LOOPS = {"handprop", "network.py", "torch.nn", "raw_math"}
 
 
 def test_saved_bytes_counts_each_storage_once():
@@ -46,127 +78,99 @@ def test_manual_network_saves_no_more_than_the_reference(activation, dropout):
         assert used["manual"] < used["autograd"]  # the reference keeps f's output besides y
 
 
-def test_interleaved_medians_and_a_bench_row():
+def test_the_variants_take_turns_in_reversing_order():
     calls = []
-    medians = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, number=2)
-    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
-    assert calls.count("a") == calls.count("b")
-    row = backward_vs_autograd([8, 8], "default", batch=16, repeats=1)
-    assert row["network"] == "784-8-8-10" and row["memory_ratio"] <= 1  # ours keeps no more than autograd
+    turns = timing.take_turns({"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2}, rounds=3)
+    assert calls == list("abbaab") and turns == {"a": [1, 1, 1], "b": [2, 2, 2]}
+    calls.clear()
+    timing.take_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=1, first=1)
+    assert calls == list("ba")  # (an odd turn, as between a Lightning fit's epochs)
+    calls.clear()
+    medians = timing.interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 2)
+    assert calls == list("aabb") + list("abbaabba")  # two warm-up calls each, then turns call by call
+    assert set(medians) == {"a", "b"}
+    assert timing.medians({"a": [9.0, 1.0, 3.0, 2.0]}, skip=1) == {"a": 2.0}
 
 
-def test_epoch_runners_train_the_recipe_three_ways():
-
-    cfg = bare_config(["model.hidden=[32]", "data.augment.rotation=0"])
-    for runner in (lightning_epochs, plain_epochs):
-        times, states, model = runner(cfg, 2, snapshots=True)
-        assert len(times) == 2 == len(states) and all(t > 0 for t in times)
-        assert not torch.equal(states[0]["net.layers.0.weight"], states[1]["net.layers.0.weight"])
-    assert len(torchvision_epochs(cfg, 1)) == 1
-
-
-def test_epoch_speed_takes_turns_and_reports_every_ratio():
-
-    e = epoch_speed(epochs=2, overrides=["model.hidden=[32]"])
-    assert e["epochs"] == 2
-    for key in (
-        "handprop_epoch_s",
-        "plain_loop_epoch_s",
-        "torchvision_dataloader_epoch_s",
-        "handprop_loader_epoch_s",
-        "torchvision_loader_epoch_s",
-    ):
-        assert e[key] > 0, key  # each loop ran and was timed
+def test_the_thread_count_is_set_stated_and_restored():
+    before = torch.get_num_threads()
+    with timing.threads(1) as count:
+        assert count == torch.get_num_threads() == 1
+    with timing.threads() as count:
+        assert count == before
+    assert torch.get_num_threads() == before
 
 
-def test_gemm_fraction_reports_rates():
-
-    g = gemm_fraction(batch=64, hidden=(64, 64), repeats=1)
-    assert g["step_gflops"] > 0 and g["gemm_gflops"] > 0 and 0 < g["fraction_of_gemm"]
-
-
-def test_pictures_cost_times_both_runs_and_the_hooks():
-
-    p = pictures_cost(
-        [
-            "model.hidden=[16]",
-            "trainer.max_epochs=2",
-            "trainer.limit_train_batches=4",
-            "callbacks.pictures.every_n_epochs=1",
-            "callbacks.pictures.descent_points=3",
-        ],
-        rounds=1,
+def test_a_table_has_a_column_per_entry_and_a_row_per_result():
+    rows = [{"name": "a", "ms": 1.25}, {"name": "bb", "ms": 10.0}]
+    assert timing.table(rows, [("name", "name", "<4"), ("ms", "ms", ">6.2f")]) == (
+        "name | ms\n--- | ---\na    |   1.25\nbb   |  10.00"
     )
-    assert p["with_s"] > 0 and p["without_s"] > 0, p
-    assert p["inside_callbacks_s"] > 0, p  # the hooks ran, drew and were timed
-    assert 0 < p["pictures_inside_s"] < p["inside_callbacks_s"] < p["with_s"], p  # the scalars' hooks too
-    assert p["pictures_inside_s"] == pytest.approx(
-        sum(v for k, v in p["by_hook_s"].items() if k.startswith("TensorBoardPictures."))
-    )
-    # each picture's methods ran and were timed by themselves, within their hooks' seconds; the lesson's
-    # two are two of them
-    assert set(p["by_picture_s"]) == {"backprop", "descent", "weights, confusion, mistakes", "histograms", "PNG files"}
-    assert all(v > 0 for v in p["by_picture_s"].values()), p
-    assert sum(p["by_picture_s"].values()) <= p["pictures_inside_s"], p
-    assert p["lesson_inside_s"] == pytest.approx(p["by_picture_s"]["backprop"] + p["by_picture_s"]["descent"])
-    assert 0 < p["lesson_share"] < p["pictures_share"], p
+
+
+def test_an_unknown_section_is_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--only", "epoch,pictures"])
+    assert stop.value.code == 2 and "pictures" in capsys.readouterr().err
+
+
+def test_the_plain_loop_does_handprops_work():
+    """The epoch and Fashion-MNIST sections compare handprop under Lightning with PlainLoop:
+    from the same config they train the same weights, bitwise (batch order, dropout,
+    augmentation, optimiser and schedule), so the comparison is of the framework alone."""
+    cfg = bare_config(["model.hidden=[16]", "data.augment.elastic=0"])
+    with timing.threads(1):  # (two threads on a busy 2-core machine: many times slower)
+        _, lightning, _ = lightning_epochs(cfg, 2, snapshots=True)
+        _, plain, _ = plain_epochs(cfg, 2, snapshots=True)
+    assert not torch.equal(lightning[0]["net.layers.0.weight"], lightning[1]["net.layers.0.weight"])
+    for epoch in (0, 1):
+        for key, value in lightning[epoch].items():
+            assert torch.equal(value, plain[epoch][key]), (epoch, key)
 
 
 @pytest.mark.slow
-def test_the_benchmark_runs_every_section(tmp_path):
+def test_the_benchmark_reports_every_section(tmp_path):
     """`make bench ARGS=--quick`: each section's own code at toy sizes, so that a broken
-    section fails here instead of in a user's hands (it once died on its first section)."""
+    section fails here instead of in a user's hands. Each section's JSON has its keys, and
+    what it printed is its report of that JSON."""
     out = tmp_path / "bench.json"
     proc = run_cli("benchmarks/bench.py", "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert {"batch10", "step_cost", "backward", "audit", "gemm", "epoch", "pictures", "fashion"} <= set(results)
-    assert set(results["step_cost"]["us_per_step"]) == {"handprop"}
-    assert results["denormals"]["step_ms_flushed"] > 0 and results["denormals"]["step_ms_denormal"] > 0
+    assert list(results) == ["torch", "threads", *SECTIONS] and set(SECTIONS) == set(KEYS)
+    for name, module in SECTIONS.items():
+        assert set(results[name]) == KEYS[name], name
+        assert module.report(results[name]) in proc.stdout, name
     for recipe in ("batch10", "default_recipe"):
-        assert set(results[recipe]["epoch_s"]) == {"handprop", "network.py", "plain_loop", "raw_math"}
-    assert {row["recipe"] for row in results["backward"]} == {"default", "plain"}
-    assert all(row["step_ms_manual"] > 0 for row in results["backward"])
-    assert results["audit"]["audit_ms"] > 0 and results["gemm"]["step_gflops"] > 0
-    assert results["epoch"]["handprop_epoch_s"] > 0 and results["pictures"]["with_s"] > 0
-    assert len(results["lesson"]["differences_s"]) == 1
+        assert set(results["textbook"][recipe]["epoch_s"]) == FOUR_LOOPS
+    assert set(results["step_cost"]["us_per_step"]) == {"handprop"}
+    rows = results["backward"]["rows"]
+    assert [(row["network"], row["recipe"]) for row in rows] == [("784-16-16-10", "default"), ("784-16-16-10", "plain")]
+    assert all(row["memory_ratio"] <= 1 for row in rows)  # ours keeps no more than autograd
     fashion = results["fashion"]["fashion_fast"]
     assert fashion["handprop"]["epochs"] == fashion["plain_loop"]["epochs"] == 1
-    for line in (
-        "Four loops, one epoch of experiment=nielsen_ch1",
-        "Four loops, the last of 2 epochs of the default recipe",
-        "One training step of experiment=nielsen_ch1 inside training_step",
-        "Manual backward vs PyTorch autograd",
-        "Gradient audit every 100 steps",
-        "Large-MLP step",
-        "One epoch of the default recipe",
-        "TensorBoard pictures and scalars",
-        "The lesson's two pictures (backprop and descent) off and on",
-        "Fashion-MNIST",
-        "AdamW step on",
-    ):
-        assert line in proc.stdout
+    assert fashion["handprop"]["final_test_acc"] == fashion["plain_loop"]["final_test_acc"]  # the same training
 
 
 def test_the_textbook_loops_compute_the_same_descent():
-    """network.py's per-digit loop, the plain PyTorch loop and the raw math are one
-    algorithm: from the same weights, over the same batches, they end at the same weights."""
+    """network.py's per-digit loop, the torch.nn loop and the raw math are one algorithm:
+    from the same weights, over the same batches, they end at the same weights."""
     g = torch.Generator().manual_seed(0)
     images, labels = torch.rand(60, 784, generator=g), torch.arange(60) % 10
     order = torch.randperm(60, generator=g)
-    raw, numpy_net, plain = (cls(images, labels, seed=0) for cls in (RawMath, NetworkPy, PlainLoop))
+    raw, numpy_net, torch_nn = (cls(images, labels, seed=0) for cls in (RawMath, NetworkPy, TorchNN))
     start = [raw.w1.clone(), raw.b1.clone(), raw.w2.clone(), raw.b2.clone()]
     numpy_net.weights = [start[0].double().numpy(), start[2].double().numpy()]
     numpy_net.biases = [start[1].double().numpy()[:, None], start[3].double().numpy()[:, None]]
     with torch.no_grad():
-        for p, value in zip(plain.net.parameters(), start):
+        for p, value in zip(torch_nn.net.parameters(), start):
             p.copy_(value)
-    for loop in (raw, numpy_net, plain):
+    for loop in (raw, numpy_net, torch_nn):
         loop.epoch(order)
     assert not torch.equal(raw.w1, start[0])
     ends = {
         "network.py": [torch.from_numpy(numpy_net.weights[0]).float(), torch.from_numpy(numpy_net.weights[1]).float()],
-        "plain_loop": [plain.net[0].weight.detach(), plain.net[2].weight.detach()],
+        "torch.nn": [torch_nn.net[0].weight.detach(), torch_nn.net[2].weight.detach()],
     }
     for name, (w1, w2) in ends.items():
         torch.testing.assert_close(w1, raw.w1, atol=1e-5, rtol=1e-4, msg=name)
@@ -174,22 +178,22 @@ def test_the_textbook_loops_compute_the_same_descent():
 
 
 def test_the_default_recipe_loops_compute_the_same_descent():
-    """The per-digit numpy loop, the plain PyTorch loop and the raw math of the default
-    recipe (AdamW on the one-cycle schedule, smoothed cross-entropy) are one algorithm:
-    without dropout and augmentation, from the same weights, they end at the same weights."""
+    """The per-digit numpy loop, the torch.nn loop and the raw math of the default recipe
+    (AdamW on the one-cycle schedule, smoothed cross-entropy) are one algorithm: without
+    dropout and augmentation, from the same weights, they end at the same weights."""
     recipe = DefaultRecipe(["model.hidden=[16]", "model.dropout=0", "data.augment=null"], epochs=2)
     recipe.epochs = [epoch[:3] for epoch in recipe.epochs]  # three steps of each epoch
     recipe.schedule = recipe.schedule[:3] + recipe.schedule[32:35]
-    loops = {name: cls(recipe) for name, cls in (("numpy", DefaultNumpy), ("plain", DefaultPlain), ("raw", DefaultRaw))}
+    loops = {"numpy": DefaultNumpy(recipe), "torch.nn": DefaultTorchNN(recipe), "raw": DefaultRaw(recipe)}
     for loop in loops.values():
         for epoch in (0, 1):
             loop.epoch(epoch)
     ends = {
         "numpy": [torch.from_numpy(w).float() for w in loops["numpy"].weights],
-        "plain": [m.weight.detach() for m in loops["plain"].net if isinstance(m, torch.nn.Linear)],
+        "torch.nn": [m.weight.detach() for m in loops["torch.nn"].net if isinstance(m, torch.nn.Linear)],
         "raw": loops["raw"].params[0::2],
     }
     assert not torch.equal(ends["raw"][0], recipe.weights[0][0])
-    for name in ("numpy", "plain"):
+    for name in ("numpy", "torch.nn"):
         for w, reference in zip(ends[name], ends["raw"]):
             torch.testing.assert_close(w, reference, atol=1e-5, rtol=1e-4, msg=name)
