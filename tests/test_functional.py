@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from handprop import functional as HF
-from handprop.nn import MLP, Linear
+from handprop.nn import MLP
 
 ACTIVATIONS = list(HF.ACTIVATIONS)
 LOSSES = list(HF.COSTS)
@@ -200,13 +200,9 @@ def test_second_derivative_raises_instead_of_lying(activation):
     torch.autograd.gradgradcheck(lambda w: HF.linear(x, w, None, activation, backward="autograd"), (w,))
 
 
-def test_bad_arguments_are_named_once_where_they_are_set():
-    """A layer's settings are checked by its constructor (nn.Linear, nn.MLP: see test_nn),
-    not on every call of the function a training step runs."""
-    with pytest.raises(ValueError, match="activation='softplus'"):
-        Linear(3, 4, "softplus")
-    with pytest.raises(ValueError, match="backward='numeric'"):
-        Linear(3, 4, "relu", backward="numeric")
+def test_a_batch_that_is_not_of_vectors_is_named():
+    """The config gate checks every setting before a run (tests/test_gate_values.py); the math
+    checks only what a caller's tensors can get wrong."""
     with pytest.raises(ValueError, match=r"shape \(2, 3, 1\)"):
         HF.linear(torch.randn(2, 3, 1), torch.randn(4, 3))
 
@@ -319,24 +315,50 @@ def test_shared_parameters_accumulate(activation):
         torch.testing.assert_close(gm, ga)
 
 
-def test_denormals_are_flushed_to_zero_on_every_cpu_thread():
-    """Once handprop's math is imported, a product over 2**21 numbers (PyTorch spreads it
-    over its CPU threads) whose exact value is a denormal (1e-40) is 0 in every
-    thread's share; PyTorch by itself keeps the denormals -- so the check can fail."""
-    code = (
-        "import torch{}\nx = torch.full((1 << 21,), 1e-30) * 1e-10\nprint(torch.get_num_threads(), int((x == 0).sum()))"
+def _in_a_fresh_python(code: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "4"}, capture_output=True, text=True
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "4"}
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
 
-    def zeros(imports: str) -> tuple[int, int]:
-        out = subprocess.run([sys.executable, "-c", code.format(imports)], env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-2000:]
-        threads, count = out.stdout.split()
-        return int(threads), int(count)
 
-    threads, flushed = zeros(", handprop.functional")
-    assert threads > 1 and flushed == 1 << 21
-    assert zeros("")[1] == 0
+# a product over 2**21 numbers, spread over PyTorch's CPU threads, whose exact value is a
+# denormal (1e-40): how many of them come out 0
+_DENORMALS = "x = torch.full((1 << 21,), 1e-30) * 1e-10\nprint(torch.get_num_threads(), int((x == 0).sum()))"
+
+
+def test_the_math_package_imports_nothing_else_of_handprop_and_changes_no_setting():
+    """functional/ is the math only: importing it loads no handprop module beyond what
+    ``import handprop`` does (no config, no Lightning), and leaves the process as it was:
+    denormals kept, defaults unchanged."""
+    out = _in_a_fresh_python(
+        "import sys, torch, handprop\n"
+        "package = set(sys.modules)\n"
+        "before = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),"
+        " torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision())\n"
+        "import handprop.functional\n"
+        "after = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),"
+        " torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision())\n"
+        "print(sorted(m for m in set(sys.modules) - package if m.startswith('handprop') and 'functional' not in m))\n"
+        "print(before == after, 'lightning' in sys.modules)\n" + _DENORMALS
+    )
+    imported, same, threads_zeros = out.splitlines()
+    assert imported == "[]"
+    assert same == "True False"
+    assert threads_zeros.split()[1] == "0"  # denormals kept: no process-wide flag set
+
+
+def test_a_training_run_flushes_denormals_on_every_cpu_thread():
+    """train() sets the flush-to-zero flag for its process before any tensor work starts the
+    thread pool: every thread's share of the product is 0; PyTorch by itself keeps the
+    denormals (the first line), so the check can fail."""
+    plain = _in_a_fresh_python("import torch\n" + _DENORMALS)
+    assert plain.split()[1] == "0"
+    threads, flushed = _in_a_fresh_python(
+        "import torch\nfrom handprop.train import flush_denormals\nflush_denormals()\n" + _DENORMALS
+    ).split()
+    assert int(threads) > 1 and int(flushed) == 1 << 21
 
 
 def test_lecuns_quadratic_cost_targets_plus_and_minus_one():
@@ -371,3 +393,59 @@ def test_the_least_cost_is_reached_where_the_outputs_match_the_smoothed_target(s
     assert nearby > floor
     assert HF.least_cost("quadratic", 0.0, classes) == HF.least_cost("cross_entropy", 0.0, classes) == 0.0
     assert HF.least_cost("cross_entropy", 0.1, 10) == pytest.approx(0.5003, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- formulas, bitwise
+
+
+def _fused_chain(name: str, g, a):
+    """PyTorch's fused backward kernels, which computed these chain rules before they were
+    written as formulas: the numbers must not change."""
+    if name == "sigmoid":
+        return torch.ops.aten.sigmoid_backward(g, a)
+    if name == "tanh":
+        return torch.ops.aten.tanh_backward(g, a)
+    return torch.ops.aten.threshold_backward(g, a, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
+def test_each_chain_rule_formula_is_bitwise_the_fused_kernel(name, dtype):
+    """Bitwise in float32 and float64 for sigmoid and relu. tanh's kernel computes 1 - a² as
+    one fused multiply-add, rounded once, where the formula rounds a² first: equal to
+    float precision (no recipe of the results tables uses tanh). In bfloat16 (autocast)
+    the kernels compute in float32 and round once, where the formula rounds after each
+    product: equal to bf16's precision."""
+    torch.manual_seed(0)
+    z = torch.cat([torch.randn(4096) * 6, torch.tensor([0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0])]).to(dtype)
+    a = HF.ACTIVATIONS[name].fn(z)
+    g = torch.randn_like(a)
+    ours, fused = HF.ACTIVATIONS[name].chain(g, a), _fused_chain(name, g, a)
+    if dtype == torch.bfloat16 and name != "relu":
+        torch.testing.assert_close(ours, fused, rtol=2**-6, atol=1e-30)
+    elif name == "tanh":
+        torch.testing.assert_close(ours, fused, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    else:
+        assert torch.equal(ours, fused)
+
+
+def _scatter_cross_entropy_backward(g, logp, target, eps):
+    """The cross-entropy gradient as a scatter into p, its form before it was written (p - q) / N."""
+    n, k = logp.shape
+    grad = logp.exp()
+    if eps:
+        grad.sub_(eps / k)
+    grad.scatter_add_(1, target[:, None], grad.new_full((1, 1), eps - 1).expand(n, 1))
+    return grad.mul_(g / n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.05])
+def test_the_cross_entropy_gradient_formula_is_bitwise_the_scatter(eps, dtype):
+    torch.manual_seed(0)
+    logits = torch.randn(257, 10, dtype=dtype) * 4
+    target = torch.randint(0, 10, (257,))
+    loss, saved = HF.COSTS["cross_entropy"].forward(logits, target, eps)
+    g = torch.tensor(1.0, dtype=loss.dtype)
+    ours = HF.COSTS["cross_entropy"].backward(g, saved, eps)
+    assert torch.equal(ours, _scatter_cross_entropy_backward(g, *saved, eps))

@@ -23,13 +23,13 @@ same sweep with its inside kept, the nudges of every neuron and the change asked
 weight (``nudges.py``), and LeCun's second backward pass, the cost's curvature along every
 weight (``curvature.py``).
 PyTorch's autograd never differentiates these operations; it only calls
-our `backward` in the right order. Every public function also takes
+our `backward` in the right order. Nothing here checks a setting or talks to a user
+(the config gate, ``handprop.gate``, does that before a run), nor changes a setting of
+the process: the package imports nothing else of handprop. Every public function also takes
 ``backward="autograd"``: the same forward math in plain torch ops, differentiated by
 PyTorch itself -- the reference the tests, the gradient audit and the benchmarks
 compare against.
 """
-
-import torch
 
 from .activations import ACTIVATIONS, LEAKY_SLOPE, Activation
 from .backprop import (
@@ -46,19 +46,9 @@ from .backprop import (
     mlp,
     quadratic_cost,
 )
-from .costs import COSTS, Cost, check_cost, describe_cost, least_cost
+from .costs import COSTS, Cost, least_cost
 from .curvature import gauss_newton_diagonal, output_curvature
 from .nudges import Nudges, nudges
-
-# Numbers closer to 0 than float32's smallest normal (1.2e-38) are denormals, and a CPU
-# computes with them many times slower. Training makes them: Adam's running mean of a
-# gradient that has become 0 (a dead ReLU, a weight from a pixel that is never ink)
-# shrinks by beta1 every step down through the denormals, and the optimiser step slows
-# epoch after epoch. Flushed to 0 they cost nothing, and no number changes by more than
-# 1e-38. The CPU's flag belongs to each thread, and a thread inherits it from the thread
-# that starts it: set here, when handprop's math is imported and before any tensor work
-# starts PyTorch's pool of CPU threads, it holds in all of them.
-torch.set_flush_denormal(True)
 
 __all__ = [
     "ACTIVATIONS",
@@ -72,9 +62,7 @@ __all__ = [
     "MLPFunction",
     "Nudges",
     "binary_cross_entropy",
-    "check_cost",
     "cost",
-    "describe_cost",
     "gauss_newton_diagonal",
     "output_curvature",
     "least_cost",

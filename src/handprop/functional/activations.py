@@ -35,28 +35,28 @@ def _identity_chain(g: Tensor, _: None) -> Tensor:  # f'(z) = 1
     return g
 
 
-# The chain rules below compute dz = g ⊙ f'(z) from what the forward pass kept, writing
-# into the one fresh tensor they allocate (the trailing-underscore ops): a backward pass
-# is mostly memory traffic, and each extra temporary the size of a layer's activations
-# costs as much time as the arithmetic. Where the formula is a product of elementwise
-# terms of the output, one fused ATen kernel computes exactly it (sigmoid_backward is
-# g·a·(1 - a), tanh_backward g·(1 - a²), threshold_backward g where a > 0): one pass
-# instead of three. The formula stands beside each; the tests check every one against
-# autograd and finite differences.
+# Each chain rule is dz = g ⊙ f'(z), written as the formula, from what the forward pass
+# kept. sigmoid's and relu's multiply in the order PyTorch's fused backward kernels do
+# (aten.sigmoid_backward computes g·(1 - a)·a), so their numbers are bitwise those of
+# torch.sigmoid's and torch.relu's own backward; tanh's agrees with its kernel to float
+# precision. tests/test_functional.py checks every one against the kernels, autograd
+# and finite differences.
 
 
 def _sigmoid_chain(g: Tensor, a: Tensor) -> Tensor:  # σ'(z) = σ(z)(1 - σ(z)) = a(1 - a)
-    return torch.ops.aten.sigmoid_backward(g, a)  # g ⊙ a ⊙ (1 - a)
+    return g * (1 - a) * a
 
 
 def _tanh_chain(g: Tensor, a: Tensor) -> Tensor:  # tanh'(z) = 1 - tanh²(z) = 1 - a²
-    return torch.ops.aten.tanh_backward(g, a)  # g ⊙ (1 - a²)
+    # 1 - a² written (1 - a)(1 + a): near saturation a·a rounds to a number close to 1,
+    # and 1 - a·a would keep only its rounding error; 1 - a is exact there
+    return g * ((1 - a) * (1 + a))
 
 
 def _relu_chain(g: Tensor, a: Tensor) -> Tensor:
     # relu'(z) = 1 if z > 0 else 0 (0 at z = 0 too, PyTorch's convention); a > 0 exactly
-    # when z > 0. So dz = g where a > 0, else 0.
-    return torch.ops.aten.threshold_backward(g, a, 0)  # g ⊙ [a > 0]
+    # when z > 0. So dz = g where the neuron is on, 0 where it is off.
+    return g.masked_fill(a <= 0, 0)
 
 
 # LeCun et al. 1998 (Gradient-based learning applied to document recognition), Appendix A:
@@ -72,9 +72,9 @@ def _scaled_tanh(z: Tensor) -> Tensor:
 def _scaled_tanh_chain(g: Tensor, z: Tensor) -> Tensor:
     # f'(z) = A S (1 - tanh²(S z)). From the input z, not the output a = A tanh(S z):
     # a is tanh rounded once more, and near saturation 1 - (a/A)² loses most of its
-    # digits to that rounding (a 1e-3 relative error in the first layer's gradient,
-    # measured by the gradient audit), where PyTorch's tanh backward keeps them all.
-    return torch.tanh(z * LECUN_S).square_().neg_().add_(1).mul_(g).mul_(LECUN_A * LECUN_S)
+    # digits to that rounding, where PyTorch's tanh backward keeps them all.
+    t = torch.tanh(z * LECUN_S)
+    return (1 - t * t) * g * (LECUN_A * LECUN_S)
 
 
 LEAKY_SLOPE = 0.01  # PyTorch's default negative_slope

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import ACTIVATIONS, Activation
-from .costs import COSTS, check_cost
+from .costs import COSTS
 
 BACKWARDS = ("manual", "autograd")
 
@@ -47,9 +47,14 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
-def _cast_for_autocast(tensors, device_type: str):
-    """Under torch.autocast: the tensors in the autocast dtype, and a context that turns
-    autocast off (the layer then decides every dtype itself). Else unchanged."""
+def autocast_inputs(tensors, device_type: str):
+    """Mixed precision as a wrapper around the plain layers. Under torch.autocast (CPU
+    bf16, CUDA fp16/bf16): the tensors cast to the autocast dtype once, and a context that
+    turns autocast off, so the sweeps run, save and differentiate in that dtype. This is
+    what ``torch.amp.custom_fwd(cast_inputs=<dtype>)`` and ``custom_bwd`` do, but for
+    whichever device and dtype autocast has enabled, where those decorators need both
+    fixed in advance. Autograd casts dW and db back to the parameters' dtype, so ``.grad``
+    stays float32. Without autocast: unchanged, and a context that does nothing."""
     dtype = autocast_dtype(device_type)
     if dtype is None:
         return tensors, contextlib.nullcontext()
@@ -73,7 +78,7 @@ class CostFunction(torch.autograd.Function):
         return COSTS[ctx.cost].backward(g, ctx.saved_tensors, ctx.label_smoothing), None, None, None
 
 
-# --------------------------------------------------------------------------- layers
+# --------------------------------------------------------------------------- one layer
 
 
 class LayerSaved(NamedTuple):
@@ -82,37 +87,69 @@ class LayerSaved(NamedTuple):
     x: Tensor | None  # its input, for dW
     weight: Tensor | None  # for dx
     kept: Tensor | None  # what f' is computed from: the output a or the input z (Activation.saves)
-    keep: Tensor | None  # the dropout keep-mask
+    keep: Tensor | None  # the dropout keep-mask m
 
 
-def layer_forward(x, weight, bias, act: Activation, keep, scale: float, need_x: bool, need_w: bool):
-    """One layer's forward: y = f(x Wᵀ + b) ⊙ m / (1-p). Returns y and what its backward needs.
-
-    Saved: x (the layer below's output: no new memory) only if dW is wanted, W only if dx
-    is wanted (the first layer computes no dx, so it does not hold on to W), what f'
-    needs -- y itself for sigmoid/tanh/relu (where m = 1, a = y(1-p); where m = 0 the
-    gradient is zero anyway), z for gelu -- and the boolean keep-mask m (1 byte a unit).
-    """
+def layer_forward(x: Tensor, weight: Tensor, bias: Tensor | None, act: Activation):
+    """z = x Wᵀ + b,  a = f(z). Returns a and what f' is computed from (Activation.saves)."""
     z = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
     a = act.fn(z)
-    if keep is not None:
-        a = (a * keep if a is z else a.mul_(keep)).mul_(scale)  # never overwrite a saved z
-    kept = a if act.saves == "output" else z if act.saves == "input" else None
-    return a, LayerSaved(x if need_w else None, weight if need_x else None, kept, keep)
+    return a, (a if act.saves == "output" else z if act.saves == "input" else None)
 
 
-def layer_backward(g, saved, act: Activation, scale: float, need_x: bool, need_w: bool, need_b: bool):
-    """One layer's backward: from g = ∂C/∂y to (dx, dW, db), each only if wanted."""
-    x, weight, kept, keep = saved  # a LayerSaved
-    if keep is not None:
-        g = (g * keep).mul_(scale)  # da = g ⊙ m / (1-p)
-        if act.saves == "output":
-            kept = kept * (1 / scale)  # a = y (1-p) where m = 1
-    dz = act.chain(g, kept)  # dz = da ⊙ f'(z)
-    dx = dz @ weight if need_x else None
+def layer_backward(g: Tensor, x, weight, kept, act: Activation, need_x=True, need_w=True, need_b=True):
+    """From g = ∂C/∂a to (dx, dW, db), each only if wanted."""
+    dz = act.chain(g, kept)  # dz = g ⊙ f'(z)
+    dx = dz @ weight if need_x else None  # ∂C/∂x, handed down to the layer below
     dW = dz.t() @ x if need_w else None
     db = dz.sum(0) if need_b else None
     return dx, dW, db
+
+
+def dropout_forward(a: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """Inverted dropout: y = a ⊙ m / (1-p), ``scale`` = 1/(1-p)."""
+    return a * keep * scale
+
+
+def dropout_backward(g: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """∂C/∂a = g ⊙ m / (1-p): only the units that were kept pass gradient back."""
+    return g * keep * scale
+
+
+# --------------------------------------------------------------------------- the sweeps
+
+
+def forward_layers(x, params, activations, keeps, scale: float, wants):
+    """Backpropagation's forward sweep: x through every layer, bottom to top, dropout (keep
+    mask m, None: none) after each. ``params`` holds weight and bias of each layer in
+    turn, ``wants`` each layer's (dx, dW, db) flags: the input x is kept only for dW, W
+    only for dx (the first layer computes no dx, so it does not hold on to W).
+    Returns the output and, per layer, what its backward needs (LayerSaved)."""
+    saved = []
+    for i, (name, keep, (need_x, need_w, _)) in enumerate(zip(activations, keeps, wants)):
+        a, kept = layer_forward(x, params[2 * i], params[2 * i + 1], ACTIVATIONS[name])
+        saved.append(LayerSaved(x if need_w else None, params[2 * i] if need_x else None, kept, keep))
+        x = a if keep is None else dropout_forward(a, keep, scale)
+    return x, saved
+
+
+def backward_layers(g, saved, activations, scale: float, wants, pulls: list | None = None):
+    """Backpropagation's backward sweep: from g = ∂C/∂output, top to bottom, every layer's
+    (dW, db) -- returned bottom to top, weight and bias of each layer in turn, as
+    ``forward_layers`` takes them -- and ∂C/∂x of the input (None unless wanted).
+    ``pulls``: a list to receive ∂C/∂a of every layer's output, bottom to top."""
+    grads = [None] * (2 * len(saved))
+    for i in range(len(saved) - 1, -1, -1):
+        x, weight, kept, keep = saved[i]
+        if pulls is not None:
+            pulls.insert(0, g)
+        if keep is not None:
+            g = dropout_backward(g, keep, scale)
+        g, grads[2 * i], grads[2 * i + 1] = layer_backward(g, x, weight, kept, ACTIVATIONS[activations[i]], *wants[i])
+    return g, grads
+
+
+# --------------------------------------------------------------------------- the Functions
 
 
 class LinearActFunction(torch.autograd.Function):
@@ -124,57 +161,51 @@ class LinearActFunction(torch.autograd.Function):
                dz = da ⊙ f'(z)
                dW = dzᵀ x,   db = Σ_batch dz,   dx = dz W
 
-    ``ctx.needs_input_grad`` is honoured: the first layer's input is the image, which
-    needs no gradient, so no dx is computed there (and W is not saved for it).
-
-    Mixed precision: under torch.autocast (CPU bf16, CUDA fp16/bf16) the inputs are cast
-    to the autocast dtype once, the layer runs and saves its tensors in that dtype, and
-    the backward computes in it too. This is what ``torch.amp.custom_fwd(cast_inputs=
-    <dtype>)`` and ``custom_bwd`` do, but for whichever device and dtype autocast has
-    enabled, where those decorators need both fixed in advance. Autograd casts dW and db
-    back to the parameters' dtype, so ``.grad`` stays float32.
+    The sweeps of MLPFunction with one layer. ``ctx.needs_input_grad`` is honoured: the
+    first layer's input is the image, which needs no gradient, so no dx is computed there.
+    Mixed precision: see ``autocast_inputs``.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, activation: str, keep=None, scale: float = 1.0):
-        (x, weight, bias), no_autocast = _cast_for_autocast((x, weight, bias), x.device.type)
-        need_x, need_w = ctx.needs_input_grad[:2]
+        (x, weight, bias), no_autocast = autocast_inputs((x, weight, bias), x.device.type)
+        wants = (ctx.needs_input_grad[:3],)
         with no_autocast:
-            y, saved = layer_forward(x, weight, bias, ACTIVATIONS[activation], keep, scale, need_x, need_w)
-        ctx.save_for_backward(*saved)
-        ctx.activation, ctx.scale, ctx.dtype = activation, scale, y.dtype
+            y, saved = forward_layers(x, (weight, bias), (activation,), (keep,), scale, wants)
+        ctx.save_for_backward(*saved[0])
+        ctx.activation, ctx.scale, ctx.wants, ctx.dtype = activation, scale, wants, y.dtype
         return y
 
     @staticmethod
     @first_order
     def backward(ctx, g):
         g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
-        grads = layer_backward(g, ctx.saved_tensors, ACTIVATIONS[ctx.activation], ctx.scale, *ctx.needs_input_grad[:3])
-        return *grads, None, None, None
+        dx, (dW, db) = backward_layers(g, [LayerSaved(*ctx.saved_tensors)], (ctx.activation,), ctx.scale, ctx.wants)
+        return dx, dW, db, None, None, None
 
 
 class MLPFunction(torch.autograd.Function):
     """A whole multilayer perceptron, and optionally its cost, as one autograd node:
     backpropagation's loop itself.
 
-    forward:   for each layer, bottom to top:  x ← layer_forward(x);  then C ← cost(x, target)
-    backward:  g ← ∂C/∂x;  for each layer, top to bottom:  g, dW, db ← layer_backward(g)
+    forward:   x ← forward_layers(x);  then C ← cost(x, target)
+    backward:  g ← ∂C/∂x;  g, (dW, db of every layer) ← backward_layers(g)
 
-    The per-layer math is LinearActFunction's, the cost's is CostFunction's. Running the
-    loop here rather than leaving it to PyTorch's engine means one call into Python per
-    training step instead of one per layer and one for the cost: for a small network
-    that call is most of the cost of a step.
+    Running the loop here rather than leaving it to PyTorch's engine means one call into
+    Python per training step instead of one per layer and one for the cost: for a small
+    network that call is most of the cost of a step.
 
     Arguments: x, the target (None: no cost, return the output only), the cost's name
     and label smoothing, the activation names and dropout keep-masks (None: no dropout)
     of each layer, the dropout scale 1/(1-p), and last the layers' parameters, weight and
     bias of each layer in turn (autograd hands out gradients to tensors passed on their
     own). With a target it returns (output, C); the output stays differentiable.
+    Mixed precision: see ``autocast_inputs``.
     """
 
     @staticmethod
     def forward(ctx, x, target, cost, label_smoothing, activations: tuple, keeps: tuple, scale: float, *params):
-        (x, *params), no_autocast = _cast_for_autocast((x, *params), x.device.type)
+        (x, *params), no_autocast = autocast_inputs((x, *params), x.device.type)
         wants = _wanted_gradients(ctx.needs_input_grad, len(activations))
         with no_autocast:
             x, saved = forward_layers(x, params, activations, keeps, scale, wants)
@@ -192,10 +223,9 @@ class MLPFunction(torch.autograd.Function):
     def backward(ctx, g, g_loss=None):
         n, per_layer = len(ctx.activations), len(LayerSaved._fields)
         flat = ctx.saved_tensors
-        saved = [flat[i * per_layer : (i + 1) * per_layer] for i in range(n)]  # (LayerSaved's fields)
-        cost_saved = flat[n * per_layer :]
+        saved = [LayerSaved(*flat[i * per_layer : (i + 1) * per_layer]) for i in range(n)]
         if ctx.with_cost and g_loss is not None:  # the cost's gradient starts the sweep
-            from_cost = COSTS[ctx.cost].backward(g_loss, cost_saved, ctx.label_smoothing)
+            from_cost = COSTS[ctx.cost].backward(g_loss, flat[n * per_layer :], ctx.label_smoothing)
             g = from_cost if g is None else g + from_cost
         others = (None,) * (len(ctx.needs_input_grad) - 2 * n - 1)  # target, cost, ..., scale
         if g is None:
@@ -203,32 +233,6 @@ class MLPFunction(torch.autograd.Function):
         g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
         g, grads = backward_layers(g, saved, ctx.activations, ctx.scale, ctx.wants)
         return g, *others, *grads
-
-
-def forward_layers(x, params, activations, keeps, scale: float, wants):
-    """Backpropagation's forward sweep: x through every layer, bottom to top. ``params``
-    holds weight and bias of each layer in turn, ``wants`` each layer's (dx, dW, db) flags.
-    Returns the output and, per layer, what its backward needs (LayerSaved)."""
-    saved = []
-    for i, (name, keep, (need_x, need_w, _)) in enumerate(zip(activations, keeps, wants)):
-        x, layer_saved = layer_forward(
-            x, params[2 * i], params[2 * i + 1], ACTIVATIONS[name], keep, scale, need_x, need_w
-        )
-        saved.append(layer_saved)
-    return x, saved
-
-
-def backward_layers(g, saved, activations, scale: float, wants):
-    """Backpropagation's backward sweep: from g = ∂C/∂output, top to bottom, every layer's
-    (dW, db) -- returned bottom to top, weight and bias of each layer in turn, as
-    ``forward_layers`` takes them -- and ∂C/∂x of the input (None unless wanted)."""
-    grads = [None] * (2 * len(saved))
-    for i in range(len(saved) - 1, -1, -1):
-        need_x, need_w, need_b = wants[i]
-        g, grads[2 * i], grads[2 * i + 1] = layer_backward(
-            g, saved[i], ACTIVATIONS[activations[i]], scale, need_x, need_w, need_b
-        )
-    return g, grads
 
 
 def every_parameter(n_layers: int) -> tuple[tuple[bool, bool, bool], ...]:
@@ -260,9 +264,8 @@ def _wanted_gradients(needs_input_grad: tuple[bool, ...], n_layers: int) -> tupl
 
 
 def dropout_mask(shape, p: float, device=None) -> Tensor:
-    """Which units survive dropout: True with probability 1 - p (boolean, 1 byte each).
-    (float32 uniform draws compared with p: twice as fast on CPU as a boolean bernoulli_,
-    and the same draws whatever dtype the activations have.)"""
+    """Which units survive dropout: True with probability 1 - p (boolean, 1 byte each),
+    from float32 uniform draws, the same whatever dtype the activations have."""
     return torch.rand(shape, device=device) >= p
 
 
@@ -330,7 +333,6 @@ def dropout_masks(n: int, params, dropout: float) -> tuple:
 def cost(name: str, output: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
     """The cost ``name`` (one of COSTS) of a batch's output against integer class labels,
     differentiated by our backward ("manual") or by PyTorch's autograd."""
-    check_cost(name, label_smoothing)
     if backward == "manual":
         return CostFunction.apply(output, target, name, label_smoothing)
     return COSTS[name].reference(output, target, label_smoothing)

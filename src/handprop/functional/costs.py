@@ -16,17 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..rules import PROBABILITY, check_choice, probability, require
-
 
 def _at_least_float32(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _one_hot(target: Tensor, like: Tensor) -> Tensor:
-    """The one-hot labels as ``like``'s dtype and shape: F.one_hot's numbers without its
-    pass over the labels to find their range (a third of the cost at a batch of ten)."""
-    return torch.zeros_like(like).scatter_(1, target[:, None], 1.0)
+    """The one-hot labels, y_nk = 1 if k is digit n's label else 0, in ``like``'s dtype."""
+    return F.one_hot(target, like.shape[1]).to(like.dtype)
 
 
 def cross_entropy_forward(logits: Tensor, target: Tensor, label_smoothing: float = 0.0):
@@ -40,15 +37,13 @@ def cross_entropy_forward(logits: Tensor, target: Tensor, label_smoothing: float
 
 
 def cross_entropy_backward(g: Tensor, saved, label_smoothing: float = 0.0) -> Tensor:
-    """Softmax and log fused: ∂C/∂logits = (p - q) / N. No division by a small p, no
-    overflow for large logits."""
+    """∂C/∂z = (p - q) / N, p = softmax(z), q = (1-ε)·onehot + ε/K: softmax and log
+    cancel, so no division by a small p and no overflow for large logits. Written
+    p - ε/K - (1-ε)·onehot, the order that rounds like subtracting ε/K everywhere first."""
     logp, target = saved
     n, k = logp.shape
-    grad = logp.exp()  # p
-    if label_smoothing:
-        grad.sub_(label_smoothing / k)
-    grad.scatter_add_(1, target[:, None], grad.new_full((1, 1), label_smoothing - 1).expand(n, 1))  # -(1-ε)·onehot
-    return grad.mul_(g / n)
+    p = logp.exp()
+    return (p - label_smoothing / k - (1 - label_smoothing) * _one_hot(target, p)) * (g / n)
 
 
 def quadratic_forward(output: Tensor, target: Tensor, label_smoothing: float = 0.0):
@@ -228,28 +223,3 @@ def least_cost(cost: str, label_smoothing: float, classes: int) -> float:
         return 0.0
     right, wrong = 1 - label_smoothing + label_smoothing / classes, label_smoothing / classes
     return -(right * math.log(right) + (classes - 1) * wrong * math.log(wrong))
-
-
-def describe_cost(cost: str, label_smoothing: float, classes: int) -> str:
-    """The cost in words, with its floor when that is not 0 (the loss curves level off there)."""
-    text = {
-        "cross_entropy": "cross-entropy of the softmax",
-        "quadratic": "quadratic, (1/N) Σ ½‖a - y‖²",
-        "quadratic_pm1": "quadratic against ±1 targets, (1/N) Σ ½‖a - y‖², y = 2·onehot - 1",
-    }.get(cost, cost.replace("_", " "))
-    floor = least_cost(cost, label_smoothing, classes)
-    if floor:
-        text += f", label smoothing {label_smoothing:g}: never below {floor:.3f} (the smoothed target is not one-hot)"
-    return text
-
-
-def check_cost(cost: str, label_smoothing: float) -> None:
-    """The cost's name and its label smoothing, which softens the softmax cost's target only."""
-    check_choice("loss", cost, COSTS)
-    require(probability(label_smoothing), "label_smoothing", label_smoothing, PROBABILITY)
-    require(
-        not label_smoothing or cost == "cross_entropy",
-        "label_smoothing",
-        label_smoothing,
-        "applies to {prefix}loss=cross_entropy only; set it to 0",
-    )

@@ -7,8 +7,8 @@ below, each weighted by its connection, and every weight is asked to change in
 proportion to the activation on its input: "a change for every weight and bias". The
 average of those changes over a mini-batch is the step gradient descent takes.
 
-``nudges`` runs the very functions that train the network (``forward_layers``, each
-cost's backward, ``layer_backward``) and keeps what the training sweep throws away:
+``nudges`` runs the very sweeps that train the network (``forward_layers``, the cost's
+backward, ``backward_layers``) and keeps what the training sweep throws away:
 
     the output, read the way the cost reads it    softmax(z) for cross-entropy, σ(z) for
                                                   Nielsen's, the activations for the
@@ -28,8 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .activations import ACTIVATIONS
-from .backprop import _one, every_parameter, forward_layers, layer_backward
+from .backprop import _one, backward_layers, every_parameter, forward_layers
 from .costs import COSTS
 
 
@@ -53,10 +52,8 @@ def nudges(x: Tensor, target: Tensor, cost: str, label_smoothing: float, activat
     c = COSTS[cost]
     loss, cost_saved = c.forward(out, target, label_smoothing)
     g = c.backward(_one(loss.dtype, loss.device), cost_saved, label_smoothing).to(out.dtype)  # ∂C/∂output
-    pulls, changes = [None] * n, [None] * (2 * n)
-    for i in range(n - 1, -1, -1):
-        pulls[i] = -g
-        g, dw, db = layer_backward(g, saved[i], ACTIVATIONS[activations[i]], 1.0, *wants[i])
-        changes[2 * i], changes[2 * i + 1] = -dw, -db
+    pulls = []
+    _, grads = backward_layers(g, saved, activations, 1.0, wants, pulls)
+    pulls, changes = [-p for p in pulls], [-d for d in grads]
     acts = [s.x for s in saved[1:]] + [out]  # each layer's input is the activation of the one below
     return Nudges(c.read(out), c.desired(target, out, label_smoothing), acts, pulls, changes, loss)
