@@ -173,7 +173,9 @@ def test_dropout_inside_the_layer(activation):
         grads[backward] = torch.autograd.grad((outs[backward] ** 2).sum(), (x, w, b))
     full = HF.ACTIVATIONS[activation].fn(x @ w.t() + b)
     torch.manual_seed(3)
-    kept = HF.dropout_mask(full.shape, 0.3)
+    mask = HF.dropout_mask(full.shape, 0.3)
+    kept = mask > 0
+    assert set(mask.unique().tolist()) == {0.0, torch.tensor(1 / 0.7).item()}  # 1/(1-p) or 0
     assert 0.65 < kept.double().mean() < 0.75
     torch.testing.assert_close(outs["manual"], torch.where(kept, full / 0.7, 0))
     torch.testing.assert_close(outs["manual"], outs["autograd"])

@@ -118,11 +118,11 @@ def engine_free_training(cfg, steps: int):
         epoch += 1
         for images, labels in loader:
             x = model.normalize(to_pixels(images, dm.augment))
-            keeps = HF.dropout_masks(len(labels), params, p)
-            out, saved = forward_layers(x, params, activations, keeps, 1 / (1 - p), wants)
+            masks = HF.dropout_masks(len(labels), params, p)
+            out, saved = forward_layers(x, params, activations, masks, wants)
             _, cost_saved = HF.COSTS[hp.loss].forward(out, labels, hp.label_smoothing)
             g = HF.COSTS[hp.loss].backward(torch.ones(()), cost_saved, hp.label_smoothing)
-            for param, grad in zip(params, backward_layers(g, saved, activations, 1 / (1 - p), wants)[1]):
+            for param, grad in zip(params, backward_layers(g, saved, activations, wants)[1]):
                 param.grad = grad
             optimizer.step()
             if schedule is not None:

@@ -18,7 +18,8 @@ g = ∂C/∂a⁽ˡ⁾ from the layer above and computes
 
 This package holds exactly that and nothing else: each activation with its derivative
 (``activations.py``), each cost with its gradient (``costs.py``), the
-``torch.autograd.Function``s whose ``backward`` is the list above (``backprop.py``), the
+``torch.autograd.Function``s whose ``backward`` is the list above (``backprop.py``) and
+the functions that call them (``calls.py``), the
 same sweep with its inside kept, the nudges of every neuron and the change asked of every
 weight (``nudges.py``), and LeCun's second backward pass, the cost's curvature along every
 weight (``curvature.py``).
@@ -32,20 +33,8 @@ compare against.
 """
 
 from .activations import ACTIVATIONS, LEAKY_SLOPE, Activation
-from .backprop import (
-    BACKWARDS,
-    CostFunction,
-    LinearActFunction,
-    MLPFunction,
-    binary_cross_entropy,
-    cost,
-    cross_entropy,
-    dropout_mask,
-    dropout_masks,
-    linear,
-    mlp,
-    quadratic_cost,
-)
+from .backprop import BACKWARDS, CostFunction, LinearActFunction, MLPFunction
+from .calls import binary_cross_entropy, cost, cross_entropy, dropout_mask, dropout_masks, linear, mlp, quadratic_cost
 from .costs import COSTS, Cost, least_cost
 from .curvature import gauss_newton_diagonal, output_curvature
 from .nudges import Nudges, nudges

@@ -55,8 +55,10 @@ def _tanh_chain(g: Tensor, a: Tensor) -> Tensor:  # tanh'(z) = 1 - tanh²(z) = 1
 
 def _relu_chain(g: Tensor, a: Tensor) -> Tensor:
     # relu'(z) = 1 if z > 0 else 0 (0 at z = 0 too, PyTorch's convention); a > 0 exactly
-    # when z > 0. So dz = g where the neuron is on, 0 where it is off.
-    return g.masked_fill(a <= 0, 0)
+    # when z > 0, and a = relu(z) >= 0, so relu'(z) = sign(a): dz = g where the neuron is
+    # on, 0 where it is off. (sign, a float op, runs at the speed of the fused kernel's one
+    # pass; a boolean mask, (a > 0), costs several times as much on a CPU.)
+    return g * a.sign()
 
 
 # LeCun et al. 1998 (Gradient-based learning applied to document recognition), Appendix A:

@@ -1,5 +1,6 @@
-"""Backpropagation itself: the ``torch.autograd.Function``s whose ``backward`` is the list
-in ``handprop.functional``'s docstring, and the functions that call them."""
+"""Backpropagation itself: one layer's forward and backward, the sweeps through every layer,
+and the ``torch.autograd.Function``s whose ``backward`` is the list in
+``handprop.functional``'s docstring (``calls.py`` holds the functions that call them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import functools
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import ACTIVATIONS, Activation
@@ -87,7 +87,7 @@ class LayerSaved(NamedTuple):
     x: Tensor | None  # its input, for dW
     weight: Tensor | None  # for dx
     kept: Tensor | None  # what f' is computed from: the output a or the input z (Activation.saves)
-    keep: Tensor | None  # the dropout keep-mask m
+    mask: Tensor | None  # the dropout mask: 1/(1-p) for a unit kept, 0 for one dropped
 
 
 def layer_forward(x: Tensor, weight: Tensor, bias: Tensor | None, act: Activation):
@@ -106,45 +106,46 @@ def layer_backward(g: Tensor, x, weight, kept, act: Activation, need_x=True, nee
     return dx, dW, db
 
 
-def dropout_forward(a: Tensor, keep: Tensor, scale: float) -> Tensor:
-    """Inverted dropout: y = a ⊙ m / (1-p), ``scale`` = 1/(1-p)."""
-    return a * keep * scale
+def dropout_forward(a: Tensor, mask: Tensor) -> Tensor:
+    """Inverted dropout: y = a ⊙ m, with m = 1/(1-p) for a unit kept and 0 for one dropped.
+    (In a's dtype: under mixed precision the mask stays float32, 1/(1-p) exactly.)"""
+    return (a * mask).to(a.dtype)
 
 
-def dropout_backward(g: Tensor, keep: Tensor, scale: float) -> Tensor:
-    """∂C/∂a = g ⊙ m / (1-p): only the units that were kept pass gradient back."""
-    return g * keep * scale
+def dropout_backward(g: Tensor, mask: Tensor) -> Tensor:
+    """∂C/∂a = g ⊙ m: only the units that were kept pass gradient back."""
+    return (g * mask).to(g.dtype)
 
 
 # --------------------------------------------------------------------------- the sweeps
 
 
-def forward_layers(x, params, activations, keeps, scale: float, wants):
-    """Backpropagation's forward sweep: x through every layer, bottom to top, dropout (keep
-    mask m, None: none) after each. ``params`` holds weight and bias of each layer in
+def forward_layers(x, params, activations, masks, wants):
+    """Backpropagation's forward sweep: x through every layer, bottom to top, dropout (mask
+    m, None: none) after each. ``params`` holds weight and bias of each layer in
     turn, ``wants`` each layer's (dx, dW, db) flags: the input x is kept only for dW, W
     only for dx (the first layer computes no dx, so it does not hold on to W).
     Returns the output and, per layer, what its backward needs (LayerSaved)."""
     saved = []
-    for i, (name, keep, (need_x, need_w, _)) in enumerate(zip(activations, keeps, wants)):
+    for i, (name, mask, (need_x, need_w, _)) in enumerate(zip(activations, masks, wants)):
         a, kept = layer_forward(x, params[2 * i], params[2 * i + 1], ACTIVATIONS[name])
-        saved.append(LayerSaved(x if need_w else None, params[2 * i] if need_x else None, kept, keep))
-        x = a if keep is None else dropout_forward(a, keep, scale)
+        saved.append(LayerSaved(x if need_w else None, params[2 * i] if need_x else None, kept, mask))
+        x = a if mask is None else dropout_forward(a, mask)
     return x, saved
 
 
-def backward_layers(g, saved, activations, scale: float, wants, pulls: list | None = None):
+def backward_layers(g, saved, activations, wants, pulls: list | None = None):
     """Backpropagation's backward sweep: from g = ∂C/∂output, top to bottom, every layer's
     (dW, db) -- returned bottom to top, weight and bias of each layer in turn, as
     ``forward_layers`` takes them -- and ∂C/∂x of the input (None unless wanted).
     ``pulls``: a list to receive ∂C/∂a of every layer's output, bottom to top."""
     grads = [None] * (2 * len(saved))
     for i in range(len(saved) - 1, -1, -1):
-        x, weight, kept, keep = saved[i]
+        x, weight, kept, mask = saved[i]
         if pulls is not None:
             pulls.insert(0, g)
-        if keep is not None:
-            g = dropout_backward(g, keep, scale)
+        if mask is not None:
+            g = dropout_backward(g, mask)
         g, grads[2 * i], grads[2 * i + 1] = layer_backward(g, x, weight, kept, ACTIVATIONS[activations[i]], *wants[i])
     return g, grads
 
@@ -155,9 +156,9 @@ def backward_layers(g, saved, activations, scale: float, wants, pulls: list | No
 class LinearActFunction(torch.autograd.Function):
     """One layer: y = dropout(f(x Wᵀ + b)) for a mini-batch x (N × n_in), W (n_out × n_in).
 
-    forward:   z = x Wᵀ + b,   a = f(z),   y = a ⊙ m / (1-p)    (m: the dropout keep-mask)
+    forward:   z = x Wᵀ + b,   a = f(z),   y = a ⊙ m    (m: the dropout mask, 1/(1-p) or 0)
     backward:  given g = ∂C/∂y,
-               da = g ⊙ m / (1-p)     only the units that were kept pass gradient back
+               da = g ⊙ m             only the units that were kept pass gradient back
                dz = da ⊙ f'(z)
                dW = dzᵀ x,   db = Σ_batch dz,   dx = dz W
 
@@ -167,21 +168,21 @@ class LinearActFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, activation: str, keep=None, scale: float = 1.0):
+    def forward(ctx, x, weight, bias, activation: str, mask=None):
         (x, weight, bias), no_autocast = autocast_inputs((x, weight, bias), x.device.type)
         wants = (ctx.needs_input_grad[:3],)
         with no_autocast:
-            y, saved = forward_layers(x, (weight, bias), (activation,), (keep,), scale, wants)
+            y, saved = forward_layers(x, (weight, bias), (activation,), (mask,), wants)
         ctx.save_for_backward(*saved[0])
-        ctx.activation, ctx.scale, ctx.wants, ctx.dtype = activation, scale, wants, y.dtype
+        ctx.activation, ctx.wants, ctx.dtype = activation, wants, y.dtype
         return y
 
     @staticmethod
     @first_order
     def backward(ctx, g):
         g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
-        dx, (dW, db) = backward_layers(g, [LayerSaved(*ctx.saved_tensors)], (ctx.activation,), ctx.scale, ctx.wants)
-        return dx, dW, db, None, None, None
+        dx, (dW, db) = backward_layers(g, [LayerSaved(*ctx.saved_tensors)], (ctx.activation,), ctx.wants)
+        return dx, dW, db, None, None
 
 
 class MLPFunction(torch.autograd.Function):
@@ -196,20 +197,20 @@ class MLPFunction(torch.autograd.Function):
     network that call is most of the cost of a step.
 
     Arguments: x, the target (None: no cost, return the output only), the cost's name
-    and label smoothing, the activation names and dropout keep-masks (None: no dropout)
-    of each layer, the dropout scale 1/(1-p), and last the layers' parameters, weight and
+    and label smoothing, the activation names and dropout masks (None: no dropout) of
+    each layer, and last the layers' parameters, weight and
     bias of each layer in turn (autograd hands out gradients to tensors passed on their
     own). With a target it returns (output, C); the output stays differentiable.
     Mixed precision: see ``autocast_inputs``.
     """
 
     @staticmethod
-    def forward(ctx, x, target, cost, label_smoothing, activations: tuple, keeps: tuple, scale: float, *params):
+    def forward(ctx, x, target, cost, label_smoothing, activations: tuple, masks: tuple, *params):
         (x, *params), no_autocast = autocast_inputs((x, *params), x.device.type)
         wants = _wanted_gradients(ctx.needs_input_grad, len(activations))
         with no_autocast:
-            x, saved = forward_layers(x, params, activations, keeps, scale, wants)
-        ctx.activations, ctx.scale, ctx.wants, ctx.dtype = activations, scale, wants, x.dtype
+            x, saved = forward_layers(x, params, activations, masks, wants)
+        ctx.activations, ctx.wants, ctx.dtype = activations, wants, x.dtype
         ctx.cost, ctx.label_smoothing, ctx.with_cost = cost, label_smoothing, target is not None
         cost_saved = ()
         if target is not None:
@@ -227,11 +228,11 @@ class MLPFunction(torch.autograd.Function):
         if ctx.with_cost and g_loss is not None:  # the cost's gradient starts the sweep
             from_cost = COSTS[ctx.cost].backward(g_loss, flat[n * per_layer :], ctx.label_smoothing)
             g = from_cost if g is None else g + from_cost
-        others = (None,) * (len(ctx.needs_input_grad) - 2 * n - 1)  # target, cost, ..., scale
+        others = (None,) * (len(ctx.needs_input_grad) - 2 * n - 1)  # target, cost, ..., masks
         if g is None:
             return None, *others, *(None,) * (2 * n)
         g = g.to(ctx.dtype)  # under autocast the gradient from above may arrive in float32
-        g, grads = backward_layers(g, saved, ctx.activations, ctx.scale, ctx.wants)
+        g, grads = backward_layers(g, saved, ctx.activations, ctx.wants)
         return g, *others, *grads
 
 
@@ -258,98 +259,3 @@ def _wanted_gradients(needs_input_grad: tuple[bool, ...], n_layers: int) -> tupl
         wants.append((below, need_w, need_b))
         below = below or need_w or need_b
     return tuple(wants)
-
-
-# --------------------------------------------------------------------------- the functions to call
-
-
-def dropout_mask(shape, p: float, device=None) -> Tensor:
-    """Which units survive dropout: True with probability 1 - p (boolean, 1 byte each),
-    from float32 uniform draws, the same whatever dtype the activations have."""
-    return torch.rand(shape, device=device) >= p
-
-
-def linear(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    activation: str = "identity",
-    dropout: float = 0.0,
-    backward: str = "manual",
-) -> Tensor:
-    """One fully connected layer, its activation and (p = ``dropout`` > 0) inverted dropout:
-    y = f(x Wᵀ + b) ⊙ m / (1-p), with x of shape (N, n_in). Pass dropout=0 outside training.
-    ``backward``: "manual" (ours) or "autograd". The activation's name, the dropout
-    probability and the backward mode are checked once where they are set (nn.Linear,
-    nn.MLP), not here: this runs every training step."""
-    if x.dim() != 2:
-        raise ValueError(f"linear expects a batch of vectors (N, n_in), got shape {tuple(x.shape)}")
-    keep, scale = None, 1.0
-    if dropout:
-        # One mask for both backward modes: with the same seed they see the same units.
-        keep, scale = dropout_mask((x.shape[0], weight.shape[0]), dropout, x.device), 1 / (1 - dropout)
-    if backward == "manual":
-        return LinearActFunction.apply(x, weight, bias, activation, keep, scale)
-    a = ACTIVATIONS[activation].fn(F.linear(x, weight, bias))
-    return a if keep is None else a * keep * scale
-
-
-def mlp(
-    x: Tensor,
-    params: list[tuple[Tensor, Tensor | None]],
-    activations: list[str],
-    dropout: float = 0.0,
-    backward: str = "manual",
-    target: Tensor | None = None,
-    cost: str = "cross_entropy",
-    label_smoothing: float = 0.0,
-):
-    """A whole MLP: layer i is (weight, bias) = params[i] with activation activations[i];
-    dropout (p > 0) follows every layer but the last. Returns the output, or with a
-    ``target`` (output, cost) -- computed in the same autograd node in manual mode. The
-    settings are checked once, where they are set (nn.MLP, module.DigitClassifier), not
-    on every call: this runs every training step."""
-    if x.dim() != 2:
-        raise ValueError(f"mlp expects a batch of vectors (N, n_in), got shape {tuple(x.shape)}")
-    if backward != "manual":
-        for i, ((w, b), act) in enumerate(zip(params, activations)):
-            x = linear(x, w, b, act, dropout if i < len(params) - 1 else 0.0, backward)
-        return x if target is None else (x, COSTS[cost].reference(x, target, label_smoothing))
-    flat = [t for pair in params for t in pair]
-    keeps = dropout_masks(x.shape[0], flat, dropout)
-    return MLPFunction.apply(x, target, cost, label_smoothing, tuple(activations), keeps, 1 / (1 - dropout), *flat)
-
-
-def dropout_masks(n: int, params, dropout: float) -> tuple:
-    """The keep-masks of a batch of ``n`` for every layer but the last (None: no dropout),
-    drawn layer by layer, as the reference path draws them: same seed, same masks.
-    ``params``: weight and bias of each layer in turn."""
-    weights = params[0::2]
-    if not dropout:
-        return (None,) * len(weights)
-    return tuple(dropout_mask((n, w.shape[0]), dropout, w.device) for w in weights[:-1]) + (None,)
-
-
-def cost(name: str, output: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
-    """The cost ``name`` (one of COSTS) of a batch's output against integer class labels,
-    differentiated by our backward ("manual") or by PyTorch's autograd."""
-    if backward == "manual":
-        return CostFunction.apply(output, target, name, label_smoothing)
-    return COSTS[name].reference(output, target, label_smoothing)
-
-
-def cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
-    """Mean cross-entropy of softmax(logits) against integer class labels."""
-    return cost("cross_entropy", logits, target, label_smoothing, backward)
-
-
-def quadratic_cost(output: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual") -> Tensor:
-    """Half the squared distance of the output from the one-hot label, averaged over the batch."""
-    return cost("quadratic", output, target, label_smoothing, backward)
-
-
-def binary_cross_entropy(
-    logits: Tensor, target: Tensor, label_smoothing: float = 0.0, backward: str = "manual"
-) -> Tensor:
-    """Nielsen's cross-entropy: a sigmoid yes/no per output neuron, summed over them, averaged over the batch."""
-    return cost("binary_cross_entropy", logits, target, label_smoothing, backward)

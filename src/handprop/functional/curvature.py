@@ -51,7 +51,7 @@ def gauss_newton_diagonal(x: Tensor, cost: str, activations: tuple, params) -> l
     turn, as ``forward_layers`` takes them), averaged over the digits ``x``: the second
     backward pass of the module docstring. No dropout: the network as it is evaluated."""
     n = len(activations)
-    out, saved = forward_layers(x, params, activations, (None,) * n, 1.0, every_parameter(n))  # x and W kept
+    out, saved = forward_layers(x, params, activations, (None,) * n, every_parameter(n))  # x and W kept
     d2a = output_curvature(cost, out)
     h = [None] * (2 * n)
     for i in range(n - 1, -1, -1):

@@ -48,12 +48,12 @@ def nudges(x: Tensor, target: Tensor, cost: str, label_smoothing: float, activat
     ``params``: weight and bias of each layer in turn (``MLP.weights_and_biases``)."""
     n = len(activations)
     wants = tuple((True, w, b) for _, w, b in every_parameter(n))  # dx everywhere: the nudges of every layer
-    out, saved = forward_layers(x, params, activations, (None,) * n, 1.0, wants)
+    out, saved = forward_layers(x, params, activations, (None,) * n, wants)
     c = COSTS[cost]
     loss, cost_saved = c.forward(out, target, label_smoothing)
     g = c.backward(_one(loss.dtype, loss.device), cost_saved, label_smoothing).to(out.dtype)  # ∂C/∂output
     pulls = []
-    _, grads = backward_layers(g, saved, activations, 1.0, wants, pulls)
+    _, grads = backward_layers(g, saved, activations, wants, pulls)
     pulls, changes = [-p for p in pulls], [-d for d in grads]
     acts = [s.x for s in saved[1:]] + [out]  # each layer's input is the activation of the one below
     return Nudges(c.read(out), c.desired(target, out, label_smoothing), acts, pulls, changes, loss)
