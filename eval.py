@@ -8,14 +8,12 @@ Writes metrics.json in its own run directory. Config: conf/eval.yaml.
 """
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from handprop.config import exit_on_unknown_override
-from handprop.console import record_failure, tell
-from handprop.errors import HandpropError
+from handprop.console import as_entry_point
+from handprop.gate.keys import run_main
 from handprop.rundir import exit_on_launch_problem
 
 
@@ -23,18 +21,9 @@ from handprop.rundir import exit_on_launch_problem
 def main(cfg: DictConfig) -> None:
     from handprop.train import evaluate  # noqa: PLC0415 -- torch and Lightning load only when a run starts, not for --help
 
-    try:
-        evaluate(cfg)
-    except HandpropError as e:
-        tell(f"error: {e}")
-        sys.exit(2)
-    except Exception:
-        record_failure()
-        raise
+    as_entry_point(lambda: evaluate(cfg))
 
 
 if __name__ == "__main__":
     exit_on_launch_problem()  # a stray LOCAL_RANK / RANK / SLURM_PROCID: named, before any work
-    # A key that is not in the config (model.hiden=3): named, with the nearest real key
-    exit_on_unknown_override(Path(__file__).parent / "conf", "eval", sys.argv[1:])
-    main()
+    run_main(main, sys.argv[1:])  # a key that is not in the config (model.hiden=3): named, with the nearest real key

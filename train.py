@@ -11,16 +11,15 @@ when a run starts: torch and Lightning take seconds to import, and --help needs 
 
 import sys
 import time
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from handprop.config import exit_on_unknown_override
-from handprop.console import record_failure, tell
+from handprop.console import as_entry_point
 from handprop.errors import HandpropError
+from handprop.gate.keys import run_main
 from handprop.rundir import exit_on_launch_problem
 
 STARTED = time.perf_counter()  # the summary's wall time: torch, Lightning and the data load after this
@@ -43,23 +42,17 @@ def _sweep_problem(cfg: DictConfig) -> str | None:
 def main(cfg: DictConfig) -> float | None:
     from handprop.train import train  # noqa: PLC0415 -- torch and Lightning load only when a run starts, not for --help
 
-    try:
+    def run() -> dict:
         problem = _sweep_problem(cfg)
         if problem:
             raise HandpropError(problem)
         single = HydraConfig.get().mode == RunMode.RUN  # (a sweep's job: timed from its own start)
-        metrics = train(cfg, began=STARTED if single else None)
-    except HandpropError as e:
-        tell(f"error: {e}")
-        sys.exit(2)
-    except Exception:
-        record_failure()
-        raise
+        return train(cfg, began=STARTED if single else None)
+
+    metrics = as_entry_point(run)
     return metrics.get(cfg.get("optimized_metric", "val/acc"))  # for Hydra sweepers
 
 
 if __name__ == "__main__":
     exit_on_launch_problem()  # a stray LOCAL_RANK / RANK / SLURM_PROCID: named, before any work
-    # A key that is not in the config (model.hiden=3): named, with the nearest real key
-    exit_on_unknown_override(Path(__file__).parent / "conf", "train", sys.argv[1:])
-    main()
+    run_main(main, sys.argv[1:])  # a key that is not in the config (model.hiden=3): named, with the nearest real key

@@ -149,6 +149,19 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(1)
 
 
+class Poison(Callback):
+    """Turns a weight into NaN in the step before optimiser step ``step``: the loss of
+    ``step`` is the first to read it (one mini-batch per Lightning step or many)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step - 1:
+            with torch.no_grad():
+                pl_module.net.layers[0].weight[0, 0] = float("nan")
+
+
 class RaiseInTraining(Callback):
     """Raises a KeyError in the first training step: a bug, which must keep its traceback."""
 
@@ -236,3 +249,57 @@ def float64_mlp(sizes, activation: str, output_activation: str, generator: torch
             0.1 * torch.randn(n_out, generator=generator, dtype=torch.float64),
         ]
     return tuple(params), (activation,) * (len(sizes) - 2) + (output_activation,)
+
+
+# --------------------------------------------------------------------------- the checkout stays clean
+
+
+def _outputs_now() -> set[Path]:
+    outputs = ROOT / "outputs"
+    return set(outputs.rglob("*")) if outputs.is_dir() else set()
+
+
+def pytest_sessionstart(session) -> None:
+    if not hasattr(session.config, "workerinput"):  # (the controller, not an xdist worker)
+        session.config.stash[_OUTPUTS_BEFORE] = _outputs_now()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The suite writes its runs under pytest's temporary directories: a run, an empty
+    directory or a benchmark report left in the checkout's outputs/ fails it."""
+    before = session.config.stash.get(_OUTPUTS_BEFORE, None)
+    if before is None:
+        return
+    left = sorted(str(p.relative_to(ROOT)) for p in _outputs_now() - before)
+    if left:
+        session.config.get_terminal_writer().line(
+            f"FAILED: the tests left {len(left)} path(s) in outputs/: {', '.join(left[:10])}", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_OUTPUTS_BEFORE = pytest.StashKey[set]()
+
+
+def unknown_override_message(argv: list[str], name: str = "train") -> str | None:
+    """What train.py (``name="eval"``: eval.py) says of a key in ``argv`` that is not in the
+    config; None when every key is there, or Hydra refuses the overrides for another reason.
+    A sweep (``-m a=1,2``) is composed with the first value of each list, as its jobs are."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+
+    from handprop.compose import bare_config  # noqa: PLC0415
+    from handprop.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+        overrides = [
+            f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+            for o in parsed
+            if not o.is_interval_sweep()
+        ]
+        bare_config(overrides, name)
+    except ConfigError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 -- Hydra's to report, in its own words
+        return None
+    return None

@@ -1,6 +1,7 @@
 """End to end: train.py and eval.py as a user runs them, in subprocesses."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,10 @@ import yaml
 from conftest import CONF, FAST, ROOT, run_cli, write_raw_dataset
 
 
-def run(script, *overrides):
-    return subprocess.run([sys.executable, script, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run(script, *overrides, env=None):
+    return subprocess.run(
+        [sys.executable, script, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +76,15 @@ def test_eval_cli_on_a_full_dataset_needs_only_its_test_files(trained_run, tmp_p
         ("+model.hiden=[3]", "model.hiden: unknown key. Did you mean model.hidden?"),  # added with '+'
     ],
 )
-def test_bad_overrides_stop_before_training(tmp_path, override, named):
-    proc = run("train.py", *override.split(), f"hydra.run.dir={tmp_path}")
+def test_bad_overrides_stop_before_anything_is_written(tmp_path, override, named):
+    """The config gate runs before Hydra makes the run directory: a refused run leaves none
+    (no outputs/<date>/<time>/ with a .hydra/, a lock and a log)."""
+    outputs = tmp_path / "outputs"
+    proc = run("train.py", *override.split(), env={**os.environ, "HANDPROP_OUTPUTS": str(outputs)})
     assert proc.returncode == 2
     assert "error: bad config" in proc.stderr and named in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+    assert not outputs.exists() or not any(outputs.iterdir()), sorted(outputs.rglob("*"))
 
 
 @pytest.mark.parametrize(
@@ -202,14 +208,14 @@ def test_train_help_is_handprops_own_text(tmp_path, flag):
 
 def test_train_help_loads_neither_torch_nor_lightning():
     """--help answers in well under a second because torch and Lightning load only when a
-    run starts (handprop.train is imported inside main(), handprop.config imports them
+    run starts (handprop.train is imported inside main(), the gate imports them
     inside its checks): the import trace of a --help names neither."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "train.py", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
-    assert "handprop.config" in imported and "hydra" in imported  # the trace is read right
+    assert "handprop.gate.keys" in imported and "hydra" in imported  # the trace is read right
     assert not {"torch", "lightning"} & imported, "--help imports torch or Lightning: a module-level import crept in"
 
 

@@ -10,11 +10,10 @@ from omegaconf import OmegaConf
 import handprop
 from handprop import compose
 from handprop.compose import bare_config
-from handprop.config import unknown_override_message
 from handprop.errors import ConfigError
 from handprop.train import train
 
-from conftest import CONF, FAST, ROOT, run_cli
+from conftest import FAST, ROOT, run_cli, unknown_override_message
 
 
 def test_paths_are_filled_as_a_hydra_run_fills_them(tmp_path, monkeypatch):
@@ -27,6 +26,7 @@ def test_paths_are_filled_as_a_hydra_run_fills_them(tmp_path, monkeypatch):
         "data_dir": str(ROOT / "data"),
         "log_dir": str(ROOT / "outputs"),
         "output_dir": str(tmp_path / "run"),
+        "run_dir": str(tmp_path / "run"),  # (the name a new directory is claimed under: given)
     }
     OmegaConf.to_container(cfg, resolve=True)  # every other value resolves too
     assert "hydra" not in cfg
@@ -48,7 +48,7 @@ def test_overrides_apply_as_on_the_command_line(tmp_path):
 
 
 def test_a_key_not_in_the_config_is_refused_with_the_command_lines_message(tmp_path):
-    expected = unknown_override_message(CONF, "train", ["model.hiden=[64]"])
+    expected = unknown_override_message(["model.hiden=[64]"])
     assert expected.startswith("model.hiden: unknown key. Did you mean model.hidden?")
     with pytest.raises(ConfigError) as e:
         compose(["model.hiden=[64]"], tmp_path)
@@ -57,10 +57,16 @@ def test_a_key_not_in_the_config_is_refused_with_the_command_lines_message(tmp_p
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {expected}"
 
 
-def test_a_bad_value_is_refused_by_train_as_on_the_command_line(tmp_path):
+def test_a_bad_value_is_refused_by_train_as_on_the_command_line(tmp_path, monkeypatch):
+    """...and before the composed run's directory is claimed: a refused run leaves none."""
+    monkeypatch.setenv("HANDPROP_OUTPUTS", str(tmp_path / "outputs"))
+    cfg = compose([*FAST, "model.dropout=2"])
     with pytest.raises(ConfigError) as e:
-        train(compose([*FAST, "model.dropout=2"], tmp_path / "run"))
+        train(cfg)
     assert "model.dropout=2: " in str(e.value)
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
+    second = compose([*FAST])  # two configs composed in the same second: a directory each
+    assert Path(second.paths.output_dir).is_dir() and Path(cfg.paths.output_dir) != Path(second.paths.output_dir)
     proc = run_cli("train.py", *FAST, "model.dropout=2", f"hydra.run.dir={tmp_path / 'cli'}")
     assert proc.returncode != 0 and str(e.value).splitlines()[1].strip() in proc.stderr + proc.stdout
 

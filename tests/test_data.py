@@ -137,13 +137,6 @@ def test_random_affine_shift_moves_the_digit():
     torch.testing.assert_close(moved.sum((1, 2, 3)), torch.full((64,), 16.0), rtol=0.02, atol=0.3)
 
 
-def test_unknown_dataset_and_augmentation_are_refused():
-    with pytest.raises(ValueError, match="dataset='emnist'"):
-        D.DigitsDataModule("emnist")
-    with pytest.raises(ValueError, match=r"^augment.skew: unknown key. augment has: rotation, scale,"):
-        D.DigitsDataModule("sample", augment={"skew": 5})
-
-
 def _centre(images, axis):
     """Each image's centre of ink along x (axis=-1) or y (axis=-2), in pixels."""
     coords = torch.arange(images.shape[axis], dtype=images.dtype)

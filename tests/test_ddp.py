@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from handprop.config import config_problems
+from handprop.gate import problems as config_problems
 
 from conftest import ROOT, compose_config, tensorboard_run
 

@@ -92,13 +92,6 @@ def test_hyperparameters_are_plain_types():
     assert "optimizer" not in model.hparams
 
 
-def test_label_smoothing_with_quadratic_cost_is_refused():
-    with pytest.raises(ValueError, match=r"^label_smoothing=0.1: applies to loss=cross_entropy only; set it to 0$"):
-        DigitClassifier(loss="quadratic", label_smoothing=0.1)
-    with pytest.raises(ValueError, match="loss='hinge'"):
-        DigitClassifier(loss="hinge")
-
-
 class _Trainer:
     estimated_stepping_batches = 320  # Lightning's count of training batches, one mini-batch each
     train_dataloader = max_epochs = None

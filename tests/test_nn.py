@@ -25,24 +25,6 @@ def test_no_hidden_layer_is_logistic_regression():
     assert len(mlp.layers) == 1 and mlp.layers[0].activation == "identity"
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        ({"sizes": [784]}, "at least an input and an output"),
-        ({"sizes": [784, 0, 10]}, "positive integer"),
-        ({"sizes": [784, -5, 10]}, "positive integer"),
-        ({"sizes": [784, 2.5, 10]}, "positive integer"),
-        ({"sizes": [784, 10], "activation": "swish"}, "activation='swish'"),
-        ({"sizes": [784, 10], "dropout": 1.0}, r"^dropout=1.0: must be a probability in \[0, 1\)$"),
-        ({"sizes": [784, 10], "init": "zeros"}, "init='zeros'"),
-        ({"sizes": [784, 10], "backward": "finite"}, "backward='finite'"),
-    ],
-)
-def test_bad_construction_is_refused_with_the_argument_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        MLP(**kwargs)
-
-
 def test_switching_backward_keeps_the_parameters_and_the_output():
     torch.manual_seed(0)
     mlp = MLP([20, 30, 10], "tanh").eval()

@@ -191,11 +191,14 @@ def test_a_resumed_run_continues_its_metrics_csv(tmp_path):
 
 
 def test_an_error_is_in_train_log_as_on_the_console(tmp_path):
-    proc = run_cli("train.py", "model.dropout=2", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2
+    """A run that fails once started (a dataset directory without the files) says why in its
+    log as on the console. (A config the gate refuses makes no run directory: test_cli.)"""
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("train.py", "data=mnist", f"data.data_dir={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
     message = proc.stderr[proc.stderr.index("error: ") :].strip()
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "model.dropout=2: " in message and f"ERROR   {message}\n" in log
+    assert "MNIST" in message and f"ERROR   {message}\n" in log
     assert log.startswith(log[:19] + " INFO    run directory: ")
 
 

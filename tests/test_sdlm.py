@@ -6,7 +6,7 @@ import torch
 from torch.func import jacrev
 
 from handprop import functional as HF
-from handprop.config import config_problems
+from handprop.gate import problems as config_problems
 from handprop.module import DigitClassifier
 from handprop.optim import SDLM
 from handprop.train import train

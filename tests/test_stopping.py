@@ -9,8 +9,8 @@ import torch
 
 from handprop.callbacks import EarlyStopping
 from handprop.compose import bare_config
-from handprop.config import config_problems
 from handprop.errors import ConfigError
+from handprop.gate import problems as config_problems
 from handprop.train import train
 
 from conftest import FAST, run_cli

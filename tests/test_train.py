@@ -1,16 +1,14 @@
 """Configs compose, bad values are caught before any work, and train() leaves a complete run."""
 
-import gc
 import json
 
 import pytest
 import torch
-from lightning.pytorch import Callback
-from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from handprop.config import ConfigError, check_config, config_problems
-from handprop.errors import HandpropError
+from handprop.errors import ConfigError, HandpropError
+from handprop.gate import check as check_config
+from handprop.gate import problems as config_problems
 from handprop.train import evaluate, run_name, train
 
 from conftest import CONF, FAST, compose_config, tensorboard_run
@@ -80,29 +78,6 @@ def test_train_leaves_a_complete_run(train_cfg, tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["hidden"] == [512, 256]
     assert 0.1 < ckpt["state_dict"]["pixel_mean"].item() < 0.15
-
-
-class FrozenObjects(Callback):
-    """Counts the objects frozen out of the garbage collector as training and testing start."""
-
-    seen: list[int] = []
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        FrozenObjects.seen.append(gc.get_freeze_count())
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        FrozenObjects.seen.append(gc.get_freeze_count())
-
-
-def test_training_and_testing_run_with_the_libraries_frozen_out_of_the_collector(tmp_path):
-    FrozenObjects.seen.clear()
-    cfg = compose_config("train", FAST, tmp_path)
-    with open_dict(cfg):
-        cfg.callbacks.frozen = {"_target_": "test_train.FrozenObjects"}
-    assert gc.get_freeze_count() == 0
-    train(cfg)
-    assert len(FrozenObjects.seen) == 2 and min(FrozenObjects.seen) > 100_000  # torch and Lightning, at least
-    assert gc.get_freeze_count() == 0  # the caller's collector as it was
 
 
 def test_missing_checkpoint_is_a_user_error(train_cfg, tmp_path):

@@ -120,8 +120,10 @@ def model_from_checkpoint(checkpoint: dict):
 
 
 def _model_on_meta(what: str, hp: dict):
-    """The network the hyper-parameters describe, built on the meta device: every rule of
-    the model's constructor applies, and no memory is allocated whatever sizes it names."""
+    """The network the hyper-parameters describe, checked by the config gate's rules for
+    the model's settings and built on the meta device: no memory is allocated whatever
+    sizes it names."""
+    from .gate.values import own_rules  # noqa: PLC0415 -- (the gate's rules import the model)
 
     known = inspect.signature(DigitClassifier).parameters
     unknown = sorted(set(hp) - set(known))
@@ -129,6 +131,13 @@ def _model_on_meta(what: str, hp: dict):
         raise CheckpointError(
             f"{what}: its hyper_parameters have keys this version of handprop does not know "
             f"({', '.join(unknown)}); use a checkpoint handprop wrote"
+        )
+    rules = own_rules()[DigitClassifier]
+    refused = [f"{k}={hp[k]!r}: {allowed}" for k, check in rules.items() if k in hp and (allowed := check(hp[k]))]
+    if refused:
+        raise CheckpointError(
+            f"{what}: its hyper_parameters do not describe a handprop network ({'; '.join(refused)}); "
+            "the file was edited or damaged"
         )
     try:
         with torch.device("meta"):

@@ -12,7 +12,7 @@ with the command line's message. ``bare_config`` composes only, for reading valu
 
 from __future__ import annotations
 
-import time
+import itertools
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -22,10 +22,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, open_dict
 
+from . import rundir  # noqa: F401 -- registers the unique_dir resolver a composed run directory uses
 from .errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"  # the checkout's configs (src layout, editable install)
 ROOT = CONF.parent
+_CLAIMS = itertools.count()  # each composed config claims a run directory of its own
 
 
 def _compose(overrides, name: str, hydra_config: bool) -> DictConfig:
@@ -35,10 +37,10 @@ def _compose(overrides, name: str, hydra_config: bool) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return hydra_compose(name, overrides=list(overrides), return_hydra_config=hydra_config)
-    except ConfigCompositionException:
-        from .config import unknown_override_message  # noqa: PLC0415 -- (config loads the settings' rules)
+    except ConfigCompositionException as e:
+        from .gate.keys import unknown_key_message  # noqa: PLC0415 -- (the gate loads its rules)
 
-        problem = unknown_override_message(CONF, name, list(overrides))  # a key not in the config: its message
+        problem = unknown_key_message(e, list(overrides))  # a key not in the config: its message
         if problem:
             raise ConfigError(problem) from None
         raise
@@ -58,10 +60,12 @@ def compose(overrides=(), output_dir: str | Path | None = None, name: str = "tra
 
     ``output_dir``: the run's directory; None: a new one, ``outputs/<date>/<time>`` under
     the project (as ``python train.py`` run from there names it; ``-1``, ``-2`` ... when
-    taken; ``$HANDPROP_OUTPUTS/<date>/<time>`` when that is set). ``paths.root_dir`` is
-    the project, so ``data/`` and ``outputs/`` are the same whatever directory the
-    notebook runs in. Hydra's own job logging (train.log) is not
-    set up: the run's lines go to Python's logging, which a notebook shows.
+    taken; ``$HANDPROP_OUTPUTS/<date>/<time>`` when that is set), claimed when the run
+    starts -- after the config gate, so a refused run leaves no directory -- or when
+    ``cfg.paths.output_dir`` is first read. ``paths.root_dir`` is the project, so
+    ``data/`` and ``outputs/`` are the same whatever directory the notebook runs in.
+    Hydra's own job logging (train.log) is not set up: the run's lines go to Python's
+    logging, which a notebook shows.
 
     A key that is not in the config raises ``ConfigError`` with the command line's
     message (the nearest real key); bad values are refused by ``train(cfg)`` as on the
@@ -69,16 +73,15 @@ def compose(overrides=(), output_dir: str | Path | None = None, name: str = "tra
     cfg = _compose(overrides, name, hydra_config=True)
     with open_dict(cfg):
         cfg.paths.root_dir = str(ROOT)
-    if output_dir is None:
-        from .rundir import new_dir  # noqa: PLC0415 -- (rundir loads Hydra's override parser)
-
-        output_dir = new_dir(f"{cfg.paths.log_dir}/{time.strftime('%Y-%m-%d')}/{time.strftime('%H-%M-%S')}")
-    output_dir = str(Path(output_dir).absolute())
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = output_dir
         cfg.hydra.runtime.cwd = str(ROOT)
     HydraConfig().set_config(cfg)
+    if output_dir is None:  # claimed on first reading (rundir.unique_dir): a claim of this config's own
+        base = str(cfg.paths.run_dir)  # (its time, fixed now)
+        quoted = base.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
+        output_dir = f"${{unique_dir:'{quoted}',{next(_CLAIMS)}}}"
+    else:
+        base = output_dir = str(Path(output_dir).absolute())
     with open_dict(cfg):
-        cfg.paths.output_dir = output_dir
+        cfg.paths.output_dir, cfg.paths.run_dir = output_dir, base
         del cfg.hydra
     return cfg

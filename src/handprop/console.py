@@ -68,6 +68,22 @@ def record_failure() -> None:
     logging.getLogger("handprop").exception("the run failed", extra=FILE_ONLY)
 
 
+def as_entry_point(work):
+    """``work()`` for an entry point: a HandpropError -- something the user can fix -- is one
+    line (``error: ...``, exit status 2); any other exception is a bug, recorded in the run's
+    log and raised with its traceback."""
+    from .errors import HandpropError  # noqa: PLC0415
+
+    try:
+        return work()
+    except HandpropError as e:
+        tell(f"error: {e}")
+        sys.exit(2)
+    except Exception:
+        record_failure()
+        raise
+
+
 def quiet_lightning() -> None:
     """Lightning's chatter off the console, its warnings kept (in the log file too).
 

@@ -216,21 +216,13 @@ class CSVLogger(Logger):
         self.directory, self.flush_logs_every_n_steps = save_dir, flush_logs_every_n_steps
         self.rows: list[dict[str, float]] = []  # not yet in the file
 
-    @property
-    def name(self) -> str:
-        return ""
+    name = version = ""  # one table for the run, in its directory: no sub-folders
 
     @property
     def save_dir(self) -> str:
         return self.directory
 
-    @property
-    def version(self) -> str:
-        return ""
-
-    @property
-    def log_dir(self) -> str:
-        return self.save_dir
+    log_dir = save_dir
 
     @rank_zero_only
     def log_hyperparams(self, params, *args, **kwargs) -> None:

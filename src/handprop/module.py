@@ -10,7 +10,7 @@ optimisation (the one optimisation mode, for every run):
 A Lightning batch is a ``data.Chunk`` of K mini-batches, one optimiser step each: K = 1
 ordinarily; at a textbook's batch of 10, where Lightning's loop and callbacks around a
 batch cost more than the step's arithmetic, the config gate chooses a larger K
-(``model.chunk``, ``gate.py``). It is the same training whatever K is, bitwise.
+(``model.chunk``, ``handprop.gate``). It is the same training whatever K is, bitwise.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from .data import Chunk
 from .gate import schedule_length
 from .nn import MLP
 from .optim import SDLM, curvature, l2_groups
-from .rules import check_model_settings
 from .steps import StepInProgress, rng_states, run_steps, set_rng_states
 
 
@@ -77,7 +76,6 @@ class DigitClassifier(L.LightningModule):
         # logger=False: train.py writes the whole run's config and final metrics to the
         # logger once (TensorBoard's HParams tab), not the model's arguments at the start
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        check_model_settings(self.hparams)
         self.net = MLP([input_size, *hidden, num_classes], activation, output_activation, dropout, init, backward)
         self.automatic_optimization = False  # training_step takes every optimiser step itself
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -126,7 +124,7 @@ class DigitClassifier(L.LightningModule):
         return {k: f and getattr(getattr(f, "func", f), "__name__", str(f)) for k, f in factories.items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["recipe"], checkpoint["optimisation"] = self.training_recipe(), "manual"  # (gate.py reads it)
+        checkpoint["recipe"], checkpoint["optimisation"] = self.training_recipe(), "manual"  # (the gate reads it)
         # Dropout masks and augmentation draw from the global RNGs: their state as the step in
         # progress began, if one is (an interrupt), else now; a resume draws what the run would have.
         checkpoint["rng_states"] = self.step_in_progress.rng if self.step_in_progress.rng is not None else rng_states()

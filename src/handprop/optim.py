@@ -23,7 +23,6 @@ from torch import Tensor
 
 from . import functional as HF
 from .data import to_pixels
-from .rules import POSITIVE_INT, is_int, is_number, positive_int, require
 
 LECUN_1998 = ((1, 0.0005), (3, 0.0002), (6, 0.0001), (9, 0.00005), (13, 0.00001))  # (first pass, η)
 
@@ -36,18 +35,7 @@ class SDLM(torch.optim.Optimizer):
     estimated on, before every pass."""
 
     def __init__(self, params, lr: float = 0.0005, mu: float = 0.02, samples: int = 500, schedule=None):
-        require(is_number(lr) and lr > 0, "lr", lr, "must be a positive number, e.g. 0.0005 (LeCun's first η)")
-        require(is_number(mu) and mu > 0, "mu", mu, "must be a positive number, e.g. 0.02 (LeCun's μ)")
-        require(positive_int(samples), "samples", samples, POSITIVE_INT)
         pairs = [tuple(pair) for pair in (schedule or [])]
-        require(
-            all(len(p) == 2 and is_int(p[0]) and p[0] >= 1 and is_number(p[1]) and p[1] > 0 for p in pairs)
-            and [p[0] for p in pairs] == sorted({p[0] for p in pairs}),
-            "schedule",
-            schedule,
-            "must be [first pass, lr] pairs with passes from 1 in increasing order and positive rates, "
-            "e.g. [[1, 0.0005], [3, 0.0002]], or null",
-        )
         super().__init__(params, {"lr": lr, "mu": mu})
         self.samples, self.schedule = samples, pairs
 

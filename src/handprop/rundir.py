@@ -108,17 +108,18 @@ OmegaConf.register_new_resolver("output_subdir", lambda subdir: subdir if launch
 
 # --------------------------------------------------------------------------- unique directories
 
-_claimed: dict[str, str] = {}
+_claimed: dict[tuple[str, object], str] = {}
 
 
-def unique_dir(base: str) -> str:
+def unique_dir(base: str, claim: object = None) -> str:
     """``base`` if this process can create it, else the first free ``base-1``, ``base-2``,
-    ... -- created here with an exclusive mkdir, so two runs never share one. The same
-    answer for the same ``base`` within a process (Hydra resolves its run dir more than
-    once)."""
-    if base not in _claimed:
-        _claimed[base] = new_dir(base)
-    return _claimed[base]
+    ... -- created here, when the value is first read, with an exclusive mkdir, so two
+    runs never share one. The same answer for the same ``base`` and ``claim`` within a
+    process (Hydra resolves its run dir more than once; ``compose`` gives each config a
+    ``claim`` of its own)."""
+    if (base, claim) not in _claimed:
+        _claimed[base, claim] = new_dir(base)
+    return _claimed[base, claim]
 
 
 def new_dir(base: str) -> str:

@@ -9,7 +9,6 @@ JSON object of final metrics).
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import logging
@@ -24,12 +23,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import functional as HF
+from . import gate
 from .build import build, build_all, build_data_and_model
 from .callbacks import InterruptCheckpoint, ProgressBar
-from .callbacks.runlog import scalar_metrics
+from .callbacks.runlog import describe_cost, scalar_metrics
 from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
-from .config import check_config
 from .console import FILE_ONLY, percent, quiet_lightning, tell
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
@@ -81,17 +79,33 @@ def _continue_tensorboard_run(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------------- entry points
 
 
+def flush_denormals() -> None:
+    """Numbers closer to 0 than float32's smallest normal (1.2e-38) are denormals, and a CPU
+    computes with them many times slower. Training makes them: Adam's running mean of a
+    gradient that has become 0 (a dead ReLU, a weight from a pixel that is never ink)
+    shrinks by beta1 every step down through the denormals, and the optimiser step slows
+    epoch after epoch. Flushed to 0 they cost nothing, and no number changes by more than
+    1e-38. The CPU's flag belongs to each thread, and a thread inherits it from the thread
+    that starts it: set before a run's tensor work starts PyTorch's pool of CPU threads,
+    it holds in all of them. A setting of the process, so the training run makes it, not
+    the math package."""
+    torch.set_flush_denormal(True)
+
+
 def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
     """Fit, then test with the best checkpoint, then write metrics.json. Returns the metrics.
     ``began``: when the program started (``time.perf_counter()``), for the summary's wall time."""
     began = time.perf_counter() if began is None else began
+    flush_denormals()
     quiet_lightning()
+    plan = gate.check(cfg)  # (before anything is written: a composed run's directory is claimed after it)
     _announce(cfg, "train")
-    plan = check_config(cfg)
     with open_dict(cfg):
         cfg.model.chunk = plan.chunk  # mini-batches per Lightning batch, as the gate chose
     if rank_zero_only.rank == 0:
         log.info(plan.describe(), extra=FILE_ONLY)
+        for note in plan.notes:
+            log.warning(note)
     if plan.chunk > 1:  # Lightning counts its own batches (chunks) against log_every_n_steps; the steps log themselves
         warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
     ckpt_path, init_from = cfg.get("ckpt_path"), cfg.get("init_from")
@@ -110,7 +124,7 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
         **quiet,
     )
 
-    cost = HF.describe_cost(model.hparams.loss, model.hparams.label_smoothing, model.hparams.num_classes)
+    cost = describe_cost(model.hparams.loss, model.hparams.label_smoothing, model.hparams.num_classes)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.describe({tag: f"the cost: {cost}" for tag in ("train/loss_step", "train/loss_epoch", "val/loss")})
@@ -124,7 +138,7 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
         for directory in {*checkpoint_dirs(cfg), Path(cfg.paths.output_dir)}:
             remove_stale_temporaries(directory)
     start = time.perf_counter()
-    with _disk_full_is_a_user_error(cfg.paths.output_dir), _libraries_frozen():
+    with _disk_full_is_a_user_error(cfg.paths.output_dir):
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit as e:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit)
@@ -165,27 +179,6 @@ def _stopped_by(e: SystemExit) -> tuple[str, int]:
     """The signal that interrupted the trainer, and the exit status a shell expects for it
     (128 + the signal's number): Lightning raises SIGTERMException on SIGTERM, SystemExit on Ctrl-C."""
     return ("SIGTERM", 143) if isinstance(e, SIGTERMException) else ("SIGINT", 130)
-
-
-@contextlib.contextmanager
-def _libraries_frozen():
-    """Training and testing with every object that exists now frozen out of Python's
-    garbage collector (gc.freeze): torch, Lightning, matplotlib and the run's setup, half a
-    million objects, none of them garbage. A full collection scans every object it
-    tracks -- a quarter of a second at a time, set off by the churn of a picture's figure --
-    and then scans only what training made. The collector gets them back afterwards: a
-    notebook or test calling train() keeps its process as it was. (Collected first: a
-    notebook's previous run, garbage by now, is not kept alive through this one. A caller
-    that froze objects itself keeps its own freeze, untouched.)"""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 @contextlib.contextmanager
@@ -321,8 +314,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path:
         raise HandpropError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
+    gate.check(cfg)
     _announce(cfg, "eval")
-    check_config(cfg)
     checkpoint = read_checkpoint(ckpt_path)  # safe, ours, consistent: read once
     model = model_from_checkpoint(checkpoint)
     datamodule = build("data", cfg.data, _convert_="all")

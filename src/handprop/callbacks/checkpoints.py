@@ -21,8 +21,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ..rules import require
-
 log = logging.getLogger(__name__)
 
 
@@ -94,7 +92,7 @@ class BestCheckpoint(RunCheckpoint):
     Accuracy on a few hundred validation digits moves in steps of 0.2% and ties often; the
     stock callback keeps the first epoch to reach the best value, usually one in the
     middle of the schedule, while the later epoch of a tie has the better-annealed
-    weights (measured: 96.0% vs 97.6% test accuracy for the default recipe, seed 42).
+    weights, which test better.
     """
 
     def check_monitor_top_k(self, trainer, current: torch.Tensor | None = None) -> bool:
@@ -127,7 +125,6 @@ class InterruptCheckpoint(Callback):
     directory would continue the old one. Here a run resumes only when asked to."""
 
     def __init__(self, dirpath: str, filename: str = "interrupted"):
-        require(bool(filename), "filename", filename, "must be a file name, e.g. interrupted")
         self.dirpath, self.filename = dirpath, filename
         self._sigint = None  # while a validation runs: Python's own SIGINT handler, to put back
         self._interrupted = False  # a Ctrl-C came during that validation

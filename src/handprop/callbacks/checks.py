@@ -13,7 +13,6 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ..errors import GradientAuditError, NumericalError, ReplicaError
-from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_number, positive_int, require
 from ..steps import logs_this_step, rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
@@ -44,9 +43,6 @@ class GradientAudit(Callback):
     """
 
     def __init__(self, every_n_steps: int = 100, threshold: float = 1e-3, threshold_half_precision: float = 5e-2):
-        require(positive_int(every_n_steps), "every_n_steps", every_n_steps, POSITIVE_INT)
-        for name, value in (("threshold", threshold), ("threshold_half_precision", threshold_half_precision)):
-            require(is_number(value) and value > 0, name, value, "must be a positive number")
         self.every_n_steps = every_n_steps
         self.threshold = threshold
         self.threshold_half_precision = threshold_half_precision
@@ -141,12 +137,6 @@ class ReplicaCheck(Callback):
     ``replicas: N processes, identical parameters, sha256 <digest>`` on process zero."""
 
     def __init__(self, every_n_epochs: int | None = None):
-        require(
-            every_n_epochs is None or positive_int(every_n_epochs),
-            "every_n_epochs",
-            every_n_epochs,
-            POSITIVE_INT_OR_NULL,
-        )
         self.every_n_epochs = every_n_epochs
 
     def _check(self, trainer, pl_module, when: str) -> None:
@@ -185,7 +175,6 @@ class NumericsGuard(Callback):
     that no checkpoint is written from broken weights: the last good one stays."""
 
     def __init__(self, every_n_steps: int = 10):
-        require(positive_int(every_n_steps), "every_n_steps", every_n_steps, POSITIVE_INT)
         self.every_n_steps = every_n_steps
         self._losses: list[torch.Tensor] = []  # on the device, the loss of each step in _steps
         self._steps: list[int] = []

@@ -8,7 +8,7 @@ hyper-parameters"). ``callbacks.early_stopping.patience=10`` is that rule; ``nul
 default) trains every epoch of ``trainer.max_epochs``.
 
 A schedule shaped for a fixed number of epochs (one-cycle, cosine) and early stopping do
-not mix: the config check refuses the pair (``config.py``).
+not mix: the config gate refuses the pair (``gate/across.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from ..console import percent
-from ..rules import POSITIVE_INT_OR_NULL, is_number, positive_int, require
 
 log = logging.getLogger("handprop.run")
 
@@ -37,9 +36,6 @@ class EarlyStopping(LightningEarlyStopping):
     def __init__(
         self, patience: int | None = None, monitor: str = "val/acc", mode: str = "max", min_delta: float = 0.0
     ):
-        require(patience is None or positive_int(patience), "patience", patience, POSITIVE_INT_OR_NULL)
-        require(is_number(min_delta) and min_delta >= 0, "min_delta", min_delta, "must be a number >= 0")
-        require(mode in ("min", "max"), "mode", mode, "must be min or max")
         # checked after validation (not at the end of the training epoch): the metric is that epoch's
         super().__init__(monitor, min_delta, patience or 1, mode=mode, check_on_train_epoch_end=False)
         self.enabled = patience is not None

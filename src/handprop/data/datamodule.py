@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
-from ..rules import POSITIVE_INT, SettingError, check_choice, is_int, positive_int, require
-from .augment import augment_settings, to_pixels
-from .datasets import DATASETS, download, load_split
-from .loader import LOADERS, Chunk, DeviceBatches, TensorBatches, _as_batch
+from .augment import to_pixels
+from .datasets import download, load_split
+from .loader import Chunk, DeviceBatches, TensorBatches, _as_batch
 
 
-def per_process_batch(batch_size: int, world: int, processes: str = "trainer.devices x trainer.num_nodes") -> int:
+def per_process_batch(batch_size: int, world: int) -> int:
     """``batch_size`` is the global batch: each of the ``world`` processes takes an equal share.
-    Checked by the config layer before any process starts, and here again once the real
-    number of processes is known (``trainer.devices=auto``, a torchrun launch)."""
-    require(
-        batch_size % world == 0,
-        "batch_size",
-        batch_size,
-        f"is the global batch and must divide evenly among the {world} processes ({processes}), "
-        f"e.g. {{prefix}}batch_size={max(world, batch_size // world * world)}",
-    )
+    The config gate checks it before any process starts; here it is checked again once the
+    real number of processes is known (``trainer.devices=auto``, a torchrun launch)."""
+    if batch_size % world:
+        raise DataError(
+            f"data.batch_size={batch_size}: is the global batch and must divide evenly among the {world} "
+            f"processes, e.g. data.batch_size={max(world, batch_size // world * world)}"
+        )
     return batch_size // world
 
 
@@ -46,7 +42,7 @@ class DigitsDataModule(L.LightningDataModule):
         download: bool = False,
         batch_size: int = 128,
         eval_batch_size: int = 1000,
-        val_size: int = 5000,
+        val_size: int | None = 5000,
         split_seed: int = 0,
         num_workers: int = 0,
         augment: dict | None = None,
@@ -54,23 +50,10 @@ class DigitsDataModule(L.LightningDataModule):
         seed: int | None = 0,
     ):
         super().__init__()
-        check_choice("dataset", dataset, DATASETS)
-        check_choice("loader", loader, LOADERS)
-        require(dataset == "sample" or data_dir is not None, "data_dir", data_dir, f"is needed for dataset={dataset}")
-        require(
-            dataset == "sample" or download or Path(data_dir).is_dir(),
-            "data_dir",
-            data_dir,
-            "directory does not exist; point it at the dataset or set {prefix}download=true",
-        )
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("val_size", val_size)):
-            require(positive_int(value), name, value, POSITIVE_INT)
-        require(is_int(split_seed), "split_seed", split_seed, "must be an integer")
-        require(is_int(num_workers) and num_workers >= 0, "num_workers", num_workers, "must be an integer >= 0")
         self.dataset, self.data_dir, self.download = dataset, data_dir, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.num_workers = val_size, split_seed, num_workers
-        self.augment = augment_settings(augment)
+        self.augment = {key: float(amount) for key, amount in (augment or {}).items() if amount}
         self.loader, self.seed = loader, seed
         self._on_device: dict = {}
         self._train_loader = None  # the latest training loader, whose position is checkpointed
@@ -102,10 +85,7 @@ class DigitsDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         if shuffle:
-            try:
-                batch_size = per_process_batch(self.batch_size, world)
-            except SettingError as e:  # a world size the config could not know (devices=auto, torchrun)
-                raise DataError(e.message("data.")) from None
+            batch_size = per_process_batch(self.batch_size, world)
         data = self.splits[split]
         if self.loader == "dataloader":  # Lightning adds a DistributedSampler under DDP
             return DataLoader(

@@ -1,48 +1,33 @@
-"""The config gate: the rules of a training run that join settings of different groups,
-checked once, before anything is built or written (``config.check_config`` runs them with
-every other check, and ``plan`` says what the run will do).
-
-Besides the config it reads two things: the training set's size (the embedded sample's
-fixed split, or the header of a full dataset's label file) and the checkpoint that
-``ckpt_path`` names (its schedule, and where in an epoch it stopped).
+"""The training run's plan: how many steps it takes, in chunks of how many mini-batches.
 
 - **Chunks** (``model.chunk``): how many mini-batches one Lightning batch carries, each its
   own optimiser step. Settings that count Lightning's batches cannot run in chunks
   (``chunk_blockers``); ``null`` chooses K from the arithmetic of a step; a run resumed
   inside an epoch keeps its checkpoint's K (Lightning counts the epoch's batches).
-- **Manual optimisation**: handprop's training step takes every optimiser step itself,
-  where Lightning's ``trainer.gradient_clip_val`` and ``trainer.accumulate_grad_batches``
-  do not apply: refused, with the setting that does the job.
-- **The schedule's length**: a one-cycle or cosine schedule left ``null`` is as long as the
-  run; one set shorter, one whose warm-up would end on its first step, and a resume that
-  would run past its checkpoint's schedule are refused.
-- **l2** (Nielsen's L2 term): needs an optimiser that adds weight decay to the gradient,
-  and no second decay.
+- **The run's length** in optimiser steps (``planned_steps``), from the training set's size
+  (the embedded sample's fixed split, or the header of a full dataset's label file): the
+  schedule's length is checked against it (``across.schedule_problems``).
 - **Resuming** a checkpoint of an earlier handprop whose steps Lightning counted apart is
   refused (``resume_problems``).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hydra.utils import get_object
 from omegaconf import DictConfig
 
-from .errors import DataError
-from .rules import is_int, positive_int
+from ..errors import DataError
+from .across import schedule_problems
+from .values import is_int, positive_int
 
-# model.chunk=null: enough multiply-adds per Lightning batch (about 200 ms of arithmetic on a
-# CPU core) that Lightning's loop around it stays a few percent; at most MAX_CHUNK mini-batches.
+# model.chunk=null: enough multiply-adds per Lightning batch that Lightning's loop around it
+# is a small part of the batch's time; at most MAX_CHUNK mini-batches.
 CHUNK_WORK = 2_000_000_000
 MAX_CHUNK = 256
-
-# The schedulers' length arguments, left null in the config and filled in from the run.
-SCHEDULE_LENGTH_KEYS = ("total_steps", "T_max")
 
 
 @dataclass
@@ -53,23 +38,24 @@ class Plan:
     problems: list[str] = field(default_factory=list)
     chunk: int = 1
     why: str = ""
+    notes: list[str] = field(default_factory=list)  # settings that do not apply, named
 
     def describe(self) -> str:
         return f"training: {self.chunk} optimiser step{'s'[: self.chunk - 1]} per Lightning step, {self.why}"
 
 
-def plan(cfg: DictConfig) -> Plan:
-    """Every rule of the module docstring, for a training run's config (an evaluation's has
-    no model: nothing to check)."""
-    result = Plan()
+def plan(cfg: DictConfig, problems: list[str], notes: list[str]) -> Plan:
+    """The plan of a training run whose values are each good (an evaluation's config has no
+    model: nothing to plan), with ``problems`` and ``notes`` found so far and the run's own."""
+    result = Plan(list(problems), notes=list(notes))
     if cfg.get("model") is None or cfg.get("trainer") is None:
         return result
     checkpoint = _checkpoint(cfg.get("ckpt_path"))
-    result.problems += manual_optimisation_problems(cfg.trainer)
-    result.problems += l2_problems(cfg)
     result.problems += resume_problems(cfg, checkpoint)
     _choose_chunk(cfg, checkpoint, result)
-    result.problems += schedule_problems(cfg, planned_steps(cfg, train_size(cfg.data)), checkpoint)
+    size = train_size(cfg.data)
+    result.problems += val_size_problems(cfg.data, size)
+    result.problems += schedule_problems(cfg, planned_steps(cfg, size), checkpoint)
     return result
 
 
@@ -95,8 +81,8 @@ def world_size(trainer: DictConfig) -> int:
 def train_size(data: DictConfig) -> int | None:
     """The number of training digits (all processes together), from the files' headers; None
     where the files are not there yet (``data.download``: the data module fetches them)."""
-    from .data.datasets import SAMPLE_SPLIT, find_raw_files, sample_files  # noqa: PLC0415 -- torch loads here
-    from .data.idx import idx_length  # noqa: PLC0415
+    from ..data.datasets import SAMPLE_SPLIT, find_raw_files, sample_files  # noqa: PLC0415 -- torch loads here
+    from ..data.idx import idx_length  # noqa: PLC0415
 
     dataset = data.get("dataset", "sample")
     try:
@@ -105,6 +91,14 @@ def train_size(data: DictConfig) -> int | None:
         return idx_length(find_raw_files(dataset, data.get("data_dir") or ".", "train")[1]) - data.get("val_size", 0)
     except (DataError, KeyError):
         return None
+
+
+def val_size_problems(data: DictConfig, size: int | None) -> list[str]:
+    """A full dataset's validation split must leave digits to train on (``size``: what is left)."""
+    val_size = data.get("val_size")
+    if size is None or data.get("dataset", "sample") == "sample" or size > 0:
+        return []
+    return [f"data.val_size={val_size}: must be between 1 and {size + val_size - 1} (the training file's digits)"]
 
 
 def steps_per_epoch(train: int, batch_size: int, world: int, loader: str = "tensor") -> int:
@@ -227,124 +221,7 @@ def _keep_the_checkpoints_chunk(cfg, checkpoint: dict | None, asked, blockers: l
     result.chunk, result.why = theirs, "as the checkpoint's epoch was"
 
 
-# --------------------------------------------------------------------------- manual optimisation
-
-
-def manual_optimisation_problems(trainer: DictConfig) -> list[str]:
-    problems = []
-    clip = trainer.get("gradient_clip_val")
-    if clip:
-        algorithm = trainer.get("gradient_clip_algorithm")
-        also = f" model.gradient_clip_algorithm={algorithm}" if algorithm else ""
-        problems.append(
-            f"trainer.gradient_clip_val={clip}: handprop's training step takes every optimiser step itself "
-            f"(Lightning's manual optimisation), where Lightning's clipping does not apply: set "
-            f"model.gradient_clip_val={clip}{also} instead"
-        )
-    accumulate = trainer.get("accumulate_grad_batches", 1)
-    if accumulate != 1:
-        problems.append(
-            f"trainer.accumulate_grad_batches={accumulate}: handprop's training step takes an optimiser step for "
-            "every mini-batch (Lightning's manual optimisation, where its accumulation does not apply); a "
-            f"mini-batch {accumulate} times as large computes the same gradient: data.batch_size=<{accumulate} x "
-            "the batch>"
-        )
-    return problems
-
-
-# --------------------------------------------------------------------------- the schedule's length
-
-
-def called(factory: Callable) -> tuple[Callable, dict]:
-    """What a factory (Hydra's ``_partial_``: a functools.partial) calls, and the keywords it
-    fixes; a plain callable fixes none."""
-    return getattr(factory, "func", factory), getattr(factory, "keywords", {})
-
-
-def schedule_length(factory, steps: Callable[[], int]) -> dict:
-    """The schedule's length in optimiser steps where its config leaves it unset:
-    OneCycleLR's total_steps, CosineAnnealingLR's T_max (``steps()`` is asked only then)."""
-    target, keywords = called(factory)
-    given = {k: v for k, v in keywords.items() if v is not None}
-    params = inspect.signature(target).parameters
-    if "total_steps" in params and "total_steps" not in given and "epochs" not in given:
-        return {"total_steps": steps()}
-    if "T_max" in params and "T_max" not in given:
-        return {"T_max": steps()}
-    return {}
-
-
-def schedule_problems(cfg: DictConfig, steps: int | float | None, checkpoint: dict | None) -> list[str]:
-    node = cfg.get("scheduler")
-    if not node or steps is None or math.isinf(steps):
-        return []
-    try:
-        params = inspect.signature(get_object(node.get("_target_"))).parameters
-    except (ImportError, ValueError, TypeError):
-        return []  # named by the settings check
-    key = next((k for k in SCHEDULE_LENGTH_KEYS if k in params), None)
-    if key is None:
-        return []
-    length = node.get(key) if node.get(key) is not None else steps
-    problems = []
-    if checkpoint is not None:
-        recorded = (checkpoint.get("lr_schedulers") or [{}])[0].get(key)
-        if is_int(recorded) and recorded < steps:
-            problems.append(
-                f"ckpt_path={cfg.ckpt_path}: the learning-rate schedule ends after {recorded} steps but this run asks "
-                f"for {steps}. Resume with the original trainer.max_epochs, or train on from these weights with a "
-                f"fresh optimiser and schedule in a new run: init_from={cfg.ckpt_path} (instead of ckpt_path) "
-                "trainer.max_epochs=N."
-            )
-    elif key == "total_steps" and node.get(key) is not None and length < steps:
-        problems.append(
-            f"scheduler.{key}={length}: the learning-rate schedule ends after {length} steps but this run asks for "
-            f"{steps}. Leave the schedule's length null (the run's own length), or set it to at least that."
-        )
-    pct_start = node.get("pct_start")
-    if key == "total_steps" and is_int(length) and isinstance(pct_start, int | float) and pct_start * length == 1:
-        problems.append(
-            f"scheduler.pct_start={pct_start}: the learning-rate schedule cannot be built for this run's length "
-            f"({{'total_steps': {length}}}): its warm-up would end on its first step. Train for more steps, change "
-            "scheduler.pct_start, or use scheduler=cosine / scheduler=none"
-        )
-    return problems
-
-
-# --------------------------------------------------------------------------- l2
-
-
-def l2_problems(cfg: DictConfig) -> list[str]:
-    """Nielsen's L2 term needs an optimiser that adds weight decay to the gradient (SGD,
-    Adam), only one of the two ways of decaying the weights, and handprop's data module
-    (which counts the training examples n of λ/2n)."""
-    l2, optimizer = cfg.model.get("l2"), cfg.get("optimizer") or {}
-    if not l2 or not isinstance(l2, int | float) or not optimizer.get("_target_"):
-        return []
-    import torch  # noqa: PLC0415 -- torch loads only when a config asks for l2
-
-    try:
-        factory = get_object(optimizer._target_)
-    except (ImportError, ValueError):
-        return []  # named by the settings check
-    decoupled = isinstance(factory, type) and (
-        issubclass(factory, torch.optim.AdamW) or bool(optimizer.get("decoupled_weight_decay"))
-    )
-    name = getattr(factory, "__name__", "the optimizer")
-    if decoupled:
-        return [
-            f"model.l2={l2}: is an L2 term of the cost, which {name}'s decoupled weight decay is not: "
-            "use optimizer=sgd, or model.l2=0 and optimizer.weight_decay"
-        ]
-    decay = optimizer.get("weight_decay")
-    if decay:
-        return [f"model.l2={l2}: adds to optimizer.weight_decay={decay}: both decay the weights; set one of them to 0"]
-    if not str((cfg.get("data") or {}).get("_target_", "")).startswith("handprop."):
-        return [f"model.l2={l2}: needs the number of training examples: train with handprop's DigitsDataModule"]
-    return []
-
-
 def _checkpoint(path) -> dict | None:
-    from .checkpoint import read_checkpoint  # noqa: PLC0415 -- (checkpoint loads the model)
+    from ..checkpoint import read_checkpoint  # noqa: PLC0415 -- (checkpoint loads the model)
 
     return read_checkpoint(path) if path else None

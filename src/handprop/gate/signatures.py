@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from .gate import SCHEDULE_LENGTH_KEYS
-from .rules import is_int, unknown_key
+from .across import SCHEDULE_LENGTH_KEYS
+from .values import is_int, unknown_key
 
 
 def targets(node, prefix: str = "") -> Iterator[tuple[str, DictConfig]]:
@@ -125,7 +125,7 @@ def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]
     """Keys the called code does not take, and values of the wrong type, for every node
     with a ``_target_``. ``skip``: keys already reported by a more specific rule."""
     # null in the config, a number when called: the schedule's length in optimiser steps
-    # (handprop.gate.schedule_length fills it in from the run)
+    # (handprop.gate.across.schedule_length fills it in from the run)
     filled_by_the_run = {f"scheduler.{key}" for key in SCHEDULE_LENGTH_KEYS}
     problems = []
     for where, node in targets(cfg):
@@ -151,9 +151,7 @@ def setting_problems(cfg: DictConfig, skip: set[str] = frozenset()) -> list[str]
             if key not in params:
                 if not takes_any:
                     problems.append(
-                        unknown_key(
-                            where, key, [k for k in known if k in node] + [k for k in known if k not in node]
-                        ).message()
+                        unknown_key(where, key, [k for k in known if k in node] + [k for k in known if k not in node])
                     )
                 continue
             if key not in hints:
