@@ -73,9 +73,7 @@ def test_manual_network_saves_no_more_than_the_reference(activation, dropout):
     for backward in HF.BACKWARDS:
         mlp.backward = backward
         used[backward] = saved_bytes(lambda b=backward: HF.cross_entropy(mlp(x), y, 0.1, backward=b))
-    assert used["manual"] <= used["autograd"]
-    if dropout and HF.ACTIVATIONS[activation].saves == "output":
-        assert used["manual"] < used["autograd"]  # the reference keeps f's output besides y
+    assert used["manual"] <= used["autograd"]  # (with dropout both keep f's output a, its mask and y = a m)
 
 
 def test_the_variants_take_turns_in_reversing_order():

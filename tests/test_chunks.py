@@ -3,6 +3,7 @@ training as one, bitwise -- parameters, optimiser and schedule states, logged st
 learning rates, the audit's and the guard's steps, resume from inside a chunk."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -177,22 +178,9 @@ def test_max_steps_stops_inside_a_chunk_and_its_resume_is_the_unchunked_ones(tmp
     _assert_same_training(_checkpoint(tmp_path / "resumed1"), _checkpoint(tmp_path / "resumed8"))
 
 
-class Poison(Callback):
-    """Turns a weight into NaN in the step before optimiser step ``step``: the loss of
-    ``step`` is the first to read it."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if trainer.global_step == self.step - 1:
-            with torch.no_grad():
-                pl_module.net.layers[0].weight[0, 0] = float("nan")
-
-
 @pytest.mark.parametrize("chunk", [1, 8])
 def test_the_numerics_guard_names_the_step_inside_a_chunk(tmp_path, chunk):
-    poison = {"poison": {"_target_": "test_chunks.Poison", "step": 45}}
+    poison = {"poison": {"_target_": "conftest.Poison", "step": 45}}
     with pytest.raises(HandpropError, match=r"^the training loss became NaN or infinite at step 45 \(epoch 1\)"):
         _run(tmp_path, "run", f"model.chunk={chunk}", "callbacks.numerics_guard.every_n_steps=4", callbacks=poison)
 
@@ -244,4 +232,7 @@ def test_a_run_without_an_epoch_limit_counts_its_steps(tmp_path, chunk):
     metrics, _ = _run(tmp_path, "steps", f"model.chunk={chunk}", "trainer.max_epochs=-1", "trainer.max_steps=20")
     assert metrics["trainer/global_step"] == 20
     stop = {"stop": {"_target_": "conftest.StopAtStep", "step": 10}}
-    _run(tmp_path, "open", *RECIPES["textbook"], f"model.chunk={chunk}", "trainer.max_epochs=-1", callbacks=stop)
+    metrics, _ = _run(
+        tmp_path, "open", *RECIPES["textbook"], f"model.chunk={chunk}", "trainer.max_epochs=-1", callbacks=stop
+    )
+    assert metrics["trainer/global_step"] == math.ceil(10 / chunk) * chunk  # (it stops after a whole chunk)

@@ -57,6 +57,7 @@ def test_handprops_best_mlp_is_a_simard_sized_network_on_full_mnist(tmp_path):
     assert cfg.data.augment.elastic and min(cfg.model.hidden) >= 800 and cfg.model.backward == "manual"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_end_to_end(tmp_path, experiment):
     overrides = [

@@ -1,10 +1,7 @@
 """A run whose numbers break stops at once, names the step and the likely cause, keeps its last good checkpoint."""
 
-import math
-
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 
 from handprop.errors import HandpropError
@@ -13,24 +10,12 @@ from handprop.train import train
 from conftest import FAST, compose_config
 
 
-class Poison(Callback):
-    """Turns a weight into NaN just before optimiser step ``step``'s forward pass."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                pl_module.net.layers[0].weight[0, 0] = math.nan
-
-
 def test_a_nan_mid_run_stops_it_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = compose_config(
         "train", [*FAST, "trainer.max_epochs=3", "model.hidden=[16]", "callbacks.pictures=null"], tmp_path
     )
     with open_dict(cfg):
-        cfg.callbacks.poison = {"_target_": "test_numerics.Poison", "step": 6}  # epoch 1, its third step
+        cfg.callbacks.poison = {"_target_": "conftest.Poison", "step": 6}  # epoch 1, its third step
     with pytest.raises(HandpropError) as e:
         train(cfg)
     message = str(e.value)

@@ -4,8 +4,9 @@ from .checkpoints import BestCheckpoint, InterruptCheckpoint, LastCheckpoint
 from .checks import GradientAudit, NumericsGuard, ReplicaCheck, parameters_digest
 from .progress import ProgressBar
 from .runlog import RunLog
+from .scalars import TrainingScalars
 from .stopping import EarlyStopping
-from .visuals import TensorBoardPictures, TrainingScalars
+from .visuals import TensorBoardPictures
 
 __all__ = [
     "BestCheckpoint",

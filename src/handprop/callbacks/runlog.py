@@ -17,10 +17,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..console import FILE_ONLY, logging_setup, percent, quiet_lightning, rebuild_logging
-from ..functional import describe_cost
+from ..functional import least_cost
 from ..steps import run_steps
 from .progress import epoch_limit, epoch_of, on_a_terminal
-from .visuals import _write_scalars
+from .scalars import write_scalars
 
 log = logging.getLogger("handprop.run")
 
@@ -87,7 +87,7 @@ class RunLog(Callback):
         samples = self._samples * trainer.world_size  # every process trains its own shard
         seconds = time.perf_counter() - self._start
         speed = samples / max(self._trained - self._start, 1e-9)
-        _write_scalars(
+        write_scalars(
             trainer,
             {"wall/epoch_s": torch.tensor(seconds), "wall/samples_per_s": torch.tensor(speed)},
             trainer.global_step - 1,
@@ -108,7 +108,7 @@ class RunLog(Callback):
         self._pending = None
         best = next((c for c in trainer.checkpoint_callbacks if c.monitor == "val/acc"), None)
         if validated and best is not None and best.best_model_score is not None:  # the best so far, as kept
-            _write_scalars(trainer, {"val/acc_best": best.best_model_score.detach().cpu()}, step)
+            write_scalars(trainer, {"val/acc_best": best.best_model_score.detach().cpu()}, step)
         m = scalar_metrics(trainer.callback_metrics)
         parts = [f"epoch {epoch_of(trainer, epoch)}"]
         for stage, loss in (("train", "train/loss_epoch"), ("val", "val/loss")):
@@ -155,3 +155,16 @@ def describe(trainer: L.Trainer, module) -> list[str]:
         length = f"{epoch_limit(trainer)} epochs" if epoch_limit(trainer) else "no epoch limit"
         lines.append(f"optimizer: {type(optimizer).__name__} ({settings}){schedule}; {length}, {steps:,} steps")
     return lines
+
+
+def describe_cost(cost: str, label_smoothing: float, classes: int) -> str:
+    """The cost in words, with its floor when that is not 0 (the loss curves level off there)."""
+    text = {
+        "cross_entropy": "cross-entropy of the softmax",
+        "quadratic": "quadratic, (1/N) Σ ½‖a - y‖²",
+        "quadratic_pm1": "quadratic against ±1 targets, (1/N) Σ ½‖a - y‖², y = 2·onehot - 1",
+    }.get(cost, cost.replace("_", " "))
+    floor = least_cost(cost, label_smoothing, classes)
+    if floor:
+        text += f", label smoothing {label_smoothing:g}: never below {floor:.3f} (the smoothed target is not one-hot)"
+    return text

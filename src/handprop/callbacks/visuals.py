@@ -1,10 +1,9 @@
-"""What TensorBoard shows of a run besides the curves: per-layer scalars and the pictures."""
+"""What TensorBoard shows of a run besides the curves: the pictures (the per-layer scalars: ``scalars.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -24,88 +23,8 @@ from ..pictures import (
     nudges_of,
     weights_figure,
 )
-from ..rules import POSITIVE_INT, POSITIVE_INT_OR_NULL, is_int, positive_int, require
-from ..steps import logs_this_step
+from .scalars import layers_of
 from .stopping import EarlyStopping
-
-
-def _layers(pl_module) -> list:
-    """The network's layers, numbered from 1 in tags (layer1 takes the pixels)."""
-    return list(pl_module.net.layers)
-
-
-def _write_scalars(trainer: L.Trainer, values: dict[str, torch.Tensor], step: int) -> None:
-    """Straight to the loggers, one host sync for all values: Lightning's self.log costs
-    about a millisecond a call, and these are logged on few steps anyway."""
-    if not trainer.is_global_zero or not trainer.loggers or not values:
-        return
-    floats = dict(zip(values, torch.stack(list(values.values())).float().tolist()))
-    for logger in trainer.loggers:
-        logger.log_metrics(floats, step=step)
-
-
-class TrainingScalars(Callback):
-    """The scalars of the vanishing-gradient story, for TensorBoard.
-
-    Every ``every_n_steps`` optimiser steps (None: ``trainer.log_every_n_steps``), for every layer:
-
-        weights/grad_norm/layer<i>     |∂C/∂W|, |∂C/∂b| together: the size of the gradient
-                                       the layer receives (sigmoid networks starve their first layers)
-        weights/update_ratio/layer<i>  |ΔW| / |W| of that step: how fast the weights move
-                                       (about 1e-3 is healthy; 1e-1 is a learning rate too high)
-
-    (The epoch's time and speed: ``RunLog``.)
-    """
-
-    def __init__(self, every_n_steps: int | None = None):
-        require(
-            every_n_steps is None or positive_int(every_n_steps), "every_n_steps", every_n_steps, POSITIVE_INT_OR_NULL
-        )
-        self.every_n_steps = every_n_steps
-        self._before: list[torch.Tensor] | None = None  # the weights before a logged step
-        self._grad_norms: torch.Tensor | None = None
-        self._pending_step: int | None = None  # the logged step, until it has been taken
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._pending_step = None
-
-    on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts without an epoch start
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not logs_this_step(trainer, self.every_n_steps):
-            return
-        layers = _layers(pl_module)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in pl_module.net.weights_and_biases()]
-        self._grad_norms = _norms(grads).view(len(layers), 2).norm(dim=1)  # |dW, db|
-        # the weights before the step, copied into buffers kept from step to step
-        if self._before is None or [w.shape for w in self._before] != [layer.weight.shape for layer in layers]:
-            self._before = [layer.weight.detach().clone() for layer in layers]
-        else:
-            for before, layer in zip(self._before, layers):
-                before.copy_(layer.weight.detach())
-        self._pending_step = trainer.global_step
-
-    def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self._write_pending(trainer, pl_module)  # the logged step has been taken since
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._write_pending(trainer, pl_module)
-
-    def _write_pending(self, trainer, pl_module) -> None:
-        if self._pending_step is None or trainer.global_step <= self._pending_step:  # (not taken yet)
-            return
-        layers = _layers(pl_module)
-        change = _norms([layer.weight.detach() - before for layer, before in zip(layers, self._before)])
-        ratios = change / _norms(self._before).clamp_min(1e-12)
-        numbers = range(1, len(layers) + 1)
-        names = [f"weights/{kind}/layer{i}" for kind in ("grad_norm", "update_ratio") for i in numbers]
-        _write_scalars(trainer, dict(zip(names, torch.cat([self._grad_norms, ratios.float()]))), self._pending_step)
-        self._pending_step = None
-
-
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The Euclidean length of each tensor, as a float32 vector."""
-    return torch.stack([torch.linalg.vector_norm(t) for t in tensors]).float()
 
 
 class TensorBoardPictures(Callback):
@@ -132,7 +51,7 @@ class TensorBoardPictures(Callback):
       visuals/descent              gradient descent down the cost: the optimiser's path
                                    through every weight and bias, on the plane the path
                                    spans most, over the training cost there (Li et al.
-                                   2018, section 7; ``pictures.py``)
+                                   2018, section 7; ``pictures/landscape.py``)
     (``visuals/`` sorts after ``train/`` and ``val/``: TensorBoard's first screen opens on
     the curves.) Titles give 1-based epochs, as the progress bar and train.log do. The PNG
     files are named for the pictures: ``first_layer_weights.png``, ...
@@ -158,16 +77,6 @@ class TensorBoardPictures(Callback):
         save_dir: str | None = None,
         seed: int = 0,
     ):
-        for name, value in (
-            ("every_n_epochs", every_n_epochs),
-            ("histograms_every_n_epochs", histograms_every_n_epochs),
-            ("max_neurons", max_neurons),
-            ("descent_samples", descent_samples),
-        ):
-            require(positive_int(value), name, value, POSITIVE_INT)
-        require(is_int(max_mistakes) and max_mistakes >= 0, "max_mistakes", max_mistakes, "must be an integer >= 0")
-        for name, value in (("descent_points", descent_points), ("descent_snapshots", descent_snapshots)):
-            require(is_int(value) and value >= 2, name, value, "must be an integer >= 2")
         self.every_n_epochs, self.histograms_every_n_epochs = every_n_epochs, histograms_every_n_epochs
         self.max_neurons, self.max_mistakes = max_neurons, max_mistakes
         self.backprop, self.descent, self.descent_points = backprop, descent, descent_points
@@ -233,7 +142,7 @@ class TensorBoardPictures(Callback):
         writer = self._writer(trainer)
         if writer is None:
             return
-        for i, layer in enumerate(_layers(pl_module), 1):
+        for i, layer in enumerate(layers_of(pl_module), 1):
             for kind, p in (("weight", layer.weight), ("bias", layer.bias)):
                 # 64 even bins: TensorBoard's default ("tensorflow", ~1,500 buckets) takes 3x as long
                 tag = f"weights/layer{i}/{kind}"
@@ -279,7 +188,7 @@ class TensorBoardPictures(Callback):
         """The weights, confusion matrix and mistakes of the latest validated epoch."""
         epoch, matrix, collected = self._undrawn  # epochs 1-based, as the progress bar counts
         self._undrawn = None
-        layers = _layers(pl_module)
+        layers = layers_of(pl_module)
         neurons = "hidden neurons" if len(layers) > 1 else "output neurons"
         figure = weights_figure(layers[0].weight, epoch, max_neurons=self.max_neurons, neurons=neurons)
         self._publish(trainer, "first_layer_weights", figure)
