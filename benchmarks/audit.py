@@ -53,8 +53,7 @@ def audit_overhead(every_n_steps: int = 100, batch: int = 128, repeats: int = 9,
 
 
 def measure(args) -> dict:
-    quick = {"batch": 16, "number": 2} if args.quick else {}
-    return audit_overhead(repeats=args.repeats, **quick)
+    return audit_overhead(repeats=args.repeats, **timing.toy(args, batch=16, number=2))
 
 
 def report(a: dict) -> str:

@@ -246,7 +246,7 @@ def epoch_speed(epochs: int = 9, overrides=(), device="cpu") -> dict:
 
 def measure(args) -> dict:
     """--quick: two epochs of three Lightning batches."""
-    quick = {"epochs": 2, "overrides": ("trainer.limit_train_batches=3",)} if args.quick else {}
+    quick = timing.toy(args, epochs=2, overrides=("trainer.limit_train_batches=3",))
     return epoch_speed(device=args.device, **quick)
 
 

@@ -42,8 +42,7 @@ def gemm_fraction(batch: int = 512, hidden=(1024, 1024), repeats: int = 9, squar
 
 
 def measure(args) -> dict:
-    quick = {"batch": 16, "hidden": (32, 32), "square": 64} if args.quick else {}
-    return gemm_fraction(repeats=args.repeats, **quick)
+    return gemm_fraction(repeats=args.repeats, **timing.toy(args, batch=16, hidden=(32, 32), square=64))
 
 
 def report(g: dict) -> str:

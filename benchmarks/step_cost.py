@@ -108,8 +108,7 @@ def step_cost(overrides=(), repeats: int = 3, threads: int = 1, variants=VARIANT
 def measure(args) -> dict:
     """On ``args.mnist_overrides`` (full MNIST where it is installed: 5,000 steps an epoch);
     --quick: handprop's step alone, one round."""
-    quick = {"repeats": 1, "variants": ("handprop",)} if args.quick else {}
-    return step_cost(args.mnist_overrides, **quick)
+    return step_cost(args.mnist_overrides, **timing.toy(args, repeats=1, variants=("handprop",)))
 
 
 def report(r: dict) -> str:

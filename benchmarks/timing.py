@@ -79,5 +79,11 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+def toy(args, **sizes) -> dict:
+    """A section's toy sizes under --quick (every section runs, in seconds, as make test runs
+    it), else none: the section's defaults."""
+    return sizes if args.quick else {}
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
