@@ -169,6 +169,8 @@ def test_every_shipped_option_is_valid(train_cfg, tmp_path, group, option):
 
 
 def test_eval_config_is_checked_whole(tmp_path):
+    (missing,) = config_problems(compose_config("eval", [], tmp_path))  # a value the config leaves to be given
+    assert missing.startswith("ckpt_path: is required (the config leaves it ???): give it, e.g. ckpt_path=outputs/")
 
     assert config_problems(compose_config("eval", ["ckpt_path=x"], tmp_path)) == []
     assert config_problems(compose_config("eval", ["ckpt_path=x", "trainer.precision=17"], tmp_path))[0].startswith(

@@ -25,6 +25,7 @@ A key that is not in the config at all is Hydra's to refuse, before any of this:
 from __future__ import annotations
 
 import sys
+import traceback
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
@@ -92,3 +93,6 @@ class Gate(HydraCallback):
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except Exception:  # a bug in a rule: Hydra would only warn of a callback's exception and run on
+            traceback.print_exc()
+            sys.exit(1)

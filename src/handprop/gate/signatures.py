@@ -32,7 +32,7 @@ def targets(node, prefix: str = "") -> Iterator[tuple[str, DictConfig]]:
         for key in node:
             if not prefix and key == "hydra":
                 continue
-            if not OmegaConf.is_interpolation(node, key):  # a value set elsewhere is checked there
+            if not (OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key)):  # (checked elsewhere)
                 yield from targets(node[key], f"{prefix}{key}.")
 
 

@@ -282,10 +282,11 @@ def leaves(node, prefix: str = "") -> Iterator[tuple[str, object]]:
     """(dotted key, resolved plain value) of every value in a config, lists kept whole.
     Interpolated values (``max_lr: ${optimizer.lr}``) are skipped: they are checked, and
     named, where they are set; so is one that cannot be resolved here (``${hydra:...}``
-    outside a Hydra run): it is Hydra's to fill in, not the user's to fix."""
+    outside a Hydra run): it is Hydra's to fill in, not the user's to fix. A value the
+    config leaves to be given (``???``) is skipped too (``value_problems`` names it)."""
     for key in node:
-        if (not prefix and key == "hydra") or OmegaConf.is_interpolation(node, key):
-            continue  # Hydra's own settings; values set elsewhere
+        if (not prefix and key == "hydra") or OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+            continue  # Hydra's own settings; values set elsewhere; values to be given
         path, value = f"{prefix}{key}", node[key]
         if isinstance(value, DictConfig):
             yield from leaves(value, path + ".")
@@ -298,6 +299,17 @@ def leaves(node, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield path, value
 
 
+def _missing(node, prefix: str = "") -> Iterator[str]:
+    """The dotted keys of the values a config leaves to be given (``???``), resolving nothing."""
+    for key in node:
+        if (not prefix and key == "hydra") or OmegaConf.is_interpolation(node, key):
+            continue
+        if OmegaConf.is_missing(node, key):
+            yield f"{prefix}{key}"
+        elif isinstance(node[key], DictConfig):
+            yield from _missing(node[key], f"{prefix}{key}.")
+
+
 def value_problems(cfg: DictConfig, values: dict) -> dict[str, str]:
     """key -> its first problem, for every value that is wrong on its own: a choice of
     Lightning's registries, a range of ``RANGES``, a type of a signature, a rule of ``OWN``."""
@@ -307,6 +319,10 @@ def value_problems(cfg: DictConfig, values: dict) -> dict[str, str]:
 
     def report(line: str) -> None:
         problems.setdefault(line.split("=")[0].split(":")[0], line)
+
+    for key in _missing(cfg):
+        example = "=outputs/<run>/checkpoints/last.ckpt" if key == "ckpt_path" else "=VALUE"
+        report(f"{key}: is required (the config leaves it ???): give it, e.g. {key}{example}")
 
     for key, allowed in _choices().items():
         if key in values and values[key] not in allowed:
