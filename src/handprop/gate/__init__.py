@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HandpropError
 from . import across, run
 from .across import schedule_length
 from .run import MAX_CHUNK, Plan, planned_steps, train_size
@@ -90,7 +90,7 @@ class Gate(HydraCallback):
         HydraConfig.instance().set_config(config)  # (Hydra sets it next, for the job; the paths need it now)
         try:
             check(config)
-        except ConfigError as e:
+        except HandpropError as e:  # a bad value, or a checkpoint that cannot be read
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
         except Exception:  # a bug in a rule: Hydra would only warn of a callback's exception and run on
