@@ -285,19 +285,12 @@ def unknown_override_message(argv: list[str], name: str = "train") -> str | None
     """What train.py (``name="eval"``: eval.py) says of a key in ``argv`` that is not in the
     config; None when every key is there, or Hydra refuses the overrides for another reason.
     A sweep (``-m a=1,2``) is composed with the first value of each list, as its jobs are."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
-
     from handprop.compose import bare_config  # noqa: PLC0415
     from handprop.errors import ConfigError  # noqa: PLC0415
+    from handprop.gate.keys import typed_overrides  # noqa: PLC0415
 
     try:
-        parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
-        overrides = [
-            f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-            for o in parsed
-            if not o.is_interval_sweep()
-        ]
-        bare_config(overrides, name)
+        bare_config(list(typed_overrides(argv).values()), name)
     except ConfigError as e:
         return str(e)
     except Exception:  # noqa: BLE001 -- Hydra's to report, in its own words

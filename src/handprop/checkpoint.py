@@ -123,7 +123,7 @@ def _model_on_meta(what: str, hp: dict):
     """The network the hyper-parameters describe, checked by the config gate's rules for
     the model's settings and built on the meta device: no memory is allocated whatever
     sizes it names."""
-    from .gate.values import own_rules  # noqa: PLC0415 -- (the gate's rules import the model)
+    from .gate.values import own_problems, own_rules  # noqa: PLC0415 -- (the gate's rules import the model)
 
     known = inspect.signature(DigitClassifier).parameters
     unknown = sorted(set(hp) - set(known))
@@ -132,8 +132,7 @@ def _model_on_meta(what: str, hp: dict):
             f"{what}: its hyper_parameters have keys this version of handprop does not know "
             f"({', '.join(unknown)}); use a checkpoint handprop wrote"
         )
-    rules = own_rules()[DigitClassifier]
-    refused = [f"{k}={hp[k]!r}: {allowed}" for k, check in rules.items() if k in hp and (allowed := check(hp[k]))]
+    refused = own_problems(own_rules()[DigitClassifier], hp)
     if refused:
         raise CheckpointError(
             f"{what}: its hyper_parameters do not describe a handprop network ({'; '.join(refused)}); "

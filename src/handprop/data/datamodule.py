@@ -18,11 +18,11 @@ def per_process_batch(batch_size: int, world: int) -> int:
     """``batch_size`` is the global batch: each of the ``world`` processes takes an equal share.
     The config gate checks it before any process starts; here it is checked again once the
     real number of processes is known (``trainer.devices=auto``, a torchrun launch)."""
-    if batch_size % world:
-        raise DataError(
-            f"data.batch_size={batch_size}: is the global batch and must divide evenly among the {world} "
-            f"processes, e.g. data.batch_size={max(world, batch_size // world * world)}"
-        )
+    from ..gate.across import batch_problem  # noqa: PLC0415 -- (the gate's rules import the data module)
+
+    problem = batch_problem(batch_size, world)
+    if problem:
+        raise DataError(problem)
     return batch_size // world
 
 

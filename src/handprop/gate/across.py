@@ -99,13 +99,9 @@ def _data(values: dict) -> list[str]:
     # data.batch_size is the global batch: checked here, before any process is launched,
     # when the number of processes is known
     devices, nodes, batch = (values.get(k) for k in ("trainer.devices", "trainer.num_nodes", "data.batch_size"))
-    world = devices * (nodes or 1) if positive_int(devices) and positive_int(nodes or 1) else None
-    if world and positive_int(batch) and batch % world:
-        found.append(
-            f"data.batch_size={batch!r}: is the global batch and must divide evenly among the {world} processes "
-            f"(trainer.devices={devices} x trainer.num_nodes={nodes}), "
-            f"e.g. data.batch_size={max(world, batch // world * world)}"
-        )
+    if positive_int(devices) and positive_int(nodes or 1) and positive_int(batch):
+        problem = batch_problem(batch, devices * (nodes or 1), f"trainer.devices={devices} x trainer.num_nodes={nodes}")
+        found += [problem] if problem else []
     return found
 
 
@@ -120,6 +116,17 @@ def notes(values: dict) -> list[str]:
         for key in ("val_size", "data_dir", "download")
         if values.get(f"data.{key}") not in (None, False)
     ]
+
+
+def batch_problem(batch_size: int, world: int, processes: str = "") -> str | None:
+    """``data.batch_size`` is the global batch: it must divide evenly among the ``world``
+    processes (``processes``: how their number came about). None when it does."""
+    if not batch_size % world:
+        return None
+    return (
+        f"data.batch_size={batch_size!r}: is the global batch and must divide evenly among the {world} processes"
+        f"{f' ({processes})' if processes else ''}, e.g. data.batch_size={max(world, batch_size // world * world)}"
+    )
 
 
 def _start(cfg: DictConfig) -> list[str]:

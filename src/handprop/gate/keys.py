@@ -49,7 +49,7 @@ def unknown_key_message(error: Exception, argv: list[str]) -> str | None:
         missing.parent_node, DictConfig
     ):
         return None
-    plain = _typed(argv)
+    plain = typed_overrides(argv)
     key = next((k for k in plain if k == missing.full_key or k.startswith(f"{missing.full_key}.")), None)
     node, last = missing.parent_node, missing.key
     where = missing.full_key.rpartition(".")[0]
@@ -65,7 +65,7 @@ def unknown_key_message(error: Exception, argv: list[str]) -> str | None:
     return unknown_key(where, last, known)
 
 
-def _typed(argv: list[str]) -> dict[str, str]:
+def typed_overrides(argv: list[str]) -> dict[str, str]:
     """key -> the override as typed; -m a=1,2: one value is enough to know the key."""
     try:
         parsed = override_parser().parse_overrides([a for a in argv if not a.startswith("-")])

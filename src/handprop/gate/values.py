@@ -1,7 +1,7 @@
 """Each value on its own: its range and its choices, one wording, ``key=value: what is allowed``.
 
 Two tables: ``RANGES``, the settings of other libraries' code (PyTorch's optimisers and
-schedules, Lightning's trainer and callbacks) by config key, and ``OWN``, the settings of
+schedules, Lightning's trainer and callbacks) by config key, and ``own_rules``, the settings of
 handprop's own classes by class and parameter, wherever a config puts them. The types
 come from the signatures (``signatures.py``); the rules that join keys from ``across.py``.
 Constructors do not check again: each rule runs once, here.
@@ -55,8 +55,7 @@ def unknown_key(where: str, key: str, known: Iterable[str]) -> str:
 
 
 def one_of(choices: Iterable) -> Callable[[object], str | None]:
-    """A rule for a value that must be one of ``choices``: what is allowed (with the nearest
-    choice suggested), or None when it is one."""
+    """A rule: the value is one of ``choices`` (None), or what is allowed, the nearest suggested."""
     choices = [str(c) for c in choices]
 
     def check(value) -> str | None:
@@ -69,7 +68,7 @@ def one_of(choices: Iterable) -> Callable[[object], str | None]:
 
 
 def rule(ok: Callable[[object], bool], allowed: str) -> Callable[[object], str | None]:
-    return lambda value: None if ok(value) else allowed
+    return lambda value: None if ok(value) else allowed  # (one_of's answer, from a predicate)
 
 
 # --------------------------------------------------------------------------- other libraries' settings
@@ -259,6 +258,15 @@ def own_rules() -> dict[type, dict[str, Callable[[object], str | None]]]:
     }
 
 
+def own_problems(rules: dict, settings: dict, prefix: str = "") -> list[str]:
+    """``settings`` (name -> value) against a class's own ``rules``, one line per refusal."""
+    return [
+        f"{prefix}{name}={settings[name]!r}: {allowed}"
+        for name, check in rules.items()
+        if name in settings and (allowed := check(settings[name]))
+    ]
+
+
 def _own_rules_of(target: str) -> dict:
     try:
         cls = get_object(target)
@@ -312,7 +320,7 @@ def _missing(node, prefix: str = "") -> Iterator[str]:
 
 def value_problems(cfg: DictConfig, values: dict) -> dict[str, str]:
     """key -> its first problem, for every value that is wrong on its own: a choice of
-    Lightning's registries, a range of ``RANGES``, a type of a signature, a rule of ``OWN``."""
+    Lightning's registries, a range of ``RANGES``, a type of a signature, a rule of ``own_rules``."""
     from .signatures import setting_problems, targets  # noqa: PLC0415
 
     problems: dict[str, str] = {}
@@ -323,7 +331,6 @@ def value_problems(cfg: DictConfig, values: dict) -> dict[str, str]:
     for key in _missing(cfg):
         example = "=outputs/<run>/checkpoints/last.ckpt" if key == "ckpt_path" else "=VALUE"
         report(f"{key}: is required (the config leaves it ???): give it, e.g. {key}{example}")
-
     for key, allowed in _choices().items():
         if key in values and values[key] not in allowed:
             report(f"{key}={values[key]!r}: must be one of {', '.join(map(str, allowed))}")
@@ -336,10 +343,8 @@ def value_problems(cfg: DictConfig, values: dict) -> dict[str, str]:
     for line in setting_problems(cfg, skip=set(problems)):
         report(line)
     for where, node in targets(cfg):
-        for name, check in _own_rules_of(str(node._target_)).items():
-            key = f"{where}.{name}"
-            if key in values and key not in problems:
-                allowed = check(values[key])
-                if allowed:
-                    report(f"{key}={values[key]!r}: {allowed}")
+        settings = {k.removeprefix(f"{where}."): v for k, v in values.items() if k.startswith(f"{where}.")}
+        settings = {name: v for name, v in settings.items() if f"{where}.{name}" not in problems}  # (not refused yet)
+        for line in own_problems(_own_rules_of(str(node._target_)), settings, f"{where}."):
+            report(line)
     return problems
