@@ -5,10 +5,12 @@ from .checks import GradientAudit, NumericsGuard, ReplicaCheck, parameters_diges
 from .progress import ProgressBar
 from .runlog import RunLog
 from .scalars import TrainingScalars
+from .snapshots import BackpropSnapshots
 from .stopping import EarlyStopping
 from .visuals import TensorBoardPictures
 
 __all__ = [
+    "BackpropSnapshots",
     "BestCheckpoint",
     "EarlyStopping",
     "GradientAudit",

@@ -57,3 +57,11 @@ def nudges(x: Tensor, target: Tensor, cost: str, label_smoothing: float, activat
     pulls, changes = [-p for p in pulls], [-d for d in grads]
     acts = [s.x for s in saved[1:]] + [out]  # each layer's input is the activation of the one below
     return Nudges(c.read(out), c.desired(target, out, label_smoothing), acts, pulls, changes, loss)
+
+
+def ranking(inside: Nudges, layer: int) -> Tensor:
+    """The neurons of ``layer`` (0: the first hidden layer), the one passing on the largest
+    change first: by |∂C/∂z|, which is the size of the neuron's bias change and the scale of
+    all its weight changes. A saturated or switched-off neuron (f'(z) near 0) passes on
+    almost nothing, however large the nudge it is asked for, and ranks low."""
+    return inside.changes[2 * layer + 1].abs().argsort(descending=True, stable=True)

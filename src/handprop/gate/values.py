@@ -182,6 +182,7 @@ def own_rules() -> dict[type, dict[str, Callable[[object], str | None]]]:
         rule(lambda v: v is None or positive_int(v), POSITIVE_INT_OR_NULL),
     )
     at_least_2 = rule(_int_at_least(2), "must be an integer >= 2")
+    positive_number = rule(_positive_number, "must be a positive number")
     return {
         DigitClassifier: {
             "hidden": rule(
@@ -234,12 +235,13 @@ def own_rules() -> dict[type, dict[str, Callable[[object], str | None]]]:
         },
         C.GradientAudit: {
             "every_n_steps": positive,
-            "threshold": rule(_positive_number, "must be a positive number"),
-            "threshold_half_precision": rule(_positive_number, "must be a positive number"),
+            "threshold": positive_number,
+            "threshold_half_precision": positive_number,
         },
         C.NumericsGuard: {"every_n_steps": positive},
         C.ReplicaCheck: {"every_n_epochs": positive_or_null},
         C.TrainingScalars: {"every_n_steps": positive_or_null},
+        C.BackpropSnapshots: {"budget_mb": positive_number, "max_digits": positive},
         C.TensorBoardPictures: {
             "every_n_epochs": positive,
             "histograms_every_n_epochs": positive,

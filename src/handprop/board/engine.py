@@ -1,0 +1,349 @@
+"""The Backprop tab's numbers: one digit through a run's network and back, by the functions that train it.
+
+Every number comes from a snapshot's own network, in float64, through ``functional``'s
+forward and hand-written backward sweeps (``functional.nudges``), and one step's
+gradient through the autograd engine calling ``MLPFunction.backward``, as a training
+step takes it. Nothing here changes a file: a step is taken on a copy in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import functional as HF
+from ..checkpoint import model_from_checkpoint, read_checkpoint
+from ..errors import CheckpointError
+from ..functional.activations import ACTIVATIONS
+from ..functional.nudges import nudges, ranking
+from ..predict import ImageError, to_mnist
+from .runs import BadRequest
+
+MAX_SIDE = 1024  # a canvas sent larger than this a side is refused
+THUMBNAILS = 64  # of a step's mini-batch, the digits shown
+TOP_TERMS = 10  # a neuron's nudge: the largest of the nudges above it, one by one, and the rest as one sum
+
+
+class Network:
+    """A snapshot's network, as the tab reads it: float64 weights and biases, the pixel
+    standardisation, the activations and the cost."""
+
+    def __init__(self, path: Path):
+        try:
+            checkpoint = read_checkpoint(path, option=None)
+        except CheckpointError as e:
+            raise BadRequest(str(e)) from None
+        model = model_from_checkpoint(checkpoint).double().eval()
+        self.hparams = dict(model.hparams)
+        self.normalize = model.normalize
+        self.params = [p.detach() for p in model.net.weights_and_biases()]
+        self.activations = model.net.activations
+        self.cost, self.smoothing = self.hparams["loss"], float(self.hparams.get("label_smoothing", 0.0))
+        self.epoch, self.step, self.val_acc = (checkpoint.get(k) for k in ("epoch", "step", "val_acc"))
+
+    def sweep(self, pixels: Tensor, labels: Tensor, params=None):
+        """One forward and hand-written backward sweep over ``pixels`` (N, 784) in [0, 1]."""
+        x = self.normalize(pixels.double())
+        return x, nudges(x, labels, self.cost, self.smoothing, self.activations, params or self.params)
+
+    def gradient(self, pixels: Tensor, labels: Tensor, params, backward: str = "manual") -> tuple[Tensor, list]:
+        """The cost and its gradient as a training step takes them: ``functional.mlp`` (one
+        MLPFunction node), differentiated by the autograd engine, which calls its
+        hand-written backward (``backward="autograd"``: PyTorch's own, for comparison)."""
+        leaves = [p.detach().requires_grad_() for p in params]
+        layers = list(zip(leaves[::2], leaves[1::2]))
+        with torch.enable_grad():
+            x = self.normalize(pixels.double())
+            _, loss = HF.mlp(x, layers, self.activations, 0.0, backward, labels, self.cost, self.smoothing)
+            return loss.detach(), list(torch.autograd.grad(loss, leaves))
+
+
+_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=16)
+def _network(path: str, stamp: tuple) -> Network:
+    return Network(Path(path))
+
+
+def network(path: Path) -> Network:
+    """The snapshot's network, loaded once per file version (its size and modification time)."""
+    stat = path.stat()
+    with _LOCK:
+        return _network(str(path), (stat.st_size, stat.st_mtime_ns))
+
+
+def digit_from_request(body: dict, digits: dict | None) -> tuple[Tensor, int | None]:
+    """The 28x28 digit (784,) in [0, 1] a request names, and its label if known: a drawn
+    canvas (``canvas``: {"width", "height", "grey": list of 0-255, row by row}, brought to
+    MNIST's form by predict.py's own ``to_mnist``), or one of the run's validation digits
+    (``digit``: its index)."""
+    if "digit" in body and body["digit"] is not None:
+        i = body["digit"]
+        count = 0 if digits is None else len(digits["val_labels"])
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
+            raise BadRequest(f"digit {i!r}: give the index of one of the run's {count} validation digits")
+        return digits["val_images"][i].double().flatten() / 255, int(digits["val_labels"][i])
+    canvas = body.get("canvas")
+    if not isinstance(canvas, dict):
+        raise BadRequest("no digit given: draw one on the canvas, or pick one of the run's validation digits")
+    w, h, grey = canvas.get("width"), canvas.get("height"), canvas.get("grey")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_SIDE for v in (w, h)):
+        raise BadRequest(f"canvas {w!r}x{h!r}: width and height must be whole numbers from 8 to {MAX_SIDE}")
+    if not isinstance(grey, list) or len(grey) != w * h:
+        size = len(grey) if isinstance(grey, list) else type(grey).__name__
+        raise BadRequest(f"canvas: {w}x{h} needs {w * h} grey levels, row by row; got {size}")
+    try:
+        levels = torch.tensor(grey, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise BadRequest("canvas: grey levels must be numbers from 0 to 255") from None
+    if levels.dim() != 1 or not bool(torch.isfinite(levels).all()) or levels.min() < 0 or levels.max() > 255:
+        raise BadRequest("canvas: grey levels must be numbers from 0 to 255")
+    try:
+        return to_mnist(levels.view(h, w) / 255)[0].double().flatten(), None
+    except ImageError as e:
+        raise BadRequest(f"canvas: {e}; draw a digit first") from None
+
+
+def target_for(net: Network, pixels: Tensor, label: int | None, body: dict) -> int:
+    """The digit the cost is asked for: the request's ``target``; without one, the digit's
+    label if it has one, else the digit the network reads."""
+    target, classes = body.get("target"), int(net.params[-1].shape[0])
+    if target is None:
+        return label if label is not None else int(net.sweep(pixels[None], torch.tensor([0]))[1].read[0].argmax())
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < classes:
+        raise BadRequest(f"target {target!r}: must be a digit from 0 to {classes - 1}")
+    return target
+
+
+@functools.lru_cache(maxsize=16)
+def _digits(path: str, stamp: tuple) -> dict:
+    try:
+        digits = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, damaged, or a pickle asking for more than tensors
+        raise BadRequest(f"{path}: cannot be read ({str(e).splitlines()[0][:200]}); train the run again") from None
+    shapes = {"val_images": 3, "val_labels": 1, "batch_images": 3, "batch_labels": 1}
+    if not isinstance(digits, dict) or not all(
+        isinstance(digits.get(k), Tensor) and digits[k].dim() == d for k, d in shapes.items()
+    ):
+        raise BadRequest(f"{path}: not the digits handprop writes for the Backprop tab; train the run again")
+    return digits
+
+
+def run_digits(run: Path) -> dict:
+    """The digits a run keeps for the tab (``callbacks.BackpropSnapshots``), loaded once."""
+    path = run / "backprop" / "digits.pt"
+    if not path.is_file():
+        raise BadRequest(f"{path.name} is missing from the run's backprop/: train the run again")
+    stat = path.stat()
+    with _LOCK:
+        return _digits(str(path), (stat.st_size, stat.st_mtime_ns))
+
+
+def batch_of(digits: dict) -> tuple[Tensor, Tensor]:
+    """The run's fixed training mini-batch, as pixels (N, 784) in [0, 1] and labels."""
+    return digits["batch_images"].flatten(1).double() / 255, digits["batch_labels"]
+
+
+def digits_read(net: Network, digits: dict, shown: int) -> dict:
+    """The run's validation digits as this snapshot reads them, its mistakes first."""
+    pixels = digits["val_images"].flatten(1).double() / 255
+    labels = digits["val_labels"]
+    _, inside = net.sweep(pixels, labels)
+    read = inside.read.argmax(1)
+    wrong = read != labels
+    order = torch.cat([wrong.nonzero()[:, 0], (~wrong).nonzero()[:, 0]])[:shown]
+    return {
+        "count": len(labels),
+        "mistakes": int(wrong.sum()),
+        "digits": [
+            {
+                "index": int(i),
+                "label": int(labels[i]),
+                "read": int(read[i]),
+                "pixels": digits["val_images"][i].flatten().tolist(),
+            }
+            for i in order
+        ],
+    }
+
+
+def slope(activation: str, z: Tensor) -> Tensor:
+    """f'(z), by the activation's own chain rule (from what its forward pass keeps)."""
+    f = ACTIVATIONS[activation]
+    saved = {"output": f.fn(z), "input": z, "nothing": None}[f.saves]
+    return f.chain(torch.ones_like(z), saved)
+
+
+@functools.lru_cache
+def steepest(activation: str) -> float:
+    """The largest slope f'(z) of an activation, over z in [-8, 8]."""
+    return float(slope(activation, torch.linspace(-8, 8, 1601, dtype=torch.float64)).abs().max())
+
+
+def _states(activation: str, a: Tensor, slope: Tensor) -> list[str]:
+    """Per neuron: "off" (a switched-off ReLU: a = 0, so no change passes through it),
+    "saturated" (its slope f'(z) under 5% of the activation's steepest), or ""."""
+    if activation == "relu":
+        return ["off" if v <= 0 else "" for v in a.tolist()]
+    limit = 0.05 * steepest(activation)
+    return ["saturated" if abs(v) < limit else "" for v in slope.tolist()]
+
+
+def explain(net: Network, pixels: Tensor, label: int | None, body: dict) -> dict:
+    """What one digit asks of the network (see docs/tensorboard.md, the Backprop tab)."""
+    target = target_for(net, pixels, label, body)
+    x, inside = net.sweep(pixels[None], torch.tensor([target]))
+    read = int(inside.read[0].argmax())
+    layers = []
+    for i, activation in enumerate(net.activations):
+        a, pull = inside.activations[i][0], inside.pulls[i][0]
+        below = x[0] if i == 0 else inside.activations[i - 1][0]
+        fprime = slope(activation, below @ net.params[2 * i].T + net.params[2 * i + 1])
+        layers.append(
+            {
+                "name": f"hidden layer {i + 1}" if i < len(net.activations) - 1 else "output layer",
+                "activation": activation,
+                "a": a.tolist(),
+                "nudge": pull.tolist(),
+                "passed_on": inside.changes[2 * i + 1].tolist(),  # -∂C/∂z = the nudge times f'(z) = the bias change
+                "slope": fprime.tolist(),
+                "order": ranking(inside, i).tolist(),
+                "state": _states(activation, a, fprime),
+            }
+        )
+    return {
+        "snapshot": {"epoch": net.epoch, "step": net.step, "val_acc": net.val_acc},
+        "network": _describe(net),
+        "pixels": pixels.tolist(),
+        "input_range": [float(x.min()), float(x.max())],
+        "label": label,
+        "read": read,
+        "target": target,
+        "output": {"read": inside.read[0].tolist(), "desired": inside.desired[0].tolist()},
+        "cost": float(inside.cost),
+        "layers": layers,
+        "neuron": _neuron(net, x[0], inside, body),
+    }
+
+
+FORMULAS = {
+    "quadratic": "the quadratic cost C = ½ Σₖ (aₖ − yₖ)², y one-hot",
+    "quadratic_pm1": "the quadratic cost C = ½ Σₖ (aₖ − yₖ)², y = +1 for the digit, −1 for the others",
+    "cross_entropy": "the cross-entropy C = −Σₖ yₖ ln pₖ, p = softmax(output)",
+    "binary_cross_entropy": "C = −Σₖ [yₖ ln σₖ + (1 − yₖ) ln(1 − σₖ)], σ = sigmoid(output)",
+}
+
+
+def _describe(net: Network) -> dict:
+    hp = net.hparams
+    sizes = [hp.get("input_size", 784), *hp.get("hidden", []), hp.get("num_classes", 10)]
+    c = HF.COSTS[net.cost]
+    return {
+        "sizes": sizes,
+        "activations": list(net.activations),
+        "cost": net.cost,
+        "label_smoothing": net.smoothing,
+        "normalize": hp.get("normalize", True),
+        "calibrated": bool(c.calibrated),
+        "reads": "softmax probability" if net.cost == "cross_entropy" else "output activation",
+        "formula": FORMULAS.get(net.cost, net.cost)
+        + (f", label smoothing ε = {net.smoothing:g}: y = (1−ε)·one-hot + ε/10" if net.smoothing else ""),
+    }
+
+
+def _neuron(net: Network, x: Tensor, inside, body: dict) -> dict:
+    """One neuron: its nudge as the sum of the nudges above it, each weighted by its
+    connection; its bias change; its weight changes (the nudge it passes on times each
+    input below it)."""
+    hidden = len(net.activations) - 1
+    layer, index = body.get("layer"), body.get("neuron")
+    if layer is None and index is None:
+        layer = 0
+        index = int(ranking(inside, 0)[0])
+    sizes = [p.shape[0] for p in net.params[::2]]
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= hidden:
+        raise BadRequest(f"layer {layer!r}: must be from 0 (the first hidden layer) to {hidden} (the output layer)")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < sizes[layer]:
+        raise BadRequest(f"neuron {index!r}: layer {layer} has neurons 0 to {sizes[layer] - 1}")
+    below = x if layer == 0 else inside.activations[layer - 1][0]
+    passed_on = inside.changes[2 * layer + 1][index]  # -∂C/∂z_j, = the bias change
+    terms = None
+    if layer < hidden:
+        w_above = net.params[2 * (layer + 1)][:, index]  # w_kj: from this neuron to each neuron k above
+        contributions = w_above * inside.changes[2 * (layer + 1) + 1]  # w_kj · (-∂C/∂z_k)
+        top = contributions.abs().argsort(descending=True)[:TOP_TERMS]
+        terms = {
+            "above": [int(k) for k in top],
+            "weight": w_above[top].tolist(),
+            "passed_on_above": inside.changes[2 * (layer + 1) + 1][top].tolist(),
+            "term": contributions[top].tolist(),
+            "rest": float(contributions.sum() - contributions[top].sum()),
+            "sum": float(contributions.sum()),
+        }
+    return {
+        "layer": layer,
+        "index": index,
+        "a": float(inside.activations[layer][0][index]),
+        "nudge": float(inside.pulls[layer][0][index]),
+        "passed_on": float(passed_on),
+        "bias_change": float(passed_on),
+        "weight_change": inside.changes[2 * layer][index].tolist(),  # -∂C/∂w_ji = -∂C/∂z_j · a_i (the input i)
+        "input": below.tolist(),
+        "from_above": terms,
+    }
+
+
+def one_step(net: Network, pixels: Tensor, target: int, lr: float, batch: tuple[Tensor, Tensor]) -> dict:
+    """A plain gradient step of size ``lr`` on this digit alone, and on a mini-batch that
+    contains it (``batch``: the run's fixed training mini-batch, its first digit replaced by
+    this one), each on a copy of the weights: outputs and cost before and after."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr <= 100) or math.isnan(lr):
+        raise BadRequest(f"step size {lr!r}: must be a number above 0 and at most 100")
+    one = (pixels[None], torch.tensor([target]))
+    images, labels = batch
+    images, labels = torch.cat([pixels[None], images[1:]]), torch.cat([one[1], labels[1:]])
+    results = {}
+    for name, (xs, ys) in {"digit": one, "batch": (images, labels)}.items():
+        cost, grads = net.gradient(xs, ys, net.params)
+        stepped = [p - lr * g for p, g in zip(net.params, grads)]
+        before, after = net.sweep(pixels[None], one[1])[1], net.sweep(pixels[None], one[1], stepped)[1]
+        results[name] = {
+            "cost_before": float(cost),
+            "cost_after": float(net.gradient(xs, ys, stepped)[0]),
+            "digit_cost_before": float(before.cost),
+            "digit_cost_after": float(after.cost),
+            "read_before": before.read[0].tolist(),
+            "read_after": after.read[0].tolist(),
+            "size": len(ys),
+        }
+    results["batch"]["labels"] = labels.tolist()
+    results["batch"]["images"] = (images[:THUMBNAILS] * 255).round().int().tolist()  # the digits shown
+    results["lr"] = lr
+    return results
+
+
+def check(net: Network, pixels: Tensor, target: int) -> dict:
+    """This digit's gradient by the hand-written backward and by PyTorch's autograd, per
+    weight and bias, in float64."""
+    labels = torch.tensor([target])
+    _, ours = net.gradient(pixels[None], labels, net.params, "manual")
+    _, theirs = net.gradient(pixels[None], labels, net.params, "autograd")
+    rows = []
+    for i, (mine, ref) in enumerate(zip(ours, theirs)):
+        diff = float((mine - ref).abs().max())
+        rows.append(
+            {
+                "name": f"{'W' if i % 2 == 0 else 'b'}{i // 2 + 1}",
+                "shape": list(mine.shape),
+                "max_abs_diff": diff,
+                "max_abs": float(ref.abs().max()),
+                "allclose": bool(torch.allclose(mine, ref, rtol=1e-10, atol=1e-12)),
+            }
+        )
+    return {"rows": rows, "agree": all(r["allclose"] for r in rows)}

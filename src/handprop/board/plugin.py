@@ -1,0 +1,129 @@
+"""TensorBoard's Backprop tab: the ``tensorboard_plugins`` entry point handprop installs.
+
+The tab (``static/index.js``, plain JavaScript in TensorBoard's plugin iframe) asks these
+JSON routes, under ``/data/plugin/backprop/``, relative to the page:
+
+    GET  runs           the runs under --logdir with snapshots (backprop/index.json each)
+    POST digits         a snapshot's reading of the run's validation digits, mistakes first
+    POST explain        one digit through the network and back: forward pass, output against
+                        desired, the nudges of every layer, one neuron's changes
+    POST step           a plain gradient step on this digit, and on a mini-batch containing it
+    POST check          this digit's hand-written gradients against autograd's
+
+A request the tab refuses gets HTTP 400 and ``{"error": "<one line>"}``; nothing on disk
+is ever written. torch is imported on the first request that needs it, never when
+TensorBoard starts or asks whether the tab is active.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tensorboard.plugins import base_plugin
+from werkzeug import Request, Response
+
+from .runs import BadRequest, RunCache, run_directory, snapshot_file
+
+STATIC = Path(__file__).with_name("static")
+FILES = {"/index.js": "text/javascript", "/style.css": "text/css"}  # all it serves of its own: no path from a request
+MAX_BODY = 4 * 2**20  # a 1024 x 1024 canvas of grey levels as JSON is under this
+DIGITS_SHOWN = 60
+
+
+def _json(payload, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status=status, content_type="application/json")
+
+
+class BackpropPlugin(base_plugin.TBPlugin):
+    plugin_name = "backprop"
+
+    def __init__(self, context: base_plugin.TBContext):
+        self.logdir = context.logdir or ""
+        self.cache = RunCache(self.logdir)
+
+    def is_active(self) -> bool:
+        return bool(self.cache.runs())
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="Backprop")
+
+    def get_plugin_apps(self) -> dict:
+        apps = {route: self._static for route in FILES}
+        apps.update({"/runs": self._runs, "/digits": self._digits, "/explain": self._explain})
+        apps.update({"/step": self._step, "/check": self._check})
+        return apps
+
+    @Request.application
+    def _static(self, request: Request) -> Response:
+        route = request.path[request.path.rindex("/") :]
+        return Response((STATIC / route[1:]).read_bytes(), content_type=FILES[route])
+
+    @Request.application
+    def _runs(self, request: Request) -> Response:
+        runs = []
+        for run in self.cache.runs(fresh=True):
+            try:
+                index = json.loads((Path(self.logdir) / run / "backprop" / "index.json").read_text())
+                runs.append({"run": run, "network": index["network"], "snapshots": index["snapshots"]})
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a run being written, or not ours
+        return _json({"logdir": str(self.logdir), "runs": runs})
+
+    def _answer(self, request: Request, work) -> Response:
+        """The route's JSON answer to a JSON body, or a 400 naming what was wrong with it."""
+        try:
+            if request.content_length is not None and request.content_length > MAX_BODY:
+                raise BadRequest(f"the request is {request.content_length} bytes, more than the {MAX_BODY} accepted")
+            try:
+                body = json.loads(request.get_data(cache=False, as_text=False)[: MAX_BODY + 1] or b"{}")
+            except ValueError as e:
+                raise BadRequest(f"the request is not JSON ({e})") from None
+            if not isinstance(body, dict):
+                raise BadRequest("the request must be a JSON object")
+            from . import engine  # noqa: PLC0415 -- torch loads when the tab is first used, not at TensorBoard's start
+
+            path = snapshot_file(self.logdir, body.get("run"), body.get("snapshot"))
+            return _json(work(engine, engine.network(path), body))
+        except BadRequest as e:
+            return _json({"error": str(e)}, 400)
+
+    def _digit(self, engine, net, body):
+        digits = engine.run_digits(run_directory(self.logdir, body.get("run")))
+        pixels, label = engine.digit_from_request(body, digits)
+        return digits, pixels, label
+
+    @Request.application
+    def _digits(self, request: Request) -> Response:
+        def work(engine, net, body):
+            digits = engine.run_digits(run_directory(self.logdir, body.get("run")))
+            return engine.digits_read(net, digits, DIGITS_SHOWN)
+
+        return self._answer(request, work)
+
+    @Request.application
+    def _explain(self, request: Request) -> Response:
+        def work(engine, net, body):
+            digits, pixels, label = self._digit(engine, net, body)
+            return {**engine.explain(net, pixels, label, body), "step_size": digits["learning_rate"]}
+
+        return self._answer(request, work)
+
+    @Request.application
+    def _step(self, request: Request) -> Response:
+        def work(engine, net, body):
+            digits, pixels, label = self._digit(engine, net, body)
+            target = engine.target_for(net, pixels, label, body)
+            return engine.one_step(
+                net, pixels, target, body.get("lr", digits["learning_rate"]), engine.batch_of(digits)
+            )
+
+        return self._answer(request, work)
+
+    @Request.application
+    def _check(self, request: Request) -> Response:
+        def work(engine, net, body):
+            _, pixels, label = self._digit(engine, net, body)
+            return engine.check(net, pixels, engine.target_for(net, pixels, label, body))
+
+        return self._answer(request, work)

@@ -1,0 +1,110 @@
+"""The runs under TensorBoard's logdir that the Backprop tab can show, found without torch.
+
+A run is a directory with ``backprop/epoch*.pt`` snapshots (``callbacks.BackpropSnapshots``
+writes them). Names the page sends back are paths relative to the logdir and are checked
+before any file is opened: no absolute path, no ``..``, nothing that resolves (links
+followed) outside the logdir, and only a snapshot file of the run's own ``backprop/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+SNAPSHOT = re.compile(r"^epoch(\d{4,})\.pt$")
+SKIP = {"backprop", "checkpoints", "pictures", "tensorboard", ".hydra", "csv", "__pycache__", ".git"}
+
+
+def snapshot_name(epoch: int) -> str:
+    return f"epoch{epoch:04d}.pt"
+
+
+def snapshot_epochs(directory: str | Path) -> list[int]:
+    """The epochs with a snapshot in ``directory``, in order."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for m in map(SNAPSHOT.match, names) if m)
+
+
+class BadRequest(ValueError):
+    """A request the tab refuses: the message names what is wrong (HTTP 400)."""
+
+
+def find_runs(logdir: str | Path, limit: int = 10_000) -> list[str]:
+    """Every run directory under ``logdir`` with snapshots, as paths relative to it, sorted."""
+    logdir = Path(logdir)
+    found = []
+    for top, dirs, _ in os.walk(logdir, followlinks=False):
+        if "backprop" in dirs and snapshot_epochs(Path(top) / "backprop"):
+            found.append(Path(top).relative_to(logdir).as_posix() or ".")
+        dirs[:] = sorted(d for d in dirs if d not in SKIP and not d.startswith("."))
+        if len(found) >= limit:
+            break
+    return sorted(found)
+
+
+class RunCache:
+    """Whether the logdir holds a run the tab can show, answered from memory: the first
+    call looks, later calls answer at once and look again in a background thread when the
+    answer is older than ``max_age`` seconds."""
+
+    def __init__(self, logdir: str | Path, max_age: float = 10.0):
+        self.logdir, self.max_age = logdir, max_age
+        self._runs: list[str] | None = None
+        self._when = 0.0
+        self._lock = threading.Lock()
+        self._looking = False
+
+    def runs(self, fresh: bool = False) -> list[str]:
+        if fresh or self._runs is None:
+            self._look()
+        elif time.monotonic() - self._when > self.max_age:
+            with self._lock:
+                start, self._looking = not self._looking, True
+            if start:
+                threading.Thread(target=self._look, daemon=True).start()
+        return list(self._runs or [])
+
+    def _look(self) -> None:
+        try:
+            runs = find_runs(self.logdir) if self.logdir else []
+        finally:
+            self._looking = False
+        self._runs, self._when = runs, time.monotonic()
+
+
+def run_directory(logdir: str | Path, run) -> Path:
+    """The run named ``run`` (relative to ``logdir``), confined to it."""
+    if not isinstance(run, str) or not run:
+        raise BadRequest("no run given: pick one of the runs listed")
+    if run.startswith(("/", "\\")) or ":" in run or ".." in Path(run).parts or "\\" in run:
+        raise BadRequest(f"run {run!r}: give a run as listed (a path inside the logdir, without '..')")
+    root = Path(logdir).resolve()
+    path = (root / run).resolve()
+    if path != root and root not in path.parents:
+        raise BadRequest(f"run {run!r}: outside the logdir (a link out of it); only runs under --logdir are read")
+    if not (path / "backprop").is_dir() or not snapshot_epochs(path / "backprop"):
+        raise BadRequest(
+            f"run {run!r} has no snapshots for the Backprop tab (backprop/epoch*.pt); "
+            "train it with handprop (python train.py experiment=3b1b)"
+        )
+    return path
+
+
+def snapshot_file(logdir: str | Path, run, epoch) -> Path:
+    """The snapshot of ``epoch`` of the run, confined to the run's ``backprop/``."""
+    directory = run_directory(logdir, run) / "backprop"
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise BadRequest(f"snapshot {epoch!r}: give an epoch number as listed, e.g. 0 for the untrained network")
+    path = directory / snapshot_name(epoch)
+    if not SNAPSHOT.match(path.name) or not path.is_file():
+        kept = ", ".join(map(str, snapshot_epochs(directory)))
+        raise BadRequest(f"run {run!r} has no snapshot of epoch {epoch} (kept: {kept})")
+    if path.resolve().parent != directory.resolve():
+        raise BadRequest(f"run {run!r}: snapshot of epoch {epoch} links outside the run; it is not read")
+    return path

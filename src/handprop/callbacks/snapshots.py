@@ -1,0 +1,135 @@
+"""What TensorBoard's Backprop tab reads, written into the run directory as training goes.
+
+    <run>/backprop/epoch0000.pt   the untrained network (weights only), before the first step
+    <run>/backprop/epoch0001.pt   after the first epoch, ... to the last
+    <run>/backprop/digits.pt      validation digits the tab offers, one fixed training mini-batch
+
+A snapshot is ``{"state_dict", "hyper_parameters", "epoch", "step", "val_acc"}``: plain
+tensors and data, which ``checkpoint.read_checkpoint`` loads with ``weights_only=True``
+and checks like any checkpoint. Every epoch is kept while the snapshots total under
+``budget_mb``; beyond, they are thinned evenly: the epochs kept are the multiples of a
+stride that doubles each time the budget is reached, plus the latest. The digits are
+copied so that the tab reads nothing outside the run directory (a full-MNIST run's data
+directory need not be reachable from TensorBoard).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from ..board.runs import snapshot_epochs, snapshot_name
+
+
+def thinned(epochs: list[int], budget: int) -> list[int]:
+    """The epochs to keep of ``epochs`` (0, 1, ... in order; the last one the newest), at
+    most ``budget`` (>= 2) of them: the multiples of the smallest power-of-two stride that
+    fits, and the newest."""
+    stride = 1
+    while True:
+        kept = [e for e in epochs[:-1] if e % stride == 0] + epochs[-1:]
+        if len(kept) <= budget:
+            return kept
+        stride *= 2
+
+
+def _save(obj, path: Path) -> None:
+    """Written whole or not at all: a reader never sees half a file."""
+    part = path.with_name(path.name + ".part")
+    torch.save(obj, part)
+    os.replace(part, path)
+
+
+@torch.no_grad()
+def accuracy(model, images, labels, batch: int = 2000) -> float:
+    """The share of ``images`` (uint8) the network reads right, evaluated as in validation."""
+    was_training = model.training
+    model.eval()
+    right = 0
+    for i in range(0, len(labels), batch):
+        x = images[i : i + batch].to(model.device, torch.float32) / 255
+        right += int((model(x).argmax(1).cpu() == labels[i : i + batch].cpu()).sum())
+    model.train(was_training)
+    return right / max(len(labels), 1)
+
+
+class BackpropSnapshots(Callback):
+    """Weights-only snapshots of the network from step 0 to the end, and the digits the
+    Backprop tab offers (see the module's docstring). Written by the process of global
+    rank 0 only."""
+
+    def __init__(self, dirpath: str, budget_mb: float = 20.0, max_digits: int = 1000):
+        self.dirpath, self.budget_mb, self.max_digits = Path(dirpath), budget_mb, max_digits
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        digits = self.dirpath / "digits.pt"
+        if not digits.exists():
+            _save(self._digits(trainer), digits)
+        if not snapshot_epochs(self.dirpath) and trainer.global_step == 0:
+            self._snapshot(trainer, pl_module, 0)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            self._snapshot(trainer, pl_module, trainer.current_epoch + 1)
+
+    def _digits(self, trainer) -> dict:
+        data = trainer.datamodule
+        val, train = data.splits["val"], data.splits["train"]
+        generator = torch.Generator().manual_seed(0)
+        kept = torch.randperm(len(val.labels), generator=generator)[: self.max_digits].sort().values
+        batch = torch.randperm(len(train.labels), generator=generator)[: data.batch_size]
+        return {
+            "val_images": val.images[kept].reshape(-1, 28, 28).to(torch.uint8).clone(),
+            "val_labels": val.labels[kept].long().clone(),
+            "batch_images": train.images[batch].reshape(-1, 28, 28).to(torch.uint8).clone(),
+            "batch_labels": train.labels[batch].long().clone(),
+            "batch_size": int(data.batch_size),
+            "learning_rate": float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None,
+            "dataset": str(data.dataset),
+        }
+
+    def _snapshot(self, trainer, pl_module, epoch: int) -> None:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+        val = trainer.datamodule.splits["val"]
+        entry = {
+            "epoch": epoch,
+            "step": int(trainer.global_step),
+            "val_acc": accuracy(pl_module, val.images, val.labels),
+        }
+        _save(
+            {"state_dict": state, "hyper_parameters": dict(pl_module.hparams), **entry},
+            self.dirpath / snapshot_name(epoch),
+        )
+        size = sum(v.numel() * v.element_size() for v in state.values()) + 4096
+        budget = max(2, int(self.budget_mb * 2**20 // size))
+        epochs = snapshot_epochs(self.dirpath)
+        for gone in sorted(set(epochs) - set(thinned(epochs, budget))):
+            (self.dirpath / snapshot_name(gone)).unlink(missing_ok=True)
+        self._index(pl_module, entry, set(epochs) - set(thinned(epochs, budget)))
+
+    def _index(self, pl_module, entry: dict, gone: set[int]) -> None:
+        """index.json: the snapshots kept, each with its step and validation accuracy, and
+        the network's shape in words (the tab lists runs from it without loading torch)."""
+        path = self.dirpath / "index.json"
+        try:
+            old = json.loads(path.read_text())["snapshots"]
+        except (OSError, ValueError, KeyError, TypeError):
+            old = []
+        kept = {e["epoch"]: e for e in old if isinstance(e, dict) and e.get("epoch") not in gone}
+        kept[entry["epoch"]] = entry
+        hp = pl_module.hparams
+        sizes = "-".join(map(str, [hp.get("input_size", 784), *hp.get("hidden", []), hp.get("num_classes", 10)]))
+        index = {
+            "network": f"{sizes}, {hp.get('activation')} neurons, {hp.get('loss')} cost",
+            "snapshots": [kept[e] for e in sorted(kept)],
+        }
+        part = path.with_name("index.json.part")
+        part.write_text(json.dumps(index, indent=1))
+        os.replace(part, path)
