@@ -1,6 +1,7 @@
 """handprop.compose: the config of `python train.py OVERRIDES` outside the command line
 (a notebook, a script), complete enough to run, and refused as the command line refuses it."""
 
+import logging
 import time
 from pathlib import Path
 
@@ -71,6 +72,13 @@ def test_a_bad_value_is_refused_by_train_as_on_the_command_line(tmp_path, monkey
     assert proc.returncode != 0 and str(e.value).splitlines()[1].strip() in proc.stderr + proc.stdout
 
 
-def test_a_composed_config_trains(tmp_path):
-    metrics = train(compose([*FAST, "model.hidden=[16]", "callbacks.pictures=null"], tmp_path))
+def test_a_composed_config_trains_and_keeps_its_record_as_train_py_does(tmp_path):
+    overrides = [*FAST, "model.hidden=[16]", "callbacks.pictures=null"]
+    metrics = train(compose(overrides, tmp_path))
     assert 0 <= metrics["test/acc"] <= 1 and (tmp_path / "metrics.json").is_file()
+    assert OmegaConf.load(tmp_path / ".hydra" / "overrides.yaml") == overrides
+    assert OmegaConf.load(tmp_path / ".hydra" / "config.yaml").model.hidden == [16]
+    log = (tmp_path / "train.log").read_text()
+    assert f"train.py {' '.join(overrides)}" in log and "epoch 2/2" in log and "no overrides" not in log
+    files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    assert str(tmp_path / "train.log") not in files  # detached when the run ends

@@ -66,6 +66,7 @@ def test_ddp_run_from_the_cli_is_one_run_with_identical_replicas(tmp_path, singl
     assert names == [
         ".hydra",
         ".lock",
+        "backprop",
         "checkpoints",
         "metrics.csv",
         "metrics.json",
@@ -73,6 +74,8 @@ def test_ddp_run_from_the_cli_is_one_run_with_identical_replicas(tmp_path, singl
         "train_ddp_process_1.log",
     ], names
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "last.ckpt"
+    index = json.loads((run_dir / "backprop" / "index.json").read_text())  # the Backprop tab's, by rank 0 alone
+    assert [s["epoch"] for s in index["snapshots"]] == [0, 1, 2] and not list(run_dir.glob("backprop/*.part"))
     assert _replica_line(run_dir)[0] == 2  # both processes ended with bitwise the same parameters
     # ... trained in chunks: many optimiser steps per Lightning step, each step's gradient
     # averaged over both processes (model.chunk chosen for the small network)
@@ -122,9 +125,8 @@ def test_torchrun_two_nodes_over_loopback_train_to_the_same_weights(tmp_path, si
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     events = tensorboard_run(run_dir)
     names = sorted(p.name for p in run_dir.iterdir() if p != events)
-    assert names == [".hydra", ".lock", "checkpoints", "metrics.csv", "metrics.json", "train.log", "train_rank1.log"], (
-        names
-    )
+    expected = [".hydra", ".lock", "backprop", "checkpoints", "metrics.csv", "metrics.json", "train.log"]
+    assert names == [*expected, "train_rank1.log"], names
     assert _replica_line(run_dir)[0] == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == 64

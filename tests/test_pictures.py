@@ -334,3 +334,25 @@ def test_the_backprop_picture_ticks_its_bars_three_times_within_range(scale):
         assert len(ticks) == 3 and ticks[1] == 0 and ticks[0] == pytest.approx(-ticks[2]), (ax.get_title(), ticks)
     assert [ax.get_ylabel() for ax in bars] == ["-∂C/∂output", "-∂C/∂a", ""]
     plt.close(fig)
+
+
+def test_the_backprop_picture_ranks_neurons_one_way_in_every_row():
+    """The hidden rows and the weight tiles show the same neurons, first those passing on
+    the largest change (|∂C/∂z|): a switched-off ReLU, asked a large nudge, passes on
+    nothing and is not among them; and the title says "an 8"."""
+    g = torch.Generator().manual_seed(1)
+    sizes = [784, 40, 10]
+    params = [t for i, o in zip(sizes, sizes[1:]) for t in (torch.randn(o, i, generator=g) / i**0.5, torch.zeros(o))]
+    x = torch.rand(1, 784, generator=g)
+    one = HF.nudges(x, torch.tensor([8]), "cross_entropy", 0.0, ("relu", "identity"), params)
+    off = (one.activations[0][0] == 0) & (one.pulls[0][0].abs() > one.pulls[0][0].abs().median())
+    assert off.any()  # switched-off neurons asked a large nudge: the old ranking's favourites
+    fig = P.backprop_figure(x[0].view(1, 28, 28), 8, one, None, 0, "", True, neurons=8, top=8)
+    fig.canvas.draw()
+    hidden = next(ax for ax in fig.axes if ax.get_title().startswith("hidden layer 1"))
+    shown = [int(t.get_text()) for t in hidden.get_xticklabels()]
+    assert shown == HF.ranking(one, 0)[:8].tolist() and not off[shown].any()
+    tiles = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_text().startswith("neuron ")]
+    assert tiles == [f"neuron {j}" for j in shown]
+    assert any(ax.get_title().startswith("the digit: an 8, read as") for ax in fig.axes)
+    plt.close(fig)

@@ -238,3 +238,33 @@ def test_explain_names_bad_input_like_predict(checkpoint, tmp_path):
     proc = _explain(checkpoint, junk, "--label", "12")
     assert proc.returncode == 2 and "invalid choice: 12" in proc.stderr
     assert not list(tmp_path.glob("*_backprop.png"))  # nothing written for bad input
+
+
+def test_the_lessons_sigmoid_outputs_read_the_same_in_predict_and_explain(tmp_path, capsys):
+    """For the lesson's network (sigmoid outputs, the quadratic cost) predict.py prints each
+    output neuron's own activation, as explain.py and the Backprop tab show it -- not
+    rescaled to sum to 1; and explain.py's mini-batch is the run's: its size, with the
+    learner's digit in it."""
+    from board_runs import LESSON, make_run  # noqa: PLC0415
+
+    from handprop import explain  # noqa: PLC0415
+    from handprop.checkpoint import model_from_checkpoint, read_checkpoint  # noqa: PLC0415
+    from handprop.functional import COSTS  # noqa: PLC0415
+    from handprop.predict import main  # noqa: PLC0415
+
+    snapshot = make_run(tmp_path / "run", LESSON, epochs=1) / "backprop" / "epoch0001.pt"
+    images, _ = load_split("sample", "test")
+    digit = _save(1 - images[3].float() / 255, tmp_path / "mine.png", size=(112, 112))
+    assert main([str(snapshot), str(digit)]) == 0
+    printed = capsys.readouterr().out
+    model = model_from_checkpoint(read_checkpoint(snapshot))
+    with torch.no_grad():
+        raw = COSTS["quadratic"].read(model.eval()(to_mnist(load_image(digit))[None]))[0]
+    read = int(raw.argmax())
+    assert f"{digit}: {read} (output {raw[read]:.3f})" in printed and abs(float(raw.sum()) - 1) > 1e-3
+    assert printed.split()[-10:] == [f"{k}:{v:.3f}" for k, v in enumerate(raw.tolist())]
+    pixels, labels = explain.run_batch(snapshot)
+    kept = torch.load(snapshot.parent / "digits.pt", weights_only=True)
+    assert len(labels) == 10 and torch.equal(labels, kept["batch_labels"])
+    assert explain.main([str(snapshot), str(digit), "--label", "5"]) == 0
+    assert "the backward pass for label 5 drawn in" in capsys.readouterr().out

@@ -12,7 +12,10 @@ with the command line's message. ``bare_config`` composes only, for reading valu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
+import weakref
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -20,7 +23,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import rundir  # noqa: F401 -- registers the unique_dir resolver a composed run directory uses
 from .errors import ConfigError
@@ -64,7 +67,8 @@ def compose(overrides=(), output_dir: str | Path | None = None, name: str = "tra
     starts -- after the config gate, so a refused run leaves no directory -- or when
     ``cfg.paths.output_dir`` is first read. ``paths.root_dir`` is the project, so
     ``data/`` and ``outputs/`` are the same whatever directory the notebook runs in.
-    Hydra's own job logging (train.log) is not set up: the run's lines go to Python's
+    ``train(cfg)`` then gives the run what ``python train.py`` gives it (``run_files``):
+    ``.hydra/`` with its config and these overrides, and train.log, besides Python's
     logging, which a notebook shows.
 
     A key that is not in the config raises ``ConfigError`` with the command line's
@@ -81,7 +85,42 @@ def compose(overrides=(), output_dir: str | Path | None = None, name: str = "tra
         output_dir = f"${{unique_dir:'{quoted}',{next(_CLAIMS)}}}"
     else:
         base = output_dir = str(Path(output_dir).absolute())
+    log_format = OmegaConf.to_container(cfg.hydra.job_logging.formatters.file)
     with open_dict(cfg):
         cfg.paths.output_dir, cfg.paths.run_dir = output_dir, base
         del cfg.hydra
+    _COMPOSED[id(cfg)] = (weakref.ref(cfg), list(overrides), log_format)
     return cfg
+
+
+_COMPOSED: dict[int, tuple] = {}  # id(cfg) -> (the config, its overrides, train.log's format): compose()'s runs
+
+
+@contextlib.contextmanager
+def run_files(cfg: DictConfig, job: str = "train"):
+    """While a run that ``compose`` made runs (and for nothing else: a Hydra app's run has
+    them from Hydra): its ``.hydra/`` (config.yaml, overrides.yaml) as Hydra writes them,
+    and its log, ``<job>.log``, which gets every line the run logs."""
+    entry = _COMPOSED.get(id(cfg))
+    if entry is None or entry[0]() is not cfg:
+        yield
+        return
+    _, overrides, log_format = entry
+    directory = Path(cfg.paths.output_dir)
+    subdir = directory / ".hydra"
+    if not (subdir / "config.yaml").exists():
+        subdir.mkdir(parents=True, exist_ok=True)
+        (subdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (subdir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    handler = logging.FileHandler(directory / f"{job}.log")
+    handler.setFormatter(logging.Formatter(log_format.get("format"), log_format.get("datefmt")))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()

@@ -6,7 +6,10 @@ an MNIST digit), and one backpropagation sweep through the trained network is dr
 for the digit ``--label`` (without it: the digit the network reads), the nudge every
 output neuron wants, those nudges flowing back through the hidden layers, the change the
 digit asks of the first layer's weights, and the same changes averaged over a mini-batch
-of the embedded sample's training digits -- the step gradient descent would take there.
+that contains the digit -- the step gradient descent would take there. The mini-batch is
+the run's size: the digit with the run's own fixed training mini-batch
+(``backprop/digits.pt`` in its directory); for a checkpoint without one, the digit with
+training digits of the embedded sample, as many as the run's ``data.batch_size``.
 Writes ``IMAGE_backprop.png`` next to the image, or ``--out``.
 """
 
@@ -19,7 +22,7 @@ from pathlib import Path
 from .errors import HandpropError
 from .predict import ImageError, image_error, load_image, predict, to_mnist
 
-BATCH = 128  # the mini-batch of sample digits the step is averaged over
+BATCH = 128  # the mini-batch, when the checkpoint's run says nothing of its own
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: PLC0415
 
     from .checkpoint import model_from_checkpoint, read_checkpoint  # noqa: PLC0415
-    from .data import load_split, seeded_digits  # noqa: PLC0415
     from .pictures import backprop_figure, nudges_of  # noqa: PLC0415
 
     try:
@@ -51,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     label = read if args.label is None else args.label
     model.eval()
     one = nudges_of(model, image[None].to(model.device), torch.tensor([label], device=model.device))
-    pixels, labels = seeded_digits(*load_split("sample", "train"), BATCH)
+    pixels, labels = run_batch(Path(args.checkpoint))
+    pixels, labels = torch.cat([image[None], pixels[1:]]), torch.cat([torch.tensor([label]), labels[1:]])
     batch = nudges_of(model, pixels.to(model.device), labels.to(model.device))
     given = f"label {label}" if args.label is not None else f"label {label}, the digit read"
-    figure = backprop_figure(image[0], label, one, batch, BATCH, f"{Path(args.image).name}, {given}", model.calibrated)
+    figure = backprop_figure(
+        image[0], label, one, batch, len(labels), f"{Path(args.image).name}, {given}", model.calibrated
+    )
     try:
         figure.savefig(out)
     except OSError as e:
@@ -62,6 +67,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{args.image}: read as {read}; the backward pass for label {label} drawn in {out}")
     return 0
+
+
+def run_batch(checkpoint: Path):
+    """A mini-batch of the checkpoint's run, its size the run's (images (N, 1, 28, 28) in
+    [0, 1], labels): its own fixed one if it kept one, else training digits of the embedded
+    sample, as many as its .hydra/config.yaml's data.batch_size (BATCH without one)."""
+    import torch  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from .data import load_split, seeded_digits  # noqa: PLC0415
+
+    run = checkpoint.resolve().parent.parent  # <run>/checkpoints/x.ckpt or <run>/backprop/epochNNNN.pt
+    kept, config = run / "backprop" / "digits.pt", run / ".hydra" / "config.yaml"
+    if kept.is_file():
+        digits = torch.load(kept, map_location="cpu", weights_only=True)
+        return digits["batch_images"][:, None].float() / 255, digits["batch_labels"]
+    size = (
+        int(OmegaConf.select(OmegaConf.load(config), "data.batch_size", default=BATCH)) if config.is_file() else BATCH
+    )
+    return seeded_digits(*load_split("sample", "train"), size)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Any PNG or JPEG, any size, dark ink on light paper or light on dark. Each image 
 brought to the form of an MNIST digit first, the way MNIST itself was made: grey
 levels, light strokes on black, the digit cropped to its bounding box, scaled so that its
 longer side is 20 pixels, and placed in a 28x28 field with its centre of mass in the
-middle. Prints the digit read and the probability of every class.
+middle. Prints the digit read and the output for every digit: its probability for a
+network trained with cross-entropy (a softmax); for one trained with the quadratic cost (the
+lesson's network), the output neuron's own activation, each in (0, 1), not summing to 1.
 """
 
 from __future__ import annotations
@@ -139,6 +141,18 @@ def predict(model, images: Tensor) -> Tensor:
     return model.probabilities(model(images.to(model.device)))
 
 
+@torch.no_grad()
+def outputs(model, images: Tensor) -> Tensor:
+    """The network's outputs (N, classes) as its cost reads them, the numbers explain.py and
+    the Backprop tab show: softmax probabilities for cross-entropy, the output neurons'
+    activations themselves for the quadratic cost (a sigmoid's are each in (0, 1) and do not
+    sum to 1)."""
+    from .functional import COSTS  # noqa: PLC0415
+
+    model.eval()
+    return COSTS[model.hparams.loss].read(model(images.to(model.device)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python predict.py", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a handprop checkpoint, e.g. outputs/<run>/checkpoints/last.ckpt")
@@ -162,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             print(image_error(path, e), file=sys.stderr)
             failed += 1
             continue
-        p = predict(model, image[None])[0]
+        p = outputs(model, image[None])[0]
         digit = int(p.argmax())
-        print(f"{path}: {digit} ({p[digit]:.1%})   " + "  ".join(f"{k}:{v:.3f}" for k, v in enumerate(p.tolist())))
+        read = f"{p[digit]:.1%}" if model.calibrated else f"output {p[digit]:.3f}"
+        print(f"{path}: {digit} ({read})   " + "  ".join(f"{k}:{v:.3f}" for k, v in enumerate(p.tolist())))
     return 2 if failed else 0
 
 

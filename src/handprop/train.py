@@ -28,6 +28,7 @@ from .build import build, build_all, build_data_and_model
 from .callbacks import InterruptCheckpoint, ProgressBar
 from .callbacks.runlog import describe_cost, scalar_metrics
 from .checkpoint import FUNCTION_SETTINGS, check_same_recipe, model_from_checkpoint, read_checkpoint
+from .compose import run_files
 from .console import FILE_ONLY, percent, quiet_lightning, tell
 from .errors import HandpropError
 from .files import AtomicCheckpointIO, atomic_write_text, is_disk_full, no_space, remove_stale_temporaries
@@ -99,6 +100,11 @@ def train(cfg: DictConfig, began: float | None = None) -> dict[str, float]:
     flush_denormals()
     quiet_lightning()
     plan = gate.check(cfg)  # (before anything is written: a composed run's directory is claimed after it)
+    with run_files(cfg):  # (a composed run's .hydra/ and train.log: a Hydra app's run has them already)
+        return _train(cfg, plan, began)
+
+
+def _train(cfg: DictConfig, plan, began: float) -> dict[str, float]:
     _announce(cfg, "train")
     with open_dict(cfg):
         cfg.model.chunk = plan.chunk  # mini-batches per Lightning batch, as the gate chose
@@ -315,6 +321,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt_path:
         raise HandpropError("ckpt_path is required: python eval.py ckpt_path=outputs/<run>/checkpoints/last.ckpt")
     gate.check(cfg)
+    with run_files(cfg, "eval"):
+        return _evaluate(cfg, ckpt_path)
+
+
+def _evaluate(cfg: DictConfig, ckpt_path: str) -> dict[str, float]:
     _announce(cfg, "eval")
     checkpoint = read_checkpoint(ckpt_path)  # safe, ours, consistent: read once
     model = model_from_checkpoint(checkpoint)

@@ -21,7 +21,7 @@ from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..errors import CheckpointError
 from ..functional.activations import ACTIVATIONS
 from ..functional.nudges import nudges, ranking
-from ..predict import ImageError, to_mnist
+from .digits import batch_of, digit_from_request
 from .runs import BadRequest
 
 MAX_SIDE = 1024  # a canvas sent larger than this a side is refused
@@ -78,38 +78,6 @@ def network(path: Path) -> Network:
         return _network(str(path), (stat.st_size, stat.st_mtime_ns))
 
 
-def digit_from_request(body: dict, digits: dict | None) -> tuple[Tensor, int | None]:
-    """The 28x28 digit (784,) in [0, 1] a request names, and its label if known: a drawn
-    canvas (``canvas``: {"width", "height", "grey": list of 0-255, row by row}, brought to
-    MNIST's form by predict.py's own ``to_mnist``), or one of the run's validation digits
-    (``digit``: its index)."""
-    if "digit" in body and body["digit"] is not None:
-        i = body["digit"]
-        count = 0 if digits is None else len(digits["val_labels"])
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
-            raise BadRequest(f"digit {i!r}: give the index of one of the run's {count} validation digits")
-        return digits["val_images"][i].double().flatten() / 255, int(digits["val_labels"][i])
-    canvas = body.get("canvas")
-    if not isinstance(canvas, dict):
-        raise BadRequest("no digit given: draw one on the canvas, or pick one of the run's validation digits")
-    w, h, grey = canvas.get("width"), canvas.get("height"), canvas.get("grey")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_SIDE for v in (w, h)):
-        raise BadRequest(f"canvas {w!r}x{h!r}: width and height must be whole numbers from 8 to {MAX_SIDE}")
-    if not isinstance(grey, list) or len(grey) != w * h:
-        size = len(grey) if isinstance(grey, list) else type(grey).__name__
-        raise BadRequest(f"canvas: {w}x{h} needs {w * h} grey levels, row by row; got {size}")
-    try:
-        levels = torch.tensor(grey, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise BadRequest("canvas: grey levels must be numbers from 0 to 255") from None
-    if levels.dim() != 1 or not bool(torch.isfinite(levels).all()) or levels.min() < 0 or levels.max() > 255:
-        raise BadRequest("canvas: grey levels must be numbers from 0 to 255")
-    try:
-        return to_mnist(levels.view(h, w) / 255)[0].double().flatten(), None
-    except ImageError as e:
-        raise BadRequest(f"canvas: {e}; draw a digit first") from None
-
-
 def target_for(net: Network, pixels: Tensor, label: int | None, body: dict) -> int:
     """The digit the cost is asked for: the request's ``target``; without one, the digit's
     label if it has one, else the digit the network reads."""
@@ -119,58 +87,6 @@ def target_for(net: Network, pixels: Tensor, label: int | None, body: dict) -> i
     if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < classes:
         raise BadRequest(f"target {target!r}: must be a digit from 0 to {classes - 1}")
     return target
-
-
-@functools.lru_cache(maxsize=16)
-def _digits(path: str, stamp: tuple) -> dict:
-    try:
-        digits = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, damaged, or a pickle asking for more than tensors
-        raise BadRequest(f"{path}: cannot be read ({str(e).splitlines()[0][:200]}); train the run again") from None
-    shapes = {"val_images": 3, "val_labels": 1, "batch_images": 3, "batch_labels": 1}
-    if not isinstance(digits, dict) or not all(
-        isinstance(digits.get(k), Tensor) and digits[k].dim() == d for k, d in shapes.items()
-    ):
-        raise BadRequest(f"{path}: not the digits handprop writes for the Backprop tab; train the run again")
-    return digits
-
-
-def run_digits(run: Path) -> dict:
-    """The digits a run keeps for the tab (``callbacks.BackpropSnapshots``), loaded once."""
-    path = run / "backprop" / "digits.pt"
-    if not path.is_file():
-        raise BadRequest(f"{path.name} is missing from the run's backprop/: train the run again")
-    stat = path.stat()
-    with _LOCK:
-        return _digits(str(path), (stat.st_size, stat.st_mtime_ns))
-
-
-def batch_of(digits: dict) -> tuple[Tensor, Tensor]:
-    """The run's fixed training mini-batch, as pixels (N, 784) in [0, 1] and labels."""
-    return digits["batch_images"].flatten(1).double() / 255, digits["batch_labels"]
-
-
-def digits_read(net: Network, digits: dict, shown: int) -> dict:
-    """The run's validation digits as this snapshot reads them, its mistakes first."""
-    pixels = digits["val_images"].flatten(1).double() / 255
-    labels = digits["val_labels"]
-    _, inside = net.sweep(pixels, labels)
-    read = inside.read.argmax(1)
-    wrong = read != labels
-    order = torch.cat([wrong.nonzero()[:, 0], (~wrong).nonzero()[:, 0]])[:shown]
-    return {
-        "count": len(labels),
-        "mistakes": int(wrong.sum()),
-        "digits": [
-            {
-                "index": int(i),
-                "label": int(labels[i]),
-                "read": int(read[i]),
-                "pixels": digits["val_images"][i].flatten().tolist(),
-            }
-            for i in order
-        ],
-    }
 
 
 def slope(activation: str, z: Tensor) -> Tensor:
@@ -347,3 +263,58 @@ def check(net: Network, pixels: Tensor, target: int) -> dict:
             }
         )
     return {"rows": rows, "agree": all(r["allclose"] for r in rows)}
+
+
+def digits_read(net: Network, digits: dict, shown: int) -> dict:
+    """The run's validation digits as this snapshot reads them, its mistakes first."""
+    pixels = digits["val_images"].flatten(1).double() / 255
+    labels = digits["val_labels"]
+    _, inside = net.sweep(pixels, labels)
+    read = inside.read.argmax(1)
+    wrong = read != labels
+    order = torch.cat([wrong.nonzero()[:, 0], (~wrong).nonzero()[:, 0]])[:shown]
+    return {
+        "count": len(labels),
+        "mistakes": int(wrong.sum()),
+        "digits": [
+            {
+                "index": int(i),
+                "label": int(labels[i]),
+                "read": int(read[i]),
+                "pixels": digits["val_images"][i].flatten().tolist(),
+            }
+            for i in order
+        ],
+    }
+
+
+DIGITS_SHOWN = 60  # of the run's validation digits, the page offers this many
+
+
+def _digit_and_target(net: Network, kept: dict, body: dict) -> tuple[Tensor, int | None, int]:
+    pixels, label = digit_from_request(body, kept)
+    return pixels, label, target_for(net, pixels, label, body)
+
+
+def _explain_route(net: Network, kept: dict, body: dict) -> dict:
+    pixels, label = digit_from_request(body, kept)
+    return {**explain(net, pixels, label, body), "step_size": kept["learning_rate"]}
+
+
+def _step_route(net: Network, kept: dict, body: dict) -> dict:
+    pixels, _, target = _digit_and_target(net, kept, body)
+    return one_step(net, pixels, target, body.get("lr", kept["learning_rate"]), batch_of(kept))
+
+
+def _check_route(net: Network, kept: dict, body: dict) -> dict:
+    pixels, _, target = _digit_and_target(net, kept, body)
+    return check(net, pixels, target)
+
+
+# The plugin's POST routes: (the snapshot's network, the run's digits, the request) -> the answer
+ROUTES = {
+    "digits": lambda net, kept, body: digits_read(net, kept, DIGITS_SHOWN),
+    "explain": _explain_route,
+    "step": _step_route,
+    "check": _check_route,
+}

@@ -23,12 +23,11 @@ from pathlib import Path
 from tensorboard.plugins import base_plugin
 from werkzeug import Request, Response
 
-from .runs import BadRequest, RunCache, run_directory, snapshot_file
+from .runs import BadRequest, RunCache, snapshot_file
 
 STATIC = Path(__file__).with_name("static")
 FILES = {"/index.js": "text/javascript", "/style.css": "text/css"}  # all it serves of its own: no path from a request
 MAX_BODY = 4 * 2**20  # a 1024 x 1024 canvas of grey levels as JSON is under this
-DIGITS_SHOWN = 60
 
 
 def _json(payload, status: int = 200) -> Response:
@@ -70,60 +69,37 @@ class BackpropPlugin(base_plugin.TBPlugin):
                 continue  # a run being written, or not ours
         return _json({"logdir": str(self.logdir), "runs": runs})
 
-    def _answer(self, request: Request, work) -> Response:
+    def _answer(self, request: Request, route: str) -> Response:
         """The route's JSON answer to a JSON body, or a 400 naming what was wrong with it."""
         try:
             if request.content_length is not None and request.content_length > MAX_BODY:
                 raise BadRequest(f"the request is {request.content_length} bytes, more than the {MAX_BODY} accepted")
             try:
-                body = json.loads(request.get_data(cache=False, as_text=False)[: MAX_BODY + 1] or b"{}")
+                body = json.loads(request.get_data(cache=False)[: MAX_BODY + 1] or b"{}")
             except ValueError as e:
                 raise BadRequest(f"the request is not JSON ({e})") from None
             if not isinstance(body, dict):
                 raise BadRequest("the request must be a JSON object")
-            from . import engine  # noqa: PLC0415 -- torch loads when the tab is first used, not at TensorBoard's start
-
             path = snapshot_file(self.logdir, body.get("run"), body.get("snapshot"))
-            return _json(work(engine, engine.network(path), body))
+            from . import digits, engine  # noqa: PLC0415 -- torch loads when the tab is first used, not at TensorBoard's start
+
+            kept = digits.run_digits(path.parent.parent)
+            return _json(engine.ROUTES[route](engine.network(path), kept, body))
         except BadRequest as e:
             return _json({"error": str(e)}, 400)
 
-    def _digit(self, engine, net, body):
-        digits = engine.run_digits(run_directory(self.logdir, body.get("run")))
-        pixels, label = engine.digit_from_request(body, digits)
-        return digits, pixels, label
-
     @Request.application
     def _digits(self, request: Request) -> Response:
-        def work(engine, net, body):
-            digits = engine.run_digits(run_directory(self.logdir, body.get("run")))
-            return engine.digits_read(net, digits, DIGITS_SHOWN)
-
-        return self._answer(request, work)
+        return self._answer(request, "digits")
 
     @Request.application
     def _explain(self, request: Request) -> Response:
-        def work(engine, net, body):
-            digits, pixels, label = self._digit(engine, net, body)
-            return {**engine.explain(net, pixels, label, body), "step_size": digits["learning_rate"]}
-
-        return self._answer(request, work)
+        return self._answer(request, "explain")
 
     @Request.application
     def _step(self, request: Request) -> Response:
-        def work(engine, net, body):
-            digits, pixels, label = self._digit(engine, net, body)
-            target = engine.target_for(net, pixels, label, body)
-            return engine.one_step(
-                net, pixels, target, body.get("lr", digits["learning_rate"]), engine.batch_of(digits)
-            )
-
-        return self._answer(request, work)
+        return self._answer(request, "step")
 
     @Request.application
     def _check(self, request: Request) -> Response:
-        def work(engine, net, body):
-            _, pixels, label = self._digit(engine, net, body)
-            return engine.check(net, pixels, engine.target_for(net, pixels, label, body))
-
-        return self._answer(request, work)
+        return self._answer(request, "check")

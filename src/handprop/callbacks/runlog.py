@@ -152,7 +152,8 @@ def describe(trainer: L.Trainer, module) -> list[str]:
         if trainer.lr_scheduler_configs:
             schedule = f"; schedule {type(trainer.lr_scheduler_configs[0].scheduler).__name__}"
         steps = run_steps(trainer)
-        length = f"{epoch_limit(trainer)} epochs" if epoch_limit(trainer) else "no epoch limit"
+        epochs = epoch_limit(trainer)
+        length = f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs else "no epoch limit"
         lines.append(f"optimizer: {type(optimizer).__name__} ({settings}){schedule}; {length}, {steps:,} steps")
     return lines
 

@@ -57,6 +57,59 @@ def accuracy(model, images, labels, batch: int = 2000) -> float:
     return right / max(len(labels), 1)
 
 
+def write_digits(
+    directory: Path, val: tuple, train: tuple, batch_size: int, lr: float | None, most: int = 1000
+) -> None:
+    """digits.pt: up to ``most`` of the validation digits (images uint8, labels), in their
+    order, and one fixed training mini-batch of ``batch_size``, both drawn with seed 0; the
+    run's learning rate, the tab's default step size."""
+    generator = torch.Generator().manual_seed(0)
+    kept = torch.randperm(len(val[1]), generator=generator)[:most].sort().values
+    batch = torch.randperm(len(train[1]), generator=generator)[:batch_size]
+    digits = {
+        "val_images": val[0][kept].reshape(-1, 28, 28).to(torch.uint8).clone(),
+        "val_labels": val[1][kept].long().clone(),
+        "batch_images": train[0][batch].reshape(-1, 28, 28).to(torch.uint8).clone(),
+        "batch_labels": train[1][batch].long().clone(),
+        "learning_rate": lr,
+    }
+    _save(digits, directory / "digits.pt")
+
+
+def write_snapshot(directory: Path, model, epoch: int, step: int, val: tuple, budget_mb: float = 20.0) -> None:
+    """The network's weights after ``epoch`` epochs (0: untrained) and its accuracy on the
+    validation digits ``val``; then the snapshots thinned to the budget, and index.json."""
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    entry = {"epoch": epoch, "step": step, "val_acc": accuracy(model, *val)}
+    _save({"state_dict": state, "hyper_parameters": dict(model.hparams), **entry}, directory / snapshot_name(epoch))
+    size = sum(v.numel() * v.element_size() for v in state.values()) + 4096
+    epochs = snapshot_epochs(directory)
+    kept = thinned(epochs, max(2, int(budget_mb * 2**20 // size)))
+    for gone in sorted(set(epochs) - set(kept)):
+        (directory / snapshot_name(gone)).unlink(missing_ok=True)
+    _write_index(directory, model.hparams, entry, set(kept))
+
+
+def _write_index(directory: Path, hp, entry: dict, kept: set[int]) -> None:
+    """index.json: the snapshots kept, each with its step and validation accuracy, and the
+    network in words (the tab lists runs from it without loading torch)."""
+    path = directory / "index.json"
+    try:
+        old = json.loads(path.read_text())["snapshots"]
+    except (OSError, ValueError, KeyError, TypeError):
+        old = []
+    known = {e["epoch"]: e for e in old if isinstance(e, dict) and e.get("epoch") in kept}
+    known[entry["epoch"]] = entry
+    sizes = "-".join(map(str, [hp.get("input_size", 784), *hp.get("hidden", []), hp.get("num_classes", 10)]))
+    index = {
+        "network": f"{sizes}, {hp.get('activation')} neurons, {hp.get('loss')} cost",
+        "snapshots": [known[e] for e in sorted(known)],
+    }
+    part = path.with_name("index.json.part")
+    part.write_text(json.dumps(index, indent=1))
+    os.replace(part, path)
+
+
 class BackpropSnapshots(Callback):
     """Weights-only snapshots of the network from step 0 to the end, and the digits the
     Backprop tab offers (see the module's docstring). Written by the process of global
@@ -69,9 +122,18 @@ class BackpropSnapshots(Callback):
         if not trainer.is_global_zero:
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        digits = self.dirpath / "digits.pt"
-        if not digits.exists():
-            _save(self._digits(trainer), digits)
+        data = trainer.datamodule
+        if not (self.dirpath / "digits.pt").exists():
+            lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
+            train, val = data.splits["train"], data.splits["val"]
+            write_digits(
+                self.dirpath,
+                (val.images, val.labels),
+                (train.images, train.labels),
+                data.batch_size,
+                lr,
+                self.max_digits,
+            )
         if not snapshot_epochs(self.dirpath) and trainer.global_step == 0:
             self._snapshot(trainer, pl_module, 0)
 
@@ -79,57 +141,8 @@ class BackpropSnapshots(Callback):
         if trainer.is_global_zero and not trainer.sanity_checking:
             self._snapshot(trainer, pl_module, trainer.current_epoch + 1)
 
-    def _digits(self, trainer) -> dict:
-        data = trainer.datamodule
-        val, train = data.splits["val"], data.splits["train"]
-        generator = torch.Generator().manual_seed(0)
-        kept = torch.randperm(len(val.labels), generator=generator)[: self.max_digits].sort().values
-        batch = torch.randperm(len(train.labels), generator=generator)[: data.batch_size]
-        return {
-            "val_images": val.images[kept].reshape(-1, 28, 28).to(torch.uint8).clone(),
-            "val_labels": val.labels[kept].long().clone(),
-            "batch_images": train.images[batch].reshape(-1, 28, 28).to(torch.uint8).clone(),
-            "batch_labels": train.labels[batch].long().clone(),
-            "batch_size": int(data.batch_size),
-            "learning_rate": float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None,
-            "dataset": str(data.dataset),
-        }
-
     def _snapshot(self, trainer, pl_module, epoch: int) -> None:
-        state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
         val = trainer.datamodule.splits["val"]
-        entry = {
-            "epoch": epoch,
-            "step": int(trainer.global_step),
-            "val_acc": accuracy(pl_module, val.images, val.labels),
-        }
-        _save(
-            {"state_dict": state, "hyper_parameters": dict(pl_module.hparams), **entry},
-            self.dirpath / snapshot_name(epoch),
+        write_snapshot(
+            self.dirpath, pl_module, epoch, int(trainer.global_step), (val.images, val.labels), self.budget_mb
         )
-        size = sum(v.numel() * v.element_size() for v in state.values()) + 4096
-        budget = max(2, int(self.budget_mb * 2**20 // size))
-        epochs = snapshot_epochs(self.dirpath)
-        for gone in sorted(set(epochs) - set(thinned(epochs, budget))):
-            (self.dirpath / snapshot_name(gone)).unlink(missing_ok=True)
-        self._index(pl_module, entry, set(epochs) - set(thinned(epochs, budget)))
-
-    def _index(self, pl_module, entry: dict, gone: set[int]) -> None:
-        """index.json: the snapshots kept, each with its step and validation accuracy, and
-        the network's shape in words (the tab lists runs from it without loading torch)."""
-        path = self.dirpath / "index.json"
-        try:
-            old = json.loads(path.read_text())["snapshots"]
-        except (OSError, ValueError, KeyError, TypeError):
-            old = []
-        kept = {e["epoch"]: e for e in old if isinstance(e, dict) and e.get("epoch") not in gone}
-        kept[entry["epoch"]] = entry
-        hp = pl_module.hparams
-        sizes = "-".join(map(str, [hp.get("input_size", 784), *hp.get("hidden", []), hp.get("num_classes", 10)]))
-        index = {
-            "network": f"{sizes}, {hp.get('activation')} neurons, {hp.get('loss')} cost",
-            "snapshots": [kept[e] for e in sorted(kept)],
-        }
-        part = path.with_name("index.json.part")
-        part.write_text(json.dumps(index, indent=1))
-        os.replace(part, path)

@@ -37,7 +37,7 @@ from .backprop import BACKWARDS, CostFunction, LinearActFunction, MLPFunction
 from .calls import binary_cross_entropy, cost, cross_entropy, dropout_mask, dropout_masks, linear, mlp, quadratic_cost
 from .costs import COSTS, Cost, least_cost
 from .curvature import gauss_newton_diagonal, output_curvature
-from .nudges import Nudges, nudges
+from .nudges import Nudges, nudges, ranking
 
 __all__ = [
     "ACTIVATIONS",
@@ -61,5 +61,6 @@ __all__ = [
     "linear",
     "mlp",
     "nudges",
+    "ranking",
     "quadratic_cost",
 ]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..functional.nudges import ranking
 from .layout import DPI, _mosaic, _nice_ticks, _three_ticks, _tick_label
 
 
@@ -84,6 +85,11 @@ def descent_figure(
 # --------------------------------------------------------------------------- backpropagation, one digit
 
 
+def a_digit(k: int) -> str:
+    """ "a 3", "an 8": the digit with its article, as it is read aloud."""
+    return f"an {k}" if k == 8 else f"a {k}"
+
+
 def _signed_bars(ax, values: Tensor, labels: Sequence, title: str, ylabel: str) -> None:
     """Bars up in red (increase), down in blue (decrease), on a symmetric axis."""
     v = values.float().cpu()
@@ -148,7 +154,7 @@ def backprop_figure(
 
     ax = fig.add_subplot(grid[0, 0:2])
     ax.imshow(digit.float().cpu().view(28, 28).numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_title(f"the digit: a {label}, read as {predicted}", fontsize=8)
+    ax.set_title(f"the digit: {a_digit(label)}, read as {predicted}", fontsize=8)
     ax.axis("off")
 
     ax = fig.add_subplot(grid[0, 2 : 2 + (max(neurons, 6) - 2) // 2])
@@ -177,15 +183,15 @@ def backprop_figure(
         axes = []
         for i in range(hidden):
             pull = one.pulls[i][0].float().cpu()
-            order = pull.abs().argsort(descending=True)[:top].sort().values
+            order = ranking(one, i)[:top].cpu()  # the one ranking, used by the weight changes below too
             ax = fig.add_subplot(panels[0, i])
-            shown = f"the {len(order)} of {len(pull)} pushed hardest" if len(order) < len(pull) else f"all {len(pull)}"
+            shown = f"the {len(order)} of {len(pull)} passing on most" if len(order) < len(pull) else f"all {len(pull)}"
             ylabel = "" if i else "-∂C/∂a"  # (the panels side by side share it; a second would run into the first)
             _signed_bars(ax, pull[order], order.tolist(), f"hidden layer {i + 1}: {shown}", ylabel)
             axes.append(ax)
         axes[0].annotate(
-            "the nudges flowing back to the hidden neurons: each one the sum of the nudges above, "
-            "weighted by its connections to them",
+            "the nudges flowing back to the hidden neurons: each one the sum of the nudges above, weighted by its "
+            "connections to them; ranked by the change each passes on (its nudge times its slope f'(z))",
             (0, 1.28),
             xycoords="axes fraction",
             fontsize=8,
@@ -195,7 +201,7 @@ def backprop_figure(
 
     # the first layer's weight changes: dz_j times the pixels, for the neurons pushed hardest
     change = one.changes[0].float().cpu()
-    strongest = one.changes[1].float().cpu().abs().argsort(descending=True)[:neurons]
+    strongest = ranking(one, 0)[:neurons].cpu()  # first in the first hidden layer's ranking, as in its row above
     sources = [("this digit asks", change)]
     if batch is not None:
         sources.append((f"averaged over a mini-batch of {batch_size}: the step", batch.changes[0].float().cpu()))

@@ -24,6 +24,7 @@ function el(tag, attrs = {}, ...children) {
 }
 const $ = (id) => document.getElementById(id);
 const fmt = (v, d = 3) => (Math.abs(v) >= 1e-3 || v === 0 ? v.toFixed(d) : v.toExponential(1));
+const aDigit = (k) => (k === 8 ? "an 8" : `a ${k}`); // as it is read aloud
 const signed = (v, d = 3) => (v > 0 ? "+" : "") + fmt(v, d);
 
 async function call(route, body) {
@@ -198,7 +199,7 @@ async function loadDigits() {
     const answer = await call("digits", request());
     $("gallery-note").textContent = `or pick one of the run's ${answer.count} validation digits: this network reads ${answer.mistakes} of them wrong (framed red, first; hover for label and reading)`;
     $("gallery").replaceChildren(...answer.digits.map((d) => {
-      const c = el("canvas", { width: 28, height: 28, title: `a ${d.label}, read as ${d.read}`, "data-index": d.index, class: d.read !== d.label ? "wrong" : "" });
+      const c = el("canvas", { width: 28, height: 28, title: `${aDigit(d.label)}, read as ${d.read}`, "data-index": d.index, class: d.read !== d.label ? "wrong" : "" });
       pixelsTo(c, d.pixels, 1);
       c.addEventListener("click", () => {
         state.source = { digit: d.index };
@@ -228,7 +229,8 @@ async function explain(extra = {}) {
 function drawAll(a) {
   pixelsTo($("read-image"), a.pixels);
   $("read").textContent = String(a.read);
-  $("read").dataset.read = a.read;
+  $("read").dataset.source = Object.keys(state.source)[0]; // what was read: "canvas" or "digit"
+  $("read-image").dataset.pixels = JSON.stringify(a.pixels);
   $("target").value = state.target == null ? "" : String(state.target);
   if (!$("lr").value) $("lr").value = a.step_size;
   drawForward(a);

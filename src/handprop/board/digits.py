@@ -1,0 +1,92 @@
+"""The digits the Backprop tab shows: a drawn canvas brought to MNIST's form, and the run's own.
+
+A run keeps its digits in ``backprop/digits.pt`` (``callbacks.BackpropSnapshots``): some
+of its validation digits, and one fixed training mini-batch. They are read with
+``weights_only=True`` and checked for their shapes before use.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..predict import ImageError, to_mnist
+from .runs import BadRequest
+
+MAX_SIDE = 1024  # a canvas sent larger than this a side is refused
+_LOCK = threading.Lock()
+
+
+def _levels(values, count: int, top: float, problem: str) -> Tensor:
+    """``count`` finite numbers from 0 to ``top``, as float64; else a BadRequest saying ``problem``."""
+    if not isinstance(values, list) or len(values) != count:
+        raise BadRequest(f"{problem}; got {len(values) if isinstance(values, list) else type(values).__name__}")
+    try:
+        levels = torch.tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise BadRequest(problem) from None
+    if levels.dim() != 1 or not bool(torch.isfinite(levels).all()) or levels.min() < 0 or levels.max() > top:
+        raise BadRequest(problem)
+    return levels
+
+
+def digit_from_request(body: dict, digits: dict | None) -> tuple[Tensor, int | None]:
+    """The 28x28 digit (784,) in [0, 1] a request names, and its label if known: one of the
+    run's validation digits (``digit``: its index); a digit already in MNIST's form
+    (``pixels``: 784 levels in [0, 1], row by row); or a drawn canvas (``canvas``:
+    {"width", "height", "grey": levels 0-255, row by row}), brought to MNIST's form by
+    predict.py's own ``to_mnist``."""
+    if body.get("digit") is not None:
+        i = body["digit"]
+        count = 0 if digits is None else len(digits["val_labels"])
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
+            raise BadRequest(f"digit {i!r}: give the index of one of the run's {count} validation digits")
+        return digits["val_images"][i].double().flatten() / 255, int(digits["val_labels"][i])
+    if body.get("pixels") is not None:
+        return _levels(body["pixels"], 784, 1.0, "pixels: give 784 numbers from 0 to 1, a 28x28 digit row by row"), None
+    canvas = body.get("canvas")
+    if not isinstance(canvas, dict):
+        raise BadRequest("no digit given: draw one on the canvas, or pick one of the run's validation digits")
+    w, h = canvas.get("width"), canvas.get("height")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_SIDE for v in (w, h)):
+        raise BadRequest(f"canvas {w!r}x{h!r}: width and height must be whole numbers from 8 to {MAX_SIDE}")
+    grey = _levels(
+        canvas.get("grey"), w * h, 255.0, f"canvas: {w}x{h} needs {w * h} grey levels from 0 to 255, row by row"
+    )
+    try:
+        return to_mnist((grey / 255).float().view(h, w))[0].double().flatten(), None
+    except ImageError as e:
+        raise BadRequest(f"canvas: {e}; draw a digit first") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _digits(path: str, stamp: tuple) -> dict:
+    try:
+        digits = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, damaged, or a pickle asking for more than tensors
+        raise BadRequest(f"{path}: cannot be read ({str(e).splitlines()[0][:200]}); train the run again") from None
+    shapes = {"val_images": 3, "val_labels": 1, "batch_images": 3, "batch_labels": 1}
+    if not isinstance(digits, dict) or not all(
+        isinstance(digits.get(k), Tensor) and digits[k].dim() == d for k, d in shapes.items()
+    ):
+        raise BadRequest(f"{path}: not the digits handprop writes for the Backprop tab; train the run again")
+    return digits
+
+
+def run_digits(run: Path) -> dict:
+    """The digits a run keeps for the tab (``callbacks.BackpropSnapshots``), loaded once."""
+    path = run / "backprop" / "digits.pt"
+    if not path.is_file():
+        raise BadRequest(f"{path.name} is missing from the run's backprop/: train the run again")
+    stat = path.stat()
+    with _LOCK:
+        return _digits(str(path), (stat.st_size, stat.st_mtime_ns))
+
+
+def batch_of(digits: dict) -> tuple[Tensor, Tensor]:
+    """The run's fixed training mini-batch, as pixels (N, 784) in [0, 1] and labels."""
+    return digits["batch_images"].flatten(1).double() / 255, digits["batch_labels"]
