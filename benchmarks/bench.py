@@ -14,6 +14,7 @@ epoch      one epoch of the default recipe: handprop under Lightning, the same w
            PyTorch loop, torchvision's MNIST + DataLoader; and the data path alone
 fashion    time to 89% test accuracy on full Fashion-MNIST, handprop vs the plain loop
 cli        ``python train.py --help`` as a user runs it (a time, not a ratio: the budget is 2 s)
+board      TensorBoard's Backprop tab over HTTP: is_active with 200 runs, the explain route's latency
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import audit
 import backward
+import board
 import cli
 import epoch
 import fashion
@@ -44,6 +46,7 @@ SECTIONS = {  # --only name: its module, in the order they run
     "epoch": epoch,
     "fashion": fashion,
     "cli": cli,
+    "board": board,
 }
 
 

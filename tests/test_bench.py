@@ -53,6 +53,17 @@ KEYS = {
         "help_lines",
     },
 }
+KEYS["board"] = {
+    "runs",
+    "requests",
+    "tensorboard_threads",
+    "is_active_first_ms",
+    "is_active_cached_p95_ms",
+    "plugins_listing_p95_ms",
+    "explain",
+    "goal_ms",
+    "torch_threads_here",
+}
 FOUR_LOOPS = {"handprop", "network.py", "torch.nn", "raw_math"}
 
 

@@ -281,3 +281,16 @@ def test_a_run_trained_by_train_py_is_what_the_tab_reads(train_cfg):
     assert len(kept["batch_labels"]) == 10 and kept["learning_rate"] == 3.0
     status, got = post(run.parent, "explain", run=run.name, snapshot=0, digit=0)
     assert status == 200 and got["snapshot"] == {"epoch": 0, "step": 0, "val_acc": index["snapshots"][0]["val_acc"]}
+
+
+def test_a_snapshots_accuracy_is_the_runs_own_validation(train_cfg):
+    """Where the epoch validated on the whole split, the snapshot's accuracy is the run's own
+    val/acc (not measured twice); the untrained network's is measured on the same digits."""
+    from handprop.train import train  # noqa: PLC0415
+
+    cfg = train_cfg("model.hidden=[16]", "trainer.limit_val_batches=1.0", "callbacks.pictures=null", "test=false")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    index = json.loads((run / "backprop" / "index.json").read_text())["snapshots"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert index[-1]["val_acc"] == pytest.approx(metrics["val/acc"], abs=1e-6) and 0 <= index[0]["val_acc"] <= 1

@@ -34,7 +34,11 @@ def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "ConfigError: model.hiden: unknown key. Did you mean model.hidden?" in text
     assert "test accuracy" in text and "the three agree" in text
+    # the lesson's own network first, then the default recipe's kind
+    assert "network: 784 -> 16 -> 16 -> 10 ('sigmoid', 'sigmoid', 'sigmoid') quadratic" in text
+    assert "('relu', 'identity'), cross_entropy, label smoothing 0.1" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 5  # weights, confusion matrix, descent, backprop, one neuron's changes
-    (run,) = [p.parent for p in tmp_path.rglob("metrics.json")]
-    assert {p.name for p in (run / "pictures").iterdir()} >= {"descent.png", "backprop.png"}
+    lesson, default = sorted(p.parent for p in tmp_path.rglob("metrics.json"))
+    assert {p.name for p in (lesson / "pictures").iterdir()} >= {"descent.png", "backprop.png"}
+    assert (lesson / "train.log").is_file() and (lesson / ".hydra" / "overrides.yaml").is_file()

@@ -12,6 +12,8 @@ import torch
 from PIL import Image, ImageOps
 
 from handprop.data import load_split
+from handprop.explain import main as explain_main
+from handprop.explain import run_batch
 from handprop.module import DigitClassifier
 from handprop.predict import ImageError, load_image, predict, to_mnist
 from handprop.train import train
@@ -210,7 +212,18 @@ def _explain(*args):
     )
 
 
-def test_explain_draws_the_backward_pass_of_a_users_digit(checkpoint, tmp_path):
+def _explain_here(capsys, *args) -> tuple[int, str, str]:
+    """explain.py's main in this process (the subprocess above is the command itself):
+    its exit status, standard output and standard error."""
+    try:
+        status = explain_main([str(a) for a in args])
+    except SystemExit as e:  # argparse's refusal
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_explain_draws_the_backward_pass_of_a_users_digit(checkpoint, tmp_path, capsys):
     images, labels = load_split("sample", "test")
     digit = _save(1 - images[0].float() / 255, tmp_path / "mine.jpg", size=(140, 140))  # dark on light, large
     proc = _explain(checkpoint, digit, "--label", int(labels[0]))
@@ -220,23 +233,23 @@ def test_explain_draws_the_backward_pass_of_a_users_digit(checkpoint, tmp_path):
     with Image.open(picture) as drawn:
         assert drawn.format == "PNG" and drawn.width > 500 and drawn.height > 500
     out = tmp_path / "elsewhere.png"
-    proc = _explain(checkpoint, digit, "--out", out)  # no label: the digit read
-    assert proc.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG"
-    assert "read as" in proc.stdout
+    status, printed, _ = _explain_here(capsys, checkpoint, digit, "--out", out)  # no label: the digit read
+    assert status == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    assert "read as" in printed
 
 
-def test_explain_names_bad_input_like_predict(checkpoint, tmp_path):
+def test_explain_names_bad_input_like_predict(checkpoint, tmp_path, capsys):
     junk = tmp_path / "notes.png"
     junk.write_text("not an image")
     proc = _explain(checkpoint, junk)
     assert proc.returncode == 2 and f"{junk}: cannot be read as an image (PNG or JPEG expected)" in proc.stderr
-    proc = _explain(checkpoint, tmp_path / "missing.png")
-    assert proc.returncode == 2 and f"{tmp_path / 'missing.png'}: no such file" in proc.stderr
-    proc = _explain(tmp_path / "none.ckpt", junk)
-    assert proc.returncode == 2 and "none.ckpt: no such checkpoint file" in proc.stderr
     assert proc.stdout == "" and "Traceback" not in proc.stderr
-    proc = _explain(checkpoint, junk, "--label", "12")
-    assert proc.returncode == 2 and "invalid choice: 12" in proc.stderr
+    status, _, err = _explain_here(capsys, checkpoint, tmp_path / "missing.png")
+    assert status == 2 and f"{tmp_path / 'missing.png'}: no such file" in err
+    status, out, err = _explain_here(capsys, tmp_path / "none.ckpt", junk)
+    assert status == 2 and "none.ckpt: no such checkpoint file" in err and out == ""
+    status, _, err = _explain_here(capsys, checkpoint, junk, "--label", "12")
+    assert status == 2 and "invalid choice: 12" in err
     assert not list(tmp_path.glob("*_backprop.png"))  # nothing written for bad input
 
 
@@ -245,12 +258,11 @@ def test_the_lessons_sigmoid_outputs_read_the_same_in_predict_and_explain(tmp_pa
     output neuron's own activation, as explain.py and the Backprop tab show it -- not
     rescaled to sum to 1; and explain.py's mini-batch is the run's: its size, with the
     learner's digit in it."""
-    from board_runs import LESSON, make_run  # noqa: PLC0415
-
-    from handprop import explain  # noqa: PLC0415
     from handprop.checkpoint import model_from_checkpoint, read_checkpoint  # noqa: PLC0415
     from handprop.functional import COSTS  # noqa: PLC0415
     from handprop.predict import main  # noqa: PLC0415
+
+    from board_runs import LESSON, make_run  # noqa: PLC0415
 
     snapshot = make_run(tmp_path / "run", LESSON, epochs=1) / "backprop" / "epoch0001.pt"
     images, _ = load_split("sample", "test")
@@ -263,8 +275,8 @@ def test_the_lessons_sigmoid_outputs_read_the_same_in_predict_and_explain(tmp_pa
     read = int(raw.argmax())
     assert f"{digit}: {read} (output {raw[read]:.3f})" in printed and abs(float(raw.sum()) - 1) > 1e-3
     assert printed.split()[-10:] == [f"{k}:{v:.3f}" for k, v in enumerate(raw.tolist())]
-    pixels, labels = explain.run_batch(snapshot)
+    pixels, labels = run_batch(snapshot)
     kept = torch.load(snapshot.parent / "digits.pt", weights_only=True)
     assert len(labels) == 10 and torch.equal(labels, kept["batch_labels"])
-    assert explain.main([str(snapshot), str(digit), "--label", "5"]) == 0
+    assert explain_main([str(snapshot), str(digit), "--label", "5"]) == 0
     assert "the backward pass for label 5 drawn in" in capsys.readouterr().out

@@ -138,8 +138,8 @@ def test_processes_of_a_launch_need_one_shared_directory(tmp_path):
 
 
 def test_a_full_disk_during_training_is_one_line_and_keeps_what_was_written(tmp_path):
-    """The run's log, config and TensorBoard files fit; a checkpoint of a 784-400-10
-    network (1.3 MB) does not."""
+    """The run's log, config and TensorBoard files fit; the Backprop tab's digits (400 KB)
+    or a checkpoint of a 784-400-10 network (1.3 MB) do not."""
     with small_filesystem(tmp_path / "disk", "400k") as disk:
         proc = run_cli("train.py", *QUICK, "model.hidden=[400]", f"hydra.run.dir={disk}/run")
         files = sorted(p.relative_to(disk).as_posix() for p in disk.rglob("*") if p.is_file())
@@ -147,9 +147,9 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_what_was_written(tmp_
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
     assert errors == [proc.stderr.strip().splitlines()[-1]]  # one line, the last
-    assert errors[0].startswith(f"error: no space left on {disk}/run/checkpoints: ")
+    assert errors[0].startswith(f"error: no space left on {disk}/run/backprop: digits.pt was not written")
     assert "run/.hydra/config.yaml" in files and not any(f.endswith(".tmp") for f in files)
-    assert not any(f.endswith(".ckpt") for f in files)  # nothing truncated
+    assert not any(f.endswith((".ckpt", ".pt")) for f in files)  # nothing truncated
 
 
 @pytest.mark.parametrize(

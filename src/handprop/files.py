@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what atomic_write leaves behind if killed
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` with ``write(file)``, atomically (see the module's docstring)."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
+    """Write ``path`` with ``write(file)``, atomically (see the module's docstring).
+    ``durable=False``: without the fsyncs, for files a power cut may cost (the Backprop
+    tab's snapshots): still whole or absent for every reader."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
@@ -44,7 +46,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -58,7 +61,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
             kept = "the previous one is intact" if path.exists() else "nothing was written"
             raise no_space(path.parent, f"{path.name} was not written ({kept})") from None
         raise
-    _fsync_directory(path.parent)
+    if durable:
+        _fsync_directory(path.parent)
 
 
 def no_space(directory: str | Path, what: str) -> DiskFullError:

@@ -16,13 +16,13 @@ directory need not be reachable from TensorBoard).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..board.runs import snapshot_epochs, snapshot_name
+from ..files import atomic_write, atomic_write_text
 
 
 def thinned(epochs: list[int], budget: int) -> list[int]:
@@ -38,10 +38,9 @@ def thinned(epochs: list[int], budget: int) -> list[int]:
 
 
 def _save(obj, path: Path) -> None:
-    """Written whole or not at all: a reader never sees half a file."""
-    part = path.with_name(path.name + ".part")
-    torch.save(obj, part)
-    os.replace(part, path)
+    """Written whole or not at all (``files.atomic_write``): a reader never sees half a
+    file, and a full disk is one line naming it."""
+    atomic_write(path, lambda file: torch.save(obj, file), durable=False)
 
 
 @torch.no_grad()
@@ -76,11 +75,14 @@ def write_digits(
     _save(digits, directory / "digits.pt")
 
 
-def write_snapshot(directory: Path, model, epoch: int, step: int, val: tuple, budget_mb: float = 20.0) -> None:
+def write_snapshot(
+    directory: Path, model, epoch: int, step: int, val: tuple, budget_mb: float = 20.0, val_acc: float | None = None
+) -> None:
     """The network's weights after ``epoch`` epochs (0: untrained) and its accuracy on the
-    validation digits ``val``; then the snapshots thinned to the budget, and index.json."""
+    validation digits ``val`` (``val_acc``: as the run's validation just measured it); then
+    the snapshots thinned to the budget, and index.json."""
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    entry = {"epoch": epoch, "step": step, "val_acc": accuracy(model, *val)}
+    entry = {"epoch": epoch, "step": step, "val_acc": accuracy(model, *val) if val_acc is None else val_acc}
     _save({"state_dict": state, "hyper_parameters": dict(model.hparams), **entry}, directory / snapshot_name(epoch))
     size = sum(v.numel() * v.element_size() for v in state.values()) + 4096
     epochs = snapshot_epochs(directory)
@@ -105,9 +107,7 @@ def _write_index(directory: Path, hp, entry: dict, kept: set[int]) -> None:
         "network": f"{sizes}, {hp.get('activation')} neurons, {hp.get('loss')} cost",
         "snapshots": [known[e] for e in sorted(known)],
     }
-    part = path.with_name("index.json.part")
-    part.write_text(json.dumps(index, indent=1))
-    os.replace(part, path)
+    atomic_write_text(path, json.dumps(index, indent=1))
 
 
 class BackpropSnapshots(Callback):
@@ -117,6 +117,7 @@ class BackpropSnapshots(Callback):
 
     def __init__(self, dirpath: str, budget_mb: float = 20.0, max_digits: int = 1000):
         self.dirpath, self.budget_mb, self.max_digits = Path(dirpath), budget_mb, max_digits
+        self._validated: tuple[int, float] | None = None  # (epoch, val/acc) of the latest whole validation
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -137,12 +138,22 @@ class BackpropSnapshots(Callback):
         if not snapshot_epochs(self.dirpath) and trainer.global_step == 0:
             self._snapshot(trainer, pl_module, 0)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            self._snapshot(trainer, pl_module, trainer.current_epoch + 1)
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # (after the module's own epoch-end hook, which logs val/acc)
+        # the epoch's whole validation split (not a limited or sanity-check part): its accuracy is the snapshot's
+        limit = trainer.limit_val_batches
+        whole = not trainer.sanity_checking and isinstance(limit, float) and limit == 1.0
+        acc = trainer.callback_metrics.get("val/acc")
+        self._validated = (trainer.current_epoch, float(acc)) if whole and acc is not None else None
 
-    def _snapshot(self, trainer, pl_module, epoch: int) -> None:
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            validated = self._validated
+            acc = validated[1] if validated and validated[0] == trainer.current_epoch else None
+            self._snapshot(trainer, pl_module, trainer.current_epoch + 1, acc)
+
+    def _snapshot(self, trainer, pl_module, epoch: int, val_acc: float | None = None) -> None:
         val = trainer.datamodule.splits["val"]
         write_snapshot(
-            self.dirpath, pl_module, epoch, int(trainer.global_step), (val.images, val.labels), self.budget_mb
+            self.dirpath, pl_module, epoch, int(trainer.global_step), (val.images, val.labels), self.budget_mb, val_acc
         )

@@ -6,6 +6,7 @@
 // comes from the plugin's JSON routes (handprop/board/plugin.py), computed by the run's own
 // network through the hand-written backward pass that trains it.
 
+const LESSON = "784-16-16-10, sigmoid neurons, quadratic cost"; // 3Blue1Brown's network (experiment=3b1b)
 const UP = "#d62728", DOWN = "#1f77b4"; // red: increase, blue: decrease (a nudge's sign)
 const state = { runs: [], run: null, snap: 0, source: null, target: null, layer: null, neuron: null, strokes: [] };
 let last = null; // the latest explain answer
@@ -109,12 +110,16 @@ async function loadRuns(again = false) {
       $("network").textContent = "No run with snapshots under --logdir yet. Train the lesson's network (about a minute on the embedded sample): python train.py experiment=3b1b, then press refresh.";
       return;
     }
+    // the run shown: the one shown before a refresh; else the newest of the lesson's network, where the
+    // learner's path starts; else the newest
     const keep = runs.find((r) => r.run === state.run);
-    pickRun(keep ? keep.run : runs[runs.length - 1].run, again && keep ? state.snap : null);
+    const lesson = runs.filter((r) => r.network === LESSON).pop();
+    pickRun((keep || lesson || runs[runs.length - 1]).run, again && keep ? state.snap : null);
   } catch (e) { showError(e.message); }
 }
 
 function pickRun(name, snap = null) {
+  if (name !== state.run && state.source && state.source.digit != null) state.source = null; // another run's digits
   state.run = name;
   $("run").value = name;
   const run = state.runs.find((r) => r.run === name);

@@ -1,0 +1,143 @@
+"""Section ``board``: TensorBoard's Backprop tab under a real ``tensorboard`` process.
+
+A logdir of ``runs`` run directories (the default network's snapshot in one, the lesson's
+in another, copies beside them) is served by ``tensorboard --logdir``, its torch limited
+to one thread (``OMP_NUM_THREADS=1``). Measured over HTTP on 127.0.0.1, warm (after a first
+request), each request a fresh connection as a browser's fetch may be:
+
+    /data/plugins_listing   TensorBoard asks every plugin's is_active: ours answers from its cache
+    explain                 one digit through the network and back, the default network and the lesson's
+
+Goals (docs/benchmarks.md): is_active under 50 ms with 200 runs, explain's p95 under 50 ms
+for the default network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from handprop.board.plugin import BackpropPlugin
+from handprop.callbacks.snapshots import write_digits, write_snapshot
+from handprop.data import load_split
+from handprop.module import DigitClassifier
+
+GOAL_MS = 50.0
+NETWORKS = {
+    "default": {},  # 784-512-256-10 ReLU, softmax and cross-entropy, standardised pixels
+    "lesson": dict(hidden=[16, 16], activation="sigmoid", output_activation="sigmoid", loss="quadratic"),
+}
+
+
+def _logdir(root: Path, runs: int) -> None:
+    train, val = load_split("sample", "train"), load_split("sample", "val")
+    for name, hp in NETWORKS.items():
+        directory = root / name / "backprop"
+        directory.mkdir(parents=True)
+        write_digits(directory, val, train, 128, 0.1)
+        write_snapshot(directory, DigitClassifier(**hp), 0, 0, val)
+    for i in range(runs - len(NETWORKS)):  # the rest: copies of the lesson's run, as a long-lived logdir holds
+        shutil.copytree(root / "lesson", root / f"2026-01-01/{i:03d}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ms(url: str, body: dict | None = None) -> float:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:
+        response.read()
+    return 1000 * (time.perf_counter() - start)
+
+
+def _p95(samples: list[float]) -> float:
+    return sorted(samples)[max(0, round(0.95 * len(samples)) - 1)]
+
+
+def measure(args) -> dict:
+    runs, requests = (5, 5) if args.quick else (200, 200)
+    root = Path(tempfile.mkdtemp(prefix="handprop-board-"))
+    try:
+        _logdir(root, runs)
+        plugin = BackpropPlugin(type("Context", (), {"logdir": str(root)})())
+        start = time.perf_counter()
+        plugin.is_active()
+        first_ms = 1000 * (time.perf_counter() - start)
+        cached = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            plugin.is_active()
+            cached.append(1000 * (time.perf_counter() - start))
+        url = f"http://127.0.0.1:{_free_port()}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        command = [str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(root), "--host", "127.0.0.1"]
+        board = subprocess.Popen(
+            [*command, "--port", url.rsplit(":", 1)[1]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    _ms(url + "/data/plugins_listing")
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or board.poll() is not None:
+                        raise RuntimeError("tensorboard did not start") from None
+                    time.sleep(0.2)
+            listing = [_ms(url + "/data/plugins_listing") for _ in range(max(5, requests // 10))]
+            explain = {}
+            for name in NETWORKS:
+                body = {"run": name, "snapshot": 0, "digit": 0}
+                _ms(url + "/data/plugin/backprop/explain", body)  # loads the network
+                times = [
+                    _ms(url + "/data/plugin/backprop/explain", {**body, "digit": i % 100}) for i in range(requests)
+                ]
+                explain[name] = {"median_ms": statistics.median(times), "p95_ms": _p95(times)}
+        finally:
+            board.terminate()
+            board.wait(10)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "runs": runs,
+        "requests": requests,
+        "tensorboard_threads": 1,
+        "is_active_first_ms": first_ms,
+        "is_active_cached_p95_ms": _p95(cached),
+        "plugins_listing_p95_ms": _p95(listing),
+        "explain": explain,
+        "goal_ms": GOAL_MS,
+        "torch_threads_here": torch.get_num_threads(),
+    }
+
+
+def report(b: dict) -> str:
+    lines = [
+        f"\nBackprop tab: a logdir of {b['runs']} runs under `tensorboard` (torch on 1 thread), over HTTP, warm",
+        f"  is_active: {b['is_active_first_ms']:.1f} ms the first time (it looks), "
+        f"{b['is_active_cached_p95_ms']:.3f} ms p95 after (from its cache); "
+        f"TensorBoard's /data/plugins_listing {b['plugins_listing_p95_ms']:.1f} ms p95",
+    ]
+    for name, e in b["explain"].items():
+        verdict = "under" if e["p95_ms"] <= b["goal_ms"] else "OVER"
+        lines.append(
+            f"  explain, {name} network: {e['median_ms']:.1f} ms median, {e['p95_ms']:.1f} ms p95 over "
+            f"{b['requests']} requests ({verdict} the {b['goal_ms']:.0f} ms goal)"
+        )
+    return "\n".join(lines)
