@@ -103,7 +103,7 @@ def backprop_tab(url: str, out: Path) -> None:
     from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
     from selenium.webdriver.common.action_chains import ActionChains  # noqa: PLC0415
     from selenium.webdriver.common.by import By  # noqa: PLC0415
-    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+    from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: PLC0415
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
@@ -155,9 +155,12 @@ def backprop_tab(url: str, out: Path) -> None:
         last = int(driver.find_element(By.ID, "scrubber").get_attribute("max"))
         scrub(0, "digit")
         draw()
+        Select(driver.find_element(By.ID, "target")).select_by_value("3")  # the cost wants the 3 it is
+        settle("canvas")
         shot("3_untrained", "run-panel", "change-panel")
         scrub(last, "canvas")
         shot("3_trained", "run-panel", "change-panel")
+        Select(driver.find_element(By.ID, "target")).select_by_value("")  # back to each digit's own label
         driver.find_element(By.CSS_SELECTOR, "#gallery canvas.wrong").click()
         settle("digit")
         shot("mistake", "digit-panel", "nudge-panel")

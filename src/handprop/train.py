@@ -43,7 +43,6 @@ def run_name(overrides: str, limit: int = 96) -> str:
     """A run's name from its command-line overrides (Hydra's ``override_dirname``), safe as
     one directory name: no '/', at most ``limit`` characters -- a longer one keeps its
     start and ends in a hash of the whole, so that different runs keep different names."""
-
     name = overrides.replace("/", "_")
     if len(name) <= limit:
         return name
@@ -52,9 +51,6 @@ def run_name(overrides: str, limit: int = 96) -> str:
 
 # conf/logger/default.yaml: version: ${run_name:${hydra:job.override_dirname}}
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
-
-
-# --------------------------------------------------------------------------- building blocks
 
 
 @rank_zero_only
@@ -75,9 +71,6 @@ def _continue_tensorboard_run(cfg: DictConfig) -> None:
     if len(existing) == 1:  # (the run directory itself, "", for a run that had no overrides)
         with open_dict(cfg):
             cfg.logger.tensorboard.version = "" if existing[0] == root else existing[0].relative_to(root).as_posix()
-
-
-# --------------------------------------------------------------------------- entry points
 
 
 def flush_denormals() -> None:

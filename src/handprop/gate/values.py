@@ -40,8 +40,7 @@ def probability(v) -> bool:
     return is_number(v) and 0 <= v < 1
 
 
-POSITIVE_INT = "must be a positive integer"
-POSITIVE_INT_OR_NULL = "must be a positive integer, or null"
+POSITIVE_INT, POSITIVE_INT_OR_NULL = "must be a positive integer", "must be a positive integer, or null"
 PROBABILITY = "must be a probability in [0, 1)"
 
 
@@ -82,13 +81,12 @@ def _limit_batches(v) -> bool:  # Lightning's limit_*_batches: a count, or a fra
     return v is None or (is_int(v) and v >= 0) or (is_number(v) and 0 <= v <= 1)
 
 
-_POSITIVE_INT = (positive_int, POSITIVE_INT)
-_POSITIVE_INT_OR_NULL = (_or_null(positive_int), POSITIVE_INT)  # null: if the signature takes it
+_POSITIVE_INT, _POSITIVE_INT_OR_NULL = (positive_int, POSITIVE_INT), (_or_null(positive_int), POSITIVE_INT)
 
-# (key pattern, rule, allowed values). Patterns are fnmatch-style over dotted keys; a key
-# a config does not have is skipped. The first matching rule that fails names the key.
-# A value a rule lets through is still checked against its parameter's type, so a rule
-# that lets null through leaves it to the signature to say whether null is allowed.
+# (key pattern, rule, allowed values). Patterns are fnmatch-style over dotted keys; a key a config
+# does not have is skipped. The first matching rule that fails names the key. A value a rule lets
+# through is still checked against its parameter's type (a rule letting null through leaves it to
+# the signature to say whether null is allowed).
 RANGES: list[tuple[str, Callable[[object], bool], str]] = [
     (
         "seed",

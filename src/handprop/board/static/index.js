@@ -67,6 +67,7 @@ function frame() {
           el("button", { id: "clear", text: "clear", onclick: clearPad }),
           el("button", { id: "undo", text: "undo a stroke", onclick: undoStroke }))),
         el("div", {}, el("canvas", { id: "read-image", class: "px", width: 28, height: 28, style: "width:168px;height:168px" }),
+          el("div", { id: "label", class: "note" }),
           el("div", { class: "big-number" }, "read as ", el("span", { id: "read", text: "-" })),
           el("label", {}, "the cost wants ", el("select", { id: "target", onchange: (e) => { state.target = e.target.value === "" ? null : +e.target.value; explain(); } }))),
         el("div", {}, el("div", { class: "note", id: "gallery-note" }), el("div", { id: "gallery", class: "gallery" })))),
@@ -208,6 +209,7 @@ async function loadDigits() {
       pixelsTo(c, d.pixels, 1);
       c.addEventListener("click", () => {
         state.source = { digit: d.index };
+        clearPad(); // the canvas is for a drawing: a validation digit shows on the right only
         for (const other of $("gallery").children) other.classList.toggle("chosen", other === c);
         explain();
       });
@@ -236,6 +238,8 @@ function drawAll(a) {
   $("read").textContent = String(a.read);
   $("read").dataset.source = Object.keys(state.source)[0]; // what was read: "canvas" or "digit"
   $("read-image").dataset.pixels = JSON.stringify(a.pixels);
+  $("label").textContent = a.label == null ? "your drawing" : `one of the run's validation digits: ${aDigit(a.label)}`;
+  $("target").options[0].text = a.label == null ? `the digit read (${a.target})` : `its label (${a.target})`;
   $("target").value = state.target == null ? "" : String(state.target);
   if (!$("lr").value) $("lr").value = a.step_size;
   drawForward(a);
@@ -269,7 +273,7 @@ function drawOutput(a) {
     el("div", { class: "plot" },
       el("div", { class: "pair", style: `left:6%;height:${(100 * Math.max(v, 0)) / top}%;background:#777`, "data-output": v }),
       el("div", { class: "pair", style: `right:6%;height:${(100 * Math.max(desired[k], 0)) / top}%;border:1.5px solid #000;box-sizing:border-box` })),
-    el("div", { text: `${k}${k === a.target ? " (wanted)" : ""}` }), el("div", { text: fmt(v, 2) }))));
+    el("div", { class: k === a.target ? "wanted" : "", text: String(k), title: k === a.target ? "the digit the cost wants" : "" }), el("div", { text: fmt(v, 2) }))));
   $("cost-formula").textContent = `${a.network.reads} against the desired output y; ${a.network.formula}`;
   $("cost").textContent = fmt(a.cost, 4);
 }
@@ -291,7 +295,8 @@ const SHOWN = 16; // the hidden neurons shown per layer: the first of the rankin
 
 function drawNudges(a) {
   const out = a.layers[a.layers.length - 1];
-  const parts = [el("div", { class: "note", text: "output layer: the nudge each output neuron wants, desired - output" }),
+  const largest = (values) => fmt(Math.max(...values.map(Math.abs)), 4);
+  const parts = [el("div", { class: "note", text: `output layer: the nudge each output neuron wants, desired - output (the longest bar: ${largest(out.nudge)})` }),
     signedBars(out.nudge, out.nudge.map((_, k) => k), { data: (k) => ({ k, value: out.nudge[k] }), selected: a.neuron.layer === a.layers.length - 1 ? a.neuron.index : null, click: (k) => pickNeuron(a.layers.length - 1, k) })];
   parts[1].id = "output-nudges";
   for (const b of parts[1].children) b.classList.add("nudge-out");
@@ -299,7 +304,7 @@ function drawNudges(a) {
     const layer = a.layers[i];
     const order = layer.order.slice(0, SHOWN);
     const off = layer.state.filter((s) => s).length;
-    parts.push(el("div", { class: "note", text: `${layer.name}: the ${order.length} of ${layer.a.length} neurons passing on the largest change, largest first (number: the neuron; ${off} of ${layer.a.length} are ${layer.activation === "relu" ? "switched off (a = 0)" : "saturated (slope f'(z) near 0)"} for this digit)` }),
+    parts.push(el("div", { class: "note", text: `${layer.name}: the ${order.length} of ${layer.a.length} neurons passing on the largest change, largest first (number: the neuron; ${off} of ${layer.a.length} are ${layer.activation === "relu" ? "switched off (a = 0)" : "saturated (slope f'(z) near 0)"} for this digit; the longest bar: ${largest(order.map((j) => layer.nudge[j]))})` }),
       signedBars(order.map((j) => layer.nudge[j]), order, {
         titles: order.map((j) => `neuron ${j}: nudge ${signed(layer.nudge[j], 4)}, slope f'(z) ${fmt(layer.slope[j], 4)}, passes on ${signed(layer.passed_on[j], 4)}${layer.state[j] ? ` (${layer.state[j]})` : ""}`),
         tags: order.map((j) => layer.state[j]),
