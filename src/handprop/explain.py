@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     pixels, labels = torch.cat([image[None], pixels[1:]]), torch.cat([torch.tensor([label]), labels[1:]])
     batch = nudges_of(model, pixels.to(model.device), labels.to(model.device))
     given = f"label {label}" if args.label is not None else f"label {label}, the digit read"
-    figure = backprop_figure(
-        image[0], label, one, batch, len(labels), f"{Path(args.image).name}, {given}", model.calibrated
-    )
+    title = f"{Path(args.image).name}, {given}"
+    activations = model.net.activations
+    figure = backprop_figure(image[0], label, one, batch, len(labels), title, model.calibrated, activations=activations)
     try:
         figure.savefig(out)
     except OSError as e:

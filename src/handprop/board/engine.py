@@ -19,8 +19,7 @@ from torch import Tensor
 from .. import functional as HF
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..errors import CheckpointError
-from ..functional.activations import ACTIVATIONS
-from ..functional.nudges import nudges, ranking
+from ..functional.nudges import neuron_states, nudges, ranking, slope
 from .digits import batch_of, digit_from_request
 from .runs import BadRequest
 
@@ -89,28 +88,6 @@ def target_for(net: Network, pixels: Tensor, label: int | None, body: dict) -> i
     return target
 
 
-def slope(activation: str, z: Tensor) -> Tensor:
-    """f'(z), by the activation's own chain rule (from what its forward pass keeps)."""
-    f = ACTIVATIONS[activation]
-    saved = {"output": f.fn(z), "input": z, "nothing": None}[f.saves]
-    return f.chain(torch.ones_like(z), saved)
-
-
-@functools.lru_cache
-def steepest(activation: str) -> float:
-    """The largest slope f'(z) of an activation, over z in [-8, 8]."""
-    return float(slope(activation, torch.linspace(-8, 8, 1601, dtype=torch.float64)).abs().max())
-
-
-def _states(activation: str, a: Tensor, slope: Tensor) -> list[str]:
-    """Per neuron: "off" (a switched-off ReLU: a = 0, so no change passes through it),
-    "saturated" (its slope f'(z) under 5% of the activation's steepest), or ""."""
-    if activation == "relu":
-        return ["off" if v <= 0 else "" for v in a.tolist()]
-    limit = 0.05 * steepest(activation)
-    return ["saturated" if abs(v) < limit else "" for v in slope.tolist()]
-
-
 def explain(net: Network, pixels: Tensor, label: int | None, body: dict) -> dict:
     """What one digit asks of the network (see docs/tensorboard.md, the Backprop tab)."""
     target = target_for(net, pixels, label, body)
@@ -130,7 +107,7 @@ def explain(net: Network, pixels: Tensor, label: int | None, body: dict) -> dict
                 "passed_on": inside.changes[2 * i + 1].tolist(),  # -∂C/∂z = the nudge times f'(z) = the bias change
                 "slope": fprime.tolist(),
                 "order": ranking(inside, i).tolist(),
-                "state": _states(activation, a, fprime),
+                "state": neuron_states(activation, a, fprime),
             }
         )
     return {

@@ -253,7 +253,16 @@ class TensorBoardPictures(Callback):
             many = nudges_of(pl_module, batch, labels)
         finally:
             pl_module.train(was_training)
-        figure = backprop_figure(digit[0], int(val.labels[0]), one, many, size, when, pl_module.calibrated)
+        figure = backprop_figure(
+            digit[0],
+            int(val.labels[0]),
+            one,
+            many,
+            size,
+            when,
+            pl_module.calibrated,
+            activations=pl_module.net.activations,
+        )
         self._publish(trainer, "backprop", figure)
 
     def _draw_descent(self, trainer, pl_module) -> None:

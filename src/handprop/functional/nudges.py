@@ -23,11 +23,13 @@ one digit, what that digit asks; for a mini-batch, the gradient the optimiser st
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from .activations import ACTIVATIONS
 from .backprop import _one, backward_layers, every_parameter, forward_layers
 from .costs import COSTS
 
@@ -65,3 +67,26 @@ def ranking(inside: Nudges, layer: int) -> Tensor:
     all its weight changes. A saturated or switched-off neuron (f'(z) near 0) passes on
     almost nothing, however large the nudge it is asked for, and ranks low."""
     return inside.changes[2 * layer + 1].abs().argsort(descending=True, stable=True)
+
+
+def slope(activation: str, z: Tensor) -> Tensor:
+    """f'(z), by the activation's own chain rule (from what its forward pass keeps)."""
+    f = ACTIVATIONS[activation]
+    saved = {"output": f.fn(z), "input": z, "nothing": None}[f.saves]
+    return f.chain(torch.ones_like(z), saved)
+
+
+@functools.lru_cache
+def steepest(activation: str) -> float:
+    """The largest slope f'(z) of an activation, over z in [-8, 8]."""
+    return float(slope(activation, torch.linspace(-8, 8, 1601, dtype=torch.float64)).abs().max())
+
+
+def neuron_states(activation: str, a: Tensor, slopes: Tensor) -> list[str]:
+    """Per neuron of a layer, for one digit: "off" (a switched-off ReLU: a = 0, so no change
+    passes through it), "saturated" (its slope f'(z) under 5% of the activation's
+    steepest: a sigmoid's a near 0 or 1), or ""."""
+    if activation == "relu":
+        return ["off" if v <= 0 else "" for v in a.tolist()]
+    limit = 0.05 * steepest(activation)
+    return ["saturated" if abs(v) < limit else "" for v in slopes.tolist()]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..functional.nudges import ranking
+from ..functional.nudges import neuron_states, ranking, steepest
 from .layout import DPI, _mosaic, _nice_ticks, _three_ticks, _tick_label
 
 
@@ -85,6 +85,16 @@ def descent_figure(
 # --------------------------------------------------------------------------- backpropagation, one digit
 
 
+def _states(one, layer: int, activation: str | None) -> list[str]:
+    """ "saturated" / "off" / "" for each neuron of a hidden layer, for one digit: its slope
+    f'(z) is the change it passes on over the nudge it is asked for."""
+    if activation is None:
+        return [""] * one.pulls[layer].shape[1]
+    pull, passed = one.pulls[layer][0].double().cpu(), one.changes[2 * layer + 1].double().cpu()
+    slopes = torch.where(pull != 0, passed / pull.where(pull != 0, 1.0), steepest(activation))
+    return neuron_states(activation, one.activations[layer][0].cpu(), slopes)
+
+
 def a_digit(k: int) -> str:
     """ "a 3", "an 8": the digit with its article, as it is read aloud."""
     return f"an {k}" if k == 8 else f"a {k}"
@@ -115,6 +125,7 @@ def backprop_figure(
     calibrated: bool = True,
     neurons: int = 8,
     top: int = 16,
+    activations: Sequence[str] | None = None,
 ):
     """3Blue1Brown's backpropagation for one digit, from ``functional.nudges``:
 
@@ -129,7 +140,8 @@ def backprop_figure(
         neurons' changes averaged over the mini-batch: the step gradient descent takes.
 
     ``one``: the digit's Nudges (one digit); ``calibrated``: whether the outputs read are
-    probabilities (softmax, sigmoid) or activations (the quadratic costs)."""
+    probabilities (softmax, sigmoid) or activations (the quadratic costs); ``activations``:
+    each layer's, to name its saturated or switched-off neurons."""
     import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib loads only when a picture is drawn
 
     read, desired = one.read[0].float().cpu(), one.desired[0].float().cpu()
@@ -187,12 +199,15 @@ def backprop_figure(
             ax = fig.add_subplot(panels[0, i])
             shown = f"the {len(order)} of {len(pull)} passing on most" if len(order) < len(pull) else f"all {len(pull)}"
             ylabel = "" if i else "-∂C/∂a"  # (the panels side by side share it; a second would run into the first)
-            _signed_bars(ax, pull[order], order.tolist(), f"hidden layer {i + 1}: {shown}", ylabel)
+            states = _states(one, i, activations[i] if activations else None)
+            names = [f"{j}\n{states[j][:3]}." if states[j] else str(j) for j in order.tolist()]
+            _signed_bars(ax, pull[order], names, f"hidden layer {i + 1}: {shown}", ylabel)
             axes.append(ax)
         axes[0].annotate(
             "the nudges flowing back to the hidden neurons: each one the sum of the nudges above, weighted by its "
-            "connections to them; ranked by the change each passes on (its nudge times its slope f'(z))",
-            (0, 1.28),
+            "connections to them;\nranked by the change each passes on, its nudge times its slope f'(z) "
+            "(sat.: a saturated neuron, off: a switched-off ReLU, passing on almost nothing)",
+            (0, 1.22),
             xycoords="axes fraction",
             fontsize=8,
             ha="left",
