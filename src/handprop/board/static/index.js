@@ -56,7 +56,8 @@ function frame() {
       "Pick a run, then scrub from the untrained network (epoch 0) to the last epoch; each point shows the share of the validation digits that network reads right.",
       el("div", { class: "controls" },
         el("label", {}, "run ", el("select", { id: "run", onchange: (e) => pickRun(e.target.value) })),
-        el("input", { id: "scrubber", type: "range", min: 0, max: 0, step: 1, value: 0, oninput: (e) => pickSnapshot(+e.target.value) }),
+        el("div", {}, el("input", { id: "scrubber", type: "range", min: 0, max: 0, step: 1, value: 0, oninput: (e) => pickSnapshot(+e.target.value) }),
+          el("br"), el("canvas", { id: "accuracy", width: 360, height: 40, title: "validation accuracy at each snapshot, 0 to 100%" })),
         el("span", { id: "snapshot-label" }),
         el("button", { id: "refresh", text: "refresh", onclick: () => loadRuns(true) })),
       el("p", { id: "network", class: "note" })),
@@ -139,8 +140,23 @@ function pickSnapshot(i) {
   const s = snapshot();
   const acc = s.val_acc == null ? "" : `, validation accuracy ${(100 * s.val_acc).toFixed(1)}%`;
   $("snapshot-label").textContent = `${s.epoch === 0 ? "epoch 0 (untrained)" : `epoch ${s.epoch}`}, step ${s.step}${acc}`;
+  drawAccuracy();
   loadDigits();
   explain();
+}
+
+function drawAccuracy() {
+  // each snapshot's validation accuracy under the scrubber (0 at the bottom, 100% at the top), the current one marked
+  const snaps = state.runs.find((r) => r.run === state.run).snapshots;
+  const canvas = $("accuracy"), ctx = canvas.getContext("2d");
+  const x = (i) => 8 + (i * (canvas.width - 16)) / Math.max(1, snaps.length - 1);
+  const y = (acc) => canvas.height - 3 - (canvas.height - 6) * (acc || 0);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.strokeStyle = "#ccc"; ctx.strokeRect(0.5, 0.5, canvas.width - 1, canvas.height - 1);
+  ctx.strokeStyle = "#1f77b4"; ctx.beginPath();
+  snaps.forEach((s, i) => (i ? ctx.lineTo(x(i), y(s.val_acc)) : ctx.moveTo(x(i), y(s.val_acc))));
+  ctx.stroke();
+  ctx.fillStyle = "#d62728"; ctx.beginPath(); ctx.arc(x(state.snap), y(snaps[state.snap].val_acc), 4, 0, 2 * Math.PI); ctx.fill();
 }
 
 const request = (extra = {}) => ({ run: state.run, snapshot: snapshot().epoch, target: state.target, ...state.source, ...extra });
