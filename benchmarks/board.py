@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
+from tensorboard.plugins.base_plugin import TBContext
 
 from handprop.board.plugin import BackpropPlugin
 from handprop.callbacks.snapshots import write_digits, write_snapshot
@@ -75,7 +76,7 @@ def measure(args) -> dict:
     root = Path(tempfile.mkdtemp(prefix="handprop-board-"))
     try:
         _logdir(root, runs)
-        plugin = BackpropPlugin(type("Context", (), {"logdir": str(root)})())
+        plugin = BackpropPlugin(TBContext(logdir=str(root)))
         start = time.perf_counter()
         plugin.is_active()
         first_ms = 1000 * (time.perf_counter() - start)

@@ -90,6 +90,7 @@ def compose(overrides=(), output_dir: str | Path | None = None, name: str = "tra
         cfg.paths.output_dir, cfg.paths.run_dir = output_dir, base
         del cfg.hydra
     _COMPOSED[id(cfg)] = (weakref.ref(cfg), list(overrides), log_format)
+    weakref.finalize(cfg, _COMPOSED.pop, id(cfg), None)
     return cfg
 
 
@@ -110,7 +111,10 @@ def run_files(cfg: DictConfig, job: str = "train"):
     subdir = directory / ".hydra"
     if not (subdir / "config.yaml").exists():
         subdir.mkdir(parents=True, exist_ok=True)
-        (subdir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        recorded = OmegaConf.masked_copy(cfg, list(cfg))  # (a copy: its run directory written out, not the claim)
+        with open_dict(recorded):
+            recorded.paths.output_dir = str(directory)
+        (subdir / "config.yaml").write_text(OmegaConf.to_yaml(recorded))
         (subdir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
     handler = logging.FileHandler(directory / f"{job}.log")
     handler.setFormatter(logging.Formatter(log_format.get("format"), log_format.get("datefmt")))

@@ -73,16 +73,19 @@ def run_batch(checkpoint: Path):
     """A mini-batch of the checkpoint's run, its size the run's (images (N, 1, 28, 28) in
     [0, 1], labels): its own fixed one if it kept one, else training digits of the embedded
     sample, as many as its .hydra/config.yaml's data.batch_size (BATCH without one)."""
-    import torch  # noqa: PLC0415
     from omegaconf import OmegaConf  # noqa: PLC0415
 
+    from .board.digits import run_digits  # noqa: PLC0415
+    from .board.runs import BadRequest  # noqa: PLC0415
     from .data import load_split, seeded_digits  # noqa: PLC0415
 
     run = checkpoint.resolve().parent.parent  # <run>/checkpoints/x.ckpt or <run>/backprop/epochNNNN.pt
-    kept, config = run / "backprop" / "digits.pt", run / ".hydra" / "config.yaml"
-    if kept.is_file():
-        digits = torch.load(kept, map_location="cpu", weights_only=True)
+    config = run / ".hydra" / "config.yaml"
+    try:  # the run's own fixed mini-batch, read and checked as the Backprop tab reads it
+        digits = run_digits((run / "backprop").resolve(), run.name)
         return digits["batch_images"][:, None].float() / 255, digits["batch_labels"]
+    except BadRequest:  # an older run's checkpoint, or one without its run directory
+        pass
     size = (
         int(OmegaConf.select(OmegaConf.load(config), "data.batch_size", default=BATCH)) if config.is_file() else BATCH
     )

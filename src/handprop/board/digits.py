@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..predict import ImageError, to_mnist
-from .runs import BadRequest
+from .runs import BadRequest, run_file
 
 MAX_SIDE = 1024  # a canvas sent larger than this a side is refused
 _LOCK = threading.Lock()
@@ -65,24 +65,43 @@ def digit_from_request(body: dict, digits: dict | None) -> tuple[Tensor, int | N
 
 @functools.lru_cache(maxsize=16)
 def _digits(path: str, stamp: tuple) -> dict:
+    what = f"backprop/{Path(path).name}"
     try:
         digits = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, damaged, or a pickle asking for more than tensors
-        raise BadRequest(f"{path}: cannot be read ({str(e).splitlines()[0][:200]}); train the run again") from None
-    shapes = {"val_images": 3, "val_labels": 1, "batch_images": 3, "batch_labels": 1}
-    if not isinstance(digits, dict) or not all(
-        isinstance(digits.get(k), Tensor) and digits[k].dim() == d for k, d in shapes.items()
-    ):
-        raise BadRequest(f"{path}: not the digits handprop writes for the Backprop tab; train the run again")
+        raise BadRequest(f"{what}: cannot be read ({str(e).splitlines()[0][:200]}); train the run again") from None
+    problem = _digits_problem(digits)
+    if problem:
+        raise BadRequest(f"{what} is not what handprop writes for the Backprop tab ({problem}); train the run again")
     return digits
 
 
-def run_digits(run: Path) -> dict:
-    """The digits a run keeps for the tab (``callbacks.BackpropSnapshots``), loaded once."""
-    path = run / "backprop" / "digits.pt"
-    if not path.is_file():
-        raise BadRequest(f"{path.name} is missing from the run's backprop/: train the run again")
-    stat = path.stat()
+def _digits_problem(digits) -> str | None:
+    """What is wrong with a loaded digits.pt, or None."""
+    if not isinstance(digits, dict):
+        return "not a mapping"
+    for kind in ("val", "batch"):
+        images, labels = digits.get(f"{kind}_images"), digits.get(f"{kind}_labels")
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.shape[1:] != (28, 28):
+            return f"{kind}_images: not uint8 digits of 28x28"
+        if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != (len(images),):
+            return f"{kind}_labels: not one integer label per digit"
+        if len(labels) == 0 or labels.min() < 0 or labels.max() > 9:
+            return f"{kind}_labels: not digits from 0 to 9"
+    lr = digits.get("learning_rate")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf")):
+        return "learning_rate: not a positive number"
+    return None
+
+
+def run_digits(directory: Path, run=None) -> dict:
+    """The digits a run keeps for the tab in its ``backprop/`` (``callbacks.BackpropSnapshots``),
+    read once per version of the file, and checked."""
+    path = run_file(directory, "digits.pt", run)
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise BadRequest(f"run {run!r}: backprop/digits.pt cannot be read ({e.strerror})") from None
     with _LOCK:
         return _digits(str(path), (stat.st_size, stat.st_mtime_ns))
 

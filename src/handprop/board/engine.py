@@ -23,7 +23,6 @@ from ..functional.nudges import neuron_states, nudges, ranking, slope
 from .digits import batch_of, digit_from_request
 from .runs import BadRequest
 
-MAX_SIDE = 1024  # a canvas sent larger than this a side is refused
 THUMBNAILS = 64  # of a step's mini-batch, the digits shown
 TOP_TERMS = 10  # a neuron's nudge: the largest of the nudges above it, one by one, and the rest as one sum
 
@@ -43,7 +42,11 @@ class Network:
         self.params = [p.detach() for p in model.net.weights_and_biases()]
         self.activations = model.net.activations
         self.cost, self.smoothing = self.hparams["loss"], float(self.hparams.get("label_smoothing", 0.0))
-        self.epoch, self.step, self.val_acc = (checkpoint.get(k) for k in ("epoch", "step", "val_acc"))
+        try:
+            self.epoch, self.step = int(checkpoint.get("epoch", 0)), int(checkpoint.get("step", 0))
+            self.val_acc = None if checkpoint.get("val_acc") is None else float(checkpoint["val_acc"])
+        except (TypeError, ValueError, RuntimeError):
+            raise BadRequest(f"{path.name}: its epoch, step or val_acc is not a number; train the run again") from None
 
     def sweep(self, pixels: Tensor, labels: Tensor, params=None):
         """One forward and hand-written backward sweep over ``pixels`` (N, 784) in [0, 1]."""
@@ -72,7 +75,10 @@ def _network(path: str, stamp: tuple) -> Network:
 
 def network(path: Path) -> Network:
     """The snapshot's network, loaded once per file version (its size and modification time)."""
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError as e:  # thinned away since it was listed
+        raise BadRequest(f"{path.name}: cannot be read ({e.strerror}); press refresh for the snapshots kept") from None
     with _LOCK:
         return _network(str(path), (stat.st_size, stat.st_mtime_ns))
 
@@ -275,12 +281,12 @@ def _digit_and_target(net: Network, kept: dict, body: dict) -> tuple[Tensor, int
 
 def _explain_route(net: Network, kept: dict, body: dict) -> dict:
     pixels, label = digit_from_request(body, kept)
-    return {**explain(net, pixels, label, body), "step_size": kept["learning_rate"]}
+    return {**explain(net, pixels, label, body), "step_size": kept.get("learning_rate")}
 
 
 def _step_route(net: Network, kept: dict, body: dict) -> dict:
     pixels, _, target = _digit_and_target(net, kept, body)
-    return one_step(net, pixels, target, body.get("lr", kept["learning_rate"]), batch_of(kept))
+    return one_step(net, pixels, target, body.get("lr", kept.get("learning_rate")), batch_of(kept))
 
 
 def _check_route(net: Network, kept: dict, body: dict) -> dict:

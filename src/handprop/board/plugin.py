@@ -22,12 +22,13 @@ from pathlib import Path
 
 from tensorboard.plugins import base_plugin
 from werkzeug import Request, Response
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from .runs import BadRequest, RunCache, snapshot_file
+from .runs import BadRequest, RunCache, backprop_directory, run_file, snapshot_file
 
 STATIC = Path(__file__).with_name("static")
 FILES = {"/index.js": "text/javascript", "/style.css": "text/css"}  # all it serves of its own: no path from a request
-MAX_BODY = 4 * 2**20  # a 1024 x 1024 canvas of grey levels as JSON is under this
+MAX_BODY = 8 * 2**20  # a 1024 x 1024 canvas of grey levels as JSON ("255," a pixel) is under this
 
 
 def _json(payload, status: int = 200) -> Response:
@@ -60,33 +61,42 @@ class BackpropPlugin(base_plugin.TBPlugin):
 
     @Request.application
     def _runs(self, request: Request) -> Response:
+        """Every run with snapshots: its name, its network in words, its snapshots (epoch,
+        step, validation accuracy) and when it last wrote one."""
         runs = []
         for run in self.cache.runs(fresh=True):
             try:
-                index = json.loads((Path(self.logdir) / run / "backprop" / "index.json").read_text())
-                runs.append({"run": run, "network": index["network"], "snapshots": index["snapshots"]})
-            except (OSError, ValueError, KeyError, TypeError):
+                index = run_file(backprop_directory(self.logdir, run), "index.json", run)
+                entry = json.loads(index.read_text())
+                snapshots = [{k: s.get(k) for k in ("epoch", "step", "val_acc")} for s in entry["snapshots"]]
+                runs.append({"run": run, "network": str(entry["network"]), "snapshots": snapshots})
+                runs[-1]["written"] = index.stat().st_mtime
+            except (BadRequest, OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # a run being written, or not ours
         return _json({"logdir": str(self.logdir), "runs": runs})
 
     def _answer(self, request: Request, route: str) -> Response:
-        """The route's JSON answer to a JSON body, or a 400 naming what was wrong with it."""
+        """The route's JSON answer to a JSON body, or a 400 naming, in one line, what was wrong with it."""
+        request.max_content_length = MAX_BODY  # (a chunked body without a length is cut off there too)
         try:
             if request.content_length is not None and request.content_length > MAX_BODY:
                 raise BadRequest(f"the request is {request.content_length} bytes, more than the {MAX_BODY} accepted")
             try:
-                body = json.loads(request.get_data(cache=False)[: MAX_BODY + 1] or b"{}")
+                body = json.loads(request.get_data(cache=False) or b"{}")
             except ValueError as e:
                 raise BadRequest(f"the request is not JSON ({e})") from None
+            except RequestEntityTooLarge:
+                raise BadRequest(f"the request is more than the {MAX_BODY} bytes accepted") from None
             if not isinstance(body, dict):
                 raise BadRequest("the request must be a JSON object")
-            path = snapshot_file(self.logdir, body.get("run"), body.get("snapshot"))
+            run = body.get("run")
+            path = snapshot_file(self.logdir, run, body.get("snapshot"))
             from . import digits, engine  # noqa: PLC0415 -- torch loads when the tab is first used, not at TensorBoard's start
 
-            kept = digits.run_digits(path.parent.parent)
+            kept = digits.run_digits(path.parent, run)
             return _json(engine.ROUTES[route](engine.network(path), kept, body))
         except BadRequest as e:
-            return _json({"error": str(e)}, 400)
+            return _json({"error": " ".join(str(e).split())}, 400)
 
     @Request.application
     def _digits(self, request: Request) -> Response:

@@ -78,33 +78,57 @@ class RunCache:
         self._runs, self._when = runs, time.monotonic()
 
 
-def run_directory(logdir: str | Path, run) -> Path:
-    """The run named ``run`` (relative to ``logdir``), confined to it."""
+def _resolved(path: Path, what: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a link loop, a name too long, a NUL byte
+        raise BadRequest(f"{what}: cannot be read ({e})") from None
+
+
+def backprop_directory(logdir: str | Path, run) -> Path:
+    """The ``backprop/`` directory of the run named ``run`` (a path relative to ``logdir``),
+    resolved, and confined to the logdir: neither the run nor its ``backprop/`` may lead
+    (by '..', an absolute path or a link) outside it."""
     if not isinstance(run, str) or not run:
         raise BadRequest("no run given: pick one of the runs listed")
-    if run.startswith(("/", "\\")) or ":" in run or ".." in Path(run).parts or "\\" in run:
+    if run.startswith(("/", "\\")) or ".." in Path(run).parts or "\\" in run or "\0" in run:
         raise BadRequest(f"run {run!r}: give a run as listed (a path inside the logdir, without '..')")
-    root = Path(logdir).resolve()
-    path = (root / run).resolve()
-    if path != root and root not in path.parents:
+    root = _resolved(Path(logdir), "the logdir")
+    directory = _resolved(root / run / "backprop", f"run {run!r}")
+    if root not in directory.parents:
         raise BadRequest(f"run {run!r}: outside the logdir (a link out of it); only runs under --logdir are read")
-    if not (path / "backprop").is_dir() or not snapshot_epochs(path / "backprop"):
+    try:
+        found = directory.is_dir() and bool(snapshot_epochs(directory))
+    except OSError as e:  # a name too long for the file system, a directory it may not read
+        raise BadRequest(f"run {run!r}: cannot be read ({e.strerror})") from None
+    if not found:
         raise BadRequest(
             f"run {run!r} has no snapshots for the Backprop tab (backprop/epoch*.pt); "
             "train it with handprop (python train.py experiment=3b1b)"
         )
+    return directory
+
+
+def run_file(directory: Path, name: str, run) -> Path:
+    """``directory/name``, a regular file in that very directory (not a link elsewhere)."""
+    path = directory / name
+    if _resolved(path, f"run {run!r}: {name}").parent != directory:
+        raise BadRequest(f"run {run!r}: backprop/{name} links outside the run's backprop/; it is not read")
+    try:
+        found = path.is_file()
+    except OSError as e:
+        raise BadRequest(f"run {run!r}: backprop/{name} cannot be read ({e.strerror})") from None
+    if not found:
+        raise BadRequest(f"run {run!r}: backprop/{name} is missing; train the run again")
     return path
 
 
 def snapshot_file(logdir: str | Path, run, epoch) -> Path:
     """The snapshot of ``epoch`` of the run, confined to the run's ``backprop/``."""
-    directory = run_directory(logdir, run) / "backprop"
+    directory = backprop_directory(logdir, run)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise BadRequest(f"snapshot {epoch!r}: give an epoch number as listed, e.g. 0 for the untrained network")
-    path = directory / snapshot_name(epoch)
-    if not SNAPSHOT.match(path.name) or not path.is_file():
+    if epoch not in snapshot_epochs(directory):
         kept = ", ".join(map(str, snapshot_epochs(directory)))
         raise BadRequest(f"run {run!r} has no snapshot of epoch {epoch} (kept: {kept})")
-    if path.resolve().parent != directory.resolve():
-        raise BadRequest(f"run {run!r}: snapshot of epoch {epoch} links outside the run; it is not read")
-    return path
+    return run_file(directory, snapshot_name(epoch), run)

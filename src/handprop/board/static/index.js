@@ -8,7 +8,7 @@
 
 const LESSON = "784-16-16-10, sigmoid neurons, quadratic cost"; // 3Blue1Brown's network (experiment=3b1b)
 const UP = "#d62728", DOWN = "#1f77b4"; // red: increase, blue: decrease (a nudge's sign)
-const state = { runs: [], run: null, snap: 0, source: null, target: null, layer: null, neuron: null, strokes: [] };
+const state = { runs: [], run: null, snap: 0, epoch: null, source: null, target: null, layer: null, neuron: null, strokes: [] };
 let last = null; // the latest explain answer
 let asked = 0; // requests in flight are numbered: only the newest answer is drawn
 
@@ -70,7 +70,7 @@ function frame() {
         el("div", {}, el("canvas", { id: "read-image", class: "px", width: 28, height: 28, style: "width:168px;height:168px" }),
           el("div", { id: "label", class: "note" }),
           el("div", { class: "big-number" }, "read as ", el("span", { id: "read", text: "-" })),
-          el("label", {}, "the cost wants ", el("select", { id: "target", onchange: (e) => { state.target = e.target.value === "" ? null : +e.target.value; explain(); } }))),
+          el("label", {}, "the cost wants ", el("select", { id: "target", onchange: (e) => { state.target = e.target.value === "" ? null : +e.target.value; stale(); explain(); } }))),
         el("div", {}, el("div", { class: "note", id: "gallery-note" }), el("div", { id: "gallery", class: "gallery" })))),
     section("forward-panel", "The forward pass",
       "Each neuron's activation a = f(z), layer by layer, raw (not rescaled): black is 0, white the layer's largest activation (its value is written beside the layer; hover a neuron for its number).",
@@ -115,19 +115,26 @@ async function loadRuns(again = false) {
     // the run shown: the one shown before a refresh; else the newest of the lesson's network, where the
     // learner's path starts; else the newest
     const keep = runs.find((r) => r.run === state.run);
-    const lesson = runs.filter((r) => r.network === LESSON).pop();
-    pickRun((keep || lesson || runs[runs.length - 1]).run, again && keep ? state.snap : null);
+    const newest = (list) => list.reduce((a, b) => (b.written > a.written ? b : a), list[0]);
+    const lesson = runs.filter((r) => r.network === LESSON);
+    const epoch = keep && again ? state.epoch : null; // a refresh stays on the same epoch, if it is still kept
+    pickRun((keep || (lesson.length ? newest(lesson) : newest(runs))).run, epoch);
   } catch (e) { showError(e.message); }
 }
 
-function pickRun(name, snap = null) {
-  if (name !== state.run && state.source && state.source.digit != null) state.source = null; // another run's digits
+function pickRun(name, epoch = null) {
+  if (name !== state.run) {
+    if (state.source && state.source.digit != null) state.source = null; // another run's digits
+    state.layer = state.neuron = null; // another network's neurons
+    $("lr").value = ""; // the new run's learning rate, from its first answer
+  }
   state.run = name;
   $("run").value = name;
   const run = state.runs.find((r) => r.run === name);
   const scrubber = $("scrubber");
   scrubber.max = run.snapshots.length - 1;
-  const i = snap == null ? run.snapshots.length - 1 : Math.min(snap, run.snapshots.length - 1);
+  const at = run.snapshots.findIndex((s) => s.epoch === epoch);
+  const i = at >= 0 ? at : run.snapshots.length - 1;
   scrubber.value = i;
   $("network").textContent = `network: ${run.network}; ${run.snapshots.length} snapshots kept`;
   pickSnapshot(i);
@@ -138,6 +145,8 @@ function snapshot() { return state.runs.find((r) => r.run === state.run).snapsho
 function pickSnapshot(i) {
   state.snap = i;
   const s = snapshot();
+  state.epoch = s.epoch;
+  stale();
   const acc = s.val_acc == null ? "" : `, validation accuracy ${(100 * s.val_acc).toFixed(1)}%`;
   $("snapshot-label").textContent = `${s.epoch === 0 ? "epoch 0 (untrained)" : `epoch ${s.epoch}`}, step ${s.step}${acc}`;
   drawAccuracy();
@@ -157,6 +166,15 @@ function drawAccuracy() {
   snaps.forEach((s, i) => (i ? ctx.lineTo(x(i), y(s.val_acc)) : ctx.moveTo(x(i), y(s.val_acc))));
   ctx.stroke();
   ctx.fillStyle = "#d62728"; ctx.beginPath(); ctx.arc(x(state.snap), y(snaps[state.snap].val_acc), 4, 0, 2 * Math.PI); ctx.fill();
+}
+
+let panelsAsked = 0; // a step or check answered after the digit, target or snapshot changed is dropped
+
+function stale() {
+  // a step's and a check's results belong to one digit, target and snapshot: cleared when any changes
+  panelsAsked++;
+  $("step").replaceChildren();
+  $("check-result").replaceChildren();
 }
 
 const request = (extra = {}) => ({ run: state.run, snapshot: snapshot().epoch, target: state.target, ...state.source, ...extra });
@@ -199,12 +217,24 @@ function fromPad() {
   const grey = [];
   for (let i = 0; i < rgba.length; i += 4) grey.push(Math.round((rgba[i] + rgba[i + 1] + rgba[i + 2]) / 3));
   state.source = { canvas: { width: 140, height: 140, grey } };
+  stale();
   for (const c of $("gallery").children) c.classList.remove("chosen");
   explain();
 }
 
-function clearPad() { state.strokes = []; paint(); }
-function undoStroke() { state.strokes.pop(); paint(); fromPad(); }
+function clearPad() { state.strokes = []; paint(); forgetDrawing(); }
+function undoStroke() { state.strokes.pop(); paint(); if (state.strokes.length) fromPad(); else forgetDrawing(); }
+
+function forgetDrawing() {
+  // an erased drawing is no longer the digit shown: the panels wait for the next one
+  if (!state.source || !state.source.canvas) return;
+  state.source = null;
+  asked++; // (an answer still on its way for the erased drawing is dropped)
+  $("read").textContent = "-";
+  $("read").dataset.source = "none";
+  $("label").textContent = "draw a digit, or pick one below";
+  stale();
+}
 
 function pixelsTo(canvas, pixels, scale = 255) {
   const ctx = canvas.getContext("2d");
@@ -216,16 +246,22 @@ function pixelsTo(canvas, pixels, scale = 255) {
   ctx.putImageData(image, 0, 0);
 }
 
+let galleryAsked = 0; // as for explain: only the newest gallery is drawn
+
 async function loadDigits() {
+  const mine = ++galleryAsked;
   try {
     const answer = await call("digits", request());
+    if (mine !== galleryAsked) return;
     $("gallery-note").textContent = `or pick one of the run's ${answer.count} validation digits: this network reads ${answer.mistakes} of them wrong (framed red, first; hover for label and reading)`;
     $("gallery").replaceChildren(...answer.digits.map((d) => {
       const c = el("canvas", { width: 28, height: 28, title: `${aDigit(d.label)}, read as ${d.read}`, "data-index": d.index, class: d.read !== d.label ? "wrong" : "" });
       pixelsTo(c, d.pixels, 1);
       c.addEventListener("click", () => {
+        state.strokes = []; // the canvas is for a drawing: a validation digit shows on the right only
+        paint();
         state.source = { digit: d.index };
-        clearPad(); // the canvas is for a drawing: a validation digit shows on the right only
+        stale();
         for (const other of $("gallery").children) other.classList.toggle("chosen", other === c);
         explain();
       });
@@ -372,8 +408,10 @@ function drawChange(a) {
 // -- one step, and the check of the math
 
 async function takeStep() {
+  const mine = panelsAsked;
   try {
     const s = await call("step", request({ lr: Number($("lr").value) }));
+    if (mine !== panelsAsked) return;
     const column = (title, r) => el("div", {}, el("h2", { text: title }),
       el("p", { text: `cost ${r.size > 1 ? `of the mini-batch ${fmt(r.cost_before, 4)} -> ${fmt(r.cost_after, 4)}; of this digit ` : ""}${fmt(r.digit_cost_before, 4)} -> ${fmt(r.digit_cost_after, 4)}` }),
       el("div", { class: "bars" }, ...r.read_before.map((v, k) => el("div", { class: "bar", title: `${k}: ${fmt(v, 4)} -> ${fmt(r.read_after[k], 4)}` },
@@ -388,8 +426,10 @@ async function takeStep() {
 }
 
 async function checkMath() {
+  const mine = panelsAsked;
   try {
     const c = await call("check", request());
+    if (mine !== panelsAsked) return;
     $("check-result").replaceChildren(el("table", {},
       el("tr", {}, el("th", { text: "" }), el("th", { text: "shape" }), el("th", { text: "largest |gradient|" }), el("th", { text: "largest |hand-written - autograd|" }), el("th", { text: "equal" })),
       ...c.rows.map((r) => el("tr", {}, el("td", { text: r.name }), el("td", { text: r.shape.join("x") }), el("td", { text: r.max_abs.toExponential(3) }), el("td", { text: r.max_abs_diff.toExponential(2) }), el("td", { text: r.allclose ? "yes" : "NO" })))),
