@@ -56,6 +56,7 @@ KEYS = {
 KEYS["board"] = {
     "runs",
     "requests",
+    "over",
     "tensorboard_threads",
     "is_active_first_ms",
     "is_active_cached_p95_ms",
