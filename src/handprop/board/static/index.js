@@ -28,14 +28,24 @@ const fmt = (v, d = 3) => (Math.abs(v) >= 1e-3 || v === 0 ? v.toFixed(d) : v.toE
 const aDigit = (k) => (k === 8 ? "an 8" : `a ${k}`); // as it is read aloud
 const signed = (v, d = 3) => (v > 0 ? "+" : "") + fmt(v, d);
 
+let waiting = 0; // requests in flight: the page says so while any is
+
 async function call(route, body) {
-  const response = await fetch(route, body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
-  const answer = await response.json();
-  if (!response.ok) throw new Error(answer.error || `${route}: HTTP ${response.status}`);
-  return answer;
+  waiting++;
+  $("waiting").textContent = answered ? "working..." : "waiting for the first answer (TensorBoard loads PyTorch for it: a few seconds)...";
+  try {
+    const response = await fetch(route, body === undefined ? {} : {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || `${route}: HTTP ${response.status}`);
+    if (route !== "runs") answered = true;
+    return answer;
+  } finally {
+    if (--waiting === 0) $("waiting").textContent = "";
+  }
 }
+let answered = false; // (the first answer that needs PyTorch has come)
 
 function showError(message) {
   $("error").textContent = message ? `error: ${message}` : "";
@@ -52,6 +62,7 @@ function frame() {
   document.body.append(el("main", {},
     el("h1", { text: "Backprop: what does this digit want from the network?" }),
     el("div", { id: "error", class: "error" }),
+    el("div", { id: "waiting", class: "note" }),
     section("run-panel", "The run and its checkpoints",
       "Pick a run, then scrub from the untrained network (epoch 0) to the last epoch; each point shows the share of the validation digits that network reads right.",
       el("div", { class: "controls" },
