@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(f"{args.image}: read as {read}; the backward pass for label {label} drawn in {out}")
+    wanted = f"label {label}" if args.label is not None else f"label {label} (the digit read; --label to choose)"
+    print(f"{args.image}: read as {read}; the backward pass for {wanted} drawn in {out}")
     return 0
 
 

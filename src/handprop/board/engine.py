@@ -223,7 +223,7 @@ def one_step(net: Network, pixels: Tensor, target: int, lr: float, batch: tuple[
         }
     results["batch"]["labels"] = labels.tolist()
     results["batch"]["images"] = (images[:THUMBNAILS] * 255).round().int().tolist()  # the digits shown
-    results["lr"] = lr
+    results["lr"], results["target"] = lr, target
     return results
 
 

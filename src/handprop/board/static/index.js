@@ -24,7 +24,8 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 const $ = (id) => document.getElementById(id);
-const fmt = (v, d = 3) => (Math.abs(v) >= 1e-3 || v === 0 ? v.toFixed(d) : v.toExponential(1));
+// d decimals; a number that would show as 0.00... gets its own digits instead (7.0e-4, not 0.00)
+const fmt = (v, d = 3) => (Math.abs(v) >= 0.5 * 10 ** -d || v === 0 ? v.toFixed(d) : v.toExponential(1));
 const aDigit = (k) => (k === 8 ? "an 8" : `a ${k}`); // as it is read aloud
 const signed = (v, d = 3) => (v > 0 ? "+" : "") + fmt(v, d);
 
@@ -84,7 +85,7 @@ function frame() {
           el("label", {}, "the cost wants ", el("select", { id: "target", onchange: (e) => { state.target = e.target.value === "" ? null : +e.target.value; stale(); explain(); } }))),
         el("div", {}, el("div", { class: "note", id: "gallery-note" }), el("div", { id: "gallery", class: "gallery" })))),
     section("forward-panel", "The forward pass",
-      "Each neuron's activation a = f(z), layer by layer, raw (not rescaled): black is 0, white the layer's largest activation (its value is written beside the layer; hover a neuron for its number).",
+      "Each neuron's activation a = f(z), layer by layer, as the network computes it (never rescaled to percentages). Black is 0; white is 1 for sigmoid neurons (their whole range), and the layer's largest activation for others (its value is written above the layer). Hover a neuron for its number.",
       el("div", { id: "forward" })),
     section("output-panel", "Output against desired",
       "Grey: the network's output for each digit; outlined: what the cost wants (the desired output). The cost is one number for how far apart they are.",
@@ -94,7 +95,7 @@ function frame() {
       "Red bars: the neuron's activation should go up; blue: down (-dC/da, the nudge it wants). Output neurons want desired - output. A hidden neuron's nudge is the sum of the nudges of the neurons above, each weighted by its connection. Neurons are ranked, here and below, by the change they pass on to their own weights and bias (the nudge times the slope f'(z)): a saturated sigmoid or a switched-off ReLU passes on almost nothing, whatever it is asked. Click a neuron.",
       el("div", { id: "nudges" })),
     section("change-panel", "A change for every weight and bias",
-      "The selected neuron's weight changes -dC/dw: each is the change the neuron passes on times the activation below that weight (a pixel, for the first layer). Red: increase, blue: decrease, white: no change (the scale is symmetric about zero).",
+      "The selected neuron's weight changes -dC/dw (a gradient-descent step of size η changes each weight by η times this): each is what the neuron passes on, -dC/dz, times the activation below that weight (a pixel, for the first layer). Red: increase, blue: decrease, white: no change (the scale is symmetric about zero).",
       el("div", { id: "change" })),
     section("step-panel", "One step",
       "A plain gradient-descent step, w <- w - size x dC/dw, taken on a copy of the network in memory (the run's files never change): on this digit alone, and on a mini-batch of the run's batch size that contains it. The output for this digit and the cost, before and after.",
@@ -120,7 +121,7 @@ async function loadRuns(again = false) {
     select.replaceChildren(...runs.map((r) => el("option", { value: r.run, text: `${r.run}  (${r.network})` })));
     if (!runs.length) {
       showError("");
-      $("network").textContent = "No run with snapshots under --logdir yet. Train the lesson's network (about a minute on the embedded sample): python train.py experiment=3b1b, then press refresh.";
+      $("network").textContent = "No run with snapshots under --logdir yet. Train the lesson's network (under a minute on the embedded sample): python train.py experiment=3b1b, then press refresh.";
       return;
     }
     // the run shown: the one shown before a refresh; else the newest of the lesson's network, where the
@@ -245,6 +246,9 @@ function forgetDrawing() {
   $("read").dataset.source = "none";
   $("label").textContent = "draw a digit, or pick one below";
   stale();
+  for (const id of ["forward", "output-bars", "nudges", "change"]) $(id).replaceChildren();
+  $("cost").textContent = "";
+  $("read-image").getContext("2d").clearRect(0, 0, 28, 28);
 }
 
 function pixelsTo(canvas, pixels, scale = 255) {
@@ -264,7 +268,7 @@ async function loadDigits() {
   try {
     const answer = await call("digits", request());
     if (mine !== galleryAsked) return;
-    $("gallery-note").textContent = `or pick one of the run's ${answer.count} validation digits: this network reads ${answer.mistakes} of them wrong (framed red, first; hover for label and reading)`;
+    $("gallery-note").textContent = `or pick one of the run's validation digits: this network reads ${answer.mistakes} of the ${answer.count} kept wrong; the first ${answer.digits.length} are shown, its mistakes first and framed red (hover for label and reading)`;
     $("gallery").replaceChildren(...answer.digits.map((d) => {
       const c = el("canvas", { width: 28, height: 28, title: `${aDigit(d.label)}, read as ${d.read}`, "data-index": d.index, class: d.read !== d.label ? "wrong" : "" });
       pixelsTo(c, d.pixels, 1);
@@ -301,7 +305,7 @@ function drawAll(a) {
   $("read").textContent = String(a.read);
   $("read").dataset.source = Object.keys(state.source)[0]; // what was read: "canvas" or "digit"
   $("read-image").dataset.pixels = JSON.stringify(a.pixels);
-  $("label").textContent = a.label == null ? "your drawing" : `one of the run's validation digits: ${aDigit(a.label)}`;
+  $("label").textContent = a.label == null ? "your drawing" : `the run's validation digit #${state.source.digit}: ${aDigit(a.label)}`;
   $("target").options[0].text = a.label == null ? `the digit read (${a.target})` : `its label (${a.target})`;
   $("target").value = state.target == null ? "" : String(state.target);
   if (!$("lr").value) $("lr").value = a.step_size;
@@ -319,10 +323,12 @@ function shade(value, top) {
 function drawForward(a) {
   const rows = [el("div", { class: "layer note", text: `input: 784 pixels as the network reads them, from ${fmt(a.input_range[0])} to ${fmt(a.input_range[1])}${a.network.normalize ? " (standardised: the background is below 0)" : " (raw, in [0, 1])"}` })];
   a.layers.forEach((layer, i) => {
-    const top = Math.max(...layer.a.map(Math.abs), 1e-12);
-    const output = i === a.layers.length - 1;
-    const cells = layer.a.map((v, j) => el("div", { class: output ? "cell big" : "cell", title: `neuron ${j}: a = ${fmt(v, 4)}`, style: `background:${shade(v, top)};color:${v / top > 0.5 ? "#000" : "#fff"}` }, output ? String(j) : null));
-    rows.push(el("div", { class: "layer" }, el("div", { class: "note", text: `${layer.name}: ${layer.a.length} ${layer.activation} neurons, largest activation ${fmt(top)}` }), el("div", { class: "cells" }, ...cells)));
+    const largest = Math.max(...layer.a.map(Math.abs), 1e-12);
+    const top = layer.activation === "sigmoid" ? 1 : largest; // a sigmoid's scale is its range, 0 to 1
+    const numbered = layer.a.length <= 32; // small layers show each neuron's number, as the nudge panel names it
+    const cells = layer.a.map((v, j) => el("div", { class: numbered ? "cell big" : "cell", title: `neuron ${j}: a = ${fmt(v, 4)}`, style: `background:${shade(v, top)};color:${v / top > 0.5 ? "#000" : "#fff"}` }, numbered ? String(j) : null));
+    const scale = layer.activation === "sigmoid" ? "white = 1" : "white = the largest";
+    rows.push(el("div", { class: "layer" }, el("div", { class: "note", text: `${layer.name}: ${layer.a.length} ${layer.activation} neurons, largest activation ${fmt(largest)} (${scale})` }), el("div", { class: "cells" }, ...cells)));
   });
   $("forward").replaceChildren(...rows);
 }
@@ -359,7 +365,7 @@ const SHOWN = 16; // the hidden neurons shown per layer: the first of the rankin
 function drawNudges(a) {
   const out = a.layers[a.layers.length - 1];
   const largest = (values) => fmt(Math.max(...values.map(Math.abs)), 4);
-  const parts = [el("div", { class: "note", text: `output layer: the nudge each output neuron wants, desired - output (the longest bar: ${largest(out.nudge)})` }),
+  const parts = [el("div", { class: "note", text: `output layer: the nudge each output neuron wants, desired - output (each row has its own scale; here the longest bar is ${largest(out.nudge)})` }),
     signedBars(out.nudge, out.nudge.map((_, k) => k), { data: (k) => ({ k, value: out.nudge[k] }), selected: a.neuron.layer === a.layers.length - 1 ? a.neuron.index : null, click: (k) => pickNeuron(a.layers.length - 1, k) })];
   parts[1].id = "output-nudges";
   for (const b of parts[1].children) b.classList.add("nudge-out");
@@ -431,7 +437,9 @@ async function takeStep() {
         el("div", { text: String(k) })))),
       el("p", { class: "note", text: "light: this digit's output before the step; dark: after" }));
     const thumbs = s.batch.images.map((px, i) => { const c = el("canvas", { width: 28, height: 28, title: `label ${s.batch.labels[i]}${i === 0 ? " (your digit)" : ""}`, class: i === 0 ? "chosen" : "" }); pixelsTo(c, px, 1); return c; });
-    $("step").replaceChildren(el("div", { class: "row" }, column("this digit alone", s.digit), column(`a mini-batch of ${s.batch.size} with it`, s.batch)),
+    $("step").replaceChildren(
+      el("p", { class: "note", text: `the cost asked for ${aDigit(s.target)}; a step moves every weight by -size x dC/dw. An output neuron that is saturated (a sigmoid near 0 or 1) has a slope near 0: one step barely moves it.` }),
+      el("div", { class: "row" }, column("this digit alone", s.digit), column(`a mini-batch of ${s.batch.size} with it`, s.batch)),
       el("p", { class: "note", text: `the mini-batch: your digit (outlined) and ${s.batch.size - 1} of the run's training digits, fixed for the run` }), el("div", { class: "gallery" }, ...thumbs));
   } catch (e) { showError(e.message); }
 }
