@@ -56,10 +56,41 @@ def _logdir(root: Path, runs: int) -> None:
         shutil.copytree(root / "lesson", root / f"2026-01-01/{i:03d}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class TensorBoard:
+    """``tensorboard --logdir LOGDIR`` on 127.0.0.1, as a user starts it (``env``: its
+    environment); what it prints is kept for the message if it stops."""
+
+    def __init__(self, logdir: Path, env: dict | None = None):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        command = [str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(logdir), "--host", "127.0.0.1"]
+        self.output = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            [*command, "--port", self.url.rsplit(":", 1)[1]], env=env, stdout=self.output, stderr=subprocess.STDOUT
+        )
+
+    def ready(self) -> TensorBoard:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/data/plugins_listing", timeout=30).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None:
+                    self.output.seek(0)
+                    raise RuntimeError(f"tensorboard stopped:\n{self.output.read()[-3000:]}") from None
+                time.sleep(0.2)
+        raise TimeoutError(f"TensorBoard did not answer at {self.url}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self.output.close()
 
 
 def _ms(url: str, body: dict | None = None) -> float:
@@ -77,27 +108,12 @@ def _p95(samples: list[float]) -> float:
 
 def _over_http(root: Path, requests: int) -> tuple[list[float], dict]:
     """The plugins listing's and explain's latencies from a real ``tensorboard`` process."""
-    url = f"http://127.0.0.1:{_free_port()}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(root), "--host", "127.0.0.1"]
-    board = subprocess.Popen(
-        [*command, "--port", url.rsplit(":", 1)[1]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    board = TensorBoard(root, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}).ready()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _ms(url + "/data/plugins_listing")
-                break
-            except OSError:
-                if time.monotonic() > deadline or board.poll() is not None:
-                    raise RuntimeError("tensorboard did not start") from None
-                time.sleep(0.2)
-        listing = [_ms(url + "/data/plugins_listing") for _ in range(max(5, requests // 10))]
-        return listing, _explain(lambda body: _ms(url + "/data/plugin/backprop/explain", body), requests)
+        listing = [_ms(board.url + "/data/plugins_listing") for _ in range(max(5, requests // 10))]
+        return listing, _explain(lambda body: _ms(board.url + "/data/plugin/backprop/explain", body), requests)
     finally:
-        board.terminate()
-        board.wait(10)
+        board.stop()
 
 
 def _in_process(plugin: BackpropPlugin, requests: int) -> dict:

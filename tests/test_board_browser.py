@@ -9,26 +9,16 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from board import TensorBoard
 
 from board_runs import LESSON, make_run
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str):
@@ -40,35 +30,6 @@ def post(url: str, body: dict):
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
-
-
-class TensorBoard:
-    """``tensorboard --logdir LOGDIR`` on 127.0.0.1, as a user starts it."""
-
-    def __init__(self, logdir: Path):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        command = [str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(logdir), "--host", "127.0.0.1"]
-        self.process = subprocess.Popen(
-            [*command, "--port", self.url.rsplit(":", 1)[1]],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def ready(self) -> "TensorBoard":
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                get(self.url + "/data/plugins_listing")
-                return self
-            except OSError:
-                assert self.process.poll() is None, self.process.stdout.read()
-                time.sleep(0.2)
-        raise TimeoutError(f"TensorBoard did not answer at {self.url}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 @pytest.fixture(scope="module")

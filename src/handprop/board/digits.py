@@ -8,17 +8,15 @@ of its validation digits, and one fixed training mini-batch. They are read with
 from __future__ import annotations
 
 import functools
-import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..predict import ImageError, to_mnist
-from .runs import BadRequest, run_file
+from .runs import BadRequest, load_once, run_file
 
 MAX_SIDE = 1024  # a canvas sent larger than this a side is refused
-_LOCK = threading.Lock()
 
 
 def _levels(values, count: int, top: float, problem: str) -> Tensor:
@@ -64,7 +62,7 @@ def digit_from_request(body: dict, digits: dict | None) -> tuple[Tensor, int | N
 
 
 @functools.lru_cache(maxsize=16)
-def _digits(path: str, stamp: tuple) -> dict:
+def _digits(path: str, version: tuple) -> dict:
     what = f"backprop/{Path(path).name}"
     try:
         digits = torch.load(path, map_location="cpu", weights_only=True)
@@ -98,12 +96,7 @@ def run_digits(directory: Path, run=None) -> dict:
     """The digits a run keeps for the tab in its ``backprop/`` (``callbacks.BackpropSnapshots``),
     read once per version of the file, and checked."""
     path = run_file(directory, "digits.pt", run)
-    try:
-        stat = path.stat()
-    except OSError as e:
-        raise BadRequest(f"run {run!r}: backprop/digits.pt cannot be read ({e.strerror})") from None
-    with _LOCK:
-        return _digits(str(path), (stat.st_size, stat.st_mtime_ns))
+    return load_once(_digits, path, f"run {run!r}: backprop/digits.pt cannot be read ({{}})")
 
 
 def batch_of(digits: dict) -> tuple[Tensor, Tensor]:

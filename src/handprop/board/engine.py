@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from pathlib import Path
 
 import torch
@@ -19,9 +18,9 @@ from torch import Tensor
 from .. import functional as HF
 from ..checkpoint import model_from_checkpoint, read_checkpoint
 from ..errors import CheckpointError
-from ..functional.nudges import neuron_states, nudges, ranking, slope
+from ..functional.nudges import neuron_states, nudges, ranking
 from .digits import batch_of, digit_from_request
-from .runs import BadRequest
+from .runs import BadRequest, load_once
 
 THUMBNAILS = 64  # of a step's mini-batch, the digits shown
 TOP_TERMS = 10  # a neuron's nudge: the largest of the nudges above it, one by one, and the rest as one sum
@@ -38,6 +37,7 @@ class Network:
             raise BadRequest(str(e)) from None
         model = model_from_checkpoint(checkpoint).double().eval()
         self.hparams = dict(model.hparams)
+        self.sizes = model.net.sizes
         self.normalize = model.normalize
         self.params = [p.detach() for p in model.net.weights_and_biases()]
         self.activations = model.net.activations
@@ -53,6 +53,12 @@ class Network:
         x = self.normalize(pixels.double())
         return x, nudges(x, labels, self.cost, self.smoothing, self.activations, params or self.params)
 
+    @torch.no_grad()
+    def read(self, pixels: Tensor) -> Tensor:
+        """The output (N, classes) as the cost reads it: the forward sweep alone."""
+        layers = list(zip(self.params[::2], self.params[1::2]))
+        return HF.COSTS[self.cost].read(HF.mlp(self.normalize(pixels.double()), layers, self.activations))
+
     def gradient(self, pixels: Tensor, labels: Tensor, params, backward: str = "manual") -> tuple[Tensor, list]:
         """The cost and its gradient as a training step takes them: ``functional.mlp`` (one
         MLPFunction node), differentiated by the autograd engine, which calls its
@@ -65,22 +71,15 @@ class Network:
             return loss.detach(), list(torch.autograd.grad(loss, leaves))
 
 
-_LOCK = threading.Lock()
-
-
 @functools.lru_cache(maxsize=16)
-def _network(path: str, stamp: tuple) -> Network:
+def _network(path: str, version: tuple) -> Network:
     return Network(Path(path))
 
 
 def network(path: Path) -> Network:
-    """The snapshot's network, loaded once per file version (its size and modification time)."""
-    try:
-        stat = path.stat()
-    except OSError as e:  # thinned away since it was listed
-        raise BadRequest(f"{path.name}: cannot be read ({e.strerror}); press refresh for the snapshots kept") from None
-    with _LOCK:
-        return _network(str(path), (stat.st_size, stat.st_mtime_ns))
+    """The snapshot's network, loaded once per version of the file."""
+    # (a snapshot thinned away since it was listed cannot be read)
+    return load_once(_network, path, f"{path.name}: cannot be read ({{}}); press refresh for the snapshots kept")
 
 
 def target_for(net: Network, pixels: Tensor, label: int | None, body: dict) -> int:
@@ -88,7 +87,7 @@ def target_for(net: Network, pixels: Tensor, label: int | None, body: dict) -> i
     label if it has one, else the digit the network reads."""
     target, classes = body.get("target"), int(net.params[-1].shape[0])
     if target is None:
-        return label if label is not None else int(net.sweep(pixels[None], torch.tensor([0]))[1].read[0].argmax())
+        return label if label is not None else int(net.read(pixels[None])[0].argmax())
     if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < classes:
         raise BadRequest(f"target {target!r}: must be a digit from 0 to {classes - 1}")
     return target
@@ -101,9 +100,7 @@ def explain(net: Network, pixels: Tensor, label: int | None, body: dict) -> dict
     read = int(inside.read[0].argmax())
     layers = []
     for i, activation in enumerate(net.activations):
-        a, pull = inside.activations[i][0], inside.pulls[i][0]
-        below = x[0] if i == 0 else inside.activations[i - 1][0]
-        fprime = slope(activation, below @ net.params[2 * i].T + net.params[2 * i + 1])
+        a, pull, fprime = inside.activations[i][0], inside.pulls[i][0], inside.slopes[i][0]
         layers.append(
             {
                 "name": f"hidden layer {i + 1}" if i < len(net.activations) - 1 else "output layer",
@@ -127,7 +124,7 @@ def explain(net: Network, pixels: Tensor, label: int | None, body: dict) -> dict
         "output": {"read": inside.read[0].tolist(), "desired": inside.desired[0].tolist()},
         "cost": float(inside.cost),
         "layers": layers,
-        "neuron": _neuron(net, x[0], inside, body),
+        "neuron": _neuron(net, inside, body),
     }
 
 
@@ -140,15 +137,13 @@ FORMULAS = {
 
 
 def _describe(net: Network) -> dict:
-    hp = net.hparams
-    sizes = [hp.get("input_size", 784), *hp.get("hidden", []), hp.get("num_classes", 10)]
     c = HF.COSTS[net.cost]
     return {
-        "sizes": sizes,
+        "sizes": net.sizes,
         "activations": list(net.activations),
         "cost": net.cost,
         "label_smoothing": net.smoothing,
-        "normalize": hp.get("normalize", True),
+        "normalize": net.hparams.get("normalize", True),
         "calibrated": bool(c.calibrated),
         "reads": "softmax probability" if net.cost == "cross_entropy" else "output activation",
         "formula": FORMULAS.get(net.cost, net.cost)
@@ -156,7 +151,7 @@ def _describe(net: Network) -> dict:
     }
 
 
-def _neuron(net: Network, x: Tensor, inside, body: dict) -> dict:
+def _neuron(net: Network, inside, body: dict) -> dict:
     """One neuron: its nudge as the sum of the nudges above it, each weighted by its
     connection; its bias change; its weight changes (the nudge it passes on times each
     input below it)."""
@@ -170,7 +165,6 @@ def _neuron(net: Network, x: Tensor, inside, body: dict) -> dict:
         raise BadRequest(f"layer {layer!r}: must be from 0 (the first hidden layer) to {hidden} (the output layer)")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < sizes[layer]:
         raise BadRequest(f"neuron {index!r}: layer {layer} has neurons 0 to {sizes[layer] - 1}")
-    below = x if layer == 0 else inside.activations[layer - 1][0]
     passed_on = inside.changes[2 * layer + 1][index]  # -∂C/∂z_j, = the bias change
     terms = None
     if layer < hidden:
@@ -193,7 +187,6 @@ def _neuron(net: Network, x: Tensor, inside, body: dict) -> dict:
         "passed_on": float(passed_on),
         "bias_change": float(passed_on),
         "weight_change": inside.changes[2 * layer][index].tolist(),  # -∂C/∂w_ji = -∂C/∂z_j · a_i (the input i)
-        "input": below.tolist(),
         "from_above": terms,
     }
 
@@ -208,10 +201,11 @@ def one_step(net: Network, pixels: Tensor, target: int, lr: float, batch: tuple[
     images, labels = batch
     images, labels = torch.cat([pixels[None], images[1:]]), torch.cat([one[1], labels[1:]])
     results = {}
+    before = net.sweep(*one)[1]  # this digit before either step
     for name, (xs, ys) in {"digit": one, "batch": (images, labels)}.items():
         cost, grads = net.gradient(xs, ys, net.params)
         stepped = [p - lr * g for p, g in zip(net.params, grads)]
-        before, after = net.sweep(pixels[None], one[1])[1], net.sweep(pixels[None], one[1], stepped)[1]
+        after = net.sweep(*one, stepped)[1]
         results[name] = {
             "cost_before": float(cost),
             "cost_after": float(net.gradient(xs, ys, stepped)[0]),
@@ -252,8 +246,7 @@ def digits_read(net: Network, digits: dict, shown: int) -> dict:
     """The run's validation digits as this snapshot reads them, its mistakes first."""
     pixels = digits["val_images"].flatten(1).double() / 255
     labels = digits["val_labels"]
-    _, inside = net.sweep(pixels, labels)
-    read = inside.read.argmax(1)
+    read = net.read(pixels).argmax(1)  # (the forward sweep alone: nothing is asked of these digits)
     wrong = read != labels
     order = torch.cat([wrong.nonzero()[:, 0], (~wrong).nonzero()[:, 0]])[:shown]
     return {

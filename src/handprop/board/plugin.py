@@ -28,6 +28,7 @@ from .runs import BadRequest, RunCache, backprop_directory, run_file, snapshot_f
 
 STATIC = Path(__file__).with_name("static")
 FILES = {"/index.js": "text/javascript", "/style.css": "text/css"}  # all it serves of its own: no path from a request
+POSTED = ("digits", "explain", "step", "check")  # the JSON routes a body is posted to
 MAX_BODY = 8 * 2**20  # a 1024 x 1024 canvas of grey levels as JSON ("255," a pixel) is under this
 
 
@@ -50,8 +51,9 @@ class BackpropPlugin(base_plugin.TBPlugin):
 
     def get_plugin_apps(self) -> dict:
         apps = {route: self._static for route in FILES}
-        apps.update({"/runs": self._runs, "/digits": self._digits, "/explain": self._explain})
-        apps.update({"/step": self._step, "/check": self._check})
+        apps["/runs"] = self._runs
+        for route in POSTED:  # each the engine's (engine.ROUTES), through _answer
+            apps[f"/{route}"] = Request.application(lambda request, route=route: self._answer(request, route))
         return apps
 
     @Request.application
@@ -97,19 +99,3 @@ class BackpropPlugin(base_plugin.TBPlugin):
             return _json(engine.ROUTES[route](engine.network(path), kept, body))
         except BadRequest as e:
             return _json({"error": " ".join(str(e).split())}, 400)
-
-    @Request.application
-    def _digits(self, request: Request) -> Response:
-        return self._answer(request, "digits")
-
-    @Request.application
-    def _explain(self, request: Request) -> Response:
-        return self._answer(request, "explain")
-
-    @Request.application
-    def _step(self, request: Request) -> Response:
-        return self._answer(request, "step")
-
-    @Request.application
-    def _check(self, request: Request) -> Response:
-        return self._answer(request, "check")

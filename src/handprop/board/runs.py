@@ -35,6 +35,22 @@ class BadRequest(ValueError):
     """A request the tab refuses: the message names what is wrong (HTTP 400)."""
 
 
+_LOADING = threading.Lock()
+
+
+def load_once(load, path: Path, unreadable: str):
+    """``load(str(path), version)``, an ``lru_cache``d loader, for this version of the file
+    (its size and modification time): a file is read once, and again when it is rewritten.
+    One load at a time. ``unreadable``: the refusal when the file cannot be looked at, with
+    a ``{}`` for the reason."""
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise BadRequest(unreadable.format(e.strerror)) from None
+    with _LOADING:
+        return load(str(path), (stat.st_size, stat.st_mtime_ns))
+
+
 def find_runs(logdir: str | Path, limit: int = 10_000) -> list[str]:
     """Every run directory under ``logdir`` with snapshots, as paths relative to it, sorted."""
     logdir = Path(logdir)

@@ -89,10 +89,10 @@ def write_snapshot(
     kept = thinned(epochs, max(2, int(budget_mb * 2**20 // size)))
     for gone in sorted(set(epochs) - set(kept)):
         (directory / snapshot_name(gone)).unlink(missing_ok=True)
-    _write_index(directory, model.hparams, entry, set(kept))
+    _write_index(directory, model, entry, set(kept))
 
 
-def _write_index(directory: Path, hp, entry: dict, kept: set[int]) -> None:
+def _write_index(directory: Path, model, entry: dict, kept: set[int]) -> None:
     """index.json: the snapshots kept, each with its step and validation accuracy, and the
     network in words (the tab lists runs from it without loading torch)."""
     path = directory / "index.json"
@@ -102,9 +102,9 @@ def _write_index(directory: Path, hp, entry: dict, kept: set[int]) -> None:
         old = []
     known = {e["epoch"]: e for e in old if isinstance(e, dict) and e.get("epoch") in kept}
     known[entry["epoch"]] = entry
-    sizes = "-".join(map(str, [hp.get("input_size", 784), *hp.get("hidden", []), hp.get("num_classes", 10)]))
+    hp = model.hparams
     index = {
-        "network": f"{sizes}, {hp.get('activation')} neurons, {hp.get('loss')} cost",
+        "network": f"{'-'.join(map(str, model.net.sizes))}, {hp.activation} neurons, {hp.loss} cost",
         "snapshots": [known[e] for e in sorted(known)],
     }
     atomic_write_text(path, json.dumps(index, indent=1))

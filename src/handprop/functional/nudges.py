@@ -41,6 +41,7 @@ class Nudges(NamedTuple):
     pulls: list[Tensor]  # per layer, bottom to top: -∂C/∂a⁽ˡ⁾ (N, n_l), the nudge each neuron wants
     changes: list[Tensor]  # weight and bias of each layer in turn: -∂C/∂W⁽ˡ⁾, -∂C/∂b⁽ˡ⁾
     cost: Tensor  # C, averaged over the digits
+    slopes: list[Tensor]  # per layer, bottom to top: f'(z⁽ˡ⁾) (N, n_l), from what its forward kept for its backward
 
 
 @torch.no_grad()
@@ -58,7 +59,8 @@ def nudges(x: Tensor, target: Tensor, cost: str, label_smoothing: float, activat
     _, grads = backward_layers(g, saved, activations, wants, pulls)
     pulls, changes = [-p for p in pulls], [-d for d in grads]
     acts = [s.x for s in saved[1:]] + [out]  # each layer's input is the activation of the one below
-    return Nudges(c.read(out), c.desired(target, out, label_smoothing), acts, pulls, changes, loss)
+    slopes = [ACTIVATIONS[f].chain(torch.ones_like(a), s.kept) for f, s, a in zip(activations, saved, acts)]
+    return Nudges(c.read(out), c.desired(target, out, label_smoothing), acts, pulls, changes, loss, slopes)
 
 
 def ranking(inside: Nudges, layer: int) -> Tensor:
@@ -69,17 +71,12 @@ def ranking(inside: Nudges, layer: int) -> Tensor:
     return inside.changes[2 * layer + 1].abs().argsort(descending=True, stable=True)
 
 
-def slope(activation: str, z: Tensor) -> Tensor:
-    """f'(z), by the activation's own chain rule (from what its forward pass keeps)."""
-    f = ACTIVATIONS[activation]
-    saved = {"output": f.fn(z), "input": z, "nothing": None}[f.saves]
-    return f.chain(torch.ones_like(z), saved)
-
-
 @functools.lru_cache
 def steepest(activation: str) -> float:
-    """The largest slope f'(z) of an activation, over z in [-8, 8]."""
-    return float(slope(activation, torch.linspace(-8, 8, 1601, dtype=torch.float64)).abs().max())
+    """The largest slope f'(z) of an activation, over z in [-8, 8], by its own chain rule."""
+    f, z = ACTIVATIONS[activation], torch.linspace(-8, 8, 1601, dtype=torch.float64)
+    kept = {"output": f.fn(z), "input": z, "nothing": None}[f.saves]
+    return float(f.chain(torch.ones_like(z), kept).abs().max())
 
 
 def neuron_states(activation: str, a: Tensor, slopes: Tensor) -> list[str]:

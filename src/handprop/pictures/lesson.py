@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..functional.nudges import neuron_states, ranking, steepest
+from ..functional.nudges import neuron_states, ranking
 from .layout import DPI, _mosaic, _nice_ticks, _three_ticks, _tick_label
 
 
@@ -86,13 +86,10 @@ def descent_figure(
 
 
 def _states(one, layer: int, activation: str | None) -> list[str]:
-    """ "saturated" / "off" / "" for each neuron of a hidden layer, for one digit: its slope
-    f'(z) is the change it passes on over the nudge it is asked for."""
+    """ "saturated" / "off" / "" for each neuron of a hidden layer, for one digit."""
     if activation is None:
         return [""] * one.pulls[layer].shape[1]
-    pull, passed = one.pulls[layer][0].double().cpu(), one.changes[2 * layer + 1].double().cpu()
-    slopes = torch.where(pull != 0, passed / pull.where(pull != 0, 1.0), steepest(activation))
-    return neuron_states(activation, one.activations[layer][0].cpu(), slopes)
+    return neuron_states(activation, one.activations[layer][0].cpu(), one.slopes[layer][0].cpu())
 
 
 def a_digit(k: int) -> str:

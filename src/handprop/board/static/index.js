@@ -8,7 +8,7 @@
 
 const LESSON = "784-16-16-10, sigmoid neurons, quadratic cost"; // 3Blue1Brown's network (experiment=3b1b)
 const UP = "#d62728", DOWN = "#1f77b4"; // red: increase, blue: decrease (a nudge's sign)
-const state = { runs: [], run: null, snap: 0, epoch: null, source: null, target: null, layer: null, neuron: null, strokes: [] };
+const state = { runs: [], run: null, snap: 0, source: null, target: null, layer: null, neuron: null, strokes: [] };
 let last = null; // the latest explain answer
 let asked = 0; // requests in flight are numbered: only the newest answer is drawn
 
@@ -116,6 +116,7 @@ function frame() {
 async function loadRuns(again = false) {
   try {
     const { runs } = await call("runs");
+    const shown = again && state.run ? snapshot().epoch : null; // a refresh stays on the same epoch, if it is still kept
     state.runs = runs;
     const select = $("run");
     select.replaceChildren(...runs.map((r) => el("option", { value: r.run, text: `${r.run}  (${r.network})` })));
@@ -129,7 +130,7 @@ async function loadRuns(again = false) {
     const keep = runs.find((r) => r.run === state.run);
     const newest = (list) => list.reduce((a, b) => (b.written > a.written ? b : a), list[0]);
     const lesson = runs.filter((r) => r.network === LESSON);
-    const epoch = keep && again ? state.epoch : null; // a refresh stays on the same epoch, if it is still kept
+    const epoch = keep ? shown : null;
     pickRun((keep || (lesson.length ? newest(lesson) : newest(runs))).run, epoch);
   } catch (e) { showError(e.message); }
 }
@@ -157,7 +158,6 @@ function snapshot() { return state.runs.find((r) => r.run === state.run).snapsho
 function pickSnapshot(i) {
   state.snap = i;
   const s = snapshot();
-  state.epoch = s.epoch;
   stale();
   const acc = s.val_acc == null ? "" : `, validation accuracy ${(100 * s.val_acc).toFixed(1)}%`;
   $("snapshot-label").textContent = `${s.epoch === 0 ? "epoch 0 (untrained)" : `epoch ${s.epoch}`}, step ${s.step}${acc}`;
