@@ -143,7 +143,7 @@ def new_dir(base: str) -> str:
         ) from None
 
 
-OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True)
+OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True, use_cache=True)
 
 
 # --------------------------------------------------------------------------- the lock
