@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test format bench tensorboard clean distclean
+.PHONY: help install train test format bench results tensorboard clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ format: install  ## apply ruff's fixes and formatting
 
 bench: install  ## benchmarks -> outputs/bench/ (ARGS=--quick: every section at toy sizes, as make test runs it)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
+
+results: install  ## the results tables (docs/results.md, README) from runs: runs what is missing or stale (ARGS="--only sample_default", "--data-dir DIR")
+	$(BIN)/python -m handprop.results --run $(ARGS)
 
 tensorboard: install  ## serve every run under outputs/ (or under HANDPROP_OUTPUTS) on http://localhost:6006
 	$(BIN)/tensorboard --logdir $${HANDPROP_OUTPUTS:-outputs} --host 127.0.0.1 --port 6006

@@ -20,20 +20,28 @@ from omegaconf import DictConfig
 from handprop.console import as_entry_point
 from handprop.errors import HandpropError
 from handprop.gate.keys import run_main
-from handprop.rundir import exit_on_launch_problem
+from handprop.rundir import exit_on_launch_problem, launched_world_size
 
 STARTED = time.perf_counter()  # the summary's wall time: torch, Lightning and the data load after this
 
 
 def _sweep_problem(cfg: DictConfig) -> str | None:
-    """trainer=ddp inside a -m sweep: Lightning re-launches this script for every extra
-    process, and the re-launched script would start the whole sweep again (or hang)."""
+    """trainer=ddp inside a -m sweep of one machine: Lightning re-launches this script for
+    every extra process, and the re-launched script would start the whole sweep again (or
+    hang). Under srun (hydra/launcher=slurm with several tasks) SLURM started the processes
+    and Lightning re-launches nothing: there it is the right choice."""
 
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and "spawn" not in strategy:
+    if (
+        HydraConfig.get().mode == RunMode.MULTIRUN
+        and strategy.startswith("ddp")
+        and "spawn" not in strategy
+        and launched_world_size() <= 1
+    ):
         return (
-            f"trainer.strategy={strategy} cannot run inside a -m sweep: it re-launches train.py for every "
-            "process. Use trainer=ddp_spawn for sweeps, or run the sweep's jobs one at a time."
+            f"trainer.strategy={strategy} cannot run inside a -m sweep on one machine: it re-launches train.py "
+            "for every process. Use trainer=ddp_spawn for sweeps, or hydra/launcher=slurm with "
+            "hydra.launcher.tasks_per_node=N on a cluster (srun starts the processes there)."
         )
     return None
 
@@ -42,15 +50,21 @@ def _sweep_problem(cfg: DictConfig) -> str | None:
 def main(cfg: DictConfig) -> float | None:
     from handprop.train import train  # noqa: PLC0415 -- torch and Lightning load only when a run starts, not for --help
 
+    hydra_cfg = HydraConfig.get()
+    single = hydra_cfg.mode == RunMode.RUN  # (a sweep's job: timed from its own start)
+
     def run() -> dict:
         problem = _sweep_problem(cfg)
         if problem:
             raise HandpropError(problem)
-        single = HydraConfig.get().mode == RunMode.RUN  # (a sweep's job: timed from its own start)
         return train(cfg, began=STARTED if single else None)
 
+    if not single:  # a job of a sweep: its failure is recorded in its directory, and the sweep goes on
+        from handprop.launch import sweep_job  # noqa: PLC0415
+
+        return sweep_job(cfg, run, list(hydra_cfg.overrides.task), hydra_cfg.launcher)
     metrics = as_entry_point(run)
-    return metrics.get(cfg.get("optimized_metric", "val/acc"))  # for Hydra sweepers
+    return metrics.get(cfg.get("optimized_metric", "val/acc"))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def small_filesystem(path: Path, size: str, read_only: bool = False):
 
 class SleepAt(Callback):
     """Touches ``marker`` and sleeps once the run reaches batch ``batch`` of ``stage``
-    ("test" or "validation", after the sanity check): a window to interrupt a real
+    ("train", "validation" or "test", after the sanity check): a window to interrupt a real
     process there."""
 
     def __init__(self, stage: str, marker: str, batch: int = 0, seconds: float = 60.0):
@@ -108,6 +108,10 @@ class SleepAt(Callback):
         if not trainer.sanity_checking and batch_idx == self.batch and not Path(self.marker).exists():
             Path(self.marker).touch()
             time.sleep(self.seconds)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.stage == "train":
+            self._sleep(trainer, batch_idx)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self.stage == "test":
@@ -163,10 +167,15 @@ class Poison(Callback):
 
 
 class RaiseInTraining(Callback):
-    """Raises a KeyError in the first training step: a bug, which must keep its traceback."""
+    """Raises a KeyError in the first training step: a bug, which must keep its traceback
+    (``really=false``: a run that goes on, for a sweep over both)."""
+
+    def __init__(self, really: bool = True):
+        self.really = really
 
     def on_train_batch_start(self, *args) -> None:
-        raise KeyError("a deliberate bug")
+        if self.really:
+            raise KeyError("a deliberate bug")
 
 
 def start_train(*args: str) -> subprocess.Popen:

@@ -9,11 +9,10 @@ import sys
 import pytest
 import yaml
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from handprop.sweep import SweepSummary, by_configuration, markdown, summarize
 
-from conftest import FAST, ROOT, tensorboard_run
+from conftest import FAST, ROOT
 
 SMALL = [*FAST, "model.hidden=[32]", "callbacks.pictures=null"]
 
@@ -29,12 +28,6 @@ def _sweep(tmp_path, *overrides):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep_dir, proc
-
-
-def _hparams_runs(run_dir):
-    events = EventAccumulator(str(tensorboard_run(run_dir)))
-    events.Reload()
-    return events.PluginTagToContent("hparams")
 
 
 def test_summary_ranks_runs_best_first_and_lists_failed_ones_last(tmp_path):
@@ -81,7 +74,9 @@ def test_runs_that_differ_only_in_seed_are_one_configuration(tmp_path):
     assert [g["overrides"] for g in by_configuration(summarize(tmp_path), "val/loss")][0] == ["model.hidden=[128]"]
 
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "optimized_metric": "val/acc"})
-    SweepSummary().on_multirun_end(config)
+    with pytest.raises(SystemExit) as ended:  # (a job without a result: the sweep's exit status says so)
+        SweepSummary().on_multirun_end(config)
+    assert ended.value.code == 1
     text = (tmp_path / "summary.md").read_text()
     top = groups[0]
     assert "## By configuration, over seeds (best mean first)" in text
@@ -98,23 +93,6 @@ def test_a_sweep_without_seeds_has_no_configuration_table(tmp_path):
     assert "configurations" not in json.loads((tmp_path / "summary.json").read_text())
     one = by_configuration(summarize(tmp_path))  # still one group per run, n = 1, no sd
     assert [(g["n"], g["sd"]) for g in one] == [(1, None), (1, None)]
-
-
-@pytest.mark.slow
-def test_a_grid_sweep_leaves_two_runs_in_one_multirun_directory(tmp_path):
-    sweep_dir, proc = _sweep(tmp_path, "optimizer.lr=0.003,0.03")
-    runs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
-    assert runs == ["0", "1"]
-    accs = {run: json.loads((sweep_dir / run / "metrics.json").read_text())["val/acc"] for run in runs}
-    summary = json.loads((sweep_dir / "summary.json").read_text())
-    best = max(accs, key=accs.get)
-    assert summary["metric"] == "val/acc" and summary["runs"][0]["run"] == best
-    assert f"best run of 2: {sweep_dir / best}, val/acc={accs[best]:.4f}" in proc.stderr + proc.stdout
-    assert "optimizer.lr=0.003" in (sweep_dir / "summary.md").read_text()
-    for run in runs:  # each run's HParams record: the TensorBoard HParams tab compares them
-        assert "_hparams_/session_start_info" in _hparams_runs(sweep_dir / run)
-    names = {tensorboard_run(sweep_dir / run).name for run in runs}
-    assert len(names) == 2  # told apart by their overrides (here long enough to end in a hash)
 
 
 @pytest.mark.slow

@@ -13,14 +13,17 @@ HParams records compare the same runs interactively: ``tensorboard --logdir <swe
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import statistics
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .launch import read_record
 from .rundir import recorded_overrides
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,8 @@ def _shared(overrides: list[list[str]]) -> list[str]:
 def summarize(sweep_dir: str | Path, metric: str = "val/acc", direction: str | None = None) -> list[dict]:
     """One row per run directory of a sweep (``<sweep_dir>/<job number>/``), best first by
     ``metric`` (maximised, or minimised for a loss unless ``direction`` says). A run that
-    left no metrics.json (it failed) comes last, with ``metrics: None``."""
+    left no metrics.json comes last, with ``metrics: None``; ``job`` is the job's own record
+    of how it ended (``job.json``: status, exit status, error), None for none."""
     rows = []
     for job in sorted(Path(sweep_dir).iterdir(), key=lambda p: _job_order(p.name)):
         overrides = job / ".hydra" / "overrides.yaml"
@@ -55,7 +59,8 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc", direction: str | N
             continue
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-        rows.append({"run": job.name, "overrides": recorded_overrides(job), "metrics": metrics})
+        record = read_record(job)
+        rows.append({"run": job.name, "overrides": recorded_overrides(job), "metrics": metrics, "job": record})
     sign = _sign(metric, direction)
     rows.sort(
         key=lambda r: (
@@ -78,10 +83,38 @@ def markdown(rows: list[dict], metric: str) -> str:
     ]
     for r in rows:
         m = r["metrics"] or {}
-        values = [f"{m[c]:.4f}" if c in m else ("failed" if not m else "") for c in columns]
+        status = (r.get("job") or {}).get("status")
+        missing = {"running": "killed?", "done": "no metrics"}.get(status, status or "failed")
+        values = [f"{m[c]:.4f}" if c in m else (missing if not m else "") for c in columns]
         lines.append(
             f"| {r['run']} | {' | '.join(values)} | {' '.join(o for o in r['overrides'] if o not in shared)} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def outcome(row: dict) -> str:
+    """How a job without a result ended, as its record tells it."""
+    record = row.get("job") or {}
+    status = record.get("status")
+    if status in ("failed", "interrupted", "requeued"):
+        return f"{status} (exit status {record.get('exit')}): {record.get('error')}"
+    if status == "running":
+        return f"killed, or still running (pid {record.get('pid')} on {record.get('host')}): see its train.log"
+    if status == "done":
+        return "done, but its metrics.json is missing"
+    return "no record of its end (killed before it started?): see its train.log"
+
+
+def failures_markdown(rows: list[dict]) -> str:
+    """The jobs without a result, each with how it ended: empty when every job has one."""
+    failed = [r for r in rows if not r["metrics"]]
+    if not failed:
+        return ""
+    shared = _shared([r["overrides"] for r in rows])
+    lines = ["| run | how it ended | overrides |", "|---|---|---|"]
+    for r in failed:
+        own = " ".join(o for o in r["overrides"] if o not in shared)
+        lines.append(f"| {r['run']} | {outcome(r).replace('|', '/')} | {own} |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,38 +164,54 @@ def configurations_markdown(groups: list[dict], metric: str) -> str:
 
 
 class SweepSummary(Callback):
-    """Writes summary.md / summary.json at the end of a multirun and logs the best run."""
+    """Writes summary.md / summary.json at the end of a multirun and logs the best run; if
+    the sweep ends by an exception instead (a sweeper that gives up, a launcher whose
+    worker was killed), when the process exits."""
 
     def __init__(self, metric: str | None = None, direction: str | None = None):
         self.metric, self.direction = metric, direction
+        self._pending: DictConfig | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._pending = config
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        if self._pending is not None:
+            log.warning("the sweep ended early: its summary is built from the job directories there are")
+            self._write(self._pending)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        """The summary; then, if some job has no result, the sweep's exit status says so
+        (2 when every one of them was refused for a config a user can fix, else 1)."""
+        failed = self._write(config)
+        if failed:
+            sys.exit(2 if all((r.get("job") or {}).get("exit") == 2 for r in failed) else 1)
+
+    def _write(self, config: DictConfig) -> list[dict]:
+        """summary.md and summary.json; the rows of the jobs without a result."""
+        self._pending = None
         sweep_dir = Path(config.hydra.sweep.dir)
         metric = self.metric or config.get("optimized_metric") or "val/acc"
         direction = self.direction or OmegaConf.select(config, "hydra.sweeper.direction", default=None)
         direction = direction if isinstance(direction, str) else None  # (a multi-objective search: a list)
         if not sweep_dir.is_dir():
-            return
+            return []
         rows = summarize(sweep_dir, metric, direction)
         if not rows:
-            return
+            return []
         text = f"# {sweep_dir}: runs by {metric}, best first\n\n" + markdown(rows, metric)
         record = {"metric": metric, "runs": rows}
         groups = by_configuration(rows, metric, direction)
         if any(g["n"] + g["failed"] > 1 for g in groups):  # a sweep over seeds
             text += f"\n## By configuration, over seeds (best mean first)\n\n{configurations_markdown(groups, metric)}"
             record["configurations"] = groups
-            top = groups[0]
-            if top["mean"] is not None:
-                sd = f" +- {top['sd']:.4f}" if top["sd"] is not None else ""
-                log.info(
-                    "best configuration by mean: %s, %s=%.4f%s over %d seeds",
-                    " ".join(top["overrides"]) or "(every run)",
-                    metric,
-                    top["mean"],
-                    sd,
-                    top["n"],
-                )
+            _log_best_configuration(groups[0], metric)
+        failed = [r for r in rows if not r["metrics"]]
+        if failed:
+            text += f"\n## Jobs without a result\n\n{failures_markdown(rows)}"
+            for r in failed:
+                log.warning("job %s: %s", sweep_dir / r["run"], outcome(r))
         (sweep_dir / "summary.md").write_text(text)
         (sweep_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
         best = rows[0]
@@ -176,3 +225,19 @@ class SweepSummary(Callback):
                 " ".join(best["overrides"]),
             )
         log.info("sweep summary: %s", sweep_dir / "summary.md")
+        if failed:
+            log.error("%d of %d jobs have no result (listed in summary.md)", len(failed), len(rows))
+        return failed
+
+
+def _log_best_configuration(top: dict, metric: str) -> None:
+    if top["mean"] is not None:
+        sd = f" +- {top['sd']:.4f}" if top["sd"] is not None else ""
+        log.info(
+            "best configuration by mean: %s, %s=%.4f%s over %d seeds",
+            " ".join(top["overrides"]) or "(every run)",
+            metric,
+            top["mean"],
+            sd,
+            top["n"],
+        )

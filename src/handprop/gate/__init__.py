@@ -32,6 +32,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, HandpropError
+from ..launch import launcher_problem
 from . import across, run
 from .across import schedule_length
 from .run import MAX_CHUNK, Plan, planned_steps, train_size
@@ -85,6 +86,12 @@ class Gate(HydraCallback):
     writes ``.hydra/`` there; a refused run leaves nothing behind. The refusal is the
     gate's message on stderr, exit status 2. (A ``-m`` sweep's jobs are checked as each
     starts, in its own directory.)"""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        problem = launcher_problem(config.hydra.launcher)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # (Hydra sets it next, for the job; the paths need it now)

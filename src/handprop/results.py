@@ -1,0 +1,305 @@
+"""The results tables of docs/results.md and README.md, built from runs, never typed.
+
+``docs/results/tables.yaml`` says what each table holds: the rows (an experiment and its
+overrides, the published figure it is measured against), the seeds, the data. Every run
+that fills a cell leaves its numbers in ``docs/results/runs.json`` (committed): its
+``metrics.json`` (test and validation accuracy, training time) and its ``job.json`` (the
+commit, the machine, the thread count). The tables are made from that file alone, between
+``<!-- results: TABLE -->`` and ``<!-- /results -->`` in the markdown files.
+
+    python -m handprop.results                 # the tables again from runs.json; what is missing or stale
+    python -m handprop.results --run           # ... after running the missing and stale cells (make results)
+    python -m handprop.results --run --only classics_mnist --data-dir DIR --n-jobs 2
+    python -m handprop.results --quick --out DIR   # the embedded sample, 1 epoch, 2 experiments (a self-test)
+
+A cell is **missing** when runs.json has no run for it, **stale** when its run was made by
+code other than today's: its ``fingerprint`` (a hash of src/handprop and conf/) differs.
+``--run`` runs only those, a sweep per row (``python train.py -m ... seed=a,b,c``) through
+Hydra's joblib launcher, ``--n-jobs`` at a time, each job with its share of the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .launch import cores, git_commit, read_record
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLES = ROOT / "docs" / "results" / "tables.yaml"
+RUNS = ROOT / "docs" / "results" / "runs.json"
+DOCUMENTS = (ROOT / "docs" / "results.md", ROOT / "README.md")
+KEPT = ("test/acc", "val/acc_best", "val/acc", "time/fit_s", "trainer/global_step")
+MARKER = re.compile(r"(<!-- results: (\w+)( compact)? -->\n)(.*?)(<!-- /results -->)", re.S)
+QUICK = {
+    "quick": {
+        "title": "the quick self-test: the embedded sample, one epoch",
+        "overrides": ["trainer.max_epochs=1", "callbacks.pictures=null", "callbacks.backprop_tab=null"],
+        "seeds": [0],
+        "rows": [
+            {"key": "3b1b", "overrides": ["experiment=3b1b"], "published": "≈96% (full MNIST, 30 epochs)"},
+            {"key": "nielsen_ch1", "overrides": ["experiment=nielsen_ch1"], "published": "95.42% (full MNIST)"},
+        ],
+    }
+}
+
+
+def fingerprint(root: Path = ROOT) -> str:
+    """A hash of the code a run's numbers depend on: every file under src/handprop and conf/."""
+    digest = hashlib.sha1()
+    for folder in ("src/handprop", "conf"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
+                digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def cell(table: str, row: str, seed) -> str:
+    return f"{table}/{row}/{seed}"
+
+
+def plan(tables: dict, runs: dict, code: str, data_dir: str | None) -> dict[tuple[str, str], list]:
+    """The seeds each (table, row) still needs: missing, or made by other code."""
+    todo: dict[tuple[str, str], list] = {}
+    for name, table in tables.items():
+        if table.get("needs_data_dir") and not data_dir:
+            continue
+        for row in table["rows"]:
+            seeds = [s for s in row.get("seeds", table["seeds"]) if _needs(runs.get(cell(name, row["key"], s)), code)]
+            if seeds:
+                todo[name, row["key"]] = seeds
+    return todo
+
+
+def _needs(run: dict | None, code: str) -> bool:
+    return run is None or run.get("fingerprint") != code
+
+
+def run_row(table: dict, row: dict, seeds: list, out: Path, n_jobs: int, data_dir: str | None) -> Path:
+    """One sweep over the row's seeds through the joblib launcher; its directory."""
+    sweep = out / "runs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{row['key']}"
+    overrides = [*table.get("overrides", []), *row.get("overrides", [])]
+    if table.get("needs_data_dir"):
+        overrides.append(f"data.data_dir={Path(data_dir).absolute()}")
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *overrides,
+        f"seed={','.join(str(s) for s in seeds)}",
+        "hydra/launcher=joblib",
+        f"hydra.launcher.n_jobs={n_jobs}",
+        f"hydra.sweep.dir={sweep}",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+    ]
+    print(f"running {row['key']}, seeds {', '.join(map(str, seeds))}: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, cwd=ROOT, check=False)
+    return sweep
+
+
+def collect(sweep: Path, table_name: str, row_key: str, code: str, n_jobs: int) -> dict[str, dict]:
+    """The cells a row's sweep filled: each job with a result, by its seed."""
+    found = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        record, metrics = read_record(job), job / "metrics.json"
+        if not record or record.get("status") != "done" or not metrics.is_file():
+            continue
+        values = json.loads(metrics.read_text())
+        seed = next(o.split("=", 1)[1] for o in record["overrides"] if o.startswith("seed="))
+        found[cell(table_name, row_key, seed)] = {
+            **{k: values[k] for k in KEPT if k in values},
+            "commit": record.get("commit"),
+            "fingerprint": code,
+            "machine": f"{record.get('host')}, {cores()} cores ({platform.machine()})",
+            "threads": record.get("threads"),
+            "launcher": f"joblib, {n_jobs} jobs at once",
+            "date": record.get("started"),
+            "run": str(job.relative_to(ROOT)) if job.is_relative_to(ROOT) else str(job),
+        }
+    return found
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _row_runs(runs: dict, table: str, row: dict, seeds: list) -> list[tuple[str, dict | None]]:
+    return [(str(s), runs.get(cell(table, row["key"], s))) for s in row.get("seeds", seeds)]
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "(not run)"
+    mean = statistics.fmean(values)
+    sd = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{100 * mean:.2f}{sd}%"
+
+
+def _seconds(values: list[float]) -> str:
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    return f"{low:,.0f} s" if round(low) == round(high) else f"{low:,.0f}–{high:,.0f} s"
+
+
+def _provenance(cells: list[dict]) -> tuple[str, str, str]:
+    commits = sorted({c.get("commit") or "?" for c in cells})
+    machines = sorted({c.get("machine") or "?" for c in cells})
+    threads = sorted({str(c.get("threads") or "?") for c in cells})
+    return ", ".join(commits), "; ".join(machines), ", ".join(threads)
+
+
+def experiments_table(name: str, table: dict, runs: dict, compact: bool = False) -> str:
+    """A row per experiment: published figure, mean ± sd over its seeds (each seed's test
+    accuracy), training time per run, and the commit, machine and threads of its runs."""
+    if compact:
+        lines = ["| `experiment=` | published | handprop, mean (per seed) | training time |", "|---|---|---|---|"]
+    else:
+        lines = [
+            "| row | published | handprop: test accuracy, mean ± sd (per seed) | best validation | time per run "
+            "| threads | commit | machine |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+    for row in table["rows"]:
+        pairs = [(s, c) for s, c in _row_runs(runs, name, row, table["seeds"]) if c and "test/acc" in c]
+        tests = [c["test/acc"] for _, c in pairs]
+        per_seed = " / ".join(f"{100 * c['test/acc']:.2f}" for _, c in pairs)
+        result = f"{_spread(tests)} ({per_seed})" if len(pairs) > 1 else _spread(tests)
+        if row.get("note"):
+            result += f"; {row['note']}"
+        recorded = sorted({c["time_text"] for _, c in pairs if "time_text" in c})  # (runs from before runs.json)
+        time_s = _seconds([c["time/fit_s"] for _, c in pairs if "time/fit_s" in c]) or "; ".join(recorded)
+        label = row.get("label", f"`{row['key']}`")
+        if compact:
+            lines.append(f"| {label} | {row.get('published', '')} | {result} | {time_s} |")
+            continue
+        best = _spread([c["val/acc_best"] for _, c in pairs if "val/acc_best" in c]).replace("(not run)", "")
+        commit, machine, threads = _provenance([c for _, c in pairs])
+        published = row.get("published", "")
+        lines.append(f"| {label} | {published} | {result} | {best} | {time_s} | {threads} | {commit} | {machine} |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_table(name: str, table: dict, runs: dict, compact: bool = False) -> str:
+    """One row (the table's first) run over many seeds: a line per seed, then the mean."""
+    row = table["rows"][0]
+    lines = [
+        "| seed | test accuracy | best val accuracy | training time (`time/fit_s`) | threads | commit |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    pairs = [(s, c) for s, c in _row_runs(runs, name, row, table["seeds"]) if c]
+    for seed, c in pairs:
+        lines.append(
+            f"| {seed} | {_pct(c.get('test/acc'), 1)} | {_pct(c.get('val/acc_best'), 1)} | "
+            f"{c.get('time/fit_s', 0):.1f} s | {c.get('threads')} | {c.get('commit')} |"
+        )
+    if pairs:
+        tests = [c["test/acc"] for _, c in pairs if "test/acc" in c]
+        vals = [c["val/acc_best"] for _, c in pairs if "val/acc_best" in c]
+        times = [c["time/fit_s"] for _, c in pairs if "time/fit_s" in c]
+        lines.append(f"| mean ± sd | **{_spread(tests)}** | {_spread(vals)} | {statistics.fmean(times):.1f} s | | |")
+    return "\n".join(lines) + "\n"
+
+
+def render(name: str, table: dict, runs: dict, compact: bool = False) -> str:
+    layout = seeds_table if table.get("layout") == "seeds" else experiments_table
+    return layout(name, table, runs, compact)
+
+
+def write_tables(tables: dict, runs: dict, documents) -> list[Path]:
+    """Each marked table of each document rebuilt; the documents that changed."""
+    changed = []
+    for doc in documents:
+        doc = Path(doc)
+        if not doc.is_file():
+            continue
+        text = doc.read_text()
+
+        def table_for(match: re.Match) -> str:
+            name = match.group(2)
+            if name not in tables:
+                return match.group(0)
+            return match.group(1) + render(name, tables[name], runs, bool(match.group(3))) + match.group(5)
+
+        new = MARKER.sub(table_for, text)
+        if new != text:
+            doc.write_text(new)
+            changed.append(doc)
+    return changed
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m handprop.results", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", action="store_true", help="run the missing and stale cells first")
+    parser.add_argument("--only", default="", help="these tables only (comma-separated names of tables.yaml)")
+    parser.add_argument("--data-dir", help="full MNIST, for the tables that need it (torchvision's layout)")
+    parser.add_argument("--n-jobs", type=int, default=2, help="runs at once (joblib); each gets cores / n threads")
+    parser.add_argument("--missing-only", action="store_true", help="run no cell that has a result, stale or not")
+    parser.add_argument("--quick", action="store_true", help="a self-test: the sample, 1 epoch, 2 experiments")
+    parser.add_argument("--out", type=Path, help="where runs.json, the runs and (--quick) results.md go")
+    args = parser.parse_args(argv)
+
+    if args.quick:
+        out = args.out or ROOT / "outputs" / "results-quick"
+        out.mkdir(parents=True, exist_ok=True)
+        tables, runs_file, documents = QUICK, out / "runs.json", [out / "results.md"]
+        if not documents[0].exists():
+            documents[0].write_text("# Quick results\n\n<!-- results: quick -->\n<!-- /results -->\n")
+        args.run = True
+    else:
+        out = args.out or ROOT / "outputs" / "results"
+        tables = yaml.safe_load(TABLES.read_text())
+        runs_file, documents = (out / "runs.json" if args.out else RUNS), DOCUMENTS
+    if args.only:
+        unknown = set(args.only.split(",")) - set(tables)
+        if unknown:
+            parser.error(f"--only {','.join(sorted(unknown))}: not a table of {TABLES} ({', '.join(tables)})")
+        tables = {k: v for k, v in tables.items() if k in args.only.split(",")}
+    runs = json.loads(runs_file.read_text()) if runs_file.is_file() else {}
+    code = fingerprint()
+    todo = plan(tables, runs, "" if args.missing_only else code, args.data_dir)
+    if args.missing_only:
+        todo = {k: [s for s in v if cell(*k, s) not in runs] for k, v in todo.items()}
+        todo = {k: v for k, v in todo.items() if v}
+    if not todo:
+        print(f"every cell is current (code {code}, commit {git_commit(ROOT)})")
+    for (name, key), seeds in todo.items():
+        state = ["missing" if cell(name, key, s) not in runs else "stale" for s in seeds]
+        print(f"{name}/{key}: seeds {', '.join(f'{s} ({st})' for s, st in zip(seeds, state))}")
+    skipped = [n for n, t in tables.items() if t.get("needs_data_dir") and not args.data_dir]
+    if skipped:
+        print(f"not planned without --data-dir (full MNIST): {', '.join(skipped)}")
+    if args.run:
+        for (name, key), seeds in todo.items():
+            row = next(r for r in tables[name]["rows"] if r["key"] == key)
+            sweep = run_row(tables[name], row, seeds, out, args.n_jobs, args.data_dir)
+            filled = collect(sweep, name, key, code, args.n_jobs)
+            runs.update(filled)
+            runs_file.parent.mkdir(parents=True, exist_ok=True)
+            runs_file.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+            print(f"{name}/{key}: {len(filled)} of {len(seeds)} runs have a result ({sweep / 'summary.md'})")
+    for doc in write_tables(tables, runs, documents):
+        print(f"tables written: {os.path.relpath(doc)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

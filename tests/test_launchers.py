@@ -1,0 +1,232 @@
+"""Sweeps beyond one process: Hydra's joblib launcher (parallel jobs on one machine) and
+submitit's (a SLURM cluster, or its local executor), each job with its share of the cores,
+a failed job recorded while the sweep goes on, a requeued job resumed from its checkpoint."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from handprop.launch import cores, job_threads, read_record
+
+from conftest import FAST, ROOT, tensorboard_run, wait_for
+
+SMALL = [*FAST, "model.hidden=[32]", "callbacks.pictures=null", "callbacks.backprop_tab=null"]
+
+
+def _multirun(log_dir, *overrides, env=None, status=0):
+    """``python train.py -m`` with the default sweep directory under ``log_dir``, ending
+    with exit status ``status`` (None: any); the process and the sweep directories."""
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"), **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", *overrides, *SMALL, f"paths.log_dir={log_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environ,
+    )
+    if status is not None:
+        assert proc.returncode == status, proc.stderr[-3000:]
+    sweeps = sorted((log_dir / "multirun").glob("*/*")) if (log_dir / "multirun").is_dir() else []
+    return proc, sweeps
+
+
+def _summary(sweep):
+    return (sweep / "summary.md").read_text(), json.loads((sweep / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_joblib_sweep_keeps_a_good_job_when_the_gate_refuses_the_other(tmp_path):
+    """Two jobs at once through joblib, the default sweep directory: one directory for the
+    sweep whoever resolves it, each job's threads its share of the cores, the refused job
+    recorded and listed while the other's result is kept; then the same sweep again into
+    that directory is refused, and filled in it runs only the job without a result."""
+    proc, sweeps = _multirun(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.dropout=0.1,2", status=2
+    )  # (2: the one job without a result was refused for its config)
+    assert "1 of 2 jobs have no result (listed in summary.md)" in proc.stderr + proc.stdout
+    assert len(sweeps) == 1  # (the parent and each worker resolve the same directory)
+    sweep = sweeps[0]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1"]
+    good, refused = read_record(sweep / "0"), read_record(sweep / "1")
+    assert good["status"] == "done" and (sweep / "0" / "metrics.json").is_file()
+    share = max(1, cores() // min(2, cores()))
+    assert good["threads"] == share
+    assert (
+        f"threads: {share} ({cores()} cores / {min(2, cores())} jobs at once (joblib))"
+        in (sweep / "0" / "train.log").read_text()
+    )
+    assert refused["status"] == "failed" and refused["exit"] == 2
+    assert refused["error"] == "bad config: model.dropout=2: must be a probability in [0, 1)"
+    assert not (sweep / "1" / "metrics.json").exists()
+    text, record = _summary(sweep)
+    acc = json.loads((sweep / "0" / "metrics.json").read_text())["val/acc"]
+    assert f"| 0 | {acc:.4f} |" in text and "| 1 | failed |" in text
+    assert "## Jobs without a result" in text
+    assert "| 1 | failed (exit status 2): bad config: model.dropout=2: must be a probability" in text
+    assert [r["run"] for r in record["runs"]] == ["0", "1"]
+    assert f"best run of 2: {sweep / '0'}, val/acc={acc:.4f}" in proc.stderr + proc.stdout
+    events = EventAccumulator(str(tensorboard_run(sweep / "0")))  # its HParams record, for TensorBoard's tab
+    events.Reload()
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+    again, _ = _multirun(tmp_path, "hydra/launcher=joblib", "model.dropout=0.1,2", f"hydra.sweep.dir={sweep}", status=2)
+    assert "already holds a sweep (2 job directories)" in again.stderr
+    assert "fill_in=true" in again.stderr
+    before = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    _multirun(tmp_path, "model.dropout=0.1,2", f"hydra.sweep.dir={sweep}", "fill_in=true", status=2)  # (one at a time)
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == before  # kept, not run again
+    assert "already has its result (metrics.json): kept, not run again" in (sweep / "0" / "train.log").read_text()
+    assert read_record(sweep / "1")["status"] == "failed"  # (run again, refused again)
+
+
+@pytest.mark.slow
+def test_a_submitit_local_sweep_lists_a_job_that_raises_and_resumes_a_signalled_one(tmp_path):
+    """submitit's local executor, two jobs in processes of their own, each with the threads
+    cpus_per_task asks for. The job whose training raises is recorded (exit status 1, its
+    error) and listed. The other is sent the time-limit / preemption signal (SIGUSR2) while
+    it trains: it stops before the next batch with its checkpoint, submitit starts it
+    again, and it resumes from that checkpoint to the end of its run; its result is kept."""
+    marker, log_dir = tmp_path / "sleeping", tmp_path / "logs"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/launcher=local",
+            "hydra.launcher.cpus_per_task=2",
+            "+callbacks.bug._target_=conftest.RaiseInTraining",
+            "+callbacks.bug.really=true,false",
+            "+callbacks.sleep._target_=conftest.SleepAt",  # (a window to signal the job that trains)
+            "+callbacks.sleep.stage=train",
+            f"+callbacks.sleep.marker={marker}",
+            "+callbacks.sleep.batch=2",
+            "+callbacks.sleep.seconds=2",
+            *SMALL,
+            f"paths.log_dir={log_dir}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")},
+    )
+    try:
+        wait_for(marker, proc, timeout=120)
+        (sweep,) = sorted(log_dir.glob("multirun/*/*"))
+        first = read_record(sweep / "1")
+        assert first["status"] == "running" and first["threads"] == 2  # (OMP_NUM_THREADS=1 in the environment)
+        os.kill(first["pid"], signal.SIGUSR2)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]  # (1: a job without a result, and not for its config)
+
+    raised, resumed = read_record(sweep / "0"), read_record(sweep / "1")
+    assert raised["status"] == "failed" and raised["exit"] == 1
+    assert raised["error"] == "KeyError: 'a deliberate bug'"
+    assert "KeyError: 'a deliberate bug'" in (sweep / "0" / "train.log").read_text()  # with its traceback
+    assert resumed["status"] == "done" and resumed["pid"] not in (first["pid"], raised["pid"], os.getpid())
+    assert resumed["resumed_from"] == str(sweep / "1" / "checkpoints" / "interrupted.ckpt")
+    log = (sweep / "1" / "train.log").read_text()
+    assert "SIGUSR2: the job stops before the next batch and is requeued" in log and "resuming the run of" in log
+    metrics = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert metrics["trainer/global_step"] == 8  # 2 epochs of 4 batches, over the two starts
+
+    text, record = _summary(sweep)
+    assert f"| 1 | {metrics['val/acc']:.4f} |" in text
+    assert "| 0 | failed (exit status 1): KeyError: 'a deliberate bug' | +callbacks.bug.really=True |" in text
+    assert record["runs"][0]["run"] == "1"
+
+
+def _stub(folder, name, body):
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_a_slurm_sweep_submits_the_script_its_config_asks_for(tmp_path):
+    """hydra/launcher=slurm against stub sbatch / sacct: the array job's script asks for the
+    partition, time limit, tasks, GPUs and CPUs of the config, the requeue and the warning
+    signal before the limit; the submitted callable is Hydra's launcher, whose checkpoint
+    hook resubmits the same job (which then resumes from its own checkpoint)."""
+    stubs, scripts = tmp_path / "bin", tmp_path / "scripts"
+    stubs.mkdir()
+    scripts.mkdir()
+    _stub(stubs, "sbatch", f'cp "$1" {scripts}/job.sh; echo "Submitted batch job 4242"')
+    _stub(stubs, "sacct", "exit 0")
+    _stub(stubs, "scancel", "exit 0")
+    _stub(stubs, "srun", 'exec "$@"')
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpuq",
+            "hydra.launcher.gpus_per_node=2",
+            "hydra.launcher.tasks_per_node=2",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "seed=0,1",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"},
+    )
+    try:
+        wait_for(scripts / "job.sh", proc, timeout=120)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    script = (scripts / "job.sh").read_text()
+    for line in (
+        "#SBATCH --partition=gpuq",
+        "#SBATCH --time=240",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=16GB",
+        "#SBATCH --nodes=1",
+        "#SBATCH --array=0-1%2",  # (two jobs, at most 256 at once)
+        "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@120",
+    ):
+        assert line in script, f"{line} not in\n{script}"
+    assert "srun" in script and "submitit.core._submit" in script
+    submitted = sorted((tmp_path / "logs").glob("multirun/*/*/.submitit/**/*_submitted.pkl"))[0]
+    import cloudpickle  # noqa: PLC0415 -- submitit's own serializer
+
+    delayed = cloudpickle.loads(submitted.read_bytes())
+    assert type(delayed.function).__name__ == "SlurmLauncher" and hasattr(delayed.function, "checkpoint")
+    assert delayed.function.params["max_num_timeout"] == 3
+
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+
+
+@pytest.mark.parametrize(
+    ("launcher", "available", "expected"),
+    [
+        ({"_target_": JOBLIB, "n_jobs": 2}, 16, 8),
+        ({"_target_": JOBLIB, "n_jobs": -1}, 16, 1),  # (joblib's -1: a job per core)
+        ({"_target_": JOBLIB, "n_jobs": 4}, 2, 1),
+        ({"_target_": LOCAL, "cpus_per_task": 3}, 16, 3),
+        ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 16, None),  # one job at a time
+    ],
+)
+def test_each_launcher_gives_its_jobs_their_share_of_the_cores(launcher, available, expected):
+    threads = job_threads(launcher, available)
+    assert (threads and threads[0]) == expected
