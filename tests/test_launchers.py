@@ -43,48 +43,51 @@ def _summary(sweep):
 
 
 @pytest.mark.slow
-def test_a_joblib_sweep_keeps_a_good_job_when_the_gate_refuses_the_other(tmp_path):
-    """Two jobs at once through joblib, the default sweep directory: one directory for the
-    sweep whoever resolves it, each job's threads its share of the cores, the refused job
-    recorded and listed while the other's result is kept; then the same sweep again into
-    that directory is refused, and filled in it runs only the job without a result."""
-    proc, sweeps = _multirun(
-        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.dropout=0.1,2", status=2
-    )  # (2: the one job without a result was refused for its config)
-    assert "1 of 2 jobs have no result (listed in summary.md)" in proc.stderr + proc.stdout
+def test_a_joblib_sweep_keeps_the_good_jobs_when_the_gate_refuses_one(tmp_path):
+    """Three jobs through joblib, two at a time (so that a worker runs a second job), the
+    default sweep directory: one directory for the sweep whoever resolves it, each job's
+    threads its share of the cores, the refused job recorded and listed while the others'
+    results are kept; then the same sweep again into that directory is refused, and filled
+    in it runs only the job without a result."""
+    dropouts = "model.dropout=0.1,0.2,2"
+    proc, sweeps = _multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", dropouts, status=2)
+    # (2: the one job without a result was refused for its config)
+    assert "1 of 3 jobs have no result (listed in summary.md)" in proc.stderr + proc.stdout
     assert len(sweeps) == 1  # (the parent and each worker resolve the same directory)
     sweep = sweeps[0]
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1"]
-    good, refused = read_record(sweep / "0"), read_record(sweep / "1")
-    assert good["status"] == "done" and (sweep / "0" / "metrics.json").is_file()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1", "2"]
     share = max(1, cores() // min(2, cores()))
-    assert good["threads"] == share
-    assert (
-        f"threads: {share} ({cores()} cores / {min(2, cores())} jobs at once (joblib))"
-        in (sweep / "0" / "train.log").read_text()
-    )
+    accs = {}
+    for job in ("0", "1"):
+        good = read_record(sweep / job)
+        assert good["status"] == "done" and good["threads"] == share
+        assert (
+            f"threads: {share} ({cores()} cores / {min(2, cores())} jobs at once (joblib))"
+            in (sweep / job / "train.log").read_text()
+        )
+        accs[job] = json.loads((sweep / job / "metrics.json").read_text())["val/acc"]
+    refused = read_record(sweep / "2")
     assert refused["status"] == "failed" and refused["exit"] == 2
     assert refused["error"] == "bad config: model.dropout=2: must be a probability in [0, 1)"
-    assert not (sweep / "1" / "metrics.json").exists()
+    assert not (sweep / "2" / "metrics.json").exists()
     text, record = _summary(sweep)
-    acc = json.loads((sweep / "0" / "metrics.json").read_text())["val/acc"]
-    assert f"| 0 | {acc:.4f} |" in text and "| 1 | failed |" in text
+    best = max(accs, key=accs.get)
+    assert all(f"| {job} | {acc:.4f} |" in text for job, acc in accs.items()) and "| 2 | failed |" in text
     assert "## Jobs without a result" in text
-    assert "| 1 | failed (exit status 2): bad config: model.dropout=2: must be a probability" in text
-    assert [r["run"] for r in record["runs"]] == ["0", "1"]
-    assert f"best run of 2: {sweep / '0'}, val/acc={acc:.4f}" in proc.stderr + proc.stdout
+    assert "| 2 | failed (exit status 2): bad config: model.dropout=2: must be a probability" in text
+    assert [r["run"] for r in record["runs"]][-1] == "2"
+    assert f"best run of 3: {sweep / best}, val/acc={accs[best]:.4f}" in proc.stderr + proc.stdout
     events = EventAccumulator(str(tensorboard_run(sweep / "0")))  # its HParams record, for TensorBoard's tab
     events.Reload()
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
-    again, _ = _multirun(tmp_path, "hydra/launcher=joblib", "model.dropout=0.1,2", f"hydra.sweep.dir={sweep}", status=2)
-    assert "already holds a sweep (2 job directories)" in again.stderr
-    assert "fill_in=true" in again.stderr
+    again, _ = _multirun(tmp_path, "hydra/launcher=joblib", dropouts, f"hydra.sweep.dir={sweep}", status=2)
+    assert "already holds a sweep (3 job directories)" in again.stderr and "fill_in=true" in again.stderr
     before = (sweep / "0" / "metrics.json").stat().st_mtime_ns
-    _multirun(tmp_path, "model.dropout=0.1,2", f"hydra.sweep.dir={sweep}", "fill_in=true", status=2)  # (one at a time)
+    _multirun(tmp_path, dropouts, f"hydra.sweep.dir={sweep}", "fill_in=true", status=2)  # (one at a time)
     assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == before  # kept, not run again
     assert "already has its result (metrics.json): kept, not run again" in (sweep / "0" / "train.log").read_text()
-    assert read_record(sweep / "1")["status"] == "failed"  # (run again, refused again)
+    assert read_record(sweep / "2")["status"] == "failed"  # (run again, refused again)
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from handprop.errors import ConfigError, HandpropError
 from handprop.gate import check as check_config
 from handprop.gate import problems as config_problems
-from handprop.train import evaluate, run_name, train
+from handprop.rundir import run_name
+from handprop.train import evaluate, train
 
 from conftest import CONF, FAST, compose_config, tensorboard_run
 

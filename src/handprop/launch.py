@@ -39,7 +39,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from .console import record_failure, tell
-from .errors import HandpropError
+from .errors import HandpropError, RunDirectoryError
 from .rundir import checkpoint_dirs, launched_rank
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,19 @@ def job_threads(launcher: DictConfig | dict | None, available: int | None = None
         cpus = int(launcher.get("cpus_per_task") or 1)
         return cpus, f"cpus_per_task={cpus} (submitit)"
     return None
+
+
+def refuse_an_earlier_sweep(directory: Path, fill_in: bool) -> None:
+    """A sweep started into a directory that holds another sweep's jobs would mix the two
+    (job 0 of each in ``0/``): refused, unless ``fill_in`` asks to run only its jobs that
+    have no result (``sweep_job`` keeps the others)."""
+    jobs = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")] if directory.is_dir() else []
+    if jobs and not fill_in:
+        raise RunDirectoryError(
+            f"{directory} already holds a sweep ({len(jobs)} job directories): a new sweep there would mix "
+            "the two. Leave hydra.sweep.dir out for a fresh directory, or add fill_in=true to run only the "
+            "jobs of that sweep that have no result (the same command that started it)"
+        )
 
 
 def launcher_problem(launcher: DictConfig | dict | None) -> str | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import os
 import re
 import shlex
@@ -104,6 +105,21 @@ OmegaConf.register_new_resolver(
     "job_name", lambda name: name if launched_rank() == 0 else f"{name}_rank{launched_rank()}", replace=True
 )
 OmegaConf.register_new_resolver("output_subdir", lambda subdir: subdir if launched_rank() == 0 else None, replace=True)
+
+
+def run_name(overrides: str, limit: int = 96) -> str:
+    """A run's name from its command-line overrides (Hydra's ``override_dirname``), safe as
+    one directory name: no '/', at most ``limit`` characters -- a longer one keeps its
+    start and ends in a hash of the whole, so that different runs keep different names."""
+    name = overrides.replace("/", "_")
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+# conf/logger/default.yaml: version: ${run_name:${hydra:job.override_dirname}}. Registered here, where a
+# sweep's parent process has it too: a launcher's worker gets the parent's resolvers for every job.
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 # --------------------------------------------------------------------------- unique directories
@@ -225,8 +241,6 @@ class RunDirectoryLock(HydraCallback):
             if launched_rank() != 0:
                 return  # rank 0 of this launch holds it
             directory = _resolved(config, f"hydra.{mode}.dir")
-            if mode == "sweep":
-                refuse_an_earlier_sweep(Path(directory), bool(config.get("fill_in")))
             hydra_cfg = HydraConfig.get()
             with read_write(hydra_cfg), open_dict(hydra_cfg):  # what run_job sets next: paths.output_dir resolves
                 hydra_cfg.runtime.output_dir = str(Path(directory).absolute())
@@ -241,19 +255,6 @@ class RunDirectoryLock(HydraCallback):
         except HandpropError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
-
-
-def refuse_an_earlier_sweep(directory: Path, fill_in: bool) -> None:
-    """A sweep started into a directory that holds another sweep's jobs would mix the two
-    (job 0 of each in ``0/``): refused, unless ``fill_in`` asks to run only its jobs that
-    have no result (handprop.launch)."""
-    jobs = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")] if directory.is_dir() else []
-    if jobs and not fill_in:
-        raise RunDirectoryError(
-            f"{directory} already holds a sweep ({len(jobs)} job directories): a new sweep there would mix "
-            "the two. Leave hydra.sweep.dir out for a fresh directory, or add fill_in=true to run only the "
-            "jobs of that sweep that have no result (the same command that started it)"
-        )
 
 
 def _resolved(config: DictConfig, key: str) -> str:

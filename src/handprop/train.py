@@ -9,7 +9,6 @@ JSON object of final metrics).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shlex
@@ -21,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from . import gate
 from .build import build, build_all, build_data_and_model
@@ -37,20 +36,6 @@ from .rundir import checkpoint_dirs, command_line, recorded_overrides, refuse_to
 from .steps import NoProfiler
 
 log = logging.getLogger(__name__)
-
-
-def run_name(overrides: str, limit: int = 96) -> str:
-    """A run's name from its command-line overrides (Hydra's ``override_dirname``), safe as
-    one directory name: no '/', at most ``limit`` characters -- a longer one keeps its
-    start and ends in a hash of the whole, so that different runs keep different names."""
-    name = overrides.replace("/", "_")
-    if len(name) <= limit:
-        return name
-    return f"{name[: limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-
-
-# conf/logger/default.yaml: version: ${run_name:${hydra:job.override_dirname}}
-OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 @rank_zero_only

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import sys
 import traceback
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, HandpropError
-from ..launch import launcher_problem
+from ..launch import launcher_problem, refuse_an_earlier_sweep
 from . import across, run
 from .across import schedule_length
 from .run import MAX_CHUNK, Plan, planned_steps, train_size
@@ -88,9 +89,15 @@ class Gate(HydraCallback):
     starts, in its own directory.)"""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        problem = launcher_problem(config.hydra.launcher)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr, flush=True)
+        """A sweep: its launcher can start here, and its directory holds no other sweep."""
+        HydraConfig.instance().set_config(config)  # (the sweep directory's path needs it)
+        try:
+            problem = launcher_problem(config.hydra.launcher)
+            if problem:
+                raise HandpropError(problem)
+            refuse_an_earlier_sweep(Path(str(config.hydra.sweep.dir)), bool(config.get("fill_in")))
+        except HandpropError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
