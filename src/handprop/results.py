@@ -55,13 +55,27 @@ QUICK = {
 }
 
 
+# What a training run's numbers do not depend on: the results' and sweeps' own bookkeeping,
+# TensorBoard's Backprop tab and the tools that read a finished run.
+NOT_TRAINING = (
+    "src/handprop/results.py",
+    "src/handprop/sweep.py",
+    "src/handprop/board/",
+    "src/handprop/predict.py",
+    "src/handprop/explain.py",
+)
+
+
 def fingerprint(root: Path = ROOT) -> str:
-    """A hash of the code a run's numbers depend on: every file under src/handprop and conf/."""
+    """A hash of the code a run's numbers depend on: the files of src/handprop and conf/,
+    less ``NOT_TRAINING``. A cell made by other code is stale."""
     digest = hashlib.sha1()
     for folder in ("src/handprop", "conf"):
         for path in sorted((root / folder).rglob("*")):
-            if path.is_file() and path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
-                digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+            name = path.relative_to(root).as_posix()
+            if path.suffix not in (".py", ".yaml") or not path.is_file() or name.startswith(NOT_TRAINING):
+                continue
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
@@ -250,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m handprop.results", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="store_true", help="run the missing and stale cells first")
     parser.add_argument("--only", default="", help="these tables only (comma-separated names of tables.yaml)")
+    parser.add_argument("--rows", default="", help="these rows only (comma-separated keys), of the tables chosen")
     parser.add_argument("--data-dir", help="full MNIST, for the tables that need it (torchvision's layout)")
     parser.add_argument("--n-jobs", type=int, default=2, help="runs at once (joblib); each gets cores / n threads")
     parser.add_argument("--missing-only", action="store_true", help="run no cell that has a result, stale or not")
@@ -260,19 +275,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         out = args.out or ROOT / "outputs" / "results-quick"
         out.mkdir(parents=True, exist_ok=True)
-        tables, runs_file, documents = QUICK, out / "runs.json", [out / "results.md"]
+        spec, runs_file, documents = QUICK, out / "runs.json", [out / "results.md"]
         if not documents[0].exists():
             documents[0].write_text("# Quick results\n\n<!-- results: quick -->\n<!-- /results -->\n")
         args.run = True
     else:
         out = args.out or ROOT / "outputs" / "results"
-        tables = yaml.safe_load(TABLES.read_text())
+        spec = yaml.safe_load(TABLES.read_text())
         runs_file, documents = (out / "runs.json" if args.out else RUNS), DOCUMENTS
+    tables = spec  # (what runs: --only and --rows choose; every table is written)
     if args.only:
         unknown = set(args.only.split(",")) - set(tables)
         if unknown:
             parser.error(f"--only {','.join(sorted(unknown))}: not a table of {TABLES} ({', '.join(tables)})")
         tables = {k: v for k, v in tables.items() if k in args.only.split(",")}
+    if args.rows:
+        keep = set(args.rows.split(","))
+        tables = {k: {**v, "rows": [r for r in v["rows"] if r["key"] in keep]} for k, v in tables.items()}
+        tables = {k: v for k, v in tables.items() if v["rows"]}
     runs = json.loads(runs_file.read_text()) if runs_file.is_file() else {}
     code = fingerprint()
     todo = plan(tables, runs, "" if args.missing_only else code, args.data_dir)
@@ -296,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             runs_file.parent.mkdir(parents=True, exist_ok=True)
             runs_file.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
             print(f"{name}/{key}: {len(filled)} of {len(seeds)} runs have a result ({sweep / 'summary.md'})")
-    for doc in write_tables(tables, runs, documents):
+    for doc in write_tables(spec, runs, documents):
         print(f"tables written: {os.path.relpath(doc)}")
     return 0
 
