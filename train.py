@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> float | None:
     if not single:  # a job of a sweep: its failure is recorded in its directory, and the sweep goes on
         from handprop.launch import sweep_job  # noqa: PLC0415
 
-        return sweep_job(cfg, run, list(hydra_cfg.overrides.task), hydra_cfg.launcher)
+        return sweep_job(cfg, run, list(hydra_cfg.overrides.task), hydra_cfg.launcher, hydra_cfg.sweeper)
     metrics = as_entry_point(run)
     return metrics.get(cfg.get("optimized_metric", "val/acc"))
 

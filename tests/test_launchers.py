@@ -11,9 +11,12 @@ import sys
 import time
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from handprop.launch import cores, job_threads, read_record
+from handprop.errors import ConfigError, RunDirectoryError
+from handprop.launch import cores, job_threads, read_record, refuse_an_earlier_sweep, sweep_job
 
 from conftest import FAST, ROOT, tensorboard_run, wait_for
 
@@ -233,3 +236,90 @@ LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 def test_each_launcher_gives_its_jobs_their_share_of_the_cores(launcher, available, expected):
     threads = job_threads(launcher, available)
     assert (threads and threads[0]) == expected
+
+
+def _job_config(job_dir):
+    return OmegaConf.create(
+        {
+            "paths": {"output_dir": str(job_dir), "root_dir": str(ROOT)},
+            "callbacks": {"last": {"dirpath": str(job_dir / "checkpoints")}},
+            "optimized_metric": "val/acc",
+            "ckpt_path": None,
+        }
+    )
+
+
+def test_a_job_records_how_it_failed_and_returns_unless_its_failure_must_be_raised(tmp_path, monkeypatch):
+    """A refused config (exit status 2) and a bug (1) are recorded and the job returns
+    None, so that the sweep goes on; under Optuna's sweeper (which counts failed trials)
+    and in a job of several processes (whose others would wait for it) it raises, once
+    recorded."""
+
+    def refused():
+        raise ConfigError("bad config:\n  model.dropout=2: must be a probability in [0, 1)")
+
+    def bug():
+        raise KeyError("a deliberate bug")
+
+    for name, work, status, error in (
+        ("refused", refused, 2, "bad config: model.dropout=2: must be a probability in [0, 1)"),
+        ("bug", bug, 1, "KeyError: 'a deliberate bug'"),
+    ):
+        job_dir = tmp_path / name
+        job_dir.mkdir()
+        assert sweep_job(_job_config(job_dir), work, ["seed=0"]) is None
+        record = read_record(job_dir)
+        assert (record["status"], record["exit"], record["error"]) == ("failed", status, error)
+        assert record["overrides"] == ["seed=0"] and record["pid"] == os.getpid()
+
+    optuna = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}
+    (tmp_path / "trial").mkdir()
+    with pytest.raises(KeyError):
+        sweep_job(_job_config(tmp_path / "trial"), bug, ["seed=0"], sweeper=optuna)
+    assert read_record(tmp_path / "trial")["status"] == "failed"
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    (tmp_path / "ddp").mkdir()
+    with pytest.raises(ConfigError):
+        sweep_job(_job_config(tmp_path / "ddp"), refused, ["seed=0"])
+    assert read_record(tmp_path / "ddp")["exit"] == 2
+
+
+def test_a_job_with_its_result_is_kept_and_one_with_its_checkpoint_resumes(tmp_path):
+    """Filled in: a job whose directory holds its finished run returns that run's metric
+    without training; a job that holds its own checkpoint resumes from it; a directory
+    that holds a job of other overrides is left as it is."""
+    calls = []
+
+    def train():
+        calls.append(cfg.ckpt_path)
+        return {"val/acc": 0.9}
+
+    cfg = _job_config(tmp_path)
+    assert sweep_job(cfg, train, ["seed=0", "fill_in=true"]) == 0.9 and calls == [None]
+    assert read_record(tmp_path)["overrides"] == ["seed=0"]  # (fill_in=true: the same job)
+    (tmp_path / "metrics.json").write_text(json.dumps({"val/acc": 0.8}))
+    assert sweep_job(_job_config(tmp_path), train, ["seed=0"]) == 0.8 and len(calls) == 1  # kept, not run
+    assert sweep_job(_job_config(tmp_path), train, ["seed=1"]) is None and len(calls) == 1  # another sweep's
+    assert read_record(tmp_path)["overrides"] == ["seed=0"]
+
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    (resumed / "checkpoints" / "last.ckpt").write_bytes(b"")
+    cfg = _job_config(resumed)
+    sweep_job(cfg, train, ["seed=0"])
+    assert calls[-1] == str(resumed / "checkpoints" / "last.ckpt")
+    assert read_record(resumed)["resumed_from"] == calls[-1]
+
+
+def test_a_sweep_directory_is_filled_in_only_by_the_sweep_that_made_it(tmp_path):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["seed=0,1"]}}}))
+    with pytest.raises(RunDirectoryError, match="already holds a sweep .* fill_in=true"):
+        refuse_an_earlier_sweep(tmp_path, False, ["seed=0,1"])
+    refuse_an_earlier_sweep(tmp_path, True, ["seed=0,1", "fill_in=true"])  # the same sweep
+    with pytest.raises(RunDirectoryError, match="other overrides"):
+        refuse_an_earlier_sweep(tmp_path, True, ["seed=0,1,2", "fill_in=true"])
+    with pytest.raises(RunDirectoryError, match="Optuna"):
+        refuse_an_earlier_sweep(tmp_path, True, ["fill_in=true"], "hydra_plugins.optuna_sweeper.OptunaSweeper")
+    refuse_an_earlier_sweep(tmp_path / "new", False, ["seed=0,1"])  # (no directory yet: nothing to refuse)

@@ -76,5 +76,7 @@ def test_a_table_is_mean_and_sd_over_its_seeds_with_each_seed_and_its_provenance
     assert "| `b` | 96% | (not run) |" in text
     assert plan({"t": table}, runs, "code", None) == {("t", "a"): [0, 1, 2], ("t", "b"): [0, 1, 2]}
     for run in runs.values():
-        run["fingerprint"] = "code"
+        run.update(fingerprint="code", overrides=[])
     assert plan({"t": table}, runs, "code", None) == {("t", "b"): [0, 1, 2]}
+    runs["t/a/1"]["overrides"] = ["model.dropout=0.1"]  # (made with another recipe than the row's)
+    assert plan({"t": table}, runs, "code", None) == {("t", "a"): [1], ("t", "b"): [0, 1, 2]}

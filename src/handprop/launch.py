@@ -36,11 +36,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, open_dict
 
 from .console import record_failure, tell
 from .errors import HandpropError, RunDirectoryError
-from .rundir import checkpoint_dirs, launched_rank
+from .rundir import checkpoint_dirs, launched_rank, launched_world_size
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +74,36 @@ def job_threads(launcher: DictConfig | dict | None, available: int | None = None
     return None
 
 
-def refuse_an_earlier_sweep(directory: Path, fill_in: bool) -> None:
+def refuse_an_earlier_sweep(directory: Path, fill_in: bool, overrides: list[str], sweeper: str = "") -> None:
     """A sweep started into a directory that holds another sweep's jobs would mix the two
-    (job 0 of each in ``0/``): refused, unless ``fill_in`` asks to run only its jobs that
-    have no result (``sweep_job`` keeps the others)."""
+    (job 0 of each in ``0/``): refused, unless ``fill_in`` asks to run only the jobs of the
+    same sweep (the same command: ``overrides``) that have no result; an Optuna search
+    draws new trials each time, so it cannot be filled in."""
     jobs = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")] if directory.is_dir() else []
-    if jobs and not fill_in:
+    if not jobs:
+        return
+    if not fill_in:
         raise RunDirectoryError(
             f"{directory} already holds a sweep ({len(jobs)} job directories): a new sweep there would mix "
             "the two. Leave hydra.sweep.dir out for a fresh directory, or add fill_in=true to run only the "
             "jobs of that sweep that have no result (the same command that started it)"
         )
+    if "optuna" in sweeper.lower():
+        raise RunDirectoryError(
+            "fill_in=true cannot fill in an Optuna search: it draws new trials each time. Start a new search "
+            "(leave hydra.sweep.dir out), or keep the study in a database to continue it "
+            "(hydra.sweeper.storage=sqlite:///study.db)"
+        )
+    earlier = directory / "multirun.yaml"
+    if earlier.is_file():
+        hydra = (yaml.safe_load(earlier.read_text()) or {}).get("hydra") or {}
+        before = [o for o in (hydra.get("overrides") or {}).get("task") or [] if not o.startswith("fill_in=")]
+        now = [o for o in overrides if not o.startswith("fill_in=")]
+        if before != now:
+            raise RunDirectoryError(
+                f"{directory} holds the sweep of other overrides ({' '.join(before)}), not ({' '.join(now)}): "
+                "fill it in with the command that started it, or start a new sweep (leave hydra.sweep.dir out)"
+            )
 
 
 def launcher_problem(launcher: DictConfig | dict | None) -> str | None:
@@ -130,6 +150,12 @@ def read_record(job_dir: str | Path) -> dict | None:
         return None
 
 
+def has_result(record: dict | None, job_dir: str | Path) -> bool:
+    """A job's run finished: its metrics.json, and no record of an end other than ``done``
+    (a run of an older handprop has no record)."""
+    return (Path(job_dir) / "metrics.json").is_file() and (record is None or record.get("status") == "done")
+
+
 class Job:
     """One job of a sweep: its directory, its overrides and its record."""
 
@@ -150,7 +176,7 @@ class Job:
     def result(self) -> dict | None:
         """The metrics of this job's earlier, finished run (same overrides), if it has one."""
         earlier, metrics = read_record(self.dir), self.dir / "metrics.json"
-        if not earlier or earlier.get("status") != "done" or not metrics.is_file():
+        if not earlier:
             return None
         if earlier.get("overrides") != self.overrides:
             raise HandpropError(
@@ -158,7 +184,7 @@ class Job:
                 f"{' '.join(self.overrides)}: fill in a sweep with the command that started it, or start a new "
                 "sweep (leave hydra.sweep.dir out)"
             )
-        return json.loads(metrics.read_text())
+        return json.loads(metrics.read_text()) if has_result(earlier, self.dir) else None
 
     def own_checkpoint(self) -> Path | None:
         """The newest checkpoint this job left in its own directory (interrupted, requeued)."""
@@ -166,24 +192,34 @@ class Job:
         return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def sweep_job(cfg: DictConfig, train: Callable[[], dict], overrides: list[str], launcher) -> float | None:
+def sweep_job(
+    cfg: DictConfig, train: Callable[[], dict], overrides: list[str], launcher=None, sweeper=None
+) -> float | None:
     """Run one job of a sweep with ``train()``; the value a sweeper optimises, or None for
-    a job that failed (recorded in its ``job.json``, told on stderr and in its train.log)."""
+    a job that failed (recorded in its ``job.json``, told on stderr and in its train.log).
+
+    The failure is raised instead, once recorded, where returning would hide it: for
+    Optuna's sweeper, which counts failed trials against its ``max_failure_rate``, and for
+    a job of several processes (DDP under srun), whose other processes would otherwise
+    wait for this one."""
     job = Job(cfg, overrides, launcher)
     metric = cfg.get("optimized_metric", "val/acc")
+    raises = "optuna" in str((sweeper or {}).get("_target_", "")).lower() or launched_world_size() > 1
     try:
         done = job.result()
-    except HandpropError as e:
+    except HandpropError as e:  # (another sweep's job: its directory is left as it is)
         tell(f"error: {e}")
-        return None  # (another sweep's record: left as it is)
+        if raises:
+            raise
+        return None
     if done is not None:
         log.info("job %s already has its result (metrics.json): kept, not run again", job.dir.name)
         return done.get(metric)
 
+    import torch  # noqa: PLC0415 -- (imported already by train.py's task, for the run it starts)
+
     threads = job_threads(launcher)
     if threads is not None:
-        import torch  # noqa: PLC0415 -- (imported already by the training run this job starts)
-
         torch.set_num_threads(threads[0])
         log.info("threads: %d (%s)", threads[0], threads[1])
     resume = job.own_checkpoint() if not cfg.get("ckpt_path") else None
@@ -191,9 +227,6 @@ def sweep_job(cfg: DictConfig, train: Callable[[], dict], overrides: list[str], 
         with open_dict(cfg):
             cfg.ckpt_path = str(resume)
         log.info("this job's own checkpoint %s: the job resumes from it", resume)
-
-    import torch  # noqa: PLC0415
-
     job.write(
         "running",
         job=job.dir.name,
@@ -206,57 +239,83 @@ def sweep_job(cfg: DictConfig, train: Callable[[], dict], overrides: list[str], 
         resumed_from=str(resume) if resume else None,
     )
     began = time.perf_counter()
-    with _submitit_signal() as warned:
+
+    def ended(status: str, code: int, error: str | None) -> None:
+        job.write(status, exit=code, error=error, wall_s=time.perf_counter() - began)
+
+    with _submitit_signal(lambda: ended("requeued", 143, "time limit or preemption")) as warned:
         try:
             metrics = train()
         except HandpropError as e:
             tell(f"error: {e}")
-            job.write("failed", exit=2, error=one_line(str(e)), wall_s=time.perf_counter() - began)
+            ended("failed", 2, one_line(str(e)))
+            if raises:
+                raise
             return None
-        except SystemExit as e:  # an interrupt (Ctrl-C 130, SIGTERM 143) after its checkpoint
-            code = e.code if isinstance(e.code, int) else 1
-            if warned["signal"] is not None:
-                job.write("requeued", exit=code, error="time limit or preemption", wall_s=time.perf_counter() - began)
+        except (SystemExit, KeyboardInterrupt) as e:  # an interrupt (Ctrl-C 130, SIGTERM 143), after its checkpoint
+            code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130
+            if warned["signal"] is not None and not warned["requeued"]:
                 try:
                     warned["requeue"]()  # submitit: checkpoint (the same job, again), requeue, exit
                 except Exception as not_requeued:  # (timed out too often): the job ends here, the sweep goes on
-                    job.write("failed", exit=code, error=str(not_requeued))
+                    ended("failed", code, str(not_requeued))
                     return None
-            stopped = f"stopped (exit status {code})"
-            job.write("interrupted", exit=code, error=stopped, wall_s=time.perf_counter() - began)
+            if not warned["requeued"]:
+                ended("interrupted", code, f"stopped (exit status {code})")
             raise
         except Exception as e:
             record_failure()
-            first = one_line(str(e))
-            tell(f"error: {type(e).__name__}: {first} (the traceback is in {job.dir / 'train.log'})")
-            job.write("failed", exit=1, error=f"{type(e).__name__}: {first}", wall_s=time.perf_counter() - began)
+            first = f"{type(e).__name__}: {one_line(str(e))}"
+            tell(f"error: {first} (the traceback is in {job.dir / 'train.log'})")
+            ended("failed", 1, first)
+            if raises:
+                raise
             return None
-    job.write("done", exit=0, error=None, wall_s=time.perf_counter() - began)
+    ended("done", 0, None)
     return metrics.get(metric)
 
 
+def _in_a_submitit_job() -> bool:
+    try:
+        import submitit  # noqa: PLC0415 -- (the sweep extra)
+
+        submitit.JobEnvironment()  # (raises outside a job that submitit started)
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
 @contextlib.contextmanager
-def _submitit_signal():
+def _submitit_signal(requeued: Callable[[], None]):
     """Inside a submitit job: its time-limit / preemption signal stops training as SIGTERM
-    does; ``requeue()`` then runs submitit's own handler (checkpoint, requeue, exit)."""
-    state: dict = {"signal": None, "requeue": lambda: None}
-    if not os.environ.get("SUBMITIT_EXECUTOR") or threading.current_thread() is not threading.main_thread():
+    does, and ``requeue()`` then runs submitit's own handler (checkpoint, requeue, exit).
+    Outside training (the data loading, the final test) nothing would stop: the job is
+    requeued at once, and resumes from its last checkpoint. ``requeued()`` records it."""
+    state: dict = {"signal": None, "requeue": lambda: None, "requeued": False}
+    if not _in_a_submitit_job() or threading.current_thread() is not threading.main_thread():
         yield state
         return
     number = getattr(signal, f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}", signal.SIGUSR2)
-    submitit = signal.getsignal(number)
-
-    def warned(signum, frame) -> None:
-        log.warning("%s: the job stops before the next batch and is requeued", signal.Signals(signum).name)
-        state["signal"] = signum
-        stop = signal.getsignal(signal.SIGTERM)  # Lightning's, while it trains: stop before the next batch
-        if callable(stop):
-            stop(signal.SIGTERM, frame)
+    submitit, no_trainer = signal.getsignal(number), signal.getsignal(signal.SIGTERM)
 
     def requeue() -> None:
+        if state["requeued"]:
+            return
+        state["requeued"] = True
+        requeued()
         signal.signal(number, submitit)
         if callable(submitit):
             submitit(number, None)
+
+    def warned(signum, frame) -> None:
+        state["signal"] = signum
+        stop = signal.getsignal(signal.SIGTERM)
+        if stop is no_trainer or not callable(stop):  # no trainer is fitting: nothing to stop
+            log.warning("%s: the job is requeued now", signal.Signals(signum).name)
+            requeue()
+            return
+        log.warning("%s: the job stops before the next batch and is requeued", signal.Signals(signum).name)
+        stop(signal.SIGTERM, frame)  # Lightning's, while it trains
 
     state["requeue"] = requeue
     signal.signal(number, warned)

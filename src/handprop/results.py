@@ -13,7 +13,8 @@ commit, the machine, the thread count). The tables are made from that file alone
     python -m handprop.results --quick --out DIR   # the embedded sample, 1 epoch, 2 experiments (a self-test)
 
 A cell is **missing** when runs.json has no run for it, **stale** when its run was made by
-code other than today's: its ``fingerprint`` (a hash of src/handprop and conf/) differs.
+training code other than today's (its ``fingerprint``, a hash of src/handprop and conf/
+less ``NOT_TRAINING``, differs) or with other overrides than its row's.
 ``--run`` runs only those, a sweep per row (``python train.py -m ... seed=a,b,c``) through
 Hydra's joblib launcher, ``--n-jobs`` at a time, each job with its share of the cores.
 """
@@ -56,13 +57,14 @@ QUICK = {
 
 
 # What a training run's numbers do not depend on: the results' and sweeps' own bookkeeping,
-# TensorBoard's Backprop tab and the tools that read a finished run.
+# TensorBoard's Backprop tab, the tools that read a finished run, Hydra's own settings.
 NOT_TRAINING = (
     "src/handprop/results.py",
     "src/handprop/sweep.py",
     "src/handprop/board/",
     "src/handprop/predict.py",
     "src/handprop/explain.py",
+    "conf/hydra/",  # (where the runs go, the launchers, --help)
 )
 
 
@@ -83,27 +85,34 @@ def cell(table: str, row: str, seed) -> str:
     return f"{table}/{row}/{seed}"
 
 
+def recipe(table: dict, row: dict) -> list[str]:
+    """The overrides a row's runs take (less the data directory, which is the machine's)."""
+    return [*table.get("overrides", []), *row.get("overrides", [])]
+
+
 def plan(tables: dict, runs: dict, code: str, data_dir: str | None) -> dict[tuple[str, str], list]:
-    """The seeds each (table, row) still needs: missing, or made by other code."""
+    """The seeds each (table, row) still needs: missing, or made by other code or with
+    other overrides than the row's."""
     todo: dict[tuple[str, str], list] = {}
     for name, table in tables.items():
         if table.get("needs_data_dir") and not data_dir:
             continue
         for row in table["rows"]:
-            seeds = [s for s in row.get("seeds", table["seeds"]) if _needs(runs.get(cell(name, row["key"], s)), code)]
+            wanted = {"fingerprint": code, "overrides": recipe(table, row)}
+            seeds = [s for s in row.get("seeds", table["seeds"]) if stale(runs.get(cell(name, row["key"], s)), wanted)]
             if seeds:
                 todo[name, row["key"]] = seeds
     return todo
 
 
-def _needs(run: dict | None, code: str) -> bool:
-    return run is None or run.get("fingerprint") != code
+def stale(run: dict | None, wanted: dict) -> bool:
+    return run is None or any(run.get(k) != v for k, v in wanted.items())
 
 
 def run_row(table: dict, row: dict, seeds: list, out: Path, n_jobs: int, data_dir: str | None) -> Path:
     """One sweep over the row's seeds through the joblib launcher; its directory."""
     sweep = out / "runs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{row['key']}"
-    overrides = [*table.get("overrides", []), *row.get("overrides", [])]
+    overrides = recipe(table, row)
     if table.get("needs_data_dir"):
         overrides.append(f"data.data_dir={Path(data_dir).absolute()}")
     command = [
@@ -123,8 +132,9 @@ def run_row(table: dict, row: dict, seeds: list, out: Path, n_jobs: int, data_di
     return sweep
 
 
-def collect(sweep: Path, table_name: str, row_key: str, code: str, n_jobs: int) -> dict[str, dict]:
+def collect(sweep: Path, table_name: str, row: dict, overrides: list[str], code: str, n_jobs: int) -> dict:
     """The cells a row's sweep filled: each job with a result, by its seed."""
+    row_key = row["key"]
     found = {}
     for job in sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
         record, metrics = read_record(job), job / "metrics.json"
@@ -136,6 +146,7 @@ def collect(sweep: Path, table_name: str, row_key: str, code: str, n_jobs: int) 
             **{k: values[k] for k in KEPT if k in values},
             "commit": record.get("commit"),
             "fingerprint": code,
+            "overrides": overrides,
             "machine": f"{record.get('host')}, {cores()} cores ({platform.machine()})",
             "threads": record.get("threads"),
             "launcher": f"joblib, {n_jobs} jobs at once",
@@ -226,7 +237,8 @@ def seeds_table(name: str, table: dict, runs: dict, compact: bool = False) -> st
         tests = [c["test/acc"] for _, c in pairs if "test/acc" in c]
         vals = [c["val/acc_best"] for _, c in pairs if "val/acc_best" in c]
         times = [c["time/fit_s"] for _, c in pairs if "time/fit_s" in c]
-        lines.append(f"| mean ± sd | **{_spread(tests)}** | {_spread(vals)} | {statistics.fmean(times):.1f} s | | |")
+        mean_time = f"{statistics.fmean(times):.1f} s" if times else ""
+        lines.append(f"| mean ± sd | **{_spread(tests)}** | {_spread(vals)} | {mean_time} | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out = args.out or ROOT / "outputs" / "results"
         spec = yaml.safe_load(TABLES.read_text())
-        runs_file, documents = (out / "runs.json" if args.out else RUNS), DOCUMENTS
+        runs_file, documents = (out / "runs.json", [out / d.name for d in DOCUMENTS]) if args.out else (RUNS, DOCUMENTS)
+        for copy, doc in zip(documents, DOCUMENTS):
+            if args.out and not copy.exists():  # (the tables of another runs.json: beside it, not in the repository)
+                out.mkdir(parents=True, exist_ok=True)
+                copy.write_text(doc.read_text())
     tables = spec  # (what runs: --only and --rows choose; every table is written)
     if args.only:
         unknown = set(args.only.split(",")) - set(tables)
@@ -307,18 +323,22 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [n for n, t in tables.items() if t.get("needs_data_dir") and not args.data_dir]
     if skipped:
         print(f"not planned without --data-dir (full MNIST): {', '.join(skipped)}")
+    failed = 0
     if args.run:
         for (name, key), seeds in todo.items():
             row = next(r for r in tables[name]["rows"] if r["key"] == key)
             sweep = run_row(tables[name], row, seeds, out, args.n_jobs, args.data_dir)
-            filled = collect(sweep, name, key, code, args.n_jobs)
+            filled = collect(sweep, name, row, recipe(tables[name], row), code, args.n_jobs)
+            failed += len(seeds) - len(filled)
             runs.update(filled)
             runs_file.parent.mkdir(parents=True, exist_ok=True)
             runs_file.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
             print(f"{name}/{key}: {len(filled)} of {len(seeds)} runs have a result ({sweep / 'summary.md'})")
     for doc in write_tables(spec, runs, documents):
         print(f"tables written: {os.path.relpath(doc)}")
-    return 0
+    if failed:
+        print(f"{failed} runs have no result: see the summary.md of their sweeps above", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

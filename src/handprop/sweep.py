@@ -23,7 +23,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .launch import read_record
+from .launch import has_result, read_record
 from .rundir import recorded_overrides
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,10 @@ def summarize(sweep_dir: str | Path, metric: str = "val/acc", direction: str | N
         overrides = job / ".hydra" / "overrides.yaml"
         if not job.is_dir() or not overrides.is_file():
             continue
-        metrics_file = job / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         record = read_record(job)
-        rows.append({"run": job.name, "overrides": recorded_overrides(job), "metrics": metrics, "job": record})
+        metrics = json.loads((job / "metrics.json").read_text()) if has_result(record, job) else None
+        overrides = [o for o in recorded_overrides(job) if not o.startswith("fill_in=")]  # (the same job)
+        rows.append({"run": job.name, "overrides": overrides, "metrics": metrics, "job": record})
     sign = _sign(metric, direction)
     rows.sort(
         key=lambda r: (

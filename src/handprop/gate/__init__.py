@@ -95,7 +95,12 @@ class Gate(HydraCallback):
             problem = launcher_problem(config.hydra.launcher)
             if problem:
                 raise HandpropError(problem)
-            refuse_an_earlier_sweep(Path(str(config.hydra.sweep.dir)), bool(config.get("fill_in")))
+            refuse_an_earlier_sweep(
+                Path(str(config.hydra.sweep.dir)),
+                bool(config.get("fill_in")),
+                list(config.hydra.overrides.task),
+                str(config.hydra.sweeper.get("_target_", "")),
+            )
         except HandpropError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
