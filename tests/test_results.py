@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from handprop.results import DOCUMENTS, MARKER, RUNS, TABLES, fingerprint, plan, render, write_tables
+from handprop.results import DOCUMENTS, MARKER, RUNS, TABLES, batches, fingerprint, plan, render, write_tables
 
 from conftest import ROOT
 
@@ -80,3 +80,24 @@ def test_a_table_is_mean_and_sd_over_its_seeds_with_each_seed_and_its_provenance
     assert plan({"t": table}, runs, "code", None) == {("t", "b"): [0, 1, 2]}
     runs["t/a/1"]["overrides"] = ["model.dropout=0.1"]  # (made with another recipe than the row's)
     assert plan({"t": table}, runs, "code", None) == {("t", "a"): [1], ("t", "b"): [0, 1, 2]}
+
+
+def test_rows_one_key_apart_run_as_one_sweep():
+    """Rows that need the same seeds and differ in one key run as one sweep over it (every
+    core busy); any other row runs alone."""
+    table = {
+        "overrides": ["data=mnist"],
+        "seeds": [0, 1, 2],
+        "rows": [
+            {"key": "a", "overrides": ["experiment=3b1b"]},
+            {"key": "b", "overrides": ["experiment=nielsen_ch1"]},
+            {"key": "c", "overrides": ["experiment=nielsen_ch3", "trainer.max_epochs=5"]},
+            {"key": "d", "overrides": ["experiment=lecun_300"]},
+        ],
+    }
+    todo = {("t", "a"): [0, 1, 2], ("t", "b"): [0, 1, 2], ("t", "c"): [0, 1, 2], ("t", "d"): [2]}
+    assert [(n, [r["key"] for r in rows], seeds) for n, rows, seeds in batches({"t": table}, todo)] == [
+        ("t", ["a", "b"], [0, 1, 2]),  # (c differs in two keys; d needs other seeds)
+        ("t", ["c"], [0, 1, 2]),
+        ("t", ["d"], [2]),
+    ]

@@ -15,8 +15,9 @@ commit, the machine, the thread count). The tables are made from that file alone
 A cell is **missing** when runs.json has no run for it, **stale** when its run was made by
 training code other than today's (its ``fingerprint``, a hash of src/handprop and conf/
 less ``NOT_TRAINING``, differs) or with other overrides than its row's.
-``--run`` runs only those, a sweep per row (``python train.py -m ... seed=a,b,c``) through
-Hydra's joblib launcher, ``--n-jobs`` at a time, each job with its share of the cores.
+``--run`` runs only those through Hydra's joblib launcher, ``--n-jobs`` at a time, each job
+with its share of the cores: a sweep per row (``python train.py -m ... seed=a,b,c``), or
+one for the rows that differ in one key (``experiment=a,b seed=0,1,2``).
 """
 
 from __future__ import annotations
@@ -109,12 +110,49 @@ def stale(run: dict | None, wanted: dict) -> bool:
     return run is None or any(run.get(k) != v for k, v in wanted.items())
 
 
-def run_row(table: dict, row: dict, seeds: list, out: Path, n_jobs: int, data_dir: str | None) -> Path:
-    """One sweep over the row's seeds through the joblib launcher; its directory."""
-    sweep = out / "runs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{row['key']}"
-    overrides = recipe(table, row)
+def batches(tables: dict, todo: dict[tuple[str, str], list]) -> list[tuple[str, list[dict], list]]:
+    """The sweeps that run ``todo``: the rows of a table that need the same seeds and whose
+    overrides differ in one key only (``experiment=3b1b`` and ``experiment=nielsen_ch1``)
+    run as one sweep over that key, so that the launcher keeps every core busy; any other
+    row runs alone. Each: (table, its rows, the seeds)."""
+    groups: dict[tuple[str, tuple, tuple], list[dict]] = {}
+    for (name, key), seeds in todo.items():
+        row = next(r for r in tables[name]["rows"] if r["key"] == key)
+        keys = tuple(o.split("=", 1)[0] for o in recipe(tables[name], row))  # (the same keys, in the same order)
+        groups.setdefault((name, tuple(seeds), keys), []).append(row)
+    out = []
+    for (name, seeds, _), rows in groups.items():
+        if len(rows) > 1 and _one_key_apart([recipe(tables[name], r) for r in rows]) is not None:
+            out.append((name, rows, list(seeds)))
+        else:
+            out += [(name, [row], list(seeds)) for row in rows]
+    return out
+
+
+def _one_key_apart(recipes: list[list[str]]) -> int | None:
+    """The position at which these override lists differ, each there in the same key; None
+    if they differ otherwise."""
+    if len({len(r) for r in recipes}) != 1:
+        return None
+    apart = [i for i in range(len(recipes[0])) if len({r[i] for r in recipes}) > 1]
+    if len(apart) != 1 or len({r[apart[0]].split("=", 1)[0] for r in recipes}) != 1:
+        return None
+    return apart[0]
+
+
+def run_batch(table: dict, rows: list[dict], seeds: list, out: Path, n_jobs: int, data_dir: str | None) -> Path:
+    """One sweep over the rows' seeds (and their one differing key) through the joblib
+    launcher; its directory."""
+    recipes = [recipe(table, row) for row in rows]
+    overrides = list(recipes[0])
+    if len(rows) > 1:
+        i = _one_key_apart(recipes)
+        key = overrides[i].split("=", 1)[0]
+        overrides[i] = f"{key}={','.join(r[i].split('=', 1)[1] for r in recipes)}"
     if table.get("needs_data_dir"):
         overrides.append(f"data.data_dir={Path(data_dir).absolute()}")
+    names = "+".join(row["key"] for row in rows)
+    sweep = out / "runs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{names}"
     command = [
         sys.executable,
         str(ROOT / "train.py"),
@@ -127,26 +165,29 @@ def run_row(table: dict, row: dict, seeds: list, out: Path, n_jobs: int, data_di
         "trainer.enable_progress_bar=false",
         "callbacks.progress_bar=null",
     ]
-    print(f"running {row['key']}, seeds {', '.join(map(str, seeds))}: {' '.join(command[1:])}", flush=True)
+    print(f"running {names}, seeds {', '.join(map(str, seeds))}: {' '.join(command[1:])}", flush=True)
     subprocess.run(command, cwd=ROOT, check=False)
     return sweep
 
 
-def collect(sweep: Path, table_name: str, row: dict, overrides: list[str], code: str, n_jobs: int) -> dict:
-    """The cells a row's sweep filled: each job with a result, by its seed."""
-    row_key = row["key"]
+def collect(sweep: Path, table_name: str, table: dict, rows: list[dict], code: str, n_jobs: int) -> dict:
+    """The cells a sweep filled: each job with a result, by its row (the one whose
+    overrides it ran) and its seed."""
     found = {}
     for job in sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
         record, metrics = read_record(job), job / "metrics.json"
         if not record or record.get("status") != "done" or not metrics.is_file():
             continue
+        row = next((r for r in rows if set(recipe(table, r)) <= set(record["overrides"])), None)
+        if row is None:
+            continue
         values = json.loads(metrics.read_text())
         seed = next(o.split("=", 1)[1] for o in record["overrides"] if o.startswith("seed="))
-        found[cell(table_name, row_key, seed)] = {
+        found[cell(table_name, row["key"], seed)] = {
             **{k: values[k] for k in KEPT if k in values},
             "commit": record.get("commit"),
             "fingerprint": code,
-            "overrides": overrides,
+            "overrides": recipe(table, row),
             "machine": f"{record.get('host')}, {cores()} cores ({platform.machine()})",
             "threads": record.get("threads"),
             "launcher": f"joblib, {n_jobs} jobs at once",
@@ -325,15 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not planned without --data-dir (full MNIST): {', '.join(skipped)}")
     failed = 0
     if args.run:
-        for (name, key), seeds in todo.items():
-            row = next(r for r in tables[name]["rows"] if r["key"] == key)
-            sweep = run_row(tables[name], row, seeds, out, args.n_jobs, args.data_dir)
-            filled = collect(sweep, name, row, recipe(tables[name], row), code, args.n_jobs)
-            failed += len(seeds) - len(filled)
+        for name, rows, seeds in batches(tables, todo):
+            sweep = run_batch(tables[name], rows, seeds, out, args.n_jobs, args.data_dir)
+            filled = collect(sweep, name, tables[name], rows, code, args.n_jobs)
+            failed += len(rows) * len(seeds) - len(filled)
             runs.update(filled)
             runs_file.parent.mkdir(parents=True, exist_ok=True)
             runs_file.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
-            print(f"{name}/{key}: {len(filled)} of {len(seeds)} runs have a result ({sweep / 'summary.md'})")
+            names = ", ".join(f"{name}/{row['key']}" for row in rows)
+            print(f"{names}: {len(filled)} of {len(rows) * len(seeds)} runs have a result ({sweep / 'summary.md'})")
     for doc in write_tables(spec, runs, documents):
         print(f"tables written: {os.path.relpath(doc)}")
     if failed:
