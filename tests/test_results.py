@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from handprop.results import DOCUMENTS, MARKER, RUNS, TABLES, batches, fingerprint, plan, render, write_tables
+from handprop.results import DOCUMENTS, RUNS, TABLES, batches, fingerprint, plan
+from handprop.results_tables import MARKER, render, write_tables
 
 from conftest import ROOT
 
