@@ -178,11 +178,17 @@ class RaiseInTraining(Callback):
             raise KeyError("a deliberate bug")
 
 
-def start_train(*args: str) -> subprocess.Popen:
+def start_train(*args: str, env: dict | None = None) -> subprocess.Popen:
     """``python train.py ARGS`` in the background (stderr captured; tests/ on the path, so
-    that ``+callbacks.x._target_=conftest.SleepAt`` works), one thread."""
+    that ``+callbacks.x._target_=conftest.SleepAt`` works), one thread; ``env`` on top."""
     # (PYTHONFAULTHANDLER: a SIGABRT makes it print every thread's stack, for a run that hangs)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"), "PYTHONFAULTHANDLER": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT / "tests"),
+        "PYTHONFAULTHANDLER": "1",
+        **(env or {}),
+    }
     return subprocess.Popen(
         [sys.executable, "train.py", *args],
         cwd=ROOT,

@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,22 +16,21 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from handprop.errors import ConfigError, RunDirectoryError
 from handprop.launch import cores, job_threads, read_record, refuse_an_earlier_sweep, sweep_job
 
-from conftest import FAST, ROOT, tensorboard_run, wait_for
+from conftest import FAST, ROOT, run_cli, start_train, tensorboard_run, wait_for
 
 SMALL = [*FAST, "model.hidden=[32]", "callbacks.pictures=null", "callbacks.backprop_tab=null"]
 
 
-def _multirun(log_dir, *overrides, env=None, status=0):
+def _multirun(log_dir, *overrides, status=0):
     """``python train.py -m`` with the default sweep directory under ``log_dir``, ending
     with exit status ``status`` (None: any); the process and the sweep directories."""
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"), **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "train.py", "-m", *overrides, *SMALL, f"paths.log_dir={log_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=environ,
+    proc = run_cli(
+        "train.py",
+        "-m",
+        *overrides,
+        *SMALL,
+        f"paths.log_dir={log_dir}",
+        env={"PYTHONPATH": str(ROOT / "tests")},
     )
     if status is not None:
         assert proc.returncode == status, proc.stderr[-3000:]
@@ -96,28 +93,19 @@ def test_a_submitit_local_sweep_lists_a_job_that_raises_and_resumes_a_signalled_
     it trains: it stops before the next batch with its checkpoint, submitit starts it
     again, and it resumes from that checkpoint to the end of its run; its result is kept."""
     marker, log_dir = tmp_path / "sleeping", tmp_path / "logs"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "hydra/launcher=local",
-            "hydra.launcher.cpus_per_task=2",
-            "+callbacks.bug._target_=conftest.RaiseInTraining",
-            "+callbacks.bug.really=true,false",
-            "+callbacks.sleep._target_=conftest.SleepAt",  # (a window to signal the job that trains)
-            "+callbacks.sleep.stage=train",
-            f"+callbacks.sleep.marker={marker}",
-            "+callbacks.sleep.batch=2",
-            "+callbacks.sleep.seconds=2",
-            *SMALL,
-            f"paths.log_dir={log_dir}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")},
+    proc = start_train(
+        "-m",
+        "hydra/launcher=local",
+        "hydra.launcher.cpus_per_task=2",
+        "+callbacks.bug._target_=conftest.RaiseInTraining",
+        "+callbacks.bug.really=true,false",
+        "+callbacks.sleep._target_=conftest.SleepAt",  # (a window to signal the job that trains)
+        "+callbacks.sleep.stage=train",
+        f"+callbacks.sleep.marker={marker}",
+        "+callbacks.sleep.batch=2",
+        "+callbacks.sleep.seconds=2",
+        *SMALL,
+        f"paths.log_dir={log_dir}",
     )
     try:
         wait_for(marker, proc, timeout=120)
@@ -165,25 +153,17 @@ def test_a_slurm_sweep_submits_the_script_its_config_asks_for(tmp_path):
     _stub(stubs, "sacct", "exit 0")
     _stub(stubs, "scancel", "exit 0")
     _stub(stubs, "srun", 'exec "$@"')
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.partition=gpuq",
-            "hydra.launcher.gpus_per_node=2",
-            "hydra.launcher.tasks_per_node=2",
-            "trainer=ddp",
-            "trainer.devices=2",
-            "seed=0,1",
-            f"paths.log_dir={tmp_path / 'logs'}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"},
+    proc = start_train(
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpuq",
+        "hydra.launcher.gpus_per_node=2",
+        "hydra.launcher.tasks_per_node=2",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "seed=0,1",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        env={"PATH": f"{stubs}:{os.environ['PATH']}"},
     )
     try:
         wait_for(scripts / "job.sh", proc, timeout=120)

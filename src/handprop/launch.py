@@ -159,8 +159,8 @@ def has_result(record: dict | None, job_dir: str | Path) -> bool:
 class Job:
     """One job of a sweep: its directory, its overrides and its record."""
 
-    def __init__(self, cfg: DictConfig, overrides: list[str], launcher: DictConfig | None):
-        self.cfg, self.launcher = cfg, launcher
+    def __init__(self, cfg: DictConfig, overrides: list[str]):
+        self.cfg = cfg
         self.overrides = [o for o in overrides if not o.startswith("fill_in=")]  # (the same job, filled in)
         self.dir = Path(cfg.paths.output_dir)
         self.writes = launched_rank() == 0  # (a DDP job under srun: rank 0 keeps the record)
@@ -202,7 +202,7 @@ def sweep_job(
     Optuna's sweeper, which counts failed trials against its ``max_failure_rate``, and for
     a job of several processes (DDP under srun), whose other processes would otherwise
     wait for this one."""
-    job = Job(cfg, overrides, launcher)
+    job = Job(cfg, overrides)
     metric = cfg.get("optimized_metric", "val/acc")
     raises = "optuna" in str((sweeper or {}).get("_target_", "")).lower() or launched_world_size() > 1
     try:
@@ -246,12 +246,6 @@ def sweep_job(
     with _submitit_signal(lambda: ended("requeued", 143, "time limit or preemption")) as warned:
         try:
             metrics = train()
-        except HandpropError as e:
-            tell(f"error: {e}")
-            ended("failed", 2, one_line(str(e)))
-            if raises:
-                raise
-            return None
         except (SystemExit, KeyboardInterrupt) as e:  # an interrupt (Ctrl-C 130, SIGTERM 143), after its checkpoint
             code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130
             if warned["signal"] is not None and not warned["requeued"]:
@@ -263,11 +257,15 @@ def sweep_job(
             if not warned["requeued"]:
                 ended("interrupted", code, f"stopped (exit status {code})")
             raise
-        except Exception as e:
-            record_failure()
-            first = f"{type(e).__name__}: {one_line(str(e))}"
-            tell(f"error: {first} (the traceback is in {job.dir / 'train.log'})")
-            ended("failed", 1, first)
+        except Exception as e:  # a config or file the user can fix (exit status 2), or a bug (1)
+            if isinstance(e, HandpropError):
+                code, error = 2, one_line(str(e))
+                tell(f"error: {e}")
+            else:
+                record_failure()
+                code, error = 1, f"{type(e).__name__}: {one_line(str(e))}"
+                tell(f"error: {error} (the traceback is in {job.dir / 'train.log'})")
+            ended("failed", code, error)
             if raises:
                 raise
             return None

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from .launch import cores, git_commit, read_record
+from .launch import cores, git_commit, has_result, read_record
 from .results_tables import cell, write_tables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,13 +169,13 @@ def collect(sweep: Path, table_name: str, table: dict, rows: list[dict], code: s
     overrides it ran) and its seed."""
     found = {}
     for job in sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        record, metrics = read_record(job), job / "metrics.json"
-        if not record or record.get("status") != "done" or not metrics.is_file():
+        record = read_record(job)
+        if record is None or not has_result(record, job):  # (the record: the job's commit and threads)
             continue
         row = next((r for r in rows if set(recipe(table, r)) <= set(record["overrides"])), None)
         if row is None:
             continue
-        values = json.loads(metrics.read_text())
+        values = json.loads((job / "metrics.json").read_text())
         seed = next(o.split("=", 1)[1] for o in record["overrides"] if o.startswith("seed="))
         found[cell(table_name, row["key"], seed)] = {
             **{k: values[k] for k in KEPT if k in values},
