@@ -19,8 +19,10 @@ from handprop.data import FILES, write_idx
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
-# A run that takes seconds: a few batches, two epochs, no progress bar.
-FAST = [
+# A run that takes seconds: a few batches, two epochs, no progress bar; and, with FAST,
+# none of the pictures or the Backprop tab's snapshots, which a short run spends most of
+# its time after the imports on (the tests that look at them start from DRAWN).
+DRAWN = [
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=4",
     "trainer.limit_val_batches=1",
@@ -30,6 +32,8 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
+LEAN = ["callbacks.pictures=null", "callbacks.backprop_tab=null"]
+FAST = [*DRAWN, *LEAN]
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path):
@@ -40,6 +44,12 @@ def compose_config(name: str, overrides: list[str], output_dir: Path):
 @pytest.fixture
 def train_cfg(tmp_path):
     return lambda *overrides: compose_config("train", [*FAST, *overrides], tmp_path)
+
+
+@pytest.fixture
+def drawn_cfg(tmp_path):
+    """train_cfg with the pictures and the Backprop tab's snapshots."""
+    return lambda *overrides: compose_config("train", [*DRAWN, *overrides], tmp_path)
 
 
 class StopAtStep(Callback):

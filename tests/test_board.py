@@ -304,10 +304,10 @@ def test_eight_parallel_requests_get_a_single_requests_answers(logdir):
     assert together == alone and all(status == 200 for status, _ in alone)
 
 
-def test_a_run_trained_by_train_py_is_what_the_tab_reads(train_cfg):
+def test_a_run_trained_by_train_py_is_what_the_tab_reads(drawn_cfg):
     from handprop.train import train  # noqa: PLC0415 -- (the tests above run without Lightning's trainer)
 
-    cfg = train_cfg("experiment=3b1b", "data.val_size=null")
+    cfg = drawn_cfg("experiment=3b1b", "data.val_size=null")
     train(cfg)
     run = Path(cfg.paths.output_dir)
     index = json.loads((run / "backprop" / "index.json").read_text())
@@ -320,12 +320,12 @@ def test_a_run_trained_by_train_py_is_what_the_tab_reads(train_cfg):
     assert status == 200 and got["snapshot"] == {"epoch": 0, "step": 0, "val_acc": index["snapshots"][0]["val_acc"]}
 
 
-def test_a_snapshots_accuracy_is_the_runs_own_validation(train_cfg):
+def test_a_snapshots_accuracy_is_the_runs_own_validation(drawn_cfg):
     """Where the epoch validated on the whole split, the snapshot's accuracy is the run's own
     val/acc (not measured twice); the untrained network's is measured on the same digits."""
     from handprop.train import train  # noqa: PLC0415
 
-    cfg = train_cfg("model.hidden=[16]", "trainer.limit_val_batches=1.0", "callbacks.pictures=null", "test=false")
+    cfg = drawn_cfg("model.hidden=[16]", "trainer.limit_val_batches=1.0", "callbacks.pictures=null", "test=false")
     train(cfg)
     run = Path(cfg.paths.output_dir)
     index = json.loads((run / "backprop" / "index.json").read_text())["snapshots"]

@@ -32,7 +32,7 @@ class _Payload:
 def checkpoint(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
-    train(compose_config("train", [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"], out))
+    train(compose_config("train", [*FAST, "model.hidden=[16]", "test=false"], out))
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -114,7 +114,7 @@ def test_a_truncated_checkpoint_is_named(checkpoint, tmp_path):
 
 # --------------------------------------------------------------------------- confined to the run
 
-QUICK = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false", "scheduler=none"]
+QUICK = [*FAST, "model.hidden=[16]", "test=false", "scheduler=none"]
 
 
 def test_a_checkpoint_naming_files_outside_the_run_deletes_nothing(tmp_path, caplog):
@@ -233,7 +233,7 @@ def test_resume_with_another_schedule_is_refused_and_init_from_trains_on_fresh(t
     scheduler=cosine (OneCycle's state loaded into a cosine schedule) or scheduler=none (the
     rate frozen at its annealed end) is refused; init_from starts a new run from the weights."""
 
-    common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
+    common = [*FAST, "model.hidden=[16]", "test=false"]
     train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     for scheduler, ours in (("cosine", "CosineAnnealingLR"), ("none", "none")):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONF, FAST, ROOT, run_cli, write_raw_dataset
+from conftest import CONF, DRAWN, ROOT, run_cli, write_raw_dataset
 
 
 def run(script, *overrides, env=None):
@@ -21,7 +21,7 @@ def run(script, *overrides, env=None):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    proc = run("train.py", *FAST, "model.hidden=[64,32]", "optimizer.lr=0.01", f"hydra.run.dir={run_dir}")
+    proc = run("train.py", *DRAWN, "model.hidden=[64,32]", "optimizer.lr=0.01", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 

@@ -73,7 +73,7 @@ def test_a_bad_value_is_refused_by_train_as_on_the_command_line(tmp_path, monkey
 
 
 def test_a_composed_config_trains_and_keeps_its_record_as_train_py_does(tmp_path):
-    overrides = [*FAST, "model.hidden=[16]", "callbacks.pictures=null"]
+    overrides = [*FAST, "model.hidden=[16]"]
     metrics = train(compose(overrides, tmp_path))
     assert 0 <= metrics["test/acc"] <= 1 and (tmp_path / "metrics.json").is_file()
     assert OmegaConf.load(tmp_path / ".hydra" / "overrides.yaml") == overrides

@@ -16,7 +16,7 @@ from handprop.compose import compose
 from handprop.gate import check as check_config
 from handprop.rundir import override_parser
 
-from conftest import ROOT, run_cli
+from conftest import LEAN, ROOT, run_cli
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PLACEHOLDERS = ("DIR", "...", "$", "data.data_dir=data")  # a directory the reader fills in
@@ -61,7 +61,7 @@ def test_the_docs_commands_are_found_where_a_reader_sees_them():
 def a_run(tmp_path_factory):
     """A short default run: what the README's ``outputs/<run>`` stands for."""
     run = tmp_path_factory.mktemp("docs") / "run"
-    proc = run_cli("train.py", "debug=fast", "trainer.accelerator=cpu", f"hydra.run.dir={run}")
+    proc = run_cli("train.py", "debug=fast", "trainer.accelerator=cpu", *LEAN, f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run
 
@@ -73,8 +73,10 @@ def test_the_readme_commands_run(command, a_run, tmp_path):
     script, args = words[1], words[2:]
     if script == "train.py":
         where = "hydra.sweep.dir" if "-m" in args else "hydra.run.dir"
-        # (debug=fast's two short epochs also where the command asks for more: its values are checked all the same)
-        args += ["debug=fast", "trainer.max_epochs=2", "trainer.accelerator=cpu", f"{where}={tmp_path / 'out'}"]
+        # (debug=fast's two short epochs also where the command asks for more: its values are checked all the same;
+        # the pictures and the Backprop tab only for the lesson's network, the learner's way in)
+        lean = [] if command == "python train.py experiment=3b1b" else LEAN
+        args += ["debug=fast", "trainer.max_epochs=2", "trainer.accelerator=cpu", *lean, f"{where}={tmp_path / 'out'}"]
     elif script == "eval.py":
         args += ["trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'out'}"]
     elif script == "explain.py":  # the picture goes to the test's directory, not the reader's

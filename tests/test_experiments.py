@@ -65,7 +65,6 @@ def test_every_experiment_runs_end_to_end(tmp_path, experiment):
         f"experiment={experiment}",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",
-        "callbacks.pictures=null",
     ]
     if experiment in FULL_DATA:  # a small stand-in for the full dataset, in its layout
         write_raw_dataset(tmp_path / "data", FULL_DATA[experiment], n_train=1100, n_test=50)

@@ -120,31 +120,31 @@ from conftest import CONF, compose_config, unknown_override_message
         ),
     ],
 )
-def test_each_bad_value_is_one_line_naming_the_key_and_what_is_allowed(train_cfg, overrides, message):
-    problems = config_problems(train_cfg(*overrides.split()))
+def test_each_bad_value_is_one_line_naming_the_key_and_what_is_allowed(drawn_cfg, overrides, message):
+    problems = config_problems(drawn_cfg(*overrides.split()))
     assert len(problems) == 1, problems
     assert problems[0].startswith(message), problems[0]
 
 
-def test_the_list_of_an_unknown_keys_neighbours_leaves_out_what_train_py_passes_in(train_cfg):
-    (problem,) = config_problems(train_cfg("+model.hiden=3"))
+def test_the_list_of_an_unknown_keys_neighbours_leaves_out_what_train_py_passes_in(drawn_cfg):
+    (problem,) = config_problems(drawn_cfg("+model.hiden=3"))
     assert "compile" in problem and "optimizer" not in problem and "scheduler" not in problem
-    (problem,) = config_problems(train_cfg("+optimizer.foo=1"))
+    (problem,) = config_problems(drawn_cfg("+optimizer.foo=1"))
     assert problem.endswith(
         "optimizer has: lr, weight_decay, betas, eps, amsgrad, maximize, foreach, capturable, differentiable, fused"
     )
 
 
-def test_an_interpolated_value_is_named_where_it_is_set(train_cfg):
+def test_an_interpolated_value_is_named_where_it_is_set(drawn_cfg):
     # scheduler.max_lr is ${optimizer.lr}: one problem, under the key the user typed
-    assert config_problems(train_cfg("optimizer.lr=abc")) == [
+    assert config_problems(drawn_cfg("optimizer.lr=abc")) == [
         "optimizer.lr='abc': must be a positive number, e.g. optimizer.lr=0.001"
     ]
 
 
-def test_problems_come_together_in_the_configs_order(train_cfg):
+def test_problems_come_together_in_the_configs_order(drawn_cfg):
     problems = config_problems(
-        train_cfg("optimizer.lr=0", "model.hidden=[1.5]", "trainer.precision=17", "data.batch_size=0")
+        drawn_cfg("optimizer.lr=0", "model.hidden=[1.5]", "trainer.precision=17", "data.batch_size=0")
     )
     assert [p.split("=")[0] for p in problems] == [
         "data.batch_size",
@@ -162,10 +162,10 @@ def test_problems_come_together_in_the_configs_order(train_cfg):
         if p.parent.name not in ("hydra", "paths", "experiment", "logger", "callbacks")
     ],
 )
-def test_every_shipped_option_is_valid(train_cfg, tmp_path, group, option):
+def test_every_shipped_option_is_valid(drawn_cfg, tmp_path, group, option):
     own_schedule = ["scheduler=none"] if (group, option) == ("optimizer", "sdlm") else []  # (its rate is its own)
     data_dir = [f"data.data_dir={tmp_path}"] if group == "data" and option != "sample" else []
-    assert config_problems(train_cfg(f"{group}={option}", *data_dir, *own_schedule)) == []
+    assert config_problems(drawn_cfg(f"{group}={option}", *data_dir, *own_schedule)) == []
 
 
 def test_eval_config_is_checked_whole(tmp_path):
@@ -268,8 +268,8 @@ def test_what_only_building_finds_is_named_by_its_key_and_any_other_error_is_a_b
     assert not isinstance(bug.value, HandpropError) and isinstance(bug.value.__cause__, ValueError)
 
 
-def test_the_gate_builds_nothing(train_cfg):
+def test_the_gate_builds_nothing(drawn_cfg):
     # 1e10 weights would take 40 GB: the gate reads the config, it builds no model
-    assert config_problems(train_cfg("model.hidden=[100000,100000]")) == []
-    (problem,) = config_problems(train_cfg("model.hidden=[100000,100000]", "model.init=he"))
+    assert config_problems(drawn_cfg("model.hidden=[100000,100000]")) == []
+    (problem,) = config_problems(drawn_cfg("model.hidden=[100000,100000]", "model.init=he"))
     assert problem.startswith("model.init='he': must be one of pytorch,")

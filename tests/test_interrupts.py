@@ -160,7 +160,7 @@ def test_a_resumed_run_continues_its_tensorboard_run(tmp_path):
     """Resuming into the same run directory with the same overrides writes to the same
     TensorBoard run: the run's name leaves ckpt_path out."""
 
-    common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false", "scheduler=none"]
+    common = [*FAST, "model.hidden=[16]", "test=false", "scheduler=none"]
     train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path))
     first = tensorboard_run(tmp_path)
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -180,7 +180,7 @@ def test_a_new_run_never_overwrites_or_silently_continues_another_runs_checkpoin
     before any work (Lightning, given an OnExceptionCheckpoint, would instead have resumed the
     old run from its newest checkpoint), and the old run's files are left as they were."""
 
-    common = [*FAST, "model.hidden=[16]", "callbacks.pictures=null", "test=false"]
+    common = [*FAST, "model.hidden=[16]", "test=false"]
     train(compose_config("train", common, tmp_path))
     before = {p: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
     last = tmp_path / "checkpoints" / "last.ckpt"

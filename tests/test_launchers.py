@@ -18,7 +18,7 @@ from handprop.launch import cores, job_threads, read_record, refuse_an_earlier_s
 
 from conftest import FAST, ROOT, run_cli, start_train, tensorboard_run, wait_for
 
-SMALL = [*FAST, "model.hidden=[32]", "callbacks.pictures=null", "callbacks.backprop_tab=null"]
+SMALL = [*FAST, "model.hidden=[32]"]
 
 
 def _multirun(log_dir, *overrides, status=0):

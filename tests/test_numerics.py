@@ -12,7 +12,7 @@ from conftest import FAST, compose_config
 
 def test_a_nan_mid_run_stops_it_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = compose_config(
-        "train", [*FAST, "trainer.max_epochs=3", "model.hidden=[16]", "callbacks.pictures=null"], tmp_path
+        "train", [*FAST, "trainer.max_epochs=3", "model.hidden=[16]"], tmp_path
     )
     with open_dict(cfg):
         cfg.callbacks.poison = {"_target_": "conftest.Poison", "step": 6}  # epoch 1, its third step
@@ -37,7 +37,6 @@ def test_a_learning_rate_far_too_high_is_named(tmp_path):
             "optimizer.lr=1e6",
             "scheduler=none",
             "model.hidden=[16]",
-            "callbacks.pictures=null",
             "callbacks.numerics_guard.every_n_steps=1",
         ],
         tmp_path,

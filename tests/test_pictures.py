@@ -236,7 +236,7 @@ def test_cost_surface_restores_the_weights_when_the_cost_fails():
 
 @pytest.mark.parametrize("loss, as_probabilities", [("cross_entropy", True), ("quadratic", False)])
 def test_the_callback_counts_epochs_from_1_and_says_what_the_outputs_are(
-    train_cfg, monkeypatch, loss, as_probabilities
+    drawn_cfg, monkeypatch, loss, as_probabilities
 ):
     """Through a real 2-epoch run: the epoch each picture is told, and p(...) or output(...)."""
     from handprop.callbacks import visuals  # noqa: PLC0415
@@ -250,7 +250,7 @@ def test_the_callback_counts_epochs_from_1_and_says_what_the_outputs_are(
 
     for name in ("weights_figure", "confusion_figure", "mistakes_figure"):
         spy(name)
-    cfg = train_cfg(
+    cfg = drawn_cfg(
         "model.hidden=[8]",
         f"model.loss={loss}",
         "model.label_smoothing=0",

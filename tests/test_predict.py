@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from handprop.explain import main as explain_main
 from handprop.explain import run_batch
 from handprop.module import DigitClassifier
 from handprop.predict import ImageError, load_image, predict, to_mnist
+from handprop.predict import main as predict_main
 from handprop.train import train
 
 from conftest import FAST, ROOT, compose_config
@@ -29,11 +31,22 @@ def checkpoint(tmp_path_factory):
         "trainer.limit_train_batches=null",
         "trainer.max_epochs=3",
         "model.hidden=[64]",
-        "callbacks.pictures=null",
         "test=false",
     ]
     train(compose_config("train", overrides, out))
     return out / "checkpoints" / "last.ckpt"
+
+
+def _here(main, capsys, *args) -> SimpleNamespace:
+    """A command's ``main(argv)`` run in this process, as ``subprocess.run`` reports it
+    (returncode, stdout, stderr): the checks of what it reads and says, without a Python
+    of its own to start. The commands themselves run as subprocesses once each, below."""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's refusal
+        status = e.code
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=status, stdout=out, stderr=err)
 
 
 def _save(pixels: torch.Tensor, path, size=None):
@@ -87,17 +100,11 @@ def test_predict_reads_real_digits_drawn_every_way(checkpoint, tmp_path):
     assert agree >= 9  # the same digit, drawn the other way round and 7x larger, reads (nearly always) the same
 
 
-def test_unreadable_files_are_named_and_the_rest_still_read(checkpoint, tmp_path):
+def test_unreadable_files_are_named_and_the_rest_still_read(checkpoint, tmp_path, capsys):
     junk = tmp_path / "notes.png"
     junk.write_text("not an image")
     good = _save(load_split("sample", "test")[0][0].float() / 255, tmp_path / "good.png")
-    proc = subprocess.run(
-        [sys.executable, "predict.py", str(checkpoint), str(junk), str(tmp_path / "missing.png"), str(good)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _here(predict_main, capsys, checkpoint, junk, tmp_path / "missing.png", good)
     assert proc.returncode == 2
     assert f"{junk}: cannot be read as an image (PNG or JPEG expected)" in proc.stderr
     assert f"{tmp_path / 'missing.png'}: no such file" in proc.stderr
@@ -105,14 +112,8 @@ def test_unreadable_files_are_named_and_the_rest_still_read(checkpoint, tmp_path
     assert proc.stdout.startswith(f"{good}: ")
 
 
-def test_a_missing_checkpoint_is_named(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "predict.py", str(tmp_path / "none.ckpt"), "x.png"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_a_missing_checkpoint_is_named(tmp_path, capsys):
+    proc = _here(predict_main, capsys, tmp_path / "none.ckpt", "x.png")
     assert proc.returncode == 2 and "none.ckpt: no such checkpoint file" in proc.stderr
 
 
@@ -130,7 +131,7 @@ def _png_header(path, width: int, height: int):
     return path
 
 
-def test_images_as_phones_editors_and_the_web_save_them(checkpoint, tmp_path):
+def test_images_as_phones_editors_and_the_web_save_them(checkpoint, tmp_path, capsys):
     """Each read the way an image viewer shows it, the work bounded, every file answered."""
 
     model = DigitClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
@@ -164,13 +165,7 @@ def test_images_as_phones_editors_and_the_web_save_them(checkpoint, tmp_path):
     _png_header(tmp_path / "wide.png", 13000, 5000)
     os.mkfifo(tmp_path / "pipe.png")
     files = ["bomb.png", "pipe.png", "wide.png", "phone.jpg", "scan16.png", "web.png"]
-    proc = subprocess.run(
-        [sys.executable, "predict.py", str(checkpoint), *(str(tmp_path / f) for f in files)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _here(predict_main, capsys, checkpoint, *(tmp_path / f for f in files))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = proc.stderr.strip().splitlines()
     assert errors[0] == (
@@ -190,18 +185,12 @@ def test_images_as_phones_editors_and_the_web_save_them(checkpoint, tmp_path):
     assert load_image(tmp_path / "phone.jpg").shape == (140, 140)  # upright, as shown
 
 
-def test_a_checkpoint_with_nan_weights_reads_no_digits(checkpoint, tmp_path):
+def test_a_checkpoint_with_nan_weights_reads_no_digits(checkpoint, tmp_path, capsys):
     ckpt = torch.load(checkpoint, weights_only=True)
     ckpt["state_dict"]["net.layers.1.bias"][0] = float("nan")
     torch.save(ckpt, tmp_path / "nan.ckpt")
     good = _save(load_split("sample", "test")[0][0].float() / 255, tmp_path / "good.png")
-    proc = subprocess.run(
-        [sys.executable, "predict.py", str(tmp_path / "nan.ckpt"), str(good)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _here(predict_main, capsys, tmp_path / "nan.ckpt", good)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "holds weights that are NaN or infinite (net.layers.1.bias)" in proc.stderr
 
@@ -213,14 +202,9 @@ def _explain(*args):
 
 
 def _explain_here(capsys, *args) -> tuple[int, str, str]:
-    """explain.py's main in this process (the subprocess above is the command itself):
-    its exit status, standard output and standard error."""
-    try:
-        status = explain_main([str(a) for a in args])
-    except SystemExit as e:  # argparse's refusal
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    """explain.py's main in this process: its exit status, standard output and standard error."""
+    proc = _here(explain_main, capsys, *args)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_explain_draws_the_backward_pass_of_a_users_digit(checkpoint, tmp_path, capsys):
@@ -241,7 +225,7 @@ def test_explain_draws_the_backward_pass_of_a_users_digit(checkpoint, tmp_path, 
 def test_explain_names_bad_input_like_predict(checkpoint, tmp_path, capsys):
     junk = tmp_path / "notes.png"
     junk.write_text("not an image")
-    proc = _explain(checkpoint, junk)
+    proc = _here(explain_main, capsys, checkpoint, junk)
     assert proc.returncode == 2 and f"{junk}: cannot be read as an image (PNG or JPEG expected)" in proc.stderr
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     status, _, err = _explain_here(capsys, checkpoint, tmp_path / "missing.png")

@@ -13,7 +13,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from handprop.loggers import HPARAMS, HPARAMS_METRICS, asked_hparams, trial_name
 from handprop.train import summary, train
 
-from conftest import FAST, compose_config, run_cli, tensorboard_run
+from conftest import DRAWN, FAST, compose_config, run_cli, tensorboard_run
 
 EPOCH_LINE = re.compile(
     r"epoch (\d+)/(\d+)  train loss ([\d.]+) acc ([\d.]+)% \| val loss ([\d.]+) acc ([\d.]+)% "
@@ -218,7 +218,7 @@ def test_an_epoch_without_validation_says_nothing_of_val(tmp_path, caplog):
 
 def test_a_run_stopped_by_max_steps_leaves_its_latest_pictures(tmp_path):
     overrides = [
-        *FAST,
+        *DRAWN,
         "model.hidden=[8]",
         "trainer.max_epochs=-1",
         "trainer.max_steps=6",

@@ -13,7 +13,7 @@ from handprop.errors import ConfigError
 from handprop.gate import problems as config_problems
 from handprop.train import train
 
-from conftest import FAST, run_cli
+from conftest import DRAWN, FAST, compose_config, run_cli
 
 
 def _trainer():
@@ -128,15 +128,20 @@ def test_a_schedule_planned_for_the_whole_run_is_refused_with_the_reason(train_c
         train(train_cfg(f"scheduler={scheduler}", "callbacks.early_stopping.patience=10"))
 
 
-def test_a_real_run_stops_and_says_when_and_why(train_cfg, tmp_path):
+def test_a_real_run_stops_and_says_when_and_why(tmp_path):
     """A learning rate too small to change any weight: val/acc is the same every epoch, so
     epoch 1 is the best and patience 2 ends the run after epoch 3 of 10."""
-    cfg = train_cfg(
-        "scheduler=none",
-        "optimizer.lr=1e-30",
-        "model.hidden=[16]",
-        "trainer.max_epochs=10",
-        "callbacks.early_stopping.patience=2",
+    cfg = compose_config(
+        "train",
+        [
+            *DRAWN,
+            "scheduler=none",
+            "optimizer.lr=1e-30",
+            "model.hidden=[16]",
+            "trainer.max_epochs=10",
+            "callbacks.early_stopping.patience=2",
+        ],
+        tmp_path,
     )
     metrics = train(cfg)
     assert metrics["early_stopping/stopped_epoch"] == 3 and metrics["early_stopping/best_epoch"] == 1
@@ -158,7 +163,6 @@ def test_the_run_log_and_summary_say_it(tmp_path):
         "model.hidden=[16]",
         "trainer.max_epochs=10",
         "callbacks.early_stopping.patience=2",
-        "callbacks.pictures=null",
         f"hydra.run.dir={out}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

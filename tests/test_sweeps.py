@@ -14,7 +14,7 @@ from handprop.sweep import SweepSummary, by_configuration, markdown, summarize
 
 from conftest import FAST, ROOT
 
-SMALL = [*FAST, "model.hidden=[32]", "callbacks.pictures=null"]
+SMALL = [*FAST, "model.hidden=[32]"]
 
 
 def _sweep(tmp_path, *overrides):

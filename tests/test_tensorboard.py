@@ -17,7 +17,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 from handprop.train import train
 
-from conftest import FAST, compose_config, tensorboard_run
+from conftest import DRAWN, FAST, compose_config, tensorboard_run
 
 PICTURES = ["first_layer_weights", "confusion_matrix", "mistakes", "backprop", "descent"]
 
@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     cfg = compose_config(
         "train",
         [
-            *FAST,
+            *DRAWN,
             "model.hidden=[32,16]",
             "callbacks.training_scalars.every_n_steps=1",
             "callbacks.pictures.every_n_epochs=1",
@@ -118,7 +118,7 @@ def test_the_custom_scalars_layout_names_every_chart_s_tags(run):
 def test_pictures_are_off_with_the_callback(tmp_path):
 
     cfg = compose_config(
-        "train", [*FAST, "model.hidden=[8]", "callbacks.pictures=null", "callbacks.training_scalars=null"], tmp_path
+        "train", [*FAST, "model.hidden=[8]", "callbacks.training_scalars=null"], tmp_path
     )
     train(cfg)
     events = EventAccumulator(str(tensorboard_run(tmp_path)))

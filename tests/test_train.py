@@ -23,9 +23,9 @@ def test_default_config_is_valid(tmp_path):
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
-def test_every_experiment_composes_and_is_valid(train_cfg, experiment, tmp_path):
+def test_every_experiment_composes_and_is_valid(drawn_cfg, experiment, tmp_path):
     # experiments on a full dataset need its directory; any existing one passes the check
-    assert config_problems(train_cfg(f"experiment={experiment}", f"data.data_dir={tmp_path}")) == []
+    assert config_problems(drawn_cfg(f"experiment={experiment}", f"data.data_dir={tmp_path}")) == []
 
 
 @pytest.mark.parametrize(
