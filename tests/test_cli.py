@@ -71,6 +71,7 @@ REFUSED = [
     ("model.hidden=[512,0]", "model.hidden=[512, 0]"),
     ("optimizer.lr=-0.01", "optimizer.lr=-0.01"),
     ("trainer.precision=17", "trainer.precision=17: must be one of 64, 32, 16"),  # a type from Trainer's signature
+    ("+model.hiden=[3]", "model.hiden: unknown key. Did you mean model.hidden?"),  # added with '+'
 ]
 
 
@@ -79,7 +80,6 @@ REFUSED = [
     [
         ([override for override, _ in REFUSED], [named for _, named in REFUSED]),
         (["data=mnist", "data.data_dir=/no/such/dir"], ["data.data_dir='/no/such/dir'"]),  # (once the values are good)
-        (["+model.hiden=[3]"], ["model.hiden: unknown key. Did you mean model.hidden?"]),  # added with '+'
     ],
 )
 def test_bad_overrides_stop_before_anything_is_written(tmp_path, overrides, named):
@@ -129,23 +129,6 @@ def test_a_sweep_with_an_unknown_key_is_refused_before_any_job(tmp_path):
 def test_eval_without_a_checkpoint_says_how(tmp_path):
     proc = run("eval.py", f"ckpt_path={tmp_path}/missing.ckpt", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "missing.ckpt: no such checkpoint file" in proc.stderr
-
-
-@pytest.mark.slow
-def test_default_recipe_learns_digits(tmp_path):
-    """Quality guard: the default `python train.py`, shortened to 15 epochs, must read held-out
-    digits well (measured: 96.2% for seed 42; a broken backward pass lands far below the
-    floor)."""
-    proc = run(
-        "train.py",
-        "trainer.max_epochs=15",
-        "callbacks.progress_bar=null",
-        "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={tmp_path}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["test/acc"] >= 0.94, metrics
 
 
 def test_a_bug_keeps_its_traceback_and_a_users_mistake_is_one_line(tmp_path):

@@ -11,9 +11,7 @@ from conftest import FAST, compose_config
 
 
 def test_a_nan_mid_run_stops_it_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = compose_config(
-        "train", [*FAST, "trainer.max_epochs=3", "model.hidden=[16]"], tmp_path
-    )
+    cfg = compose_config("train", [*FAST, "trainer.max_epochs=3", "model.hidden=[16]"], tmp_path)
     with open_dict(cfg):
         cfg.callbacks.poison = {"_target_": "conftest.Poison", "step": 6}  # epoch 1, its third step
     with pytest.raises(HandpropError) as e:

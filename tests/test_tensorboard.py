@@ -117,9 +117,7 @@ def test_the_custom_scalars_layout_names_every_chart_s_tags(run):
 
 def test_pictures_are_off_with_the_callback(tmp_path):
 
-    cfg = compose_config(
-        "train", [*FAST, "model.hidden=[8]", "callbacks.training_scalars=null"], tmp_path
-    )
+    cfg = compose_config("train", [*FAST, "model.hidden=[8]", "callbacks.training_scalars=null"], tmp_path)
     train(cfg)
     events = EventAccumulator(str(tensorboard_run(tmp_path)))
     events.Reload()

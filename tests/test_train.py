@@ -12,7 +12,7 @@ from handprop.gate import problems as config_problems
 from handprop.rundir import run_name
 from handprop.train import evaluate, train
 
-from conftest import CONF, FAST, compose_config, tensorboard_run
+from conftest import CONF, FAST, LEAN, compose_config, tensorboard_run
 
 
 def test_default_config_is_valid(tmp_path):
@@ -142,3 +142,14 @@ def test_a_one_cycle_schedule_too_short_to_warm_up_is_one_line(train_cfg):
         r"\({'total_steps': 5}\): its warm-up would end on its first step",
     ):
         train(train_cfg("trainer.max_steps=5", "test=false"))
+
+
+@pytest.mark.slow
+def test_default_recipe_learns_digits(tmp_path):
+    """Quality guard: the default `python train.py`, shortened to 15 epochs, must read held-out
+    digits well (measured: 96.2% for seed 42; a broken backward pass lands far below the
+    floor)."""
+    overrides = ["trainer.max_epochs=15", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", *LEAN]
+    train(compose_config("train", overrides, tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test/acc"] >= 0.94, metrics
