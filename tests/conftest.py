@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from prestarted import Prestarted, Server
 
 from handprop.compose import compose
 from handprop.data import FILES, write_idx
@@ -79,13 +80,27 @@ def tensorboard_run(run_dir: Path) -> Path:
     return dirs.pop()
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+PRESTARTED = Server({**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def run_cli(
+    *args: str, env: dict | None = None, timeout: int = 300, fresh: bool = False
+) -> subprocess.CompletedProcess:
     """``python <script> <args...>`` from the repository root, one thread (two processes
-    share the machine's cores in some tests), its output captured as text."""
+    share the machine's cores in some tests), its output captured as text. A process
+    forked with the imports done (tests/prestarted.py), or ``fresh``, a Python of its own."""
     environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ, **kwargs
-    )
+    if fresh or not PRESTARTED.can_run(args, environ):
+        return subprocess.run(
+            [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ
+        )
+    proc = PRESTARTED.start(list(args), ROOT, environ)
+    try:
+        stdout, stderr = proc.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess([sys.executable, *args], proc.returncode, stdout, stderr)
 
 
 @contextlib.contextmanager
@@ -188,7 +203,7 @@ class RaiseInTraining(Callback):
             raise KeyError("a deliberate bug")
 
 
-def start_train(*args: str, env: dict | None = None) -> subprocess.Popen:
+def start_train(*args: str, env: dict | None = None) -> subprocess.Popen | Prestarted:
     """``python train.py ARGS`` in the background (stderr captured; tests/ on the path, so
     that ``+callbacks.x._target_=conftest.SleepAt`` works), one thread; ``env`` on top."""
     # (PYTHONFAULTHANDLER: a SIGABRT makes it print every thread's stack, for a run that hangs)
@@ -199,14 +214,16 @@ def start_train(*args: str, env: dict | None = None) -> subprocess.Popen:
         "PYTHONFAULTHANDLER": "1",
         **(env or {}),
     }
-    return subprocess.Popen(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    if not PRESTARTED.can_run(args, env):
+        return subprocess.Popen(
+            [sys.executable, "train.py", *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    return PRESTARTED.start(["train.py", *args], ROOT, env)
 
 
 def signal_when(ready: Path, *args: str, sig: int = signal.SIGINT, settle: float = 0.0) -> tuple[int, str]:
@@ -291,7 +308,9 @@ def pytest_sessionstart(session) -> None:
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     """The suite writes its runs under pytest's temporary directories: a run, an empty
-    directory or a benchmark report left in the checkout's outputs/ fails it."""
+    directory or a benchmark report left in the checkout's outputs/ fails it. (And this
+    worker's prestarted server ends.)"""
+    PRESTARTED.close()
     before = session.config.stash.get(_OUTPUTS_BEFORE, None)
     if before is None:
         return

@@ -1,8 +1,6 @@
 """Checkpoints load safely: no code runs from a file, and a wrong one is named as such."""
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from handprop.errors import DiskFullError, HandpropError
 from handprop.files import AtomicCheckpointIO, atomic_write
 from handprop.train import train
 
-from conftest import FAST, ROOT, compose_config, run_cli, small_filesystem
+from conftest import FAST, compose_config, run_cli, small_filesystem
 
 
 class _Payload:
@@ -58,13 +56,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(checkpoint
 def test_the_cli_refuses_it_too(checkpoint, tmp_path, script):
     bad, marker = _malicious(checkpoint, tmp_path)
     extra = [*FAST, "model.hidden=[16]"] if script == "train.py" else []
-    proc = subprocess.run(
-        [sys.executable, script, f"ckpt_path={bad}", *extra, f"hydra.run.dir={tmp_path}/run"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli(script, f"ckpt_path={bad}", *extra, f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refused to load" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()

@@ -13,9 +13,7 @@ from conftest import CONF, DRAWN, ROOT, run_cli, write_raw_dataset
 
 
 def run(script, *overrides, env=None):
-    return subprocess.run(
-        [sys.executable, script, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
-    )
+    return run_cli(script, *overrides, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from handprop.gate import problems as config_problems
 
-from conftest import ROOT, compose_config, tensorboard_run
+from conftest import ROOT, compose_config, run_cli, tensorboard_run
 
 SMALL = [
     "model.hidden=[32]",
@@ -30,7 +30,7 @@ SMALL = [
 
 
 def _train(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def _free_port() -> int:

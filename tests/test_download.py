@@ -6,8 +6,6 @@ import gzip
 import hashlib
 import http.server
 import os
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -18,7 +16,7 @@ from handprop import data as D
 from handprop.errors import HandpropError
 from handprop.train import train
 
-from conftest import ROOT, write_raw_dataset
+from conftest import run_cli, write_raw_dataset
 
 NAMES = [f"{stem}.gz" for split in D.FILES.values() for stem in split]
 
@@ -105,20 +103,14 @@ def test_offline_training_run_says_how_to_get_the_files(tmp_path):
     a proxy on a port nothing listens on)."""
     data_dir = tmp_path / "data"
     env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "data=mnist",
-            "data.download=true",
-            f"data.data_dir={data_dir}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_cli(
+        "train.py",
+        "data=mnist",
+        "data.download=true",
+        f"data.data_dir={data_dir}",
+        f"hydra.run.dir={tmp_path / 'run'}",
         env=env,
+        timeout=600,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert (

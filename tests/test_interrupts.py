@@ -6,8 +6,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from handprop.errors import HandpropError
 from handprop.files import AtomicCheckpointIO, remove_stale_temporaries
 from handprop.train import train
 
-from conftest import FAST, ROOT, compose_config, run_printed, signal_when, tensorboard_run
+from conftest import FAST, compose_config, run_cli, run_printed, signal_when, tensorboard_run
 
 LONG_RUN = [
     "model.hidden=[16]",
@@ -50,20 +48,13 @@ def test_a_signal_leaves_a_resumable_checkpoint_and_says_how_to_resume(tmp_path,
     step = ckpt["global_step"]
     assert step > 0 and (run_dir / "checkpoints" / "last.ckpt").is_file()  # the last epoch's checkpoint kept too
     # the printed command resumes (here for 3 more steps)
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            *LONG_RUN,
-            f"ckpt_path={interrupted}",
-            f"hydra.run.dir={run_dir}",
-            f"trainer.max_steps={step + 3}",
-            "test=false",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    resumed = run_cli(
+        "train.py",
+        *LONG_RUN,
+        f"ckpt_path={interrupted}",
+        f"hydra.run.dir={run_dir}",
+        f"trainer.max_steps={step + 3}",
+        "test=false",
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -242,22 +233,9 @@ def test_ctrl_c_during_validation_lets_it_finish_and_the_resume_goes_on_from_the
     returncode, stderr = _ctrl_c_in_validation(tmp_path, *quick, f"hydra.run.dir={run_dir}")
     assert returncode == 130, stderr[-3000:]
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
-    resumed = subprocess.run(
-        [sys.executable, "train.py", *quick, f"hydra.run.dir={run_dir}", f"ckpt_path={interrupted}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_cli("train.py", *quick, f"hydra.run.dir={run_dir}", f"ckpt_path={interrupted}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = subprocess.run(
-        [sys.executable, "train.py", *quick, f"hydra.run.dir={tmp_path}/straight"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    train(compose_config("train", quick, tmp_path / "straight"))  # the run never interrupted (in this process)
     assert _val_acc(run_dir) == _val_acc(tmp_path / "straight")  # every epoch validated, the same numbers
     best = [p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]
     assert best == [p.name for p in (tmp_path / "straight" / "checkpoints").glob("epoch*.ckpt")]

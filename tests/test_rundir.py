@@ -1,8 +1,6 @@
 """One run per directory, the rank that owns it, and commands that paste: real processes."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -40,16 +38,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path)
     """A shell loop over seeds starts runs within one second: each gets its own directory
     (forced here onto one name), with its own metrics.json."""
     same = f"hydra.run.dir=${{unique_dir:'{tmp_path}/run'}}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "train.py", *QUICK, f"seed={seed}", same],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for seed in (1, 2)
-    ]
+    procs = [start_train(*QUICK, f"seed={seed}", same) for seed in (1, 2)]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
     runs = sorted(p.name for p in tmp_path.iterdir())

@@ -3,8 +3,6 @@ compare in TensorBoard's HParams tab, with a summary of the best run."""
 
 import json
 import statistics
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -12,20 +10,14 @@ from omegaconf import OmegaConf
 
 from handprop.sweep import SweepSummary, by_configuration, markdown, summarize
 
-from conftest import FAST, ROOT
+from conftest import FAST, run_cli
 
 SMALL = [*FAST, "model.hidden=[32]"]
 
 
 def _sweep(tmp_path, *overrides):
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "train.py", "-m", *overrides, *SMALL, f"hydra.sweep.dir={sweep_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_cli("train.py", "-m", *overrides, *SMALL, f"hydra.sweep.dir={sweep_dir}", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep_dir, proc
 
