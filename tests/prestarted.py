@@ -116,8 +116,9 @@ class Server:
 
     def can_run(self, args, env: dict) -> bool:
         """Whether a forked child runs ``python ARGS`` with ``env`` as a fresh Python would:
-        a script (not ``-m``, not a flag), and what the libraries read as they load the same."""
-        return bool(args) and not args[0].startswith("-") and all(env.get(k) == self.env.get(k) for k in AT_IMPORT)
+        a script or ``-m MODULE`` (no other flag), and what the libraries read as they load the same."""
+        runs = bool(args) and (args[0] == "-m" or not args[0].startswith("-"))
+        return runs and all(env.get(k) == self.env.get(k) for k in AT_IMPORT)
 
     def start(self, argv: list[str], cwd: Path, env: dict) -> Prestarted:
         if self._process is None:
@@ -160,14 +161,20 @@ def _child(request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    script = os.path.abspath(request["argv"][0])
-    sys.path[:1] = [os.path.dirname(script), *extra]  # as python SCRIPT sets it: the script's folder first
     tempfile.tempdir = None  # (read from $TMPDIR again)
     if os.environ.get("PYTHONFAULTHANDLER"):
         faulthandler.enable()
-    sys.argv = list(request["argv"])
-    runpy.run_path(script, run_name="__main__")
-    sys.exit(0)  # (a script that ends without sys.exit: status 0, as python gives it)
+    argv = request["argv"]
+    if argv[0] == "-m":  # python -m MODULE ARGS: the working directory first on the path
+        sys.path[:1] = [os.getcwd(), *extra]
+        sys.argv = argv[1:]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:  # python SCRIPT ARGS: the script's folder first
+        script = os.path.abspath(argv[0])
+        sys.path[:1] = [os.path.dirname(script), *extra]
+        sys.argv = list(argv)
+        runpy.run_path(script, run_name="__main__")
+    sys.exit(0)  # (a program that ends without sys.exit: status 0, as python gives it)
 
 
 def serve(path: str) -> None:

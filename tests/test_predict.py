@@ -2,8 +2,6 @@
 
 import os
 import struct
-import subprocess
-import sys
 import zlib
 from types import SimpleNamespace
 
@@ -20,7 +18,7 @@ from handprop.predict import ImageError, load_image, predict, to_mnist
 from handprop.predict import main as predict_main
 from handprop.train import train
 
-from conftest import FAST, ROOT, compose_config
+from conftest import FAST, compose_config, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +78,7 @@ def test_predict_reads_real_digits_drawn_every_way(checkpoint, tmp_path):
         paths.append(_save(pixels, tmp_path / f"plain{k}.png"))  # as in MNIST: light on dark, 28x28
         paths.append(_save(1 - pixels, tmp_path / f"paper{k}.jpg", size=(210, 180)))  # dark on light, large, JPEG
         expected += [int(labels[k])] * 2
-    proc = subprocess.run(
-        [sys.executable, "predict.py", str(checkpoint), *map(str, paths)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli("predict.py", str(checkpoint), *map(str, paths))
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == len(paths)
@@ -196,9 +188,7 @@ def test_a_checkpoint_with_nan_weights_reads_no_digits(checkpoint, tmp_path, cap
 
 
 def _explain(*args):
-    return subprocess.run(
-        [sys.executable, "explain.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    return run_cli("explain.py", *map(str, args))
 
 
 def _explain_here(capsys, *args) -> tuple[int, str, str]:

@@ -2,9 +2,6 @@
 cells that are missing or were made by other code."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,18 +10,11 @@ import yaml
 from handprop.results import DOCUMENTS, RUNS, TABLES, batches, fingerprint, plan
 from handprop.results_tables import MARKER, render, write_tables
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 
 def _results(*args):
-    proc = subprocess.run(
-        [sys.executable, "-m", "handprop.results", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_cli("-m", "handprop.results", *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
