@@ -16,11 +16,13 @@ starts a fresh Python, as does every test that asks for one (``fresh=True``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import select
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -79,15 +81,18 @@ class Prestarted:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            self.returncode = _recv(self._conn, 0)
-        return self.returncode
+        return self._ended(0)
 
     def wait(self, timeout: float | None = None) -> int:
+        if self._ended(timeout) is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def _ended(self, timeout: float | None) -> int | None:
         if self.returncode is None:
             self.returncode = _recv(self._conn, timeout)
-            if self.returncode is None:
-                raise subprocess.TimeoutExpired(self.args, timeout)
+            if self.returncode is not None:
+                self._conn.close()
         return self.returncode
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
@@ -99,10 +104,10 @@ class Prestarted:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
-        self.send_signal(9)
+        self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
-        self.send_signal(15)
+        self.send_signal(signal.SIGTERM)
 
 
 class Server:
@@ -208,14 +213,16 @@ def serve(path: str) -> None:
                 _child(json.loads(message), fds)
             for fd in fds:
                 os.close(fd)
-            conn.sendall(_STATUS.pack(pid))
+            with contextlib.suppress(OSError):  # (a client gone by now: nothing to tell it)
+                conn.sendall(_STATUS.pack(pid))
             children[pid] = conn
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
             conn = children.pop(pid)
-            conn.sendall(_STATUS.pack(os.waitstatus_to_exitcode(status)))
+            with contextlib.suppress(OSError):
+                conn.sendall(_STATUS.pack(os.waitstatus_to_exitcode(status)))
             conn.close()
 
 
