@@ -214,7 +214,7 @@ def start_train(*args: str, env: dict | None = None) -> subprocess.Popen | Prest
         "PYTHONFAULTHANDLER": "1",
         **(env or {}),
     }
-    if not PRESTARTED.can_run(args, env):
+    if not PRESTARTED.can_run(["train.py", *args], env):
         return subprocess.Popen(
             [sys.executable, "train.py", *args],
             cwd=ROOT,

@@ -31,9 +31,19 @@ import tempfile
 import time
 from pathlib import Path
 
-# read by torch, Lightning or Python as they load: a child forked after the imports would not see them
-AT_IMPORT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID")
-AT_IMPORT += ("SLURM_NTASKS", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "PYTHONWARNINGS")
+# read by Python, torch, Lightning or their libraries as they start or load (by name, or by
+# prefix with a trailing _): a child forked after the imports would not see a change of them
+AT_IMPORT = ("PYTHON", "LANG", "LC_", "TMPDIR", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH", "PYTORCH_", "CUDA_")
+AT_IMPORT += ("NCCL_", "MPL", "RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_", "JSM_NAMESPACE_")
+
+
+HANDLED = ("PYTHONPATH", "PYTHONFAULTHANDLER")  # (the child sets these up as Python would)
+
+
+def _at_import(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k.startswith(AT_IMPORT) and k not in HANDLED}
+
+
 _STATUS = struct.Struct("i")
 
 
@@ -78,6 +88,8 @@ class Prestarted:
         socket.send_fds(self._conn, [request], [self.stdout.file.fileno(), self.stderr.file.fileno()])
         self._conn.shutdown(socket.SHUT_WR)
         self.pid = _recv(self._conn, 60)
+        if self.pid is None:
+            raise RuntimeError("the prestarted server started no process within 60 s")
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -123,7 +135,7 @@ class Server:
         """Whether a forked child runs ``python ARGS`` with ``env`` as a fresh Python would:
         a script or ``-m MODULE`` (no other flag), and what the libraries read as they load the same."""
         runs = bool(args) and (args[0] == "-m" or not args[0].startswith("-"))
-        return runs and all(env.get(k) == self.env.get(k) for k in AT_IMPORT)
+        return runs and _at_import(env) == _at_import(self.env)
 
     def start(self, argv: list[str], cwd: Path, env: dict) -> Prestarted:
         if self._process is None:
@@ -196,7 +208,8 @@ def serve(path: str) -> None:
     listener.listen(16)
     os.rename(path + ".tmp", path)  # (the client waits for the socket to appear: ready)
     children: dict[int, socket.socket] = {}
-    while True:
+    worker = os.getppid()
+    while os.getppid() == worker:  # (a server whose pytest worker has gone ends too)
         if select.select([listener], [], [], 0.05)[0]:
             conn, _ = listener.accept()
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 2)
@@ -220,7 +233,9 @@ def serve(path: str) -> None:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
-            conn = children.pop(pid)
+            conn = children.pop(pid, None)
+            if conn is None:
+                continue
             with contextlib.suppress(OSError):
                 conn.sendall(_STATUS.pack(os.waitstatus_to_exitcode(status)))
             conn.close()
