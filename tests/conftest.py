@@ -89,16 +89,12 @@ def run_cli(
     """``python <script> <args...>`` from the repository root, one thread (two processes
     share the machine's cores in some tests), its output captured as text. A process
     forked with the imports done (tests/prestarted.py), or ``fresh``, a Python of its own."""
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    if fresh or not PRESTARTED.can_run(args, environ):
-        return subprocess.run(
-            [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environ
-        )
-    proc = PRESTARTED.start(list(args), ROOT, environ)
+    proc = PRESTARTED.popen(list(args), ROOT, {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, fresh)
     try:
-        stdout, stderr = proc.communicate(timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.communicate()
         raise
     return subprocess.CompletedProcess([sys.executable, *args], proc.returncode, stdout, stderr)
 
@@ -214,16 +210,7 @@ def start_train(*args: str, env: dict | None = None) -> subprocess.Popen | Prest
         "PYTHONFAULTHANDLER": "1",
         **(env or {}),
     }
-    if not PRESTARTED.can_run(["train.py", *args], env):
-        return subprocess.Popen(
-            [sys.executable, "train.py", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-    return PRESTARTED.start(["train.py", *args], ROOT, env)
+    return PRESTARTED.popen(["train.py", *args], ROOT, env, stdout=subprocess.DEVNULL)
 
 
 def signal_when(ready: Path, *args: str, sig: int = signal.SIGINT, settle: float = 0.0) -> tuple[int, str]:

@@ -123,7 +123,7 @@ class Prestarted:
 
 
 class Server:
-    """One server process with the environment ``env``, started on first use; ``start``
+    """One server process with the environment ``env``, started on first use; ``popen``
     forks a child of it."""
 
     def __init__(self, env: dict) -> None:
@@ -137,7 +137,18 @@ class Server:
         runs = bool(args) and (args[0] == "-m" or not args[0].startswith("-"))
         return runs and _at_import(env) == _at_import(self.env)
 
-    def start(self, argv: list[str], cwd: Path, env: dict) -> Prestarted:
+    def popen(
+        self, argv: list[str], cwd: Path, env: dict, fresh: bool = False, stdout=subprocess.PIPE
+    ) -> Prestarted | subprocess.Popen:
+        """``python ARGV``: forked from the server, or in a Python of its own when ``fresh``
+        or when a fork would not run it as that would (``can_run``); output as text."""
+        if fresh or not self.can_run(argv, env):
+            return subprocess.Popen(
+                [sys.executable, *argv], cwd=cwd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env
+            )
+        return self._start(argv, cwd, env)
+
+    def _start(self, argv: list[str], cwd: Path, env: dict) -> Prestarted:
         if self._process is None:
             self._dir = Path(tempfile.mkdtemp(prefix="prestarted-"))
             self._process = subprocess.Popen(

@@ -187,29 +187,19 @@ def test_a_checkpoint_with_nan_weights_reads_no_digits(checkpoint, tmp_path, cap
     assert "holds weights that are NaN or infinite (net.layers.1.bias)" in proc.stderr
 
 
-def _explain(*args):
-    return run_cli("explain.py", *map(str, args))
-
-
-def _explain_here(capsys, *args) -> tuple[int, str, str]:
-    """explain.py's main in this process: its exit status, standard output and standard error."""
-    proc = _here(explain_main, capsys, *args)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
 def test_explain_draws_the_backward_pass_of_a_users_digit(checkpoint, tmp_path, capsys):
     images, labels = load_split("sample", "test")
     digit = _save(1 - images[0].float() / 255, tmp_path / "mine.jpg", size=(140, 140))  # dark on light, large
-    proc = _explain(checkpoint, digit, "--label", int(labels[0]))
+    proc = run_cli("explain.py", str(checkpoint), str(digit), "--label", str(int(labels[0])))
     assert proc.returncode == 0, proc.stderr[-2000:]
     picture = tmp_path / "mine_backprop.png"
     assert f"the backward pass for label {int(labels[0])} drawn in {picture}" in proc.stdout
     with Image.open(picture) as drawn:
         assert drawn.format == "PNG" and drawn.width > 500 and drawn.height > 500
     out = tmp_path / "elsewhere.png"
-    status, printed, _ = _explain_here(capsys, checkpoint, digit, "--out", out)  # no label: the digit read
-    assert status == 0 and out.read_bytes()[:4] == b"\x89PNG"
-    assert "read as" in printed
+    here = _here(explain_main, capsys, checkpoint, digit, "--out", out)  # no label: the digit read
+    assert here.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    assert "read as" in here.stdout
 
 
 def test_explain_names_bad_input_like_predict(checkpoint, tmp_path, capsys):
@@ -218,12 +208,12 @@ def test_explain_names_bad_input_like_predict(checkpoint, tmp_path, capsys):
     proc = _here(explain_main, capsys, checkpoint, junk)
     assert proc.returncode == 2 and f"{junk}: cannot be read as an image (PNG or JPEG expected)" in proc.stderr
     assert proc.stdout == "" and "Traceback" not in proc.stderr
-    status, _, err = _explain_here(capsys, checkpoint, tmp_path / "missing.png")
-    assert status == 2 and f"{tmp_path / 'missing.png'}: no such file" in err
-    status, out, err = _explain_here(capsys, tmp_path / "none.ckpt", junk)
-    assert status == 2 and "none.ckpt: no such checkpoint file" in err and out == ""
-    status, _, err = _explain_here(capsys, checkpoint, junk, "--label", "12")
-    assert status == 2 and "invalid choice: 12" in err
+    here = _here(explain_main, capsys, checkpoint, tmp_path / "missing.png")
+    assert here.returncode == 2 and f"{tmp_path / 'missing.png'}: no such file" in here.stderr
+    here = _here(explain_main, capsys, tmp_path / "none.ckpt", junk)
+    assert here.returncode == 2 and "none.ckpt: no such checkpoint file" in here.stderr and here.stdout == ""
+    here = _here(explain_main, capsys, checkpoint, junk, "--label", "12")
+    assert here.returncode == 2 and "invalid choice: 12" in here.stderr
     assert not list(tmp_path.glob("*_backprop.png"))  # nothing written for bad input
 
 
